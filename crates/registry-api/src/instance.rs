@@ -1,0 +1,448 @@
+//! Instances: the registration body (`InstanceSpec`), its validation, and the instance as
+//! the API answers it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use url::Url;
+use utoipa::ToSchema;
+
+use crate::{FieldError, InstanceId, ServiceName};
+
+/// Limits of DESIGN section 3, in one place so the docs, the validation and the tests agree.
+pub mod limits {
+    pub const MAX_URL_BYTES: usize = 2048;
+    pub const MAX_TAGS: usize = 64;
+    pub const MAX_TAG_CHARS: usize = 128;
+    pub const MAX_METADATA_PAIRS: usize = 64;
+    pub const MAX_METADATA_KEY_CHARS: usize = 128;
+    pub const MAX_METADATA_VALUE_CHARS: usize = 512;
+    pub const MAX_TTL_SECONDS: u32 = 86_400;
+    pub const MAX_CHECK_PATH_BYTES: usize = 1024;
+    pub const MAX_INTERVAL_SECONDS: u32 = 3_600;
+    pub const DEFAULT_INTERVAL_SECONDS: u32 = 5;
+    pub const DEFAULT_TIMEOUT_SECONDS: u32 = 2;
+    pub const MAX_EXPECT_JSON_PAIRS: usize = 16;
+}
+
+/// Health of an instance, from best to worst; `maintenance` is set by the operator.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Passing,
+    Warning,
+    Critical,
+    Maintenance,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passing => "passing",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+            Self::Maintenance => "maintenance",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "passing" => Some(Self::Passing),
+            "warning" => Some(Self::Warning),
+            "critical" => Some(Self::Critical),
+            "maintenance" => Some(Self::Maintenance),
+            _ => None,
+        }
+    }
+}
+
+/// The body of `PUT /v1/services/{service}/instances/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// Where the instance is reachable: absolute http(s) URL without user info.
+    pub url: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Lease length; the registry's default when omitted; 0 means no lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSpec>,
+}
+
+impl InstanceSpec {
+    /// A spec with only a URL, everything else at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tags: Vec::new(),
+            metadata: BTreeMap::new(),
+            ttl_seconds: None,
+            check: None,
+        }
+    }
+}
+
+/// An active HTTP check, as sent by the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// Path (optionally with a query) that replaces the path of the instance's own URL.
+    pub http: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    /// When set, a 2xx answer passes only if its body is a JSON object whose listed
+    /// top-level fields have these string values (the seed's `{"status":"ok"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_json: Option<BTreeMap<String, String>>,
+}
+
+/// A check with its defaults filled in, as the registry runs it and answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Check {
+    pub http: String,
+    pub interval_seconds: u32,
+    pub timeout_seconds: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_json: Option<BTreeMap<String, String>>,
+}
+
+impl Check {
+    /// The URL the check calls: the instance's URL with its path (and query) replaced.
+    /// `None` if that would leave the instance's own host, which validation prevents.
+    pub fn target(&self, instance_url: &str) -> Option<Url> {
+        let base = Url::parse(instance_url).ok()?;
+        let joined = base.join(&self.http).ok()?;
+        let same_origin = joined.scheme() == base.scheme()
+            && joined.host() == base.host()
+            && joined.port_or_known_default() == base.port_or_known_default();
+        same_origin.then_some(joined)
+    }
+}
+
+/// The outcome of the latest active check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckResult {
+    pub at: DateTime<Utc>,
+    pub status: Status,
+    /// What happened, e.g. `HTTP 200`, `timed out after 2s`.
+    pub detail: String,
+}
+
+/// An instance as the API answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    pub id: String,
+    pub service: String,
+    pub url: String,
+    pub status: Status,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub ttl_seconds: u32,
+    pub check: Option<Check>,
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// `null` when the instance has no lease (`ttl_seconds: 0`).
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub status_changed_at: DateTime<Utc>,
+    pub last_check: Option<CheckResult>,
+}
+
+/// The body of `PUT .../status`: `maintenance` to drain, `passing` to clear it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    pub status: Status,
+}
+
+/// A registration that passed validation, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    pub service: ServiceName,
+    pub id: InstanceId,
+    pub url: String,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub ttl_seconds: u32,
+    pub check: Option<Check>,
+}
+
+impl InstanceSpec {
+    /// Checks every limit of DESIGN section 3; the error names the dotted body path.
+    pub fn validate(
+        self,
+        service: ServiceName,
+        id: InstanceId,
+        default_ttl_seconds: u32,
+    ) -> Result<Validated, FieldError> {
+        let url = validate_url(&self.url).map_err(|m| FieldError::new("url", m))?;
+        if self.tags.len() > limits::MAX_TAGS {
+            return Err(FieldError::new(
+                "tags",
+                format!("at most {} tags", limits::MAX_TAGS),
+            ));
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            let chars = tag.chars().count();
+            if chars == 0 || chars > limits::MAX_TAG_CHARS {
+                return Err(FieldError::new(
+                    format!("tags.{i}"),
+                    format!("must be 1 to {} characters", limits::MAX_TAG_CHARS),
+                ));
+            }
+        }
+        if self.metadata.len() > limits::MAX_METADATA_PAIRS {
+            return Err(FieldError::new(
+                "metadata",
+                format!("at most {} pairs", limits::MAX_METADATA_PAIRS),
+            ));
+        }
+        for (key, value) in &self.metadata {
+            let key_chars = key.chars().count();
+            if key_chars == 0 || key_chars > limits::MAX_METADATA_KEY_CHARS {
+                return Err(FieldError::new(
+                    "metadata",
+                    format!(
+                        "keys must be 1 to {} characters",
+                        limits::MAX_METADATA_KEY_CHARS
+                    ),
+                ));
+            }
+            if value.chars().count() > limits::MAX_METADATA_VALUE_CHARS {
+                return Err(FieldError::new(
+                    format!("metadata.{key}"),
+                    format!(
+                        "must be at most {} characters",
+                        limits::MAX_METADATA_VALUE_CHARS
+                    ),
+                ));
+            }
+        }
+        let ttl_seconds = self.ttl_seconds.unwrap_or(default_ttl_seconds);
+        if ttl_seconds > limits::MAX_TTL_SECONDS {
+            return Err(FieldError::new(
+                "ttl_seconds",
+                format!("must be 0 to {}", limits::MAX_TTL_SECONDS),
+            ));
+        }
+        let check = self.check.map(validate_check).transpose()?;
+        Ok(Validated {
+            service,
+            id,
+            url: url.to_string(),
+            tags: self.tags,
+            metadata: self.metadata,
+            ttl_seconds,
+            check,
+        })
+    }
+}
+
+/// An absolute http(s) URL with a host and no user info, at most 2048 bytes.
+pub fn validate_url(raw: &str) -> Result<Url, String> {
+    if raw.len() > limits::MAX_URL_BYTES {
+        return Err(format!("must be at most {} bytes", limits::MAX_URL_BYTES));
+    }
+    let url = Url::parse(raw).map_err(|e| format!("is not an absolute URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must use http or https".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must have a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain user info".into());
+    }
+    Ok(url)
+}
+
+fn validate_check(spec: CheckSpec) -> Result<Check, FieldError> {
+    let path = &spec.http;
+    let path_ok = path.starts_with('/')
+        && !path.starts_with("//")
+        && path.len() <= limits::MAX_CHECK_PATH_BYTES
+        && !path
+            .chars()
+            .any(|c| c == '\\' || c == '#' || c.is_whitespace() || c.is_control());
+    if !path_ok {
+        return Err(FieldError::new(
+            "check.http",
+            "must be a path starting with '/' (not '//'), without spaces, '\\' or '#'",
+        ));
+    }
+    let interval = spec
+        .interval_seconds
+        .unwrap_or(limits::DEFAULT_INTERVAL_SECONDS);
+    if !(1..=limits::MAX_INTERVAL_SECONDS).contains(&interval) {
+        return Err(FieldError::new(
+            "check.interval_seconds",
+            format!("must be 1 to {}", limits::MAX_INTERVAL_SECONDS),
+        ));
+    }
+    let timeout = spec
+        .timeout_seconds
+        .unwrap_or(limits::DEFAULT_TIMEOUT_SECONDS.min(interval));
+    if !(1..=interval).contains(&timeout) {
+        return Err(FieldError::new(
+            "check.timeout_seconds",
+            "must be 1 to the check interval",
+        ));
+    }
+    if let Some(expect) = &spec.expect_json {
+        if expect.is_empty() || expect.len() > limits::MAX_EXPECT_JSON_PAIRS {
+            return Err(FieldError::new(
+                "check.expect_json",
+                format!("must have 1 to {} pairs", limits::MAX_EXPECT_JSON_PAIRS),
+            ));
+        }
+        let too_long = expect.iter().any(|(k, v)| {
+            k.is_empty()
+                || k.chars().count() > limits::MAX_METADATA_KEY_CHARS
+                || v.chars().count() > limits::MAX_METADATA_VALUE_CHARS
+        });
+        if too_long {
+            return Err(FieldError::new(
+                "check.expect_json",
+                "keys must be 1 to 128 characters and values at most 512",
+            ));
+        }
+    }
+    Ok(Check {
+        http: spec.http,
+        interval_seconds: interval,
+        timeout_seconds: timeout,
+        expect_json: spec.expect_json,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(spec: InstanceSpec) -> Result<Validated, FieldError> {
+        let service = ServiceName::parse("sum").expect("valid");
+        let id = InstanceId::parse("a").expect("valid");
+        spec.validate(service, id, 10)
+    }
+
+    fn field_of(spec: InstanceSpec) -> String {
+        validate(spec).expect_err("should be refused").field
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let mut spec = InstanceSpec::new("http://10.0.0.1:4040");
+        spec.check = Some(CheckSpec {
+            http: "/status".into(),
+            interval_seconds: None,
+            timeout_seconds: None,
+            expect_json: None,
+        });
+        let v = validate(spec).expect("valid");
+        assert_eq!(v.ttl_seconds, 10);
+        let check = v.check.expect("check");
+        assert_eq!((check.interval_seconds, check.timeout_seconds), (5, 2));
+    }
+
+    #[test]
+    fn urls_must_be_absolute_http_without_userinfo() {
+        for bad in [
+            "",
+            "not a url",
+            "/relative",
+            "ftp://host/",
+            "http://user:pw@host/",
+            "http://user@host/",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(field_of(InstanceSpec::new(bad)), "url", "{bad}");
+        }
+        let long = format!("http://host/{}", "a".repeat(2048));
+        assert_eq!(field_of(InstanceSpec::new(long)), "url");
+        assert!(validate(InstanceSpec::new("https://[::1]:8443/api")).is_ok());
+    }
+
+    #[test]
+    fn limits_name_their_field() {
+        let mut spec = InstanceSpec::new("http://h");
+        spec.tags = vec!["x".into(); 65];
+        assert_eq!(field_of(spec), "tags");
+
+        let mut spec = InstanceSpec::new("http://h");
+        spec.tags = vec!["ok".into(), String::new()];
+        assert_eq!(field_of(spec), "tags.1");
+
+        let mut spec = InstanceSpec::new("http://h");
+        spec.metadata.insert("k".into(), "v".repeat(513));
+        assert_eq!(field_of(spec), "metadata.k");
+
+        let mut spec = InstanceSpec::new("http://h");
+        spec.ttl_seconds = Some(86_401);
+        assert_eq!(field_of(spec), "ttl_seconds");
+    }
+
+    #[test]
+    fn check_limits_name_their_field() {
+        let check = |http: &str, interval, timeout| {
+            let mut spec = InstanceSpec::new("http://h");
+            spec.check = Some(CheckSpec {
+                http: http.into(),
+                interval_seconds: interval,
+                timeout_seconds: timeout,
+                expect_json: None,
+            });
+            validate(spec)
+        };
+        for bad in ["status", "//evil.example/x", "/\\evil", "/a b", ""] {
+            assert_eq!(
+                check(bad, None, None).expect_err(bad).field,
+                "check.http",
+                "{bad}"
+            );
+        }
+        let err = check("/s", Some(0), None).expect_err("interval 0");
+        assert_eq!(err.field, "check.interval_seconds");
+        let err = check("/s", Some(3), Some(4)).expect_err("timeout > interval");
+        assert_eq!(err.field, "check.timeout_seconds");
+        assert_eq!(
+            check("/s", Some(1), None)
+                .expect("valid")
+                .check
+                .map(|c| c.timeout_seconds),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn check_target_keeps_the_instance_origin() {
+        let check = Check {
+            http: "/status?deep=1".into(),
+            interval_seconds: 5,
+            timeout_seconds: 2,
+            expect_json: None,
+        };
+        let target = check.target("http://10.1.2.3:4040/api/v1").expect("same origin");
+        assert_eq!(target.as_str(), "http://10.1.2.3:4040/status?deep=1");
+    }
+
+    #[test]
+    fn status_parses_its_own_names() {
+        for s in [
+            Status::Passing,
+            Status::Warning,
+            Status::Critical,
+            Status::Maintenance,
+        ] {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("ok"), None);
+    }
+}

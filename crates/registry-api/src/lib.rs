@@ -1,0 +1,29 @@
+//! Wire types and input validation of the central-registry HTTP API.
+//!
+//! Shared by the server and the client so that both sides agree on every field by
+//! construction. Nothing here does I/O.
+
+mod duration;
+mod error;
+mod event;
+mod instance;
+mod names;
+mod responses;
+mod seed;
+
+pub use duration::{format_duration, parse_duration};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
+pub use event::{Event, EventKind, Reason};
+pub use instance::{
+    Check, CheckResult, CheckSpec, Instance, InstanceSpec, Status, StatusChange, Validated,
+    limits,
+};
+pub use names::{InstanceId, ServiceName};
+pub use responses::{
+    HeartbeatResponse, History, ServiceInstances, ServiceList, ServiceStatus, ServiceSummary,
+    SystemStatus,
+};
+pub use seed::{SeedRegistration, SeedService, SeedServiceSpec};
+
+/// Name of the response header carrying a service's index on `GET /v1/services/{service}`.
+pub const INDEX_HEADER: &str = "Registry-Index";

@@ -1,0 +1,83 @@
+//! Response bodies of the read routes.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Event, Instance, Status};
+
+/// `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceList {
+    pub index: u64,
+    pub services: Vec<ServiceSummary>,
+}
+
+/// One service with its instance count per status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub instances: u64,
+    pub passing: u64,
+    pub warning: u64,
+    pub critical: u64,
+    pub maintenance: u64,
+}
+
+/// `GET /v1/services/{service}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceInstances {
+    pub index: u64,
+    pub name: String,
+    pub instances: Vec<Instance>,
+}
+
+/// `GET /v1/status`: the whole system at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SystemStatus {
+    pub index: u64,
+    pub at: DateTime<Utc>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub status: Status,
+    pub instances: Vec<Instance>,
+}
+
+impl ServiceStatus {
+    /// Rolls instance statuses up: `critical` if none is passing or warning, `maintenance`
+    /// if all are in maintenance, `warning` if any is not passing, else `passing`.
+    pub fn roll_up(instances: &[Instance]) -> Status {
+        let all_maintenance =
+            !instances.is_empty() && instances.iter().all(|i| i.status == Status::Maintenance);
+        if all_maintenance {
+            return Status::Maintenance;
+        }
+        let any_up = instances
+            .iter()
+            .any(|i| matches!(i.status, Status::Passing | Status::Warning));
+        if !any_up {
+            Status::Critical
+        } else if instances.iter().any(|i| i.status != Status::Passing) {
+            Status::Warning
+        } else {
+            Status::Passing
+        }
+    }
+}
+
+/// `PUT .../heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    pub status: Status,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /v1/history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct History {
+    pub events: Vec<Event>,
+}
