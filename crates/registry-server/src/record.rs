@@ -1,0 +1,85 @@
+//! The full stored state of one instance, including what the API does not show
+//! (maintenance flag, lease and check bookkeeping), and the combined-status rule.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use registry_api::{Check, CheckResult, Instance, Status};
+use serde::{Deserialize, Serialize};
+
+/// One instance as the store keeps it. Stored as JSON, so both stores share one shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub service: String,
+    pub id: String,
+    pub url: String,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub ttl_seconds: u32,
+    pub check: Option<Check>,
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// `None` when the instance has no lease.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The lease ran out and no heartbeat came since.
+    pub lease_expired: bool,
+    /// Set and cleared only through `PUT .../status`.
+    pub maintenance: bool,
+    /// Verdict of the active check; `None` until it first decides (or without a check).
+    pub check_status: Option<Status>,
+    /// Consecutive failed checks (two make the check critical).
+    pub check_failures: u32,
+    pub last_check: Option<CheckResult>,
+    pub status: Status,
+    pub status_changed_at: DateTime<Utc>,
+}
+
+impl InstanceRecord {
+    /// DESIGN section 3: a lapsed lease or a failing check is `critical` (also in
+    /// maintenance: dead is dead); else `maintenance` if set; else the worse of the two.
+    pub fn combined_status(&self) -> Status {
+        let lease_lapsed = self.ttl_seconds > 0 && self.lease_expired;
+        if lease_lapsed || self.check_status == Some(Status::Critical) {
+            Status::Critical
+        } else if self.maintenance {
+            Status::Maintenance
+        } else if self.check_status == Some(Status::Warning) {
+            Status::Warning
+        } else {
+            Status::Passing
+        }
+    }
+
+    /// The instance as the API shows it.
+    pub fn to_instance(&self) -> Instance {
+        Instance {
+            id: self.id.clone(),
+            service: self.service.clone(),
+            url: self.url.clone(),
+            status: self.status,
+            tags: self.tags.clone(),
+            metadata: self.metadata.clone(),
+            ttl_seconds: self.ttl_seconds,
+            check: self.check.clone(),
+            registered_at: self.registered_at,
+            last_heartbeat_at: self.last_heartbeat_at,
+            lease_expires_at: self.lease_expires_at,
+            status_changed_at: self.status_changed_at,
+            last_check: self.last_check.clone(),
+        }
+    }
+
+    /// Since when the instance has been critical, for reaping.
+    pub fn critical_since(&self) -> Option<DateTime<Utc>> {
+        (self.status == Status::Critical).then_some(self.status_changed_at)
+    }
+
+    /// The lease deadline the expiry sweep looks at (`None`: nothing to expire).
+    pub fn lease_deadline(&self) -> Option<DateTime<Utc>> {
+        if self.ttl_seconds == 0 || self.lease_expired {
+            None
+        } else {
+            self.lease_expires_at
+        }
+    }
+}

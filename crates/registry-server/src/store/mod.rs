@@ -1,0 +1,244 @@
+//! Storage: one `Store` trait with a Postgres and an embedded SQLite implementation.
+//!
+//! The store is the truth. Every change runs in one transaction that locks the instance,
+//! applies a pure transition from [`crate::lifecycle`], writes the record and appends the
+//! event with the next global index. Commits happen in index order (the index counter row
+//! is locked until commit), so a reader that follows events by index never skips one.
+
+mod postgres;
+mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use registry_api::{Event, Instance};
+
+use crate::lifecycle::Mutation;
+use crate::record::InstanceRecord;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached now; the caller may retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        let unavailable = match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // Postgres: connection exceptions (08xxx), shutting down (57P0x), and
+            // SQLite: busy/locked.
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08") || code.starts_with("57P0") || code == "5" || code == "6"
+            }),
+            _ => false,
+        };
+        if unavailable {
+            Self::Unavailable(error)
+        } else {
+            Self::Database(error)
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Corrupt(error.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A transition to apply under the instance's lock: receives the current record (if any).
+pub type Transition = Box<dyn FnOnce(Option<&InstanceRecord>) -> Mutation + Send>;
+
+/// The result of [`Store::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// Whether the instance existed before.
+    pub existed: bool,
+    /// The record after the change (`None` if removed or never existed).
+    pub record: Option<InstanceRecord>,
+    /// The event appended, if the change appended one.
+    pub event: Option<Event>,
+}
+
+/// The whole current state, consistent with `index`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub index: u64,
+    pub records: Vec<InstanceRecord>,
+}
+
+/// Where kept history begins: events up to `index` (and before `at`) may be pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryStart {
+    pub index: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// A due check, claimed by this caller for one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedCheck {
+    pub record: InstanceRecord,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies the embedded migrations (safe when several processes start at once).
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Cheap round trip for readiness.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Runs `transition` on the instance `(service, id)` atomically at time `now`: loads
+    /// it under a lock, writes what the transition asks, appends the event with the next
+    /// index. Commits before returning: an `Ok` is durable.
+    async fn apply(
+        &self,
+        service: &str,
+        id: &str,
+        now: DateTime<Utc>,
+        transition: Transition,
+    ) -> StoreResult<Applied>;
+
+    /// Every instance and the index they are consistent with.
+    async fn snapshot(&self) -> StoreResult<Snapshot>;
+
+    /// The latest index (0 when nothing ever happened).
+    async fn current_index(&self) -> StoreResult<u64>;
+
+    /// Events with index greater than `after`, oldest first, at most `limit`, optionally of
+    /// one service.
+    async fn events_after(
+        &self,
+        after: u64,
+        service: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// Events of `service` (and `instance`) with `since <= at < until`, oldest first.
+    async fn history(
+        &self,
+        service: &str,
+        instance: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// The instances that existed at `at` (as their latest event before it shows them)
+    /// and the index of that moment. The caller refuses moments before [`Self::history_start`].
+    async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)>;
+
+    /// Where kept history begins.
+    async fn history_start(&self) -> StoreResult<HistoryStart>;
+
+    /// Deletes history before `before`, keeping each live instance's latest event so that
+    /// `state_at` still sees it. Returns how many events were deleted.
+    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Records that the registry is alive at `now`. If nobody recorded that within
+    /// `max_gap`, the registry was down: leases then expire no earlier than `now + ttl`
+    /// (DESIGN section 3). Returns true when such a recovery was recorded.
+    async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool>;
+
+    /// Instances whose lease deadline has passed at `now` and whose grace after the last
+    /// recovery is over, at most `limit`.
+    async fn expired_leases(&self, now: DateTime<Utc>, limit: u32)
+    -> StoreResult<Vec<(String, String)>>;
+
+    /// Instances critical since at most `critical_since`, at most `limit`.
+    async fn reapable(
+        &self,
+        critical_since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>>;
+
+    /// Claims checks due at `now` (at most `limit`): each is pushed one interval ahead in
+    /// the same statement, so no other caller runs it in this interval.
+    async fn claim_due_checks(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<ClaimedCheck>>;
+}
+
+/// Milliseconds since the epoch, the time type of every stored column.
+pub(crate) fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("time {ms}")))
+}
+
+/// The columns each store derives from a record to index it; derived in one place.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct IndexedColumns {
+    pub status: &'static str,
+    pub lease_deadline_ms: Option<i64>,
+    pub ttl_ms: i64,
+    pub critical_since_ms: Option<i64>,
+    pub check_interval_ms: Option<i64>,
+}
+
+impl IndexedColumns {
+    pub fn of(record: &InstanceRecord) -> Self {
+        Self {
+            status: record.status.as_str(),
+            lease_deadline_ms: record.lease_deadline().map(millis),
+            ttl_ms: i64::from(record.ttl_seconds) * 1_000,
+            critical_since_ms: record.critical_since().map(millis),
+            check_interval_ms: record
+                .check
+                .as_ref()
+                .map(|c| i64::from(c.interval_seconds) * 1_000),
+        }
+    }
+}
+
+/// Builds the event a change appends.
+pub(crate) fn make_event(
+    index: u64,
+    now: DateTime<Utc>,
+    change: &crate::lifecycle::Change,
+    snapshot: &InstanceRecord,
+) -> Event {
+    Event {
+        index,
+        at: now,
+        service: snapshot.service.clone(),
+        instance: snapshot.id.clone(),
+        kind: change.kind,
+        from: change.from,
+        to: change.to,
+        reason: change.reason,
+        snapshot: snapshot.to_instance(),
+    }
+}
+
+/// The text stored in the `kind` column of events.
+pub(crate) fn kind_str(kind: registry_api::EventKind) -> &'static str {
+    match kind {
+        registry_api::EventKind::Registered => "registered",
+        registry_api::EventKind::Updated => "updated",
+        registry_api::EventKind::Status => "status",
+        registry_api::EventKind::Removed => "removed",
+    }
+}
+
