@@ -20,9 +20,13 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("'{raw}' is not a duration like 500ms, 30s, 1m30s or 7d"));
+            return Err(format!(
+                "'{raw}' is not a duration like 500ms, 30s, 1m30s or 7d"
+            ));
         }
-        let number: u64 = rest[..digits].parse().map_err(|_| "is too large".to_string())?;
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| "is too large".to_string())?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
@@ -55,7 +59,7 @@ pub fn format_duration(duration: Duration) -> String {
     if millis == 0 {
         return "0s".into();
     }
-    if millis % 1_000 != 0 {
+    if !millis.is_multiple_of(1_000) {
         return format!("{millis}ms");
     }
     let mut secs = millis / 1_000;
@@ -85,13 +89,26 @@ mod tests {
             ("0", 0),
         ];
         for (raw, millis) in cases {
-            assert_eq!(parse_duration(raw), Ok(Duration::from_millis(millis)), "{raw}");
+            assert_eq!(
+                parse_duration(raw),
+                Ok(Duration::from_millis(millis)),
+                "{raw}"
+            );
         }
     }
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "s", "10x", "-5s", "1.5s", "abc", "99999999999999999999", "5 s"] {
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "-5s",
+            "1.5s",
+            "abc",
+            "99999999999999999999",
+            "5 s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -183,7 +183,7 @@ impl InstanceSpec {
         id: InstanceId,
         default_ttl_seconds: u32,
     ) -> Result<Validated, FieldError> {
-        let url = validate_url(&self.url).map_err(|m| FieldError::new("url", m))?;
+        validate_url(&self.url).map_err(|m| FieldError::new("url", m))?;
         if self.tags.len() > limits::MAX_TAGS {
             return Err(FieldError::new(
                 "tags",
@@ -234,10 +234,11 @@ impl InstanceSpec {
             ));
         }
         let check = self.check.map(validate_check).transpose()?;
+        // The URL is kept as given: clients append paths to it as they sent it.
         Ok(Validated {
             service,
             id,
-            url: url.to_string(),
+            url: self.url,
             tags: self.tags,
             metadata: self.metadata,
             ttl_seconds,
@@ -429,7 +430,9 @@ mod tests {
             timeout_seconds: 2,
             expect_json: None,
         };
-        let target = check.target("http://10.1.2.3:4040/api/v1").expect("same origin");
+        let target = check
+            .target("http://10.1.2.3:4040/api/v1")
+            .expect("same origin");
         assert_eq!(target.as_str(), "http://10.1.2.3:4040/status?deep=1");
     }
 

@@ -94,7 +94,17 @@ mod tests {
         for ok in ["a", "sum", "my-service", "a1", "0", &"a".repeat(63)] {
             assert!(ServiceName::parse(ok).is_ok(), "{ok} should be accepted");
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "é", &"a".repeat(64), "a b"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "é",
+            &"a".repeat(64),
+            "a b",
+        ] {
             assert!(ServiceName::parse(bad).is_err(), "{bad} should be refused");
         }
     }
@@ -111,7 +121,13 @@ mod tests {
 
     #[test]
     fn sanitized_replaces_forbidden_characters() {
-        assert_eq!(InstanceId::sanitized("[::1]-80").map(|i| i.0), Ok("---1--80".into()));
-        assert_eq!(InstanceId::sanitized("localhost-4040").map(|i| i.0), Ok("localhost-4040".into()));
+        assert_eq!(
+            InstanceId::sanitized("[::1]-80").map(|i| i.0),
+            Ok("---1--80".into())
+        );
+        assert_eq!(
+            InstanceId::sanitized("localhost-4040").map(|i| i.0),
+            Ok("localhost-4040".into())
+        );
     }
 }

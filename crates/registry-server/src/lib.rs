@@ -1,8 +1,18 @@
 //! The central-registry server as a library; `main.rs` is a thin wrapper around it.
 
+pub mod app;
 pub mod clock;
+pub mod config;
+pub mod http;
 pub mod lifecycle;
+// pub mod operator; (lands with the operator CLI output)
 pub mod record;
 pub mod store;
+pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod view;
+pub mod workers;
+
+pub use app::Application;
+pub use config::Settings;

@@ -8,6 +8,8 @@ use registry_api::{Check, CheckResult, EventKind, Reason, Status, Validated};
 use crate::record::InstanceRecord;
 
 /// What a transition asks the store to do.
+// One short-lived value per write: boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     /// Nothing to write.
@@ -323,7 +325,10 @@ mod tests {
         assert_eq!(r.status, Status::Passing);
         assert_eq!(r.lease_expires_at, Some(t(10)));
         let change = change.expect("event");
-        assert_eq!((change.kind, change.reason), (EventKind::Registered, Reason::Registered));
+        assert_eq!(
+            (change.kind, change.reason),
+            (EventKind::Registered, Reason::Registered)
+        );
         assert_eq!((change.from, change.to), (None, Some(Status::Passing)));
     }
 
@@ -342,7 +347,10 @@ mod tests {
         let (r, _) = saved(set_maintenance(&r, true, t(1)));
         let (r2, change) = saved(register(Some(&r), &spec(30), t(2)));
         let change = change.expect("event");
-        assert_eq!((change.kind, change.reason), (EventKind::Updated, Reason::Updated));
+        assert_eq!(
+            (change.kind, change.reason),
+            (EventKind::Updated, Reason::Updated)
+        );
         assert_eq!(r2.status, Status::Maintenance);
         assert!(r2.maintenance);
     }
@@ -360,12 +368,19 @@ mod tests {
         assert_eq!(revived.status, Status::Passing);
         assert_eq!(change.map(|c| c.reason), Some(Reason::Heartbeat));
 
-        assert_eq!(reap(&r, t(10 + 599), Duration::minutes(10)), Mutation::Unchanged);
+        assert_eq!(
+            reap(&r, t(10 + 599), Duration::minutes(10)),
+            Mutation::Unchanged
+        );
         match reap(&r, t(10 + 600), Duration::minutes(10)) {
             Mutation::Delete { change } => assert_eq!(change.reason, Reason::Reaped),
             other => panic!("expected reaping, got {other:?}"),
         }
-        assert_eq!(reap(&r, t(100_000), Duration::zero()), Mutation::Unchanged, "0 = never");
+        assert_eq!(
+            reap(&r, t(100_000), Duration::zero()),
+            Mutation::Unchanged,
+            "0 = never"
+        );
     }
 
     #[test]
@@ -388,7 +403,11 @@ mod tests {
         let (r, _) = saved(register(None, &spec(0), t(0)));
         let r = with_check(r);
         let (r, change) = saved(record_check(&r, &check(), &outcome(Status::Critical), t(1)));
-        assert_eq!((r.status, change), (Status::Passing, None), "one failure is not enough");
+        assert_eq!(
+            (r.status, change),
+            (Status::Passing, None),
+            "one failure is not enough"
+        );
         let (r, change) = saved(record_check(&r, &check(), &outcome(Status::Critical), t(2)));
         assert_eq!(r.status, Status::Critical);
         assert_eq!(change.map(|c| c.reason), Some(Reason::CheckFailed));
@@ -422,7 +441,11 @@ mod tests {
         let (r, _) = saved(expire_lease(&r, t(11)));
         assert_eq!(r.status, Status::Critical);
         let (r, _) = saved(heartbeat(&r, t(12)));
-        assert_eq!(r.status, Status::Maintenance, "maintenance survives the outage");
+        assert_eq!(
+            r.status,
+            Status::Maintenance,
+            "maintenance survives the outage"
+        );
         let (r, change) = saved(set_maintenance(&r, false, t(13)));
         assert_eq!(r.status, Status::Passing);
         assert_eq!(change.map(|c| c.reason), Some(Reason::MaintenanceCleared));

@@ -1,1 +1,65 @@
-fn main() {}
+//! The `registry` binary: parse the configuration, set up logging, run a subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use registry_client::RegistryApi;
+use registry_server::config::{Cli, Command, RemoteArgs, ServeArgs};
+use registry_server::{Application, app, operator, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("registry: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::CheckConfig(args)) => {
+            args.settings().map_err(anyhow::Error::msg)?;
+            println!("configuration ok");
+            Ok(())
+        }
+        Some(Command::Migrate(args)) => {
+            telemetry::init(None);
+            app::open_store(args.database_url.as_deref()).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Some(Command::Status { remote, at, json }) => {
+            operator::print_status(&api(&remote)?, at, json, &mut std::io::stdout()).await
+        }
+        Some(Command::Services { remote, json }) => {
+            operator::print_services(&api(&remote)?, json, &mut std::io::stdout()).await
+        }
+        Some(Command::Watch {
+            remote,
+            service,
+            since,
+            json,
+        }) => operator::watch(&api(&remote)?, service, since, json, &mut std::io::stdout()).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings().map_err(anyhow::Error::msg)?;
+    telemetry::init(args.log_format);
+    let application = Application::build(settings).await?;
+    application.run_until_stopped(app::shutdown_signal()).await
+}
+
+fn api(remote: &RemoteArgs) -> anyhow::Result<RegistryApi> {
+    let api = RegistryApi::new(&remote.url)?;
+    Ok(match &remote.token {
+        Some(token) => api.with_token(token.clone()),
+        None => api,
+    })
+}

@@ -159,8 +159,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Instances whose lease deadline has passed at `now` and whose grace after the last
     /// recovery is over, at most `limit`.
-    async fn expired_leases(&self, now: DateTime<Utc>, limit: u32)
-    -> StoreResult<Vec<(String, String)>>;
+    async fn expired_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>>;
 
     /// Instances critical since at most `critical_since`, at most `limit`.
     async fn reapable(
@@ -241,4 +244,3 @@ pub(crate) fn kind_str(kind: registry_api::EventKind) -> &'static str {
         registry_api::EventKind::Removed => "removed",
     }
 }
-

@@ -1,0 +1,33 @@
+# central-registry: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help build test lint fmt demo run clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+build: ## Build every binary (debug)
+	$(CARGO) build --workspace --bins
+
+test: ## Run every test (finds or starts Postgres; SQLite is embedded)
+	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
+	  echo "tests use Postgres at $${DATABASE_URL%%@*}@..." && \
+	  $(CARGO) test --workspace --no-fail-fast
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+run: ## Run the registry on an embedded SQLite file (./registry.db) on port 8000
+	$(CARGO) run --bin registry
+
+demo: build ## Run the demo flow locally (embedded SQLite, no Docker)
+	@scripts/demo.sh
+
+clean: ## Remove build output
+	$(CARGO) clean

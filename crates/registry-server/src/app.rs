@@ -1,0 +1,128 @@
+//! `Application`: builds the server (store, migrations, view, listener) and runs it
+//! until a shutdown signal, so `main` and the tests start it the same way.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::store::{PostgresStore, SqliteStore, Store};
+use crate::view::View;
+use crate::workers::Workers;
+
+/// The embedded database used when `DATABASE_URL` is unset.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://registry.db";
+
+/// Opens the store `database_url` names (SQLite file by default) and migrates it.
+pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
+    let url = database_url.unwrap_or(DEFAULT_SQLITE_URL);
+    let store: Arc<dyn Store> =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Arc::new(
+                PostgresStore::connect(url)
+                    .await
+                    .context("cannot connect to Postgres (DATABASE_URL)")?,
+            )
+        } else if url.starts_with("sqlite:") {
+            Arc::new(
+                SqliteStore::connect(url)
+                    .await
+                    .with_context(|| format!("cannot open the SQLite database {url}"))?,
+            )
+        } else {
+            anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:");
+        };
+    store.migrate().await.context("database migration failed")?;
+    Ok(store)
+}
+
+/// A registry ready to serve: the listener is bound, so `local_addr` is known (port 0
+/// in tests).
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = open_store(settings.database_url.as_deref()).await?;
+        let view = View::load(store.as_ref())
+            .await
+            .context("cannot load the current state from the database")?;
+        let listener = TcpListener::bind(settings.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.addr))?;
+        let state = AppState {
+            store,
+            view: Arc::new(view),
+            settings: Arc::new(settings),
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `signal` completes, then ends long polls and streams, lets requests
+    /// in flight finish, and stops the background work.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let shutdown = self.state.shutdown.clone();
+        let workers = Workers {
+            store: self.state.store.clone(),
+            view: self.state.view.clone(),
+            settings: self.state.settings.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .spawn();
+        let router = http::router(self.state);
+        tracing::info!(addr = %self.listener.local_addr()?, "registry listening");
+        let stop = shutdown.clone();
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = signal => {}
+                    () = stop.cancelled() => {}
+                }
+                tracing::info!("shutting down");
+                stop.cancel();
+            })
+            .await;
+        shutdown.cancel();
+        for worker in workers {
+            let _ = worker.await;
+        }
+        served.context("server error")
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,143 @@
+//! `GET /v1/events`: the change feed as server-sent events, resumable with
+//! `Last-Event-ID`, with a `reset` (the whole state) when the gap cannot be replayed.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::get;
+use futures::Stream;
+use registry_api::{Event, ServiceName};
+
+use super::extract::QueryParams;
+use super::services::parse_service;
+use super::{ApiError, AppState};
+
+/// Events sent per read of the log.
+const BATCH: u32 = 500;
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/events", get(events))
+}
+
+async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: QueryParams,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let service = query
+        .get("service")
+        .map(|raw| parse_service(raw, "service"))
+        .transpose()?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be an event index"))
+        })
+        .transpose()?;
+    let since = query.parse("since", |raw| {
+        raw.parse::<u64>()
+            .map_err(|_| format!("'{raw}' is not a non-negative integer index"))
+    })?;
+    let start = last_event_id
+        .or(since)
+        .unwrap_or_else(|| state.view.index());
+    // Fail now, with a proper status, rather than inside the stream.
+    let history_start = state.store.history_start().await?;
+    let current = state.view.index();
+    let stream = feed(state, service, start, history_start.index, current);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive")))
+}
+
+fn feed(
+    state: AppState,
+    service: Option<ServiceName>,
+    start: u64,
+    history_start: u64,
+    current: u64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream(move |tx| async move {
+        let only = service.as_ref().map(|s| s.as_str().to_owned());
+        let mut cursor = start;
+        if start < history_start || start > current {
+            let status = state
+                .view
+                .system_status(only.as_deref(), crate::clock::now());
+            cursor = status.index;
+            let data = serde_json::to_string(&status).unwrap_or_default();
+            let reset = SseEvent::default()
+                .event("reset")
+                .id(cursor.to_string())
+                .data(data);
+            if tx.send(reset).await.is_err() {
+                return;
+            }
+        }
+        let mut changes = state.view.subscribe();
+        loop {
+            // Mark the current index seen before reading, so a change that lands after
+            // the read wakes the wait below.
+            changes.borrow_and_update();
+            let batch = match next_events(&state, cursor, only.as_deref()).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "event stream could not read events; closing it");
+                    return;
+                }
+            };
+            let full = batch.len() == BATCH as usize;
+            for event in batch {
+                cursor = event.index;
+                if tx.send(to_sse(&event)).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = state.shutdown.cancelled() => return,
+                () = tx.closed() => return,
+            }
+        }
+    })
+}
+
+async fn next_events(
+    state: &AppState,
+    cursor: u64,
+    service: Option<&str>,
+) -> Result<Vec<Event>, crate::store::StoreError> {
+    match state
+        .view
+        .recent_events_after(cursor, service, BATCH as usize)
+    {
+        Some(events) => Ok(events),
+        None => state.store.events_after(cursor, service, BATCH).await,
+    }
+}
+
+fn to_sse(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.index.to_string())
+        .data(serde_json::to_string(event).unwrap_or_default())
+}
+
+/// A stream fed by a task through a small channel; the task ends when the client goes.
+fn async_stream<F, Fut>(produce: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<SseEvent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(produce(tx));
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}

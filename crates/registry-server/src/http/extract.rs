@@ -1,0 +1,227 @@
+//! Request extractors that answer our error shape: a JSON body that names the field at
+//! fault, query parameters, and path parameters parsed into domain names.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use bytes::Bytes;
+use registry_api::ErrorCode;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Largest request body accepted (DESIGN section 4).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON body: 415 without a JSON content type, 413 when too large, 400 naming the
+/// dotted path of the offending field otherwise.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(CONTENT_TYPE)) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as application/json",
+            ));
+        }
+        let bytes = read_body(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+}
+
+/// Reads the whole body within [`MAX_BODY_BYTES`].
+pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::invalid("body", format!("could not read the body: {rejection}"))
+        }
+    })
+}
+
+pub fn too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the body must be at most {} KiB", MAX_BODY_BYTES / 1024),
+    )
+}
+
+/// Parses JSON and turns serde's complaint into a 400 naming the dotted field path.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid("body", "the body must be a JSON object"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
+    let value = parsed.map_err(|error| {
+        let mut path: Vec<String> = error
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let inner = error.into_inner();
+        let message = inner.to_string();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::invalid("body", format!("the body is not valid JSON: {message}"));
+        }
+        // serde names a missing field only in its message (`missing field `x``), and the
+        // path of an unknown one may or may not end with it.
+        for prefix in ["unknown field `", "missing field `"] {
+            if let Some(rest) = message.strip_prefix(prefix)
+                && let Some(name) = rest.split('`').next()
+                && path.last().map(String::as_str) != Some(name)
+            {
+                path.push(name.to_owned());
+            }
+        }
+        let field = if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path.join(".")
+        };
+        ApiError::invalid(field, strip_position(&message))
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::invalid("body", format!("trailing data after the JSON: {e}")))?;
+    Ok(value)
+}
+
+/// serde_json appends ` at line 1 column 17`; the field name already says where.
+fn strip_position(message: &str) -> String {
+    message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_owned()
+}
+
+/// Query parameters as a map (the last value wins), with our error on bad encoding.
+#[derive(Debug, Default)]
+pub struct QueryParams(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let pairs = url::form_urlencoded::parse(query.as_bytes()).into_owned();
+        Ok(Self(pairs.collect()))
+    }
+}
+
+impl QueryParams {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Parses a parameter with `parse`, answering 400 on the parameter when it fails.
+    pub fn parse<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ApiError> {
+        self.get(name)
+            .map(|raw| parse(raw).map_err(|message| ApiError::invalid(name, message)))
+            .transpose()
+    }
+}
+
+/// An RFC 3339 time for query parameters.
+pub fn rfc3339(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("'{raw}' is not an RFC 3339 time ({e}), e.g. 2026-11-29T06:00:00Z"))
+}
+
+/// A raw body within [`MAX_BODY_BYTES`], whatever its content type (for the seed routes,
+/// whose original clients may not set one).
+#[derive(Debug)]
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_body(req, state).await.map(RawBody)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry_api::InstanceSpec;
+
+    fn field(body: &str) -> Option<String> {
+        parse_json::<InstanceSpec>(body.as_bytes())
+            .expect_err("should be refused")
+            .field
+    }
+
+    #[test]
+    fn errors_name_the_dotted_field() {
+        assert_eq!(
+            field(r#"{"url":"http://h","bogus":1}"#).as_deref(),
+            Some("bogus")
+        );
+        assert_eq!(field(r#"{"tags":[]}"#).as_deref(), Some("url"));
+        assert_eq!(field(r#"{"url":5}"#).as_deref(), Some("url"));
+        assert_eq!(
+            field(r#"{"url":"http://h","check":{"http":"/s","interval_seconds":"x"}}"#).as_deref(),
+            Some("check.interval_seconds")
+        );
+        assert_eq!(
+            field(r#"{"url":"http://h","check":{"http":"/s","nope":1}}"#).as_deref(),
+            Some("check.nope")
+        );
+        assert_eq!(
+            field(r#"{"url":"http://h","tags":["a",3]}"#).as_deref(),
+            Some("tags.1")
+        );
+        assert_eq!(field("{not json").as_deref(), Some("body"));
+        assert_eq!(field("").as_deref(), Some("body"));
+        assert_eq!(field("[]").as_deref(), Some("body"));
+        assert_eq!(field(r#"{"url":"http://h"} x"#).as_deref(), Some("body"));
+        assert_eq!(
+            field(r#"{"url":"http://h","ttl_seconds":-1}"#).as_deref(),
+            Some("ttl_seconds")
+        );
+    }
+
+    #[test]
+    fn json_content_types() {
+        let ok = |v: &str| is_json(Some(&axum::http::HeaderValue::from_str(v).expect("header")));
+        assert!(ok("application/json"));
+        assert!(ok("application/json; charset=utf-8"));
+        assert!(ok("application/merge+json"));
+        assert!(!ok("text/plain"));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,189 @@
+//! Writes on one instance: register or replace, heartbeat, maintenance, deregister.
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::put;
+use axum::{Json, Router};
+use registry_api::{
+    HeartbeatResponse, Instance, InstanceId, InstanceSpec, ServiceName, Status, StatusChange,
+};
+
+use super::extract::ApiJson;
+use super::{ApiError, AppState};
+use crate::lifecycle::{self, Mutation};
+use crate::record::InstanceRecord;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/services/{service}/instances/{id}",
+            put(register).delete(deregister),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            put(heartbeat),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/status",
+            put(set_status),
+        )
+}
+
+/// `{service}` and `{id}` path parameters, validated.
+#[derive(Debug)]
+pub struct InstancePath {
+    pub service: ServiceName,
+    pub id: InstanceId,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for InstancePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((service, id)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid("service", e.body_text()))?;
+        let service = ServiceName::parse(&service)
+            .map_err(|m| ApiError::invalid("service", format!("service name {m}")))?;
+        let id = InstanceId::parse(&id)
+            .map_err(|m| ApiError::invalid("id", format!("instance id {m}")))?;
+        Ok(Self { service, id })
+    }
+}
+
+/// Heartbeat and DELETE take no body; refuse one rather than ignore it.
+fn refuse_body(headers: &HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    if declared.is_some_and(|len| len > 0) || chunked {
+        return Err(ApiError::invalid("body", "this request takes no body"));
+    }
+    Ok(())
+}
+
+fn unknown_instance(path: &InstancePath) -> ApiError {
+    ApiError::not_found(
+        "id",
+        format!(
+            "instance '{}' of service '{}' is not registered; register it again",
+            path.id, path.service
+        ),
+    )
+}
+
+fn stored(record: Option<InstanceRecord>, path: &InstancePath) -> Result<InstanceRecord, ApiError> {
+    record.ok_or_else(|| unknown_instance(path))
+}
+
+/// `PUT /v1/services/{service}/instances/{id}`: 201 when new, 200 when replaced.
+async fn register(
+    State(state): State<AppState>,
+    path: InstancePath,
+    ApiJson(spec): ApiJson<InstanceSpec>,
+) -> Result<(StatusCode, Json<Instance>), ApiError> {
+    let validated = spec.validate(
+        path.service.clone(),
+        path.id.clone(),
+        state.settings.default_ttl_seconds(),
+    )?;
+    let now = crate::clock::now();
+    let applied = state
+        .change(
+            path.service.as_str(),
+            path.id.as_str(),
+            now,
+            Box::new(move |old| lifecycle::register(old, &validated, now)),
+        )
+        .await?;
+    let code = if applied.existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let record = stored(applied.record, &path)?;
+    Ok((code, Json(record.to_instance())))
+}
+
+/// `PUT .../heartbeat`: 404 tells the client to register again.
+async fn heartbeat(
+    State(state): State<AppState>,
+    path: InstancePath,
+    headers: HeaderMap,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    refuse_body(&headers)?;
+    let now = crate::clock::now();
+    let applied = state
+        .change(
+            path.service.as_str(),
+            path.id.as_str(),
+            now,
+            Box::new(move |old| old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))),
+        )
+        .await?;
+    let record = stored(applied.record, &path)?;
+    Ok(Json(HeartbeatResponse {
+        status: record.status,
+        lease_expires_at: record.lease_expires_at,
+    }))
+}
+
+/// `PUT .../status`: `maintenance` drains the instance, `passing` clears maintenance.
+async fn set_status(
+    State(state): State<AppState>,
+    path: InstancePath,
+    ApiJson(change): ApiJson<StatusChange>,
+) -> Result<Json<Instance>, ApiError> {
+    let maintenance = match change.status {
+        Status::Maintenance => true,
+        Status::Passing => false,
+        other => {
+            return Err(ApiError::invalid(
+                "status",
+                format!(
+                    "'{}' cannot be set; use 'maintenance' or 'passing' (health comes from leases and checks)",
+                    other.as_str()
+                ),
+            ));
+        }
+    };
+    let now = crate::clock::now();
+    let applied = state
+        .change(
+            path.service.as_str(),
+            path.id.as_str(),
+            now,
+            Box::new(move |old| {
+                old.map_or(Mutation::Unchanged, |o| {
+                    lifecycle::set_maintenance(o, maintenance, now)
+                })
+            }),
+        )
+        .await?;
+    Ok(Json(stored(applied.record, &path)?.to_instance()))
+}
+
+/// `DELETE /v1/services/{service}/instances/{id}`: 204, or 404 when unknown.
+async fn deregister(
+    State(state): State<AppState>,
+    path: InstancePath,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    refuse_body(&headers)?;
+    let applied = state
+        .change(
+            path.service.as_str(),
+            path.id.as_str(),
+            crate::clock::now(),
+            Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
+        )
+        .await?;
+    if applied.existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(unknown_instance(&path))
+    }
+}

@@ -1,0 +1,184 @@
+//! The HTTP API: one router per resource, assembled here with auth, size limits and
+//! timeouts in the order DESIGN section 4 asks (auth, then size, then content).
+
+mod error;
+mod events;
+mod extract;
+mod instances;
+mod ops;
+mod seed;
+mod services;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use registry_api::ErrorCode;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::ApiError;
+pub use ops::ApiDoc;
+
+use crate::config::Settings;
+use crate::store::{Applied, Store, Transition};
+use crate::view::View;
+
+/// Longest time an ordinary (not long-polling, not streaming) request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub view: Arc<View>,
+    pub settings: Arc<Settings>,
+    /// Cancelled at shutdown so long polls and streams end and let the server stop.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Applies a change made at `now` to one instance and brings this process's view up to date, so
+    /// the writer reads its own write at once.
+    pub async fn change(
+        &self,
+        service: &str,
+        id: &str,
+        now: DateTime<Utc>,
+        transition: Transition,
+    ) -> Result<Applied, ApiError> {
+        let applied = self.store.apply(service, id, now, transition).await?;
+        if applied.event.is_some() {
+            if let Err(error) = self.view.catch_up(self.store.as_ref()).await {
+                tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
+            }
+        } else if let Some(record) = &applied.record {
+            self.view.touch(record.to_instance());
+        }
+        Ok(applied)
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let bounded = Router::new()
+        .merge(instances::router())
+        .merge(services::router())
+        .merge(status::router())
+        .merge(seed::router())
+        .merge(ops::router())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ));
+    // Blocking queries and event streams set their own limits.
+    let long_lived = Router::new()
+        .merge(services::long_poll_router())
+        .merge(events::router());
+    Router::new()
+        .merge(bounded)
+        .merge(long_lived)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(limit_size))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route; see /openapi.json",
+    )
+}
+
+/// 413 before reading a body whose declared length is too large.
+async fn limit_size(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
+        return extract::too_large().into_response();
+    }
+    next.run(request).await
+}
+
+/// Routes anyone may reach, also when tokens are set.
+fn is_open(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/healthz" | "/readyz" | "/metrics" | "/openapi.json"
+    )
+}
+
+/// DESIGN section 4: writes need the write token; reads need the read or the write
+/// token when a read token is set. Compared in constant time.
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let settings = &state.settings;
+    let is_read = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let required: Vec<&str> = if is_open(request.uri().path()) {
+        Vec::new()
+    } else if is_read {
+        match (&settings.read_token, &settings.token) {
+            (Some(read), Some(write)) => vec![read.as_str(), write.as_str()],
+            (Some(read), None) => vec![read.as_str()],
+            (None, _) => Vec::new(),
+        }
+    } else {
+        settings.token.iter().map(String::as_str).collect()
+    };
+    if required.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = bearer_token(&request).or_else(|| {
+        (request.uri().path() == "/v1/events")
+            .then(|| query_token(&request))
+            .flatten()
+    });
+    let accepted = presented.is_some_and(|given| {
+        required.iter().fold(false, |ok, want| {
+            ok | bool::from(given.as_bytes().ct_eq(want.as_bytes()))
+        })
+    });
+    if accepted {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+fn bearer_token(request: &Request) -> Option<String> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn query_token(request: &Request) -> Option<String> {
+    let query = request.uri().query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
+}

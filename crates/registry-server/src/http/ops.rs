@@ -1,0 +1,126 @@
+//! Operational routes: liveness, readiness, metrics, the OpenAPI document and the page
+//! at `/`.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::OpenApi;
+
+use super::{ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document, generated from the wire types and route annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "central-registry",
+        description = "Service registry for microservices."
+    ),
+    components(schemas(
+        registry_api::InstanceSpec,
+        registry_api::CheckSpec,
+        registry_api::Check,
+        registry_api::CheckResult,
+        registry_api::Instance,
+        registry_api::Status,
+        registry_api::StatusChange,
+        registry_api::Event,
+        registry_api::EventKind,
+        registry_api::Reason,
+        registry_api::ServiceList,
+        registry_api::ServiceSummary,
+        registry_api::ServiceInstances,
+        registry_api::SystemStatus,
+        registry_api::ServiceStatus,
+        registry_api::HeartbeatResponse,
+        registry_api::History,
+        registry_api::ErrorBody,
+        registry_api::ErrorDetail,
+        registry_api::ErrorCode,
+        registry_api::SeedRegistration,
+        registry_api::SeedServiceSpec,
+        registry_api::SeedService,
+    ))
+)]
+pub struct ApiDoc;
+
+/// Liveness: the process answers; the database is not consulted.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the database answers (migrations ran before the listener opened).
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.ping().await?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// A few gauges from the view in the Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    out.push_str("# HELP registry_instances Registered instances by service and status.\n");
+    out.push_str("# TYPE registry_instances gauge\n");
+    for service in state.view.services().services {
+        for (status, count) in [
+            ("passing", service.passing),
+            ("warning", service.warning),
+            ("critical", service.critical),
+            ("maintenance", service.maintenance),
+        ] {
+            out.push_str(&format!(
+                "registry_instances{{service=\"{}\",status=\"{status}\"}} {count}\n",
+                service.name
+            ));
+        }
+    }
+    out.push_str("# HELP registry_index The latest global index.\n");
+    out.push_str("# TYPE registry_index gauge\n");
+    out.push_str(&format!("registry_index {}\n", state.view.index()));
+    out.push_str("# HELP registry_watchers Blocking queries and event streams waiting.\n");
+    out.push_str("# TYPE registry_watchers gauge\n");
+    out.push_str(&format!("registry_watchers {}\n", state.view.watchers()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+async fn index_page() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+const INDEX_HTML: &str = r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>central-registry</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body>
+<main>
+<h1>central-registry</h1>
+<ul>
+<li><a href="/v1/status">/v1/status</a>: the whole system now</li>
+<li><a href="/v1/services">/v1/services</a>: services with counts per status</li>
+<li><a href="/v1/events">/v1/events</a>: live change feed (server-sent events)</li>
+<li><a href="/openapi.json">/openapi.json</a>: the API description</li>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+</ul>
+</main>
+</body>
+</html>
+"#;

@@ -1,0 +1,150 @@
+//! The original registry's routes, so its Node services and client work unchanged:
+//! `POST /service` registers `<host>-<port>` with an active `GET /status` check,
+//! `GET /service?service=NAME` answers one passing instance in round robin.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use registry_api::{
+    Check, Instance, InstanceId, SeedRegistration, SeedService, ServiceName, Status, Validated,
+};
+
+use super::extract::{QueryParams, RawBody, parse_json};
+use super::services::parse_service;
+use super::{ApiError, AppState};
+use crate::lifecycle;
+
+/// How the seed registry polled its services.
+const SEED_CHECK_PATH: &str = "/status";
+const SEED_CHECK_INTERVAL_SECONDS: u32 = 5;
+const SEED_CHECK_TIMEOUT_SECONDS: u32 = 2;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/service", get(lookup).post(register))
+}
+
+/// `POST /service {"service":{"name","uri","online"?}}`: 201, also when repeated.
+async fn register(
+    State(state): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<SeedService>), ApiError> {
+    let SeedRegistration { service } = parse_json(&body)?;
+    let name = ServiceName::parse(&service.name)
+        .map_err(|m| ApiError::invalid("service.name", format!("service name {m}")))?;
+    let url = registry_api::validate_url(&service.uri)
+        .map_err(|m| ApiError::invalid("service.uri", m))?;
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+    let port = url.port_or_known_default().unwrap_or_default();
+    let id = InstanceId::sanitized(&format!("{host}-{port}")).map_err(|m| {
+        ApiError::invalid("service.uri", format!("gives no usable instance id: {m}"))
+    })?;
+    let mut expect = BTreeMap::new();
+    expect.insert("status".to_owned(), "ok".to_owned());
+    let spec = Validated {
+        service: name.clone(),
+        id: id.clone(),
+        url: service.uri.clone(),
+        tags: vec!["seed".to_owned()],
+        metadata: BTreeMap::new(),
+        ttl_seconds: 0,
+        check: Some(Check {
+            http: SEED_CHECK_PATH.to_owned(),
+            interval_seconds: SEED_CHECK_INTERVAL_SECONDS,
+            timeout_seconds: SEED_CHECK_TIMEOUT_SECONDS,
+            expect_json: Some(expect),
+        }),
+    };
+    let now = crate::clock::now();
+    let applied = state
+        .change(
+            name.as_str(),
+            id.as_str(),
+            now,
+            Box::new(move |old| lifecycle::register(old, &spec, now)),
+        )
+        .await?;
+    let online = applied.record.is_some_and(|r| r.status == Status::Passing);
+    Ok((
+        StatusCode::CREATED,
+        Json(SeedService {
+            name: service.name,
+            uri: service.uri,
+            online,
+        }),
+    ))
+}
+
+/// `GET /service?service=NAME` (one instance) or `GET /service` (the whole map).
+async fn lookup(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(raw) = query.get("service") else {
+        return Ok(Json(
+            serde_json::to_value(whole_map(&state)).unwrap_or_default(),
+        ));
+    };
+    let name = parse_service(raw, "service")?;
+    let instances = state.view.service(name.as_str(), None).instances;
+    if instances.is_empty() {
+        return Err(ApiError::not_found(
+            "service",
+            format!("no instance of service '{name}' is registered"),
+        ));
+    }
+    let passing: Vec<Instance> = instances
+        .iter()
+        .filter(|i| i.status == Status::Passing)
+        .cloned()
+        .collect();
+    let answer = match state.view.next_round_robin(name.as_str(), &passing) {
+        Some(chosen) => seed_view(chosen, true),
+        None => seed_view(last_known(&instances), false),
+    };
+    Ok(Json(serde_json::to_value(answer).unwrap_or_default()))
+}
+
+fn whole_map(state: &AppState) -> BTreeMap<String, SeedService> {
+    state
+        .view
+        .system_status(None, crate::clock::now())
+        .services
+        .into_iter()
+        .filter_map(|service| {
+            let passing = service
+                .instances
+                .iter()
+                .find(|i| i.status == Status::Passing);
+            let entry = match passing {
+                Some(instance) => seed_view(instance, true),
+                None => seed_view(
+                    service
+                        .instances
+                        .iter()
+                        .max_by_key(|i| i.status_changed_at)?,
+                    false,
+                ),
+            };
+            Some((service.name, entry))
+        })
+        .collect()
+}
+
+/// The instance whose state changed last: the best guess of where the service lives.
+fn last_known(instances: &[Instance]) -> &Instance {
+    instances
+        .iter()
+        .max_by_key(|i| i.status_changed_at)
+        .unwrap_or(&instances[0])
+}
+
+fn seed_view(instance: &Instance, online: bool) -> SeedService {
+    SeedService {
+        name: instance.service.clone(),
+        uri: instance.url.clone(),
+        online,
+    }
+}

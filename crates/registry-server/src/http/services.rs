@@ -1,0 +1,93 @@
+//! Reads of services: the list with counts, and one service's instances, optionally as
+//! a blocking query that holds until the service changes.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use registry_api::{INDEX_HEADER, ServiceList, ServiceName, Status};
+
+use super::extract::QueryParams;
+use super::{ApiError, AppState};
+
+/// `wait` when a blocking query gives none.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// Longest `wait` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/services", get(list))
+}
+
+/// The blocking query holds the request for up to `wait`, so it is outside the request
+/// timeout.
+pub fn long_poll_router() -> Router<AppState> {
+    Router::new().route("/v1/services/{service}", get(one))
+}
+
+async fn list(State(state): State<AppState>) -> Json<ServiceList> {
+    Json(state.view.services())
+}
+
+pub fn parse_service(raw: &str, field: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::parse(raw).map_err(|m| ApiError::invalid(field, format!("service name {m}")))
+}
+
+pub fn parse_status(raw: &str) -> Result<Status, String> {
+    Status::parse(raw).ok_or_else(|| {
+        format!("'{raw}' is not a status; use passing, warning, critical or maintenance")
+    })
+}
+
+/// `GET /v1/services/{service}?status=&index=&wait=`.
+async fn one(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let service = parse_service(&service, "service")?;
+    let only = query.parse("status", parse_status)?;
+    let index = query.parse("index", |raw| {
+        raw.parse::<u64>()
+            .map_err(|_| format!("'{raw}' is not a non-negative integer index"))
+    })?;
+    let wait = query
+        .parse("wait", registry_api::parse_duration)?
+        .unwrap_or(DEFAULT_WAIT)
+        .min(MAX_WAIT);
+    if let Some(known) = index {
+        wait_for_change(&state, service.as_str(), known, wait).await;
+    }
+    let body = state.view.service(service.as_str(), only);
+    let index_header = HeaderValue::from(body.index);
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(INDEX_HEADER, index_header);
+    Ok(response)
+}
+
+/// Holds until the service's index passes `known`, `wait` (plus jitter) runs out, or the
+/// server shuts down. Answers at once when `known` is ahead of the registry (it lost
+/// its state, so the caller must not wait for an index that will not come).
+async fn wait_for_change(state: &AppState, service: &str, known: u64, wait: Duration) {
+    let mut changes = state.view.subscribe();
+    let jitter_cap = wait.as_millis() / 16;
+    let jitter = if jitter_cap == 0 {
+        0
+    } else {
+        rand::random_range(0..=u64::try_from(jitter_cap).unwrap_or(u64::MAX))
+    };
+    let deadline = tokio::time::Instant::now() + wait + Duration::from_millis(jitter);
+    loop {
+        if state.view.service_index(service) > known || known > state.view.index() {
+            return;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep_until(deadline) => return,
+            () = state.shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The whole system now or at a past moment, and the history of one service.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use registry_api::{History, SystemStatus};
+
+use super::extract::{QueryParams, rfc3339};
+use super::services::parse_service;
+use super::{ApiError, AppState};
+
+/// Most events one history answer carries.
+const HISTORY_LIMIT: u32 = 10_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/status", get(system_status))
+        .route("/v1/history", get(history))
+}
+
+/// `GET /v1/status[?at=RFC3339][&service=S]`.
+async fn system_status(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<SystemStatus>, ApiError> {
+    let at = query.parse("at", rfc3339)?;
+    let service = query
+        .get("service")
+        .map(|raw| parse_service(raw, "service"))
+        .transpose()?;
+    let only = service.as_ref().map(|s| s.as_str());
+    let now = crate::clock::now();
+    let Some(at) = at.filter(|at| *at < now) else {
+        return Ok(Json(state.view.system_status(only, now)));
+    };
+    let start = state.store.history_start().await?;
+    if at < start.at {
+        return Err(ApiError::invalid(
+            "at",
+            format!(
+                "history is kept from {} on; ask for a later moment",
+                start.at.to_rfc3339()
+            ),
+        ));
+    }
+    let (index, instances) = state.store.state_at(at).await?;
+    let instances = instances
+        .into_iter()
+        .filter(|i| only.is_none_or(|s| s == i.service));
+    Ok(Json(crate::view::system_status(index, at, instances)))
+}
+
+/// `GET /v1/history?service=S[&instance=I][&since=&until=]`: oldest first, `[since, until)`.
+async fn history(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<History>, ApiError> {
+    let service = query
+        .get("service")
+        .ok_or_else(|| ApiError::invalid("service", "service is required"))
+        .and_then(|raw| parse_service(raw, "service"))?;
+    let instance = query.parse("instance", |raw| {
+        registry_api::InstanceId::parse(raw).map_err(|m| format!("instance id {m}"))
+    })?;
+    let since = query.parse("since", rfc3339)?;
+    let until = query.parse("until", rfc3339)?;
+    if let (Some(since), Some(until)) = (since, until)
+        && since > until
+    {
+        return Err(ApiError::invalid("until", "until must not be before since"));
+    }
+    let events = state
+        .store
+        .history(
+            service.as_str(),
+            instance.as_ref().map(|i| i.as_str()),
+            since,
+            until,
+            HISTORY_LIMIT,
+        )
+        .await?;
+    Ok(Json(History { events }))
+}

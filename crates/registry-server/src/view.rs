@@ -1,0 +1,333 @@
+//! The in-memory view every read is served from, and the change hub that wakes blocking
+//! queries and event streams.
+//!
+//! The view is built from a store snapshot and then follows the event log by index, so
+//! it holds exactly the state of some index and never skips a change. Writes made by this
+//! process catch it up at once; a periodic catch-up (and, with replicas, notifications)
+//! picks up everything else.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use registry_api::{
+    Event, EventKind, Instance, ServiceInstances, ServiceList, ServiceStatus, ServiceSummary,
+    Status, SystemStatus,
+};
+use tokio::sync::watch;
+
+use crate::store::{Store, StoreResult};
+
+/// How many recent events the view keeps for event streams (older ones come from the store).
+const RECENT_EVENTS: usize = 4_096;
+/// How many events one catch-up round reads.
+const CATCH_UP_BATCH: u32 = 1_000;
+
+#[derive(Debug, Default)]
+struct ServiceView {
+    /// Index of the service's latest event.
+    index: u64,
+    instances: BTreeMap<String, Instance>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: u64,
+    services: BTreeMap<String, ServiceView>,
+    recent: VecDeque<Event>,
+}
+
+/// The current state of the registry in memory.
+#[derive(Debug)]
+pub struct View {
+    state: RwLock<State>,
+    changes: watch::Sender<u64>,
+    /// Serializes catch-ups so events are applied in order exactly once.
+    catching_up: tokio::sync::Mutex<()>,
+    /// Round-robin position per service for the seed lookup.
+    round_robin: Mutex<BTreeMap<String, usize>>,
+}
+
+impl View {
+    /// Builds the view from the store's current snapshot.
+    pub async fn load(store: &dyn Store) -> StoreResult<Self> {
+        let snapshot = store.snapshot().await?;
+        let mut state = State {
+            index: snapshot.index,
+            ..State::default()
+        };
+        for record in snapshot.records {
+            let service = state.services.entry(record.service.clone()).or_default();
+            // The service's own latest index is not in the snapshot; the global index is a
+            // safe upper bound (at most one extra wake-up for a blocking query).
+            service.index = snapshot.index;
+            service
+                .instances
+                .insert(record.id.clone(), record.to_instance());
+        }
+        let (changes, _) = watch::channel(snapshot.index);
+        Ok(Self {
+            state: RwLock::new(state),
+            changes,
+            catching_up: tokio::sync::Mutex::new(()),
+            round_robin: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads every event after the view's index from the store and applies it.
+    pub async fn catch_up(&self, store: &dyn Store) -> StoreResult<()> {
+        let _guard = self.catching_up.lock().await;
+        loop {
+            let from = self.index();
+            let events = store.events_after(from, None, CATCH_UP_BATCH).await?;
+            let Some(first) = events.first() else {
+                return Ok(());
+            };
+            if first.index != from + 1 {
+                // The events we missed were pruned: start again from a snapshot.
+                self.reload(store).await?;
+                continue;
+            }
+            let full_batch = events.len() == CATCH_UP_BATCH as usize;
+            self.apply_all(events);
+            if !full_batch {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn reload(&self, store: &dyn Store) -> StoreResult<()> {
+        let fresh = Self::load(store).await?;
+        let fresh_state = fresh
+            .state
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = fresh_state.index;
+        *self.write() = fresh_state;
+        self.changes.send_replace(index);
+        Ok(())
+    }
+
+    fn apply_all(&self, events: Vec<Event>) {
+        let index = {
+            let mut state = self.write();
+            for event in events {
+                if event.index <= state.index {
+                    continue;
+                }
+                state.index = event.index;
+                let service = state.services.entry(event.service.clone()).or_default();
+                service.index = event.index;
+                if event.kind == EventKind::Removed {
+                    service.instances.remove(&event.instance);
+                } else {
+                    let mut fresh = event.snapshot.clone();
+                    if let Some(known) = service.instances.get(&event.instance) {
+                        keep_newest_lease(&mut fresh, known);
+                    }
+                    service.instances.insert(event.instance.clone(), fresh);
+                }
+                if state.recent.len() == RECENT_EVENTS {
+                    state.recent.pop_front();
+                }
+                state.recent.push_back(event);
+            }
+            state.index
+        };
+        self.changes.send_replace(index);
+    }
+
+    /// Records a renewed lease that appended no event (a heartbeat), so reads show it.
+    pub fn touch(&self, instance: Instance) {
+        let mut state = self.write();
+        if let Some(known) = state
+            .services
+            .get_mut(&instance.service)
+            .and_then(|s| s.instances.get_mut(&instance.id))
+        {
+            keep_newest_lease(known, &instance);
+        }
+    }
+
+    /// The global index the view is at.
+    pub fn index(&self) -> u64 {
+        self.read().index
+    }
+
+    /// The index of one service's latest change (0 if unknown).
+    pub fn service_index(&self, service: &str) -> u64 {
+        self.read().services.get(service).map_or(0, |s| s.index)
+    }
+
+    /// A receiver that wakes on every change of the global index.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// How many blocking queries and streams are waiting for changes.
+    pub fn watchers(&self) -> usize {
+        self.changes.receiver_count()
+    }
+
+    /// `GET /v1/services`.
+    pub fn services(&self) -> ServiceList {
+        let state = self.read();
+        let services = state
+            .services
+            .iter()
+            .filter(|(_, s)| !s.instances.is_empty())
+            .map(|(name, s)| summarize(name, s.instances.values()))
+            .collect();
+        ServiceList {
+            index: state.index,
+            services,
+        }
+    }
+
+    /// `GET /v1/services/{service}`, optionally only instances with one status.
+    pub fn service(&self, name: &str, only: Option<Status>) -> ServiceInstances {
+        let state = self.read();
+        let (index, instances) = state.services.get(name).map_or((0, Vec::new()), |s| {
+            let instances = s
+                .instances
+                .values()
+                .filter(|i| only.is_none_or(|status| i.status == status))
+                .cloned()
+                .collect();
+            (s.index, instances)
+        });
+        ServiceInstances {
+            index,
+            name: name.to_owned(),
+            instances,
+        }
+    }
+
+    /// `GET /v1/status`: the whole system now, optionally one service only.
+    pub fn system_status(&self, only_service: Option<&str>, at: DateTime<Utc>) -> SystemStatus {
+        let state = self.read();
+        let instances = state
+            .services
+            .iter()
+            .filter(|(name, _)| only_service.is_none_or(|only| only == name.as_str()))
+            .flat_map(|(_, s)| s.instances.values().cloned());
+        system_status(state.index, at, instances)
+    }
+
+    /// Recent events after `after` (at most `limit`), when the view still holds all of
+    /// them; `None` when the caller must read older events from the store.
+    pub fn recent_events_after(
+        &self,
+        after: u64,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Option<Vec<Event>> {
+        let state = self.read();
+        let oldest = state.recent.front().map_or(state.index + 1, |e| e.index);
+        if after + 1 < oldest {
+            return None;
+        }
+        Some(
+            state
+                .recent
+                .iter()
+                .filter(|e| e.index > after)
+                .filter(|e| service.is_none_or(|s| s == e.service))
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Picks the next instance of `service` in round-robin order among `candidates`.
+    pub fn next_round_robin<'a>(
+        &self,
+        service: &str,
+        candidates: &'a [Instance],
+    ) -> Option<&'a Instance> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let mut positions = self
+            .round_robin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let position = positions.entry(service.to_owned()).or_default();
+        let chosen = &candidates[*position % candidates.len()];
+        *position = position.wrapping_add(1);
+        Some(chosen)
+    }
+}
+
+/// Copies the lease of `newer` into `target` when it is more recent and the status is the
+/// same: a heartbeat may renew a lease after the event that `target` came from.
+fn keep_newest_lease(target: &mut Instance, newer: &Instance) {
+    if newer.last_heartbeat_at > target.last_heartbeat_at && newer.status == target.status {
+        target.last_heartbeat_at = newer.last_heartbeat_at;
+        target.lease_expires_at = newer.lease_expires_at;
+    }
+}
+
+fn summarize<'a>(name: &str, instances: impl Iterator<Item = &'a Instance>) -> ServiceSummary {
+    let mut summary = ServiceSummary {
+        name: name.to_owned(),
+        instances: 0,
+        passing: 0,
+        warning: 0,
+        critical: 0,
+        maintenance: 0,
+    };
+    for instance in instances {
+        summary.instances += 1;
+        match instance.status {
+            Status::Passing => summary.passing += 1,
+            Status::Warning => summary.warning += 1,
+            Status::Critical => summary.critical += 1,
+            Status::Maintenance => summary.maintenance += 1,
+        }
+    }
+    summary
+}
+
+/// Groups instances by service and rolls up each service's status.
+pub fn system_status(
+    index: u64,
+    at: DateTime<Utc>,
+    instances: impl IntoIterator<Item = Instance>,
+) -> SystemStatus {
+    let mut by_service: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+    for instance in instances {
+        by_service
+            .entry(instance.service.clone())
+            .or_default()
+            .push(instance);
+    }
+    let services = by_service
+        .into_iter()
+        .map(|(name, mut instances)| {
+            instances.sort_by(|a, b| a.id.cmp(&b.id));
+            ServiceStatus {
+                status: ServiceStatus::roll_up(&instances),
+                name,
+                instances,
+            }
+        })
+        .collect();
+    SystemStatus {
+        index,
+        at,
+        services,
+    }
+}

@@ -1,0 +1,399 @@
+//! Background work: lease expiry and reaping, active checks, history pruning and the
+//! view's periodic catch-up. Each is a loop that ends at shutdown and survives store
+//! outages (it logs, waits for the next tick and tries again).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use registry_api::{Check, Status};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::lifecycle::{self, CheckOutcome, Mutation};
+use crate::store::{Store, StoreResult};
+use crate::view::View;
+
+/// How often leases, reaping and due checks are looked at.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// A registry that did not sweep for this long was down: leases get a fresh TTL.
+const OUTAGE_AFTER: Duration = Duration::from_secs(2);
+/// Safety net for changes this process did not make (other replicas).
+const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Most instances handled per sweep; the rest wait for the next one.
+const SWEEP_BATCH: u32 = 1_000;
+/// Most checks running at once.
+const MAX_CONCURRENT_CHECKS: usize = 256;
+/// Most bytes of a check answer read (to compare `expect_json`).
+const MAX_CHECK_BODY: usize = 64 * 1024;
+
+/// Everything the workers share.
+#[derive(Clone)]
+pub struct Workers {
+    pub store: Arc<dyn Store>,
+    pub view: Arc<View>,
+    pub settings: Arc<Settings>,
+    pub shutdown: CancellationToken,
+}
+
+impl Workers {
+    /// Starts every loop; they stop when `shutdown` is cancelled.
+    pub fn spawn(self) -> Vec<tokio::task::JoinHandle<()>> {
+        let checker = Checker::new(self.clone());
+        vec![
+            tokio::spawn(
+                self.clone()
+                    .every(SWEEP_EVERY, "lease sweep", |w| async move {
+                        w.sweep_leases().await
+                    }),
+            ),
+            tokio::spawn(
+                self.clone()
+                    .every(SWEEP_EVERY, "check scheduling", move |_| {
+                        let checker = checker.clone();
+                        async move { checker.start_due().await }
+                    }),
+            ),
+            tokio::spawn(
+                self.clone()
+                    .every(CATCH_UP_EVERY, "view catch-up", |w| async move {
+                        w.view.catch_up(w.store.as_ref()).await
+                    }),
+            ),
+            tokio::spawn(self.every(PRUNE_EVERY, "history pruning", |w| async move {
+                w.prune().await
+            })),
+        ]
+    }
+
+    async fn every<F, Fut>(self, period: Duration, what: &'static str, work: F)
+    where
+        F: Fn(Self) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<()>>,
+    {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            match work(self.clone()).await {
+                Ok(()) if failing => {
+                    tracing::info!(what, "recovered");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(error) if !failing => {
+                    tracing::warn!(what, %error, "failed; retrying every tick");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Expires lapsed leases and reaps instances critical for too long.
+    async fn sweep_leases(&self) -> StoreResult<()> {
+        let now = crate::clock::now();
+        let max_gap = chrono::Duration::from_std(OUTAGE_AFTER).unwrap_or(chrono::Duration::MAX);
+        if self.store.mark_alive(now, max_gap).await? {
+            tracing::info!(
+                "no sweep ran for a while (registry or database was down): every lease gets one full TTL"
+            );
+        }
+        let mut changed = false;
+        for (service, id) in self.store.expired_leases(now, SWEEP_BATCH).await? {
+            let applied = self
+                .store
+                .apply(
+                    &service,
+                    &id,
+                    now,
+                    Box::new(move |old| {
+                        old.map_or(Mutation::Unchanged, |o| lifecycle::expire_lease(o, now))
+                    }),
+                )
+                .await?;
+            changed |= applied.event.is_some();
+        }
+        let after = self.settings.deregister_critical_after;
+        if !after.is_zero() {
+            let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+            for (service, id) in self.store.reapable(now - after, SWEEP_BATCH).await? {
+                let applied = self
+                    .store
+                    .apply(
+                        &service,
+                        &id,
+                        now,
+                        Box::new(move |old| {
+                            old.map_or(Mutation::Unchanged, |o| lifecycle::reap(o, now, after))
+                        }),
+                    )
+                    .await?;
+                changed |= applied.event.is_some();
+            }
+        }
+        if changed {
+            self.view.catch_up(self.store.as_ref()).await?;
+        }
+        Ok(())
+    }
+
+    async fn prune(&self) -> StoreResult<()> {
+        let retention = chrono::Duration::from_std(self.settings.history_retention)
+            .unwrap_or(chrono::Duration::MAX);
+        let before = crate::clock::now() - retention;
+        let pruned = self.store.prune_history(before).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, "pruned history older than the retention");
+        }
+        Ok(())
+    }
+}
+
+/// Runs active checks: claims due ones from the store (so one replica runs each) and
+/// never runs two checks of one instance at once.
+#[derive(Clone)]
+struct Checker {
+    workers: Workers,
+    http: reqwest::Client,
+    in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Checker {
+    fn new(workers: Workers) -> Self {
+        let http = reqwest::Client::builder()
+            // A redirect could lead the check away from the instance's own host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("central-registry-check")
+            .build()
+            .unwrap_or_default();
+        Self {
+            workers,
+            http,
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
+        }
+    }
+
+    async fn start_due(&self) -> StoreResult<()> {
+        let now = crate::clock::now();
+        let available = u32::try_from(self.slots.available_permits()).unwrap_or(u32::MAX);
+        if available == 0 {
+            return Ok(());
+        }
+        for claimed in self.workers.store.claim_due_checks(now, available).await? {
+            let record = claimed.record;
+            let Some(check) = record.check.clone() else {
+                continue;
+            };
+            let key = (record.service.clone(), record.id.clone());
+            let fresh = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key.clone());
+            if !fresh {
+                continue;
+            }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                self.finish(&key);
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let outcome = this.probe(&record.url, &check).await;
+                if let Err(error) = this.report(&key, &check, outcome).await {
+                    tracing::warn!(service = key.0, instance = key.1, %error, "could not record a check result");
+                }
+                this.finish(&key);
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(&self, key: &(String, String)) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    async fn report(
+        &self,
+        key: &(String, String),
+        check: &Check,
+        outcome: CheckOutcome,
+    ) -> StoreResult<()> {
+        let now = crate::clock::now();
+        let check = check.clone();
+        let applied = self
+            .workers
+            .store
+            .apply(
+                &key.0,
+                &key.1,
+                now,
+                Box::new(move |old| {
+                    old.map_or(Mutation::Unchanged, |o| {
+                        lifecycle::record_check(o, &check, &outcome, now)
+                    })
+                }),
+            )
+            .await?;
+        if applied.event.is_some() {
+            self.workers
+                .view
+                .catch_up(self.workers.store.as_ref())
+                .await?;
+        } else if let Some(record) = applied.record {
+            self.workers.view.touch(record.to_instance());
+        }
+        Ok(())
+    }
+
+    /// One check: GET the check URL within its timeout; 2xx passes (and, with
+    /// `expect_json`, only with the expected fields), 429 warns, anything else fails.
+    async fn probe(&self, instance_url: &str, check: &Check) -> CheckOutcome {
+        let critical = |detail: String| CheckOutcome {
+            status: Status::Critical,
+            detail,
+        };
+        let Some(target) = check.target(instance_url) else {
+            return critical("check path leaves the instance's own host".into());
+        };
+        let timeout = Duration::from_secs(u64::from(check.timeout_seconds));
+        let attempt = async {
+            let response = self.http.get(target).send().await?;
+            let status = response.status();
+            let body = if status.is_success() && check.expect_json.is_some() {
+                Some(read_capped(response).await?)
+            } else {
+                None
+            };
+            Ok::<_, reqwest::Error>((status, body))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => critical(format!("timed out after {}s", check.timeout_seconds)),
+            Ok(Err(error)) => critical(format!("request failed: {}", error_chain(&error))),
+            Ok(Ok((status, body))) => classify(status, body.as_deref(), check),
+        }
+    }
+}
+
+fn classify(status: reqwest::StatusCode, body: Option<&[u8]>, check: &Check) -> CheckOutcome {
+    let detail = format!("HTTP {}", status.as_u16());
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return CheckOutcome {
+            status: Status::Warning,
+            detail,
+        };
+    }
+    if !status.is_success() {
+        return CheckOutcome {
+            status: Status::Critical,
+            detail,
+        };
+    }
+    if let Some(expected) = &check.expect_json {
+        let matches = body
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .is_some_and(|value| {
+                expected
+                    .iter()
+                    .all(|(k, v)| value.get(k).and_then(|x| x.as_str()) == Some(v.as_str()))
+            });
+        if !matches {
+            return CheckOutcome {
+                status: Status::Critical,
+                detail: format!("{detail}, body is not the expected JSON"),
+            };
+        }
+    }
+    CheckOutcome {
+        status: Status::Passing,
+        detail,
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_CHECK_BODY.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_CHECK_BODY {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn check(expect: Option<(&str, &str)>) -> Check {
+        Check {
+            http: "/status".into(),
+            interval_seconds: 5,
+            timeout_seconds: 2,
+            expect_json: expect.map(|(k, v)| BTreeMap::from([(k.to_owned(), v.to_owned())])),
+        }
+    }
+
+    #[test]
+    fn classification_follows_the_status_rules() {
+        let ok = reqwest::StatusCode::OK;
+        assert_eq!(classify(ok, None, &check(None)).status, Status::Passing);
+        assert_eq!(
+            classify(reqwest::StatusCode::TOO_MANY_REQUESTS, None, &check(None)).status,
+            Status::Warning
+        );
+        assert_eq!(
+            classify(reqwest::StatusCode::SERVICE_UNAVAILABLE, None, &check(None)).status,
+            Status::Critical
+        );
+        assert_eq!(
+            classify(reqwest::StatusCode::MOVED_PERMANENTLY, None, &check(None)).status,
+            Status::Critical
+        );
+    }
+
+    #[test]
+    fn expect_json_compares_fields_whatever_the_content_type() {
+        let seed = check(Some(("status", "ok")));
+        let ok = reqwest::StatusCode::OK;
+        assert_eq!(
+            classify(ok, Some(br#"{"status":"ok","x":1}"#), &seed).status,
+            Status::Passing
+        );
+        assert_eq!(
+            classify(ok, Some(br#"{"status":"down"}"#), &seed).status,
+            Status::Critical
+        );
+        assert_eq!(
+            classify(ok, Some(b"<html>ok</html>"), &seed).status,
+            Status::Critical
+        );
+        assert_eq!(classify(ok, Some(b""), &seed).status, Status::Critical);
+    }
+}
