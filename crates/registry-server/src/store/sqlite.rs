@@ -1,1 +1,498 @@
-//! SQLite implementation of the Store trait.
+//! SQLite implementation of [`Store`]: the embedded store, so that one binary runs with
+//! nothing else installed (DESIGN section 5).
+//!
+//! SQLite allows one writer at a time, so every write goes through a pool of exactly one
+//! connection and starts with `BEGIN IMMEDIATE`: writes are serialized in the process
+//! (no `SQLITE_BUSY` between our own writers) and indexes are committed in order. Reads use
+//! a separate pool; in WAL mode they see the last commit and never wait for the writer.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use registry_api::{Event, Instance};
+use sqlx::SqliteConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::{
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, Snapshot, Store, StoreError, StoreResult,
+    Transition, from_millis, kind_str, make_event, millis,
+};
+use crate::lifecycle::{Change, Mutation};
+use crate::record::InstanceRecord;
+
+/// How long a statement waits for a lock held by another process (or a checkpoint).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writers queue for the one write connection; give a burst time to drain before failing.
+const WRITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const READ_CONNECTIONS: u32 = 4;
+
+/// Takes the write lock at once, so a transaction that reads then writes cannot fail
+/// halfway when upgrading its lock.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// The store backed by an SQLite file.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (and creates if missing) the database at `url`, e.g. `sqlite://registry.db`.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Every acknowledged write must survive a crash or a power loss; WAL's
+            // default (NORMAL) may lose the last commits on power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        // The write connection is kept open for the life of the store: it is the one
+        // that checkpoints, and reopening it would only cost time.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(WRITE_ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        // An in-memory database exists once per connection group; a second pool would
+        // see another (or a shared-cache one with table locks), so reads share the writer.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READ_CONNECTIONS)
+                .connect_with(options)
+                .await?
+        };
+        Ok(Self { writer, reader })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        service: &str,
+        id: &str,
+        now: DateTime<Utc>,
+        transition: Transition,
+    ) -> StoreResult<Applied> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let old: Option<String> =
+            sqlx::query_scalar("SELECT record FROM instances WHERE service = ?1 AND id = ?2")
+                .bind(service)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let old = old.as_deref().map(parse_record).transpose()?;
+        let existed = old.is_some();
+        let applied = match transition(old.as_ref()) {
+            Mutation::Unchanged => Applied {
+                existed,
+                record: old,
+                event: None,
+            },
+            Mutation::Save {
+                record,
+                change,
+                reschedule_check,
+            } => {
+                ensure_key(&record, service, id)?;
+                save(&mut tx, &record, now, reschedule_check).await?;
+                let event = match change {
+                    Some(change) => Some(append_event(&mut tx, now, &change, &record).await?),
+                    None => None,
+                };
+                Applied {
+                    existed,
+                    record: Some(record),
+                    event,
+                }
+            }
+            Mutation::Delete { change } => match old {
+                // Nothing to remove: a removal of an unknown instance is no change.
+                None => Applied {
+                    existed,
+                    record: None,
+                    event: None,
+                },
+                Some(old) => {
+                    sqlx::query("DELETE FROM instances WHERE service = ?1 AND id = ?2")
+                        .bind(service)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let event = append_event(&mut tx, now, &change, &old).await?;
+                    Applied {
+                        existed,
+                        record: None,
+                        event: Some(event),
+                    }
+                }
+            },
+        };
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn snapshot(&self) -> StoreResult<Snapshot> {
+        // One read transaction: both statements see the same commit.
+        let mut tx = self.reader.begin().await?;
+        let index = read_current_index(&mut tx).await?;
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT record FROM instances ORDER BY service, id")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let records = rows
+            .iter()
+            .map(|row| parse_record(row))
+            .collect::<StoreResult<_>>()?;
+        Ok(Snapshot { index, records })
+    }
+
+    async fn current_index(&self) -> StoreResult<u64> {
+        let mut conn = self.reader.acquire().await?;
+        read_current_index(&mut conn).await
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        service: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM events \
+             WHERE idx > ?1 AND (?2 IS NULL OR service = ?2) \
+             ORDER BY idx LIMIT ?3",
+        )
+        .bind(after_column(after))
+        .bind(service)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        parse_events(&rows)
+    }
+
+    async fn history(
+        &self,
+        service: &str,
+        instance: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM events \
+             WHERE service = ?1 AND (?2 IS NULL OR instance = ?2) \
+             AND (?3 IS NULL OR at_ms >= ?3) AND (?4 IS NULL OR at_ms < ?4) \
+             ORDER BY idx LIMIT ?5",
+        )
+        .bind(service)
+        .bind(instance)
+        .bind(since.map(millis))
+        .bind(until.map(millis))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        parse_events(&rows)
+    }
+
+    async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
+        let mut tx = self.reader.begin().await?;
+        // Pruning may have deleted the events that led to the moment where history now
+        // starts (a removal, say), so from that moment on its index is a lower bound.
+        let index: i64 = sqlx::query_scalar(
+            "SELECT MAX( \
+               (SELECT COALESCE(MAX(idx), 0) FROM events WHERE at_ms <= ?1), \
+               COALESCE((SELECT CASE WHEN history_start_ms <= ?1 THEN history_start_index \
+                         ELSE 0 END FROM registry_meta WHERE id = 1), 0))",
+        )
+        .bind(millis(at))
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT e.body FROM events e \
+             JOIN (SELECT MAX(idx) AS idx FROM events WHERE at_ms <= ?1 \
+                   GROUP BY service, instance) latest ON e.idx = latest.idx \
+             WHERE e.kind <> 'removed' ORDER BY e.service, e.instance",
+        )
+        .bind(millis(at))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let instances = parse_events(&rows)?
+            .into_iter()
+            .map(|event| event.snapshot)
+            .collect();
+        Ok((to_index(index)?, instances))
+    }
+
+    async fn history_start(&self) -> StoreResult<HistoryStart> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT history_start_index, history_start_ms FROM registry_meta WHERE id = 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        let (index, at) = row.ok_or_else(missing_meta)?;
+        Ok(HistoryStart {
+            index: to_index(index)?,
+            at: from_millis(at)?,
+        })
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let before_ms = millis(before);
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let last_pruned: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(idx) FROM events WHERE at_ms < ?1")
+                .bind(before_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+        let Some(last_pruned) = last_pruned else {
+            return Ok(0);
+        };
+        // The latest event of an instance that still existed at `before` is its state
+        // there; state_at needs it for every later moment until the instance changes.
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE at_ms < ?1 AND idx NOT IN ( \
+               SELECT e.idx FROM events e \
+               JOIN (SELECT MAX(idx) AS idx FROM events WHERE at_ms < ?1 \
+                     GROUP BY service, instance) latest ON e.idx = latest.idx \
+               WHERE e.kind <> 'removed')",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // MAX: pruning with an older `before` must not move the start back.
+        sqlx::query(
+            "UPDATE registry_meta SET \
+               history_start_index = MAX(history_start_index, ?1), \
+               history_start_ms = MAX(history_start_ms, ?2) \
+             WHERE id = 1",
+        )
+        .bind(last_pruned)
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {
+        let now_ms = millis(now);
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let last_alive: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT last_alive_ms FROM registry_meta WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let last_alive = last_alive.ok_or_else(missing_meta)?;
+        let recovered =
+            last_alive.is_none_or(|last| now_ms.saturating_sub(last) > max_gap.num_milliseconds());
+        sqlx::query(
+            "UPDATE registry_meta SET \
+               last_alive_ms = MAX(COALESCE(last_alive_ms, ?1), ?1), \
+               recovered_ms = CASE WHEN ?2 THEN ?1 ELSE recovered_ms END \
+             WHERE id = 1",
+        )
+        .bind(now_ms)
+        .bind(recovered)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(recovered)
+    }
+
+    async fn expired_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query_as(
+            "SELECT i.service, i.id FROM instances i, registry_meta m \
+             WHERE m.id = 1 AND i.lease_deadline_ms <= ?1 \
+             AND (m.recovered_ms IS NULL OR m.recovered_ms + i.ttl_ms <= ?1) \
+             ORDER BY i.lease_deadline_ms LIMIT ?2",
+        )
+        .bind(millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn reapable(
+        &self,
+        critical_since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query_as(
+            "SELECT service, id FROM instances WHERE critical_since_ms <= ?1 \
+             ORDER BY critical_since_ms LIMIT ?2",
+        )
+        .bind(millis(critical_since))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn claim_due_checks(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<ClaimedCheck>> {
+        // On the writer: the claim is a write and must not race another one.
+        let rows: Vec<String> = sqlx::query_scalar(
+            "UPDATE instances SET next_check_ms = ?1 + check_interval_ms \
+             WHERE (service, id) IN ( \
+               SELECT service, id FROM instances WHERE next_check_ms <= ?1 \
+               ORDER BY next_check_ms LIMIT ?2) \
+             RETURNING record",
+        )
+        .bind(millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|row| parse_record(row).map(|record| ClaimedCheck { record }))
+            .collect()
+    }
+}
+
+/// Writes the record and the columns derived from it.
+async fn save(
+    conn: &mut SqliteConnection,
+    record: &InstanceRecord,
+    now: DateTime<Utc>,
+    reschedule_check: bool,
+) -> StoreResult<()> {
+    let columns = IndexedColumns::of(record);
+    // next_check_ms: none without a check; `now` when asked (new or changed check) or
+    // when the row had no schedule yet; otherwise the schedule the check sweep keeps.
+    sqlx::query(
+        "INSERT INTO instances (service, id, record, status, lease_deadline_ms, ttl_ms, \
+           critical_since_ms, check_interval_ms, next_check_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?8 IS NULL THEN NULL ELSE ?9 END) \
+         ON CONFLICT (service, id) DO UPDATE SET \
+           record = excluded.record, status = excluded.status, \
+           lease_deadline_ms = excluded.lease_deadline_ms, ttl_ms = excluded.ttl_ms, \
+           critical_since_ms = excluded.critical_since_ms, \
+           check_interval_ms = excluded.check_interval_ms, \
+           next_check_ms = CASE \
+             WHEN excluded.check_interval_ms IS NULL THEN NULL \
+             WHEN ?10 THEN excluded.next_check_ms \
+             ELSE COALESCE(instances.next_check_ms, excluded.next_check_ms) END",
+    )
+    .bind(&record.service)
+    .bind(&record.id)
+    .bind(serde_json::to_string(record)?)
+    .bind(columns.status)
+    .bind(columns.lease_deadline_ms)
+    .bind(columns.ttl_ms)
+    .bind(columns.critical_since_ms)
+    .bind(columns.check_interval_ms)
+    .bind(millis(now))
+    .bind(reschedule_check)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes the next index and appends the event, in the caller's write transaction.
+async fn append_event(
+    conn: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    change: &Change,
+    snapshot: &InstanceRecord,
+) -> StoreResult<Event> {
+    let index: Option<i64> = sqlx::query_scalar(
+        "UPDATE registry_meta SET current_index = current_index + 1 WHERE id = 1 \
+         RETURNING current_index",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let index = index.ok_or_else(missing_meta)?;
+    let event = make_event(to_index(index)?, now, change, snapshot);
+    sqlx::query(
+        "INSERT INTO events (idx, at_ms, service, instance, kind, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(index)
+    .bind(millis(now))
+    .bind(&event.service)
+    .bind(&event.instance)
+    .bind(kind_str(event.kind))
+    .bind(serde_json::to_string(&event)?)
+    .execute(conn)
+    .await?;
+    Ok(event)
+}
+
+async fn read_current_index(conn: &mut SqliteConnection) -> StoreResult<u64> {
+    let index: Option<i64> =
+        sqlx::query_scalar("SELECT current_index FROM registry_meta WHERE id = 1")
+            .fetch_optional(conn)
+            .await?;
+    to_index(index.ok_or_else(missing_meta)?)
+}
+
+/// The row is keyed by the arguments of `apply` but described by the record: a transition
+/// returning another instance's record is a bug that must not overwrite that instance.
+fn ensure_key(record: &InstanceRecord, service: &str, id: &str) -> StoreResult<()> {
+    if record.service == service && record.id == id {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "transition on {service}/{id} returned the record of {}/{}",
+            record.service, record.id
+        )))
+    }
+}
+
+fn parse_record(json: &str) -> StoreResult<InstanceRecord> {
+    Ok(serde_json::from_str(json)?)
+}
+
+fn parse_events(rows: &[String]) -> StoreResult<Vec<Event>> {
+    rows.iter()
+        .map(|row| serde_json::from_str(row).map_err(StoreError::from))
+        .collect()
+}
+
+fn to_index(value: i64) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("index {value}")))
+}
+
+/// `after` comes from callers (a client's `?index=`): one beyond any stored index simply
+/// has nothing after it.
+fn after_column(after: u64) -> i64 {
+    i64::try_from(after).unwrap_or(i64::MAX)
+}
+
+fn missing_meta() -> StoreError {
+    StoreError::Corrupt("the registry_meta row is missing".into())
+}

@@ -1,0 +1,1008 @@
+//! The conformance suite of [`Store`]: every test is written once and runs against both
+//! implementations, each on a fresh database, so that Postgres and SQLite cannot drift
+//! apart. Postgres is found through `DATABASE_URL` (see `registry_server::testing`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Duration, Utc};
+use registry_api::{
+    CheckSpec, EventKind, Instance, InstanceId, InstanceSpec, Reason, ServiceName, Status,
+    Validated,
+};
+use registry_server::clock;
+use registry_server::lifecycle::{self, CheckOutcome, Mutation};
+use registry_server::record::InstanceRecord;
+use registry_server::store::{Applied, HistoryStart, PostgresStore, SqliteStore, Store};
+use registry_server::testing;
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    async fn fresh_url(self) -> String {
+        match self {
+            Self::Postgres => testing::fresh_postgres_database().await,
+            Self::Sqlite => testing::fresh_sqlite_url(),
+        }
+    }
+
+    /// Connects and migrates, as the server does at start.
+    async fn open(self, url: &str) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = match self {
+            Self::Postgres => Arc::new(PostgresStore::connect(url).await.expect("connect")),
+            Self::Sqlite => Arc::new(SqliteStore::connect(url).await.expect("connect")),
+        };
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    async fn fresh(self) -> Arc<dyn Store> {
+        let url = self.fresh_url().await;
+        self.open(&url).await
+    }
+}
+
+/// Runs each listed test once per backend, as `postgres::<name>` and `sqlite::<name>`.
+macro_rules! conformance {
+    ($($test:ident),+ $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await;
+                }
+            )+
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    registering_a_new_instance_appends_event_1,
+    identical_replacement_appends_nothing_but_is_saved,
+    heartbeat_of_an_unknown_instance_changes_nothing,
+    index_increases_by_one_per_change_across_instances,
+    events_after_filters_by_service_and_limits,
+    snapshot_is_consistent_with_the_index,
+    deregistering_appends_removed_and_forgets_the_instance,
+    expired_leases_finds_only_due_leases,
+    expired_leases_respect_the_grace_after_a_recovery,
+    reapable_finds_instances_critical_long_enough,
+    claimed_checks_are_pushed_one_interval_ahead,
+    history_filters_by_instance_and_half_open_time_range,
+    state_at_answers_a_past_moment,
+    pruning_keeps_the_latest_event_of_live_instances,
+    times_round_trip_exactly,
+    data_survives_reconnecting,
+    concurrent_changes_get_gap_free_indexes_in_commit_order,
+    concurrent_registrations_of_one_new_instance_append_one_event,
+);
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+fn spec(service: &str, id: &str, ttl_seconds: u32) -> Validated {
+    let mut raw = InstanceSpec::new("http://10.0.0.1:4040");
+    raw.ttl_seconds = Some(ttl_seconds);
+    validate(raw, service, id)
+}
+
+fn spec_with_check(service: &str, id: &str, path: &str, interval_seconds: u32) -> Validated {
+    let mut raw = InstanceSpec::new("http://10.0.0.1:4040");
+    raw.ttl_seconds = Some(0);
+    raw.check = Some(CheckSpec {
+        http: path.into(),
+        interval_seconds: Some(interval_seconds),
+        timeout_seconds: Some(1),
+        expect_json: None,
+    });
+    validate(raw, service, id)
+}
+
+fn validate(raw: InstanceSpec, service: &str, id: &str) -> Validated {
+    raw.validate(
+        ServiceName::parse(service).expect("service name"),
+        InstanceId::parse(id).expect("instance id"),
+        10,
+    )
+    .expect("valid spec")
+}
+
+fn secs(n: i64) -> Duration {
+    Duration::seconds(n)
+}
+
+fn ms(n: i64) -> Duration {
+    Duration::milliseconds(n)
+}
+
+/// Applies `change` to whatever the instance is; an unknown instance is left alone.
+async fn on_existing(
+    store: &dyn Store,
+    service: &str,
+    id: &str,
+    now: DateTime<Utc>,
+    change: impl FnOnce(&InstanceRecord) -> Mutation + Send + 'static,
+) -> Applied {
+    store
+        .apply(
+            service,
+            id,
+            now,
+            Box::new(move |old: Option<&InstanceRecord>| old.map_or(Mutation::Unchanged, change)),
+        )
+        .await
+        .expect("apply")
+}
+
+async fn put(store: &dyn Store, spec: &Validated, now: DateTime<Utc>) -> Applied {
+    let owned = spec.clone();
+    store
+        .apply(
+            spec.service.as_str(),
+            spec.id.as_str(),
+            now,
+            Box::new(move |old: Option<&InstanceRecord>| lifecycle::register(old, &owned, now)),
+        )
+        .await
+        .expect("apply")
+}
+
+async fn heartbeat(store: &dyn Store, service: &str, id: &str, now: DateTime<Utc>) -> Applied {
+    on_existing(store, service, id, now, move |r| {
+        lifecycle::heartbeat(r, now)
+    })
+    .await
+}
+
+async fn maintenance(
+    store: &dyn Store,
+    service: &str,
+    id: &str,
+    on: bool,
+    now: DateTime<Utc>,
+) -> Applied {
+    on_existing(store, service, id, now, move |r| {
+        lifecycle::set_maintenance(r, on, now)
+    })
+    .await
+}
+
+async fn expire(store: &dyn Store, service: &str, id: &str, now: DateTime<Utc>) -> Applied {
+    on_existing(store, service, id, now, move |r| {
+        lifecycle::expire_lease(r, now)
+    })
+    .await
+}
+
+async fn deregister(store: &dyn Store, service: &str, id: &str, now: DateTime<Utc>) -> Applied {
+    on_existing(store, service, id, now, lifecycle::deregister).await
+}
+
+fn index_of(applied: &Applied) -> u64 {
+    applied.event.as_ref().expect("an event").index
+}
+
+fn record_of(applied: &Applied) -> InstanceRecord {
+    applied.record.clone().expect("a record")
+}
+
+fn pairs(keys: &[(&str, &str)]) -> Vec<(String, String)> {
+    keys.iter()
+        .map(|(s, i)| ((*s).to_owned(), (*i).to_owned()))
+        .collect()
+}
+
+fn sorted(mut keys: Vec<(String, String)>) -> Vec<(String, String)> {
+    keys.sort();
+    keys
+}
+
+fn indexes(events: &[registry_api::Event]) -> Vec<u64> {
+    events.iter().map(|e| e.index).collect()
+}
+
+fn by_key(mut instances: Vec<Instance>) -> Vec<Instance> {
+    instances.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    instances
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+async fn registering_a_new_instance_appends_event_1(backend: Backend) {
+    let store = backend.fresh().await;
+    assert_eq!(store.current_index().await.expect("index"), 0);
+    let now = clock::now();
+
+    let applied = put(&*store, &spec("sum", "a", 10), now).await;
+
+    assert!(!applied.existed);
+    let record = record_of(&applied);
+    assert_eq!(record.status, Status::Passing);
+    assert_eq!(record.lease_expires_at, Some(now + secs(10)));
+    let event = applied.event.expect("an event");
+    assert_eq!(event.index, 1);
+    assert_eq!(
+        (event.kind, event.reason),
+        (EventKind::Registered, Reason::Registered)
+    );
+    assert_eq!((event.from, event.to), (None, Some(Status::Passing)));
+    assert_eq!(event.at, now);
+    assert_eq!(
+        (event.service.as_str(), event.instance.as_str()),
+        ("sum", "a")
+    );
+    assert_eq!(event.snapshot, record.to_instance());
+    assert_eq!(store.current_index().await.expect("index"), 1);
+    assert_eq!(
+        store.events_after(0, None, 10).await.expect("events"),
+        vec![event]
+    );
+}
+
+async fn identical_replacement_appends_nothing_but_is_saved(backend: Backend) {
+    let store = backend.fresh().await;
+    let t0 = clock::now();
+    put(&*store, &spec("sum", "a", 10), t0).await;
+
+    let again = put(&*store, &spec("sum", "a", 10), t0 + secs(3)).await;
+
+    assert!(again.existed);
+    assert_eq!(again.event, None);
+    let record = record_of(&again);
+    assert_eq!(record.registered_at, t0);
+    assert_eq!(
+        record.lease_expires_at,
+        Some(t0 + secs(13)),
+        "the lease is renewed"
+    );
+    assert_eq!(store.current_index().await.expect("index"), 1);
+    assert_eq!(
+        store.events_after(0, None, 10).await.expect("events").len(),
+        1
+    );
+    let snapshot = store.snapshot().await.expect("snapshot");
+    assert_eq!(
+        snapshot.records,
+        vec![record],
+        "the renewal is written without an event"
+    );
+}
+
+async fn heartbeat_of_an_unknown_instance_changes_nothing(backend: Backend) {
+    let store = backend.fresh().await;
+    let now = clock::now();
+    let saw_none = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&saw_none);
+
+    let applied = store
+        .apply(
+            "sum",
+            "ghost",
+            now,
+            Box::new(move |old: Option<&InstanceRecord>| {
+                flag.store(old.is_none(), Ordering::SeqCst);
+                old.map_or(Mutation::Unchanged, |r| lifecycle::heartbeat(r, now))
+            }),
+        )
+        .await
+        .expect("apply");
+
+    assert!(
+        saw_none.load(Ordering::SeqCst),
+        "the transition sees no record"
+    );
+    assert_eq!(
+        applied,
+        Applied {
+            existed: false,
+            record: None,
+            event: None
+        }
+    );
+    assert_eq!(store.current_index().await.expect("index"), 0);
+    assert!(store.snapshot().await.expect("snapshot").records.is_empty());
+
+    // And on a known instance with a live lease: saved, no event.
+    put(&*store, &spec("sum", "a", 10), now).await;
+    let beat = heartbeat(&*store, "sum", "a", now + secs(1)).await;
+    assert!(beat.existed);
+    assert_eq!(beat.event, None);
+    assert_eq!(record_of(&beat).last_heartbeat_at, now + secs(1));
+    assert_eq!(store.current_index().await.expect("index"), 1);
+}
+
+async fn index_increases_by_one_per_change_across_instances(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+
+    let applied = [
+        put(s, &spec("sum", "a", 10), t0).await,
+        put(s, &spec("mult", "a", 10), t0).await,
+        heartbeat(s, "sum", "a", t0 + secs(1)).await, // no change
+        maintenance(s, "sum", "a", true, t0 + secs(2)).await,
+        put(s, &spec("sum", "a", 30), t0 + secs(3)).await,
+        expire(s, "mult", "a", t0 + secs(10)).await,
+        heartbeat(s, "mult", "a", t0 + secs(11)).await,
+        deregister(s, "sum", "a", t0 + secs(12)).await,
+    ];
+
+    let appended: Vec<u64> = applied
+        .iter()
+        .filter_map(|a| a.event.as_ref().map(|e| e.index))
+        .collect();
+    assert_eq!(appended, (1..=7).collect::<Vec<_>>());
+    let events = s.events_after(0, None, 100).await.expect("events");
+    assert_eq!(indexes(&events), appended);
+    let described: Vec<(EventKind, Reason)> = events.iter().map(|e| (e.kind, e.reason)).collect();
+    assert_eq!(
+        described,
+        vec![
+            (EventKind::Registered, Reason::Registered),
+            (EventKind::Registered, Reason::Registered),
+            (EventKind::Status, Reason::MaintenanceSet),
+            (EventKind::Updated, Reason::Updated),
+            (EventKind::Status, Reason::LeaseExpired),
+            (EventKind::Status, Reason::Heartbeat),
+            (EventKind::Removed, Reason::Deregistered),
+        ]
+    );
+    assert_eq!(s.current_index().await.expect("index"), 7);
+}
+
+async fn events_after_filters_by_service_and_limits(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec("sum", "a", 10), t0).await;
+    put(s, &spec("mult", "a", 10), t0).await;
+    put(s, &spec("sum", "b", 10), t0).await;
+    put(s, &spec("mult", "b", 10), t0).await;
+
+    let after = |after, service, limit| async move {
+        indexes(&s.events_after(after, service, limit).await.expect("events"))
+    };
+    assert_eq!(after(0, None, 100).await, vec![1, 2, 3, 4]);
+    assert_eq!(after(1, None, 2).await, vec![2, 3]);
+    assert_eq!(after(0, Some("sum"), 100).await, vec![1, 3]);
+    assert_eq!(after(1, Some("mult"), 1).await, vec![2]);
+    assert_eq!(after(2, Some("mult"), 10).await, vec![4]);
+    assert_eq!(after(4, None, 10).await, Vec::<u64>::new());
+    assert_eq!(after(0, Some("concat"), 10).await, Vec::<u64>::new());
+    assert_eq!(after(u64::MAX, None, 10).await, Vec::<u64>::new());
+    let events = s.events_after(0, Some("mult"), 10).await.expect("events");
+    assert!(events.iter().all(|e| e.service == "mult"));
+}
+
+async fn snapshot_is_consistent_with_the_index(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    let empty = s.snapshot().await.expect("snapshot");
+    assert_eq!((empty.index, empty.records.len()), (0, 0));
+
+    put(s, &spec("sum", "b", 10), t0).await;
+    put(s, &spec("sum", "a", 10), t0).await;
+    let mult = put(s, &spec("mult", "a", 0), t0).await;
+    let sum_a = maintenance(s, "sum", "a", true, t0 + secs(1)).await;
+    deregister(s, "sum", "b", t0 + secs(2)).await;
+
+    let snapshot = s.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.index, 5);
+    assert_eq!(snapshot.index, s.current_index().await.expect("index"));
+    let mut records = snapshot.records.clone();
+    records.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    assert_eq!(records, vec![record_of(&mult), record_of(&sum_a)]);
+    // Each record is what its latest event up to the snapshot's index shows.
+    let events = s.events_after(0, None, 100).await.expect("events");
+    for record in &snapshot.records {
+        let latest = events
+            .iter()
+            .filter(|e| e.index <= snapshot.index)
+            .rfind(|e| e.service == record.service && e.instance == record.id)
+            .expect("an event for each record");
+        assert_eq!(latest.snapshot, record.to_instance());
+    }
+}
+
+async fn deregistering_appends_removed_and_forgets_the_instance(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec("sum", "a", 10), t0).await;
+    let last = record_of(&maintenance(s, "sum", "a", true, t0 + secs(1)).await);
+
+    let removed = deregister(s, "sum", "a", t0 + secs(2)).await;
+
+    assert!(removed.existed);
+    assert_eq!(removed.record, None);
+    let event = removed.event.expect("an event");
+    assert_eq!(event.index, 3);
+    assert_eq!(
+        (event.kind, event.reason),
+        (EventKind::Removed, Reason::Deregistered)
+    );
+    assert_eq!((event.from, event.to), (Some(Status::Maintenance), None));
+    assert_eq!(event.at, t0 + secs(2));
+    assert_eq!(event.snapshot, last.to_instance(), "the last state");
+    let snapshot = s.snapshot().await.expect("snapshot");
+    assert_eq!((snapshot.index, snapshot.records.len()), (3, 0));
+    assert_eq!(
+        s.events_after(2, None, 10).await.expect("events"),
+        vec![event]
+    );
+
+    let again = deregister(s, "sum", "a", t0 + secs(3)).await;
+    assert_eq!(
+        again,
+        Applied {
+            existed: false,
+            record: None,
+            event: None
+        }
+    );
+    let back = put(s, &spec("sum", "a", 10), t0 + secs(4)).await;
+    assert!(!back.existed);
+    assert_eq!(index_of(&back), 4);
+    assert_eq!(
+        record_of(&back).registered_at,
+        t0 + secs(4),
+        "a new registration"
+    );
+}
+
+async fn expired_leases_finds_only_due_leases(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec("sum", "a", 10), t0).await;
+    put(s, &spec("sum", "b", 30), t0).await;
+    put(s, &spec("sum", "nolease", 0), t0).await;
+    put(s, &spec("mult", "d", 10), t0 + secs(5)).await;
+    let expired = |at, limit| async move {
+        sorted(s.expired_leases(at, limit).await.expect("expired leases"))
+    };
+
+    assert_eq!(expired(t0 + secs(10) - ms(1), 100).await, vec![]);
+    assert_eq!(expired(t0 + secs(10), 100).await, pairs(&[("sum", "a")]));
+    assert_eq!(
+        expired(t0 + secs(15), 100).await,
+        pairs(&[("mult", "d"), ("sum", "a")])
+    );
+    assert_eq!(
+        expired(t0 + secs(30), 100).await,
+        pairs(&[("mult", "d"), ("sum", "a"), ("sum", "b")])
+    );
+    assert_eq!(expired(t0 + secs(30), 2).await.len(), 2, "the limit holds");
+
+    // A heartbeat pushes the deadline; an expired lease is not due again.
+    heartbeat(s, "sum", "a", t0 + secs(12)).await;
+    assert_eq!(expired(t0 + secs(15), 100).await, pairs(&[("mult", "d")]));
+    let lapsed = expire(s, "mult", "d", t0 + secs(15)).await;
+    assert_eq!(record_of(&lapsed).status, Status::Critical);
+    assert_eq!(
+        expired(t0 + secs(1000), 100).await,
+        pairs(&[("sum", "a"), ("sum", "b")])
+    );
+}
+
+async fn expired_leases_respect_the_grace_after_a_recovery(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    let gap = secs(5);
+    put(s, &spec("sum", "a", 10), t0).await;
+    put(s, &spec("sum", "b", 30), t0).await;
+    let expired =
+        |at| async move { sorted(s.expired_leases(at, 100).await.expect("expired leases")) };
+
+    assert!(
+        s.mark_alive(t0, gap).await.expect("alive"),
+        "nobody was alive before"
+    );
+    assert!(!s.mark_alive(t0 + secs(1), gap).await.expect("alive"));
+    assert_eq!(expired(t0 + secs(10)).await, pairs(&[("sum", "a")]));
+
+    // Down from t0+1s until r: every deadline becomes max(deadline, r + ttl).
+    let r = t0 + secs(60);
+    assert!(s.mark_alive(r, gap).await.expect("alive"), "a recovery");
+    assert_eq!(expired(r).await, vec![]);
+    assert_eq!(expired(r + secs(10) - ms(1)).await, vec![]);
+    assert_eq!(expired(r + secs(10)).await, pairs(&[("sum", "a")]));
+    assert_eq!(expired(r + secs(30) - ms(1)).await, pairs(&[("sum", "a")]));
+    assert_eq!(
+        expired(r + secs(30)).await,
+        pairs(&[("sum", "a"), ("sum", "b")])
+    );
+
+    assert!(!s.mark_alive(r + secs(1), gap).await.expect("alive"));
+    // A late caller with an older clock does not move the last sign of life back.
+    assert!(!s.mark_alive(r - secs(30), gap).await.expect("alive"));
+    assert!(!s.mark_alive(r + secs(4), gap).await.expect("alive"));
+    assert_eq!(expired(r + secs(10)).await, pairs(&[("sum", "a")]));
+}
+
+async fn reapable_finds_instances_critical_long_enough(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec("sum", "a", 10), t0).await;
+    put(s, &spec("sum", "b", 10), t0).await;
+    let reapable =
+        |at, limit| async move { sorted(s.reapable(at, limit).await.expect("reapable")) };
+
+    assert_eq!(
+        reapable(t0 + secs(1000), 100).await,
+        vec![],
+        "none is critical"
+    );
+    expire(s, "sum", "a", t0 + secs(10)).await;
+    assert_eq!(reapable(t0 + secs(10) - ms(1), 100).await, vec![]);
+    assert_eq!(reapable(t0 + secs(10), 100).await, pairs(&[("sum", "a")]));
+    expire(s, "sum", "b", t0 + secs(20)).await;
+    assert_eq!(
+        reapable(t0 + secs(20), 100).await,
+        pairs(&[("sum", "a"), ("sum", "b")])
+    );
+    assert_eq!(reapable(t0 + secs(20), 1).await.len(), 1, "the limit holds");
+
+    heartbeat(s, "sum", "a", t0 + secs(21)).await;
+    assert_eq!(reapable(t0 + secs(1000), 100).await, pairs(&[("sum", "b")]));
+}
+
+async fn claimed_checks_are_pushed_one_interval_ahead(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec_with_check("sum", "a", "/status", 5), t0).await;
+    put(s, &spec_with_check("sum", "c", "/status", 10), t0).await;
+    put(s, &spec("sum", "unchecked", 10), t0).await;
+    let claim = |at, limit| async move {
+        let mut claimed: Vec<String> = s
+            .claim_due_checks(at, limit)
+            .await
+            .expect("claim")
+            .into_iter()
+            .map(|c| c.record.id)
+            .collect();
+        claimed.sort();
+        claimed
+    };
+
+    assert_eq!(
+        claim(t0, 100).await,
+        vec!["a", "c"],
+        "new checks are due at once"
+    );
+    assert_eq!(claim(t0, 100).await, Vec::<String>::new(), "claimed once");
+    assert_eq!(claim(t0 + secs(5) - ms(1), 100).await, Vec::<String>::new());
+    assert_eq!(claim(t0 + secs(5), 100).await, vec!["a"]);
+    assert_eq!(claim(t0 + secs(5), 100).await, Vec::<String>::new());
+    assert_eq!(claim(t0 + secs(10), 1).await.len(), 1, "the limit holds");
+    assert_eq!(claim(t0 + secs(10), 100).await.len(), 1, "the other one");
+
+    // a is next due at t0+15s. An identical replacement and a check result keep that.
+    let check = record_of(&put(s, &spec_with_check("sum", "a", "/status", 5), t0 + secs(11)).await)
+        .check
+        .expect("a check");
+    let outcome = CheckOutcome {
+        status: Status::Passing,
+        detail: "HTTP 200".into(),
+    };
+    let now = t0 + secs(12);
+    on_existing(s, "sum", "a", now, move |r| {
+        lifecycle::record_check(r, &check, &outcome, now)
+    })
+    .await;
+    assert_eq!(claim(t0 + secs(12), 100).await, Vec::<String>::new());
+
+    // A changed check is due at once.
+    put(s, &spec_with_check("sum", "a", "/other", 5), t0 + secs(13)).await;
+    let claimed = s.claim_due_checks(t0 + secs(13), 100).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let record = &claimed[0].record;
+    assert_eq!(record.id, "a");
+    assert_eq!(
+        record.check.as_ref().map(|c| c.http.as_str()),
+        Some("/other")
+    );
+
+    // A removed check is never due again.
+    put(s, &spec("sum", "c", 0), t0 + secs(14)).await;
+    assert_eq!(claim(t0 + secs(1000), 100).await, vec!["a"]);
+}
+
+/// sum/a at t0, sum/b at t0+1s, mult/a at t0+2s, sum/a to maintenance at t0+3s,
+/// sum/b removed at t0+4s: events 1 to 5.
+async fn timeline(s: &dyn Store, t0: DateTime<Utc>) {
+    put(s, &spec("sum", "a", 10), t0).await;
+    put(s, &spec("sum", "b", 10), t0 + secs(1)).await;
+    put(s, &spec("mult", "a", 10), t0 + secs(2)).await;
+    maintenance(s, "sum", "a", true, t0 + secs(3)).await;
+    deregister(s, "sum", "b", t0 + secs(4)).await;
+}
+
+async fn history_filters_by_instance_and_half_open_time_range(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    timeline(s, t0).await;
+    let history = |service, instance, since, until, limit| async move {
+        indexes(
+            &s.history(service, instance, since, until, limit)
+                .await
+                .expect("history"),
+        )
+    };
+
+    assert_eq!(
+        history("sum", None, None, None, 100).await,
+        vec![1, 2, 4, 5]
+    );
+    assert_eq!(history("sum", Some("a"), None, None, 100).await, vec![1, 4]);
+    assert_eq!(history("mult", Some("a"), None, None, 100).await, vec![3]);
+    assert_eq!(
+        history("sum", None, Some(t0 + secs(1)), None, 100).await,
+        vec![2, 4, 5]
+    );
+    assert_eq!(
+        history("sum", None, None, Some(t0 + secs(3)), 100).await,
+        vec![1, 2],
+        "until is exclusive"
+    );
+    assert_eq!(
+        history("sum", None, Some(t0 + secs(1)), Some(t0 + secs(4)), 100).await,
+        vec![2, 4],
+        "since is inclusive"
+    );
+    assert_eq!(
+        history(
+            "sum",
+            Some("b"),
+            Some(t0 + secs(1)),
+            Some(t0 + secs(5)),
+            100
+        )
+        .await,
+        vec![2, 5]
+    );
+    assert_eq!(
+        history("sum", None, None, None, 2).await,
+        vec![1, 2],
+        "oldest first"
+    );
+    assert_eq!(
+        history("concat", None, None, None, 100).await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        history("sum", Some("zz"), None, None, 100).await,
+        Vec::<u64>::new()
+    );
+}
+
+async fn state_at_answers_a_past_moment(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    timeline(s, t0).await;
+    let events = s.events_after(0, None, 100).await.expect("events");
+    let shown = |index: u64| {
+        events[usize::try_from(index - 1).expect("small")]
+            .snapshot
+            .clone()
+    };
+    let state_at = |at| async move {
+        let (index, instances) = s.state_at(at).await.expect("state");
+        (index, by_key(instances))
+    };
+
+    assert_eq!(state_at(t0 - ms(1)).await, (0, vec![]));
+    assert_eq!(state_at(t0).await, (1, vec![shown(1)]));
+    assert_eq!(state_at(t0 + secs(1) - ms(1)).await, (1, vec![shown(1)]));
+    assert_eq!(
+        state_at(t0 + secs(2)).await,
+        (3, vec![shown(3), shown(1), shown(2)])
+    );
+    let (index, at_3) = state_at(t0 + secs(3)).await;
+    assert_eq!(index, 4);
+    assert_eq!(at_3, vec![shown(3), shown(4), shown(2)]);
+    assert_eq!(at_3[1].status, Status::Maintenance);
+    assert_eq!(
+        state_at(t0 + secs(4)).await,
+        (5, vec![shown(3), shown(4)]),
+        "removed instances are gone"
+    );
+    assert_eq!(
+        state_at(t0 + secs(3600)).await,
+        (5, vec![shown(3), shown(4)])
+    );
+}
+
+async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    let initial = s.history_start().await.expect("history start");
+    assert_eq!(initial.index, 0);
+    assert!(
+        initial.at <= t0,
+        "history starts when the database is created"
+    );
+    assert_eq!(
+        s.prune_history(t0).await.expect("prune"),
+        0,
+        "nothing to prune"
+    );
+    assert_eq!(s.history_start().await.expect("history start"), initial);
+
+    timeline(s, t0).await; // 1..=5 at t0..t0+4s
+    put(s, &spec("concat", "c", 10), t0 + secs(6)).await; // 6
+    let events = s.events_after(0, None, 100).await.expect("events");
+    let shown = |index: u64| {
+        events[usize::try_from(index - 1).expect("small")]
+            .snapshot
+            .clone()
+    };
+    let before = t0 + secs(4) + ms(500);
+
+    // Before `before`: sum/a's latest is 4, mult/a's is 3, sum/b's is its removal (5).
+    let deleted = s.prune_history(before).await.expect("prune");
+
+    assert_eq!(deleted, 3, "events 1, 2 and 5");
+    assert_eq!(
+        indexes(&s.events_after(0, None, 100).await.expect("events")),
+        vec![3, 4, 6]
+    );
+    assert_eq!(
+        s.history_start().await.expect("history start"),
+        HistoryStart {
+            index: 5,
+            at: before
+        }
+    );
+    assert_eq!(
+        s.state_at(before).await.expect("state"),
+        (5, by_key(vec![shown(3), shown(4)])),
+        "the state where history starts is intact"
+    );
+    let (index, instances) = s.state_at(t0 + secs(6)).await.expect("state");
+    assert_eq!(
+        (index, by_key(instances)),
+        (6, vec![shown(6), shown(3), shown(4)])
+    );
+
+    // Pruning again, or up to an earlier moment, changes nothing.
+    assert_eq!(s.prune_history(before).await.expect("prune"), 0);
+    assert_eq!(s.prune_history(t0 + secs(1)).await.expect("prune"), 0);
+    assert_eq!(
+        s.history_start().await.expect("history start"),
+        HistoryStart {
+            index: 5,
+            at: before
+        },
+        "the start never moves back"
+    );
+    assert_eq!(s.current_index().await.expect("index"), 6);
+}
+
+async fn times_round_trip_exactly(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now() + ms(1); // an odd millisecond, kept exact
+    let registered = put(s, &spec_with_check("sum", "a", "/status", 5), t0).await;
+    let check = record_of(&registered).check.expect("a check");
+    let checked_at = t0 + ms(1234);
+    let outcome = CheckOutcome {
+        status: Status::Warning,
+        detail: "HTTP 429".into(),
+    };
+    let checked = on_existing(s, "sum", "a", checked_at, move |r| {
+        lifecycle::record_check(r, &check, &outcome, checked_at)
+    })
+    .await;
+    let record = record_of(&checked);
+    assert_eq!(record.last_check.as_ref().map(|c| c.at), Some(checked_at));
+    assert_eq!(record.status_changed_at, checked_at);
+
+    let snapshot = s.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.records, vec![record.clone()]);
+    let stored = s.events_after(0, None, 10).await.expect("events");
+    let applied: Vec<_> = [registered.event, checked.event]
+        .into_iter()
+        .map(|e| e.expect("an event"))
+        .collect();
+    assert_eq!(stored, applied);
+    assert_eq!(
+        s.history("sum", None, Some(t0), Some(checked_at + ms(1)), 10)
+            .await
+            .expect("history"),
+        applied
+    );
+    assert_eq!(
+        s.state_at(checked_at).await.expect("state"),
+        (2, vec![record.to_instance()])
+    );
+    let before = checked_at + ms(7);
+    s.prune_history(before).await.expect("prune");
+    assert_eq!(s.history_start().await.expect("history start").at, before);
+}
+
+async fn data_survives_reconnecting(backend: Backend) {
+    let url = backend.fresh_url().await;
+    let store = backend.open(&url).await;
+    let t0 = clock::now();
+    put(&*store, &spec("sum", "a", 10), t0).await;
+    maintenance(&*store, "sum", "a", true, t0 + secs(1)).await;
+    put(&*store, &spec_with_check("mult", "b", "/status", 5), t0).await;
+    deregister(&*store, "mult", "b", t0 + secs(2)).await;
+    assert!(
+        store
+            .mark_alive(t0 + secs(2), secs(5))
+            .await
+            .expect("alive")
+    );
+    let snapshot = store.snapshot().await.expect("snapshot");
+    let events = store.events_after(0, None, 100).await.expect("events");
+    drop(store);
+
+    let store = backend.open(&url).await; // migrating again is harmless
+    store.migrate().await.expect("migrate twice");
+
+    assert_eq!(store.snapshot().await.expect("snapshot"), snapshot);
+    assert_eq!(
+        store.events_after(0, None, 100).await.expect("events"),
+        events
+    );
+    assert_eq!(store.current_index().await.expect("index"), 4);
+    assert!(
+        !store
+            .mark_alive(t0 + secs(3), secs(5))
+            .await
+            .expect("alive"),
+        "the last sign of life is kept"
+    );
+    let next = put(&*store, &spec("sum", "c", 10), t0 + secs(3)).await;
+    assert_eq!(index_of(&next), 5, "the index continues");
+}
+
+async fn concurrent_changes_get_gap_free_indexes_in_commit_order(backend: Backend) {
+    const INSTANCES: usize = 5;
+    const TASKS: usize = 50;
+    const WRITES: usize = 10;
+    const TOTAL: u64 = (INSTANCES + TASKS * WRITES) as u64;
+    let store = backend.fresh().await;
+    let t0 = clock::now();
+    for i in 0..INSTANCES {
+        put(&*store, &spec("sum", &format!("i{i}"), 10), t0).await;
+    }
+
+    // A follower reading as writes commit must never see an index before a lower one.
+    let follower = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+            let mut seen = 0;
+            while seen < TOTAL {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "follower stuck at {seen}"
+                );
+                for event in store.events_after(seen, None, 100).await.expect("events") {
+                    assert_eq!(event.index, seen + 1, "a gap in what has committed");
+                    seen = event.index;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            seen
+        })
+    };
+
+    // Every write toggles maintenance, so each one appends an event; five instances shared
+    // by fifty tasks make the writers queue on the same rows.
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let mut appended = Vec::new();
+            for write in 0..WRITES {
+                let id = format!("i{}", (task + write) % INSTANCES);
+                let now = clock::now();
+                let applied = on_existing(&*store, "sum", &id, now, move |r| {
+                    lifecycle::set_maintenance(r, !r.maintenance, now)
+                })
+                .await;
+                appended.push(index_of(&applied));
+            }
+            appended
+        });
+    }
+    let mut appended: Vec<u64> = (1..=INSTANCES as u64).collect();
+    while let Some(result) = tasks.join_next().await {
+        appended.extend(result.expect("task"));
+    }
+    appended.sort_unstable();
+
+    assert_eq!(
+        appended,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "each index given once"
+    );
+    assert_eq!(store.current_index().await.expect("index"), TOTAL);
+    let events = store.events_after(0, None, 1000).await.expect("events");
+    assert_eq!(indexes(&events), (1..=TOTAL).collect::<Vec<_>>());
+    assert_eq!(follower.await.expect("follower"), TOTAL);
+
+    // No lost update: per instance, each change starts from the previous one's result.
+    let mut last: BTreeMap<&str, Status> = BTreeMap::new();
+    for event in &events {
+        let to = event.to.expect("no removal");
+        if let Some(before) = last.insert(event.instance.as_str(), to) {
+            assert_eq!(
+                event.from,
+                Some(before),
+                "event {} of {}",
+                event.index,
+                event.instance
+            );
+        }
+    }
+    let snapshot = store.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.index, TOTAL);
+    assert!(
+        snapshot.records.iter().all(|r| !r.maintenance),
+        "100 toggles each"
+    );
+}
+
+async fn concurrent_registrations_of_one_new_instance_append_one_event(backend: Backend) {
+    let store = backend.fresh().await;
+    // Opens several connections now, so that the writers below start at the same time.
+    futures::future::join_all((0..10).map(|_| store.current_index())).await;
+    let now = clock::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let spec = spec("sum", "a", 10);
+            let transition = move |old: Option<&InstanceRecord>| {
+                if old.is_none() {
+                    // Widens the window between finding no instance and creating it, so
+                    // that writers which are not serialized would both create it.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                lifecycle::register(old, &spec, now)
+            };
+            store
+                .apply("sum", "a", now, Box::new(transition))
+                .await
+                .expect("apply")
+        });
+    }
+    let mut created = 0;
+    let mut events = 0;
+    while let Some(result) = tasks.join_next().await {
+        let applied = result.expect("task");
+        created += usize::from(!applied.existed);
+        events += usize::from(applied.event.is_some());
+    }
+    assert_eq!((created, events), (1, 1));
+    assert_eq!(store.current_index().await.expect("index"), 1);
+}
