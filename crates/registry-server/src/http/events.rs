@@ -24,6 +24,25 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/events", get(events))
 }
 
+/// `GET /v1/events?since=N[&service=S]`: server-sent events.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Live change feed (server-sent events), resumable with Last-Event-ID",
+    params(
+        ("since" = Option<u64>, Query, description = "Send events after this index; default: only new ones"),
+        ("service" = Option<String>, Query, description = "Only this service"),
+        ("token" = Option<String>, Query, description = "Read token, for clients that cannot set headers"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this index"),
+    ),
+    responses(
+        (status = 200, description = "`id: <index>` and `data: <Event JSON>` per event; `event: reset` with the /v1/status body when history cannot fill the gap", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid parameter", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong read token", body = registry_api::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
+    )
+)]
 async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,

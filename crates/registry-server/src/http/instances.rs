@@ -80,6 +80,26 @@ fn stored(record: Option<InstanceRecord>, path: &InstancePath) -> Result<Instanc
 }
 
 /// `PUT /v1/services/{service}/instances/{id}`: 201 when new, 200 when replaced.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}",
+    tag = "instances",
+    summary = "Register or replace an instance (idempotent)",
+    params(
+        ("service" = String, Path, description = "Service name (DNS label)"),
+        ("id" = String, Path, description = "Instance id: 1-128 of [A-Za-z0-9._-]"),
+    ),
+    request_body = registry_api::InstanceSpec,
+    responses(
+        (status = 200, description = "Replaced", body = Instance),
+        (status = 201, description = "Registered", body = Instance),
+        (status = 400, description = "Invalid input; `field` names it", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = registry_api::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = registry_api::ErrorBody),
+        (status = 415, description = "Body is not JSON", body = registry_api::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     path: InstancePath,
@@ -109,6 +129,23 @@ async fn register(
 }
 
 /// `PUT .../heartbeat`: 404 tells the client to register again.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}/heartbeat",
+    tag = "instances",
+    summary = "Renew the lease",
+    params(
+        ("service" = String, Path, description = "Service name (DNS label)"),
+        ("id" = String, Path, description = "Instance id: 1-128 of [A-Za-z0-9._-]"),
+    ),
+    responses(
+        (status = 200, description = "Lease renewed", body = HeartbeatResponse),
+        (status = 400, description = "Invalid input", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = registry_api::ErrorBody),
+        (status = 404, description = "Unknown instance: register again", body = registry_api::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
+    )
+)]
 async fn heartbeat(
     State(state): State<AppState>,
     path: InstancePath,
@@ -132,6 +169,25 @@ async fn heartbeat(
 }
 
 /// `PUT .../status`: `maintenance` drains the instance, `passing` clears maintenance.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/instances/{id}/status",
+    tag = "instances",
+    summary = "Set or clear maintenance",
+    params(
+        ("service" = String, Path, description = "Service name (DNS label)"),
+        ("id" = String, Path, description = "Instance id: 1-128 of [A-Za-z0-9._-]"),
+    ),
+    request_body = StatusChange,
+    responses(
+        (status = 200, description = "The instance", body = Instance),
+        (status = 400, description = "Invalid input", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = registry_api::ErrorBody),
+        (status = 404, description = "Unknown instance", body = registry_api::ErrorBody),
+        (status = 415, description = "Body is not JSON", body = registry_api::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
+    )
+)]
 async fn set_status(
     State(state): State<AppState>,
     path: InstancePath,
@@ -167,6 +223,23 @@ async fn set_status(
 }
 
 /// `DELETE /v1/services/{service}/instances/{id}`: 204, or 404 when unknown.
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{service}/instances/{id}",
+    tag = "instances",
+    summary = "Deregister",
+    params(
+        ("service" = String, Path, description = "Service name (DNS label)"),
+        ("id" = String, Path, description = "Instance id: 1-128 of [A-Za-z0-9._-]"),
+    ),
+    responses(
+        (status = 204, description = "Deregistered"),
+        (status = 400, description = "Invalid input", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = registry_api::ErrorBody),
+        (status = 404, description = "Unknown instance", body = registry_api::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
+    )
+)]
 async fn deregister(
     State(state): State<AppState>,
     path: InstancePath,

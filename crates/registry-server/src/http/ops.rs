@@ -26,6 +26,24 @@ pub fn router() -> Router<AppState> {
         title = "central-registry",
         description = "Service registry for microservices."
     ),
+    paths(
+        super::instances::register,
+        super::instances::heartbeat,
+        super::instances::set_status,
+        super::instances::deregister,
+        super::services::list,
+        super::services::one,
+        super::status::system_status,
+        super::status::history,
+        super::events::events,
+        super::seed::register,
+        super::seed::lookup,
+        healthz,
+        readyz,
+        metrics,
+        openapi,
+        index_page,
+    ),
     components(schemas(
         registry_api::InstanceSpec,
         registry_api::CheckSpec,
@@ -55,21 +73,31 @@ pub fn router() -> Router<AppState> {
 pub struct ApiDoc;
 
 /// Liveness: the process answers; the database is not consulted.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// Readiness: the database answers (migrations ran before the listener opened).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Database unavailable", body = registry_api::ErrorBody),
+))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.ping().await?;
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
 /// A few gauges from the view in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
     out.push_str("# HELP registry_instances Registered instances by service and status.\n");
@@ -102,6 +130,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The page for people.
+#[utoipa::path(get, path = "/", tag = "operations", responses(
+    (status = 200, description = "HTML page", content_type = "text/html", body = String),
+))]
 async fn index_page() -> Html<&'static str> {
     Html(INDEX_HTML)
 }
@@ -124,3 +156,34 @@ const INDEX_HTML: &str = r#"<!doctype html>
 </body>
 </html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_route() {
+        let doc = ApiDoc::openapi();
+        let documented: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        for path in [
+            "/v1/services/{service}/instances/{id}",
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            "/v1/services/{service}/instances/{id}/status",
+            "/v1/services",
+            "/v1/services/{service}",
+            "/v1/status",
+            "/v1/history",
+            "/v1/events",
+            "/service",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/",
+        ] {
+            assert!(documented.contains(&path), "{path} is not documented");
+        }
+        let json = serde_json::to_value(&doc).expect("serializes");
+        assert!(json["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    }
+}

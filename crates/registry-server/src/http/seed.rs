@@ -27,6 +27,19 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `POST /service {"service":{"name","uri","online"?}}`: 201, also when repeated.
+#[utoipa::path(
+    post,
+    path = "/service",
+    tag = "seed",
+    summary = "Original registry: register a service (polled on GET <uri>/status)",
+    request_body = SeedRegistration,
+    responses(
+        (status = 201, description = "Registered", body = SeedService),
+        (status = 400, description = "Invalid input", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = registry_api::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     RawBody(body): RawBody,
@@ -78,6 +91,18 @@ async fn register(
 }
 
 /// `GET /service?service=NAME` (one instance) or `GET /service` (the whole map).
+#[utoipa::path(
+    get,
+    path = "/service",
+    tag = "seed",
+    summary = "Original registry: one instance of a service (round robin), or the whole map",
+    params(("service" = Option<String>, Query, description = "Service name; without it, the map of every service")),
+    responses(
+        (status = 200, description = "`{name, uri, online}`, or a map of them by name", body = SeedService),
+        (status = 400, description = "Invalid name", body = registry_api::ErrorBody),
+        (status = 404, description = "No instance of that service", body = registry_api::ErrorBody),
+    )
+)]
 async fn lookup(
     State(state): State<AppState>,
     query: QueryParams,

@@ -28,6 +28,17 @@ pub fn long_poll_router() -> Router<AppState> {
     Router::new().route("/v1/services/{service}", get(one))
 }
 
+/// `GET /v1/services`.
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "services",
+    summary = "Every service with its instance count per status",
+    responses(
+        (status = 200, description = "Services", body = ServiceList),
+        (status = 401, description = "Missing or wrong read token", body = registry_api::ErrorBody),
+    )
+)]
 async fn list(State(state): State<AppState>) -> Json<ServiceList> {
     Json(state.view.services())
 }
@@ -43,6 +54,24 @@ pub fn parse_status(raw: &str) -> Result<Status, String> {
 }
 
 /// `GET /v1/services/{service}?status=&index=&wait=`.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{service}",
+    tag = "services",
+    summary = "Instances of one service; a blocking query when `index` is given",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("status" = Option<registry_api::Status>, Query, description = "Only instances with this status"),
+        ("index" = Option<u64>, Query, description = "Hold until the service's index passes this"),
+        ("wait" = Option<String>, Query, description = "Longest hold: 500ms, 30s, 1m30s or whole seconds; default 30s, at most 5m"),
+    ),
+    responses(
+        (status = 200, description = "The instances (empty for an unknown service)", body = registry_api::ServiceInstances,
+            headers(("Registry-Index" = u64, description = "The service's index"))),
+        (status = 400, description = "Invalid parameter", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong read token", body = registry_api::ErrorBody),
+    )
+)]
 async fn one(
     State(state): State<AppState>,
     Path(service): Path<String>,

@@ -19,6 +19,22 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `GET /v1/status[?at=RFC3339][&service=S]`.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "status",
+    summary = "The whole system now, or as it was at `at`",
+    params(
+        ("at" = Option<String>, Query, description = "RFC 3339 moment; the future means now"),
+        ("service" = Option<String>, Query, description = "Only this service"),
+    ),
+    responses(
+        (status = 200, description = "The system", body = SystemStatus),
+        (status = 400, description = "Invalid parameter, or `at` older than the kept history", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong read token", body = registry_api::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
+    )
+)]
 async fn system_status(
     State(state): State<AppState>,
     query: QueryParams,
@@ -51,6 +67,24 @@ async fn system_status(
 }
 
 /// `GET /v1/history?service=S[&instance=I][&since=&until=]`: oldest first, `[since, until)`.
+#[utoipa::path(
+    get,
+    path = "/v1/history",
+    tag = "status",
+    summary = "The changes of one service, oldest first",
+    params(
+        ("service" = String, Query, description = "Service name (required)"),
+        ("instance" = Option<String>, Query, description = "Only this instance"),
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+    ),
+    responses(
+        (status = 200, description = "Events", body = History),
+        (status = 400, description = "Invalid parameter", body = registry_api::ErrorBody),
+        (status = 401, description = "Missing or wrong read token", body = registry_api::ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
+    )
+)]
 async fn history(
     State(state): State<AppState>,
     query: QueryParams,
