@@ -1,7 +1,59 @@
 //! Helpers for tests (of this crate and of the end-to-end suite): a fresh database per
-//! test, found through `DATABASE_URL` first.
+//! test, found through `DATABASE_URL` first. Databases are named after the test process,
+//! and the first call of a process removes those left by processes that have ended, so
+//! test runs do not pile up databases.
+
+use std::path::Path;
 
 use sqlx::Connection;
+
+const PREFIX_POSTGRES: &str = "registry_test_";
+const PREFIX_SQLITE: &str = "registry-test-";
+
+/// Whether the test process that made a leftover (its pid is in the name) has ended.
+/// Without `/proc` nothing is known, so nothing is removed.
+fn made_by_ended_process(name: &str, prefix: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split(['_', '-']).next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+async fn drop_leftover_databases(conn: &mut sqlx::PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'registry_test_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let safe = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if safe && made_by_ended_process(&name, PREFIX_POSTGRES) {
+            // The name was checked to hold only [a-z0-9_] just above.
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
+
+fn remove_leftover_sqlite_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if made_by_ended_process(&name, PREFIX_SQLITE) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
 
 /// The Postgres server tests use: `DATABASE_URL`, else the local default.
 pub fn postgres_admin_url() -> String {
@@ -21,8 +73,12 @@ pub async fn fresh_postgres_database() -> String {
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("tests need Postgres: set DATABASE_URL or start one on 127.0.0.1:5432");
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| drop_leftover_databases(&mut conn))
+        .await;
     let name = format!(
-        "registry_test_{}_{}",
+        "{PREFIX_POSTGRES}{}_{}",
         std::process::id(),
         rand::random::<u64>()
     );
@@ -36,10 +92,13 @@ pub async fn fresh_postgres_database() -> String {
     url.to_string()
 }
 
-/// A fresh SQLite database file in a new temporary folder (kept until the process ends).
+/// A fresh SQLite database file in a new temporary folder (removed by a later test
+/// process, once this one has ended).
 pub fn fresh_sqlite_url() -> String {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_leftover_sqlite_dirs);
     let dir = std::env::temp_dir().join(format!(
-        "registry-test-{}-{}",
+        "{PREFIX_SQLITE}{}-{}",
         std::process::id(),
         rand::random::<u64>()
     ));
