@@ -1,0 +1,873 @@
+//! What the operator subcommands (`registry status`, `registry services`, `registry watch`)
+//! print, for a person at a terminal or (`--json`) for a script.
+//!
+//! They talk to a running registry over HTTP through [`RegistryApi`], exactly as any other
+//! client does, so they work against a remote cluster and need no database access. The
+//! formatting lives in pure functions (data in, text out) so it is tested without a server;
+//! the async functions only fetch and write.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use futures::StreamExt;
+use registry_api::{Event, Instance, ServiceList, SystemStatus};
+use registry_client::{ClientError, RegistryApi, StreamItem};
+use serde::Serialize;
+
+/// `registry status`: the whole system now (or `at` a past moment), as a table or, with
+/// `json`, as the pretty-printed body of `GET /v1/status`.
+pub async fn print_status(
+    api: &RegistryApi,
+    at: Option<DateTime<Utc>>,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let status = api
+        .status(at)
+        .await
+        .with_context(|| format!("could not read the status from {}", api.base_url()))?;
+    let text = if json {
+        pretty_json(&status)?
+    } else {
+        format_status(&status)
+    };
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `registry services`: one line per service with its instance count per status, or, with
+/// `json`, the pretty-printed body of `GET /v1/services`.
+pub async fn print_services(
+    api: &RegistryApi,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let list = api
+        .services()
+        .await
+        .with_context(|| format!("could not list services at {}", api.base_url()))?;
+    let text = if json {
+        pretty_json(&list)?
+    } else {
+        format_services(&list)
+    };
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `registry watch`: follows `GET /v1/events` and prints one line per event (one JSON
+/// object per line with `json`), and a line when the registry resynchronises the stream.
+///
+/// Without `since` it starts at the registry's current index (read first, so that a
+/// reconnect resumes from a known place even before any event arrived). A dropped or
+/// silent connection is resumed with `Last-Event-ID` after a bounded backoff, so nothing
+/// is missed or repeated. Returns an error at once if the first connection fails (wrong
+/// URL or token), and later when the registry stays unreachable for [`MAX_RECONNECTS`]
+/// attempts in a row or refuses the stream; returns `Ok` when `out` is closed
+/// (`registry watch | head` ends quietly).
+pub async fn watch(
+    api: &RegistryApi,
+    service: Option<String>,
+    since: Option<u64>,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let result = follow(api, service.as_deref(), since, json, out, &Backoff::DEFAULT).await;
+    match result {
+        Err(error) if is_broken_pipe(&error) => Ok(()),
+        other => other,
+    }
+}
+
+/// Consecutive failed (re)connections after which `watch` gives up: with the backoff
+/// below, about a minute of an unreachable registry, more than a rolling restart takes.
+pub const MAX_RECONNECTS: u32 = 10;
+
+/// A connection that lasted this long counts as healthy even if it carried no event, so a
+/// quiet stream cut now and then by a proxy never exhausts [`MAX_RECONNECTS`].
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(30);
+
+/// Delays between reconnections: doubling from `first`, capped at `max`.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const DEFAULT: Self = Self {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(10),
+    };
+
+    /// The delay before attempt number `failures` (1-based) of a run of failures.
+    fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        self.first.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+async fn follow(
+    api: &RegistryApi,
+    service: Option<&str>,
+    since: Option<u64>,
+    json: bool,
+    out: &mut (dyn Write + Send),
+    backoff: &Backoff,
+) -> anyhow::Result<()> {
+    let mut position = match since {
+        Some(index) => index,
+        None => {
+            api.services()
+                .await
+                .with_context(|| format!("could not reach the registry at {}", api.base_url()))?
+                .index
+        }
+    };
+    let mut failures = 0u32;
+    let mut first = true;
+    loop {
+        let opened = if first {
+            api.events(Some(position), service).await
+        } else {
+            api.events_resume(position, service).await
+        };
+        let cause = match opened {
+            Ok(mut stream) => {
+                let connected_at = tokio::time::Instant::now();
+                let mut received = false;
+                let cause = loop {
+                    match stream.next().await {
+                        Some(Ok(item)) => {
+                            received = true;
+                            write_line(out, &item_line(&item, json)?)?;
+                        }
+                        // One unreadable message (a newer registry?) is reported, not
+                        // fatal: the stream itself is intact.
+                        Some(Err(ClientError::Decode(why))) => {
+                            notice(out, json, &format!("skipped a message: {why}"))?;
+                        }
+                        Some(Err(error)) => break Some(error),
+                        None => break None,
+                    }
+                };
+                position = stream.last_event_id().unwrap_or(position);
+                if received || connected_at.elapsed() >= HEALTHY_CONNECTION {
+                    failures = 0;
+                }
+                cause
+            }
+            // A first connection that fails is a wrong URL, token or parameter far more
+            // often than bad luck: say so at once instead of retrying for a minute.
+            Err(error) if first => {
+                return Err(anyhow::Error::new(error)).with_context(|| {
+                    format!("could not open the event stream of {}", api.base_url())
+                });
+            }
+            Err(error) => Some(error),
+        };
+        first = false;
+        let cause = match cause {
+            Some(error) if !error.is_transient() => {
+                return Err(anyhow::Error::new(error)).with_context(|| {
+                    format!(
+                        "the registry at {} refused the event stream",
+                        api.base_url()
+                    )
+                });
+            }
+            other => other,
+        };
+        failures += 1;
+        let why = cause.map_or_else(
+            || "the registry closed the stream".to_owned(),
+            |error| with_causes(&error),
+        );
+        if failures > MAX_RECONNECTS {
+            anyhow::bail!(
+                "gave up after {MAX_RECONNECTS} attempts to reach the registry at {}: {why}",
+                api.base_url()
+            );
+        }
+        let delay = backoff.delay(failures);
+        notice(
+            out,
+            json,
+            &format!(
+                "{why}; resuming after #{position} in {}",
+                registry_api::format_duration(delay)
+            ),
+        )?;
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The text (or JSON) line of one stream item, without the newline.
+fn item_line(item: &StreamItem, json: bool) -> anyhow::Result<String> {
+    Ok(match (item, json) {
+        (StreamItem::Event(event), false) => format_event(event),
+        (StreamItem::Event(event), true) => serde_json::to_string(event)?,
+        (StreamItem::Reset { index, status }, false) => format_reset(*index, status),
+        (StreamItem::Reset { index, status }, true) => reset_json(*index, status)?,
+    })
+}
+
+fn write_line(out: &mut (dyn Write + Send), line: &str) -> io::Result<()> {
+    writeln!(out, "{line}")?;
+    // A watch is read as it happens, whatever `out` buffers.
+    out.flush()
+}
+
+/// Connection notices go with the events in text mode; in JSON mode they go to stderr, so
+/// that stdout stays one JSON object per line for `jq` and friends.
+fn notice(out: &mut (dyn Write + Send), json: bool, message: &str) -> io::Result<()> {
+    if json {
+        eprintln!("registry watch: {message}");
+        Ok(())
+    } else {
+        write_line(out, &format!("-- {message}"))
+    }
+}
+
+/// An error with its causes (`error sending request: ...: Connection refused`): the top
+/// line of a transport error alone does not say what went wrong.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+fn pretty_json(value: &impl Serialize) -> anyhow::Result<String> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// The table of `registry status`: a header line, then each service with its rolled-up
+/// status, each instance indented under it with its status, URL, age of its last heartbeat
+/// and last check. Ages are measured from the snapshot time `status.at` (the registry's
+/// clock), so they are right for a past moment too and immune to local clock skew.
+pub fn format_status(status: &SystemStatus) -> String {
+    let mut text = format!("index {} at {}\n", status.index, timestamp(status.at));
+    if status.services.is_empty() {
+        text.push_str("no service is registered\n");
+        return text;
+    }
+    let mut rows = vec![cells(["NAME", "STATUS", "URL", "HEARTBEAT", "LAST CHECK"])];
+    for service in &status.services {
+        let count = match service.instances.len() {
+            1 => "1 instance".to_owned(),
+            n => format!("{n} instances"),
+        };
+        rows.push(vec![
+            clean(&service.name),
+            service.status.as_str().to_owned(),
+            count,
+        ]);
+        for instance in &service.instances {
+            rows.push(instance_row(instance, status.at));
+        }
+    }
+    for line in align(&rows, &[]) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+fn instance_row(instance: &Instance, now: DateTime<Utc>) -> Vec<String> {
+    let heartbeat = if instance.ttl_seconds == 0 {
+        // Without a lease heartbeats mean nothing; the active check decides.
+        "no lease".to_owned()
+    } else {
+        format_age(now - instance.last_heartbeat_at)
+    };
+    let check = match (&instance.check, &instance.last_check) {
+        (_, Some(result)) => clean(&result.detail),
+        (Some(_), None) => "not run yet".to_owned(),
+        (None, None) => "-".to_owned(),
+    };
+    vec![
+        format!("  {}", clean(&instance.id)),
+        instance.status.as_str().to_owned(),
+        clean(&instance.url),
+        heartbeat,
+        check,
+    ]
+}
+
+/// The table of `registry services`: NAME INSTANCES PASSING WARNING CRITICAL MAINTENANCE,
+/// counts right-aligned.
+pub fn format_services(list: &ServiceList) -> String {
+    if list.services.is_empty() {
+        return format!("no service is registered (index {})\n", list.index);
+    }
+    let mut rows = vec![cells([
+        "NAME",
+        "INSTANCES",
+        "PASSING",
+        "WARNING",
+        "CRITICAL",
+        "MAINTENANCE",
+    ])];
+    for s in &list.services {
+        rows.push(vec![
+            clean(&s.name),
+            s.instances.to_string(),
+            s.passing.to_string(),
+            s.warning.to_string(),
+            s.critical.to_string(),
+            s.maintenance.to_string(),
+        ]);
+    }
+    let mut text = String::new();
+    for line in align(&rows, &[1, 2, 3, 4, 5]) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// One event on one line: `#index at service/instance kind from -> to (reason)`, with `-`
+/// for the missing side of a registration (no `from`) or a removal (no `to`).
+pub fn format_event(event: &Event) -> String {
+    let status = |s: Option<registry_api::Status>| s.map_or("-", |s| s.as_str());
+    format!(
+        "#{} {} {}/{} {} {} -> {} ({})",
+        event.index,
+        timestamp(event.at),
+        clean(&event.service),
+        clean(&event.instance),
+        wire_name(&event.kind),
+        status(event.from),
+        status(event.to),
+        wire_name(&event.reason),
+    )
+}
+
+/// The line printed when the stream starts over from a snapshot instead of replaying.
+pub fn format_reset(index: u64, status: &SystemStatus) -> String {
+    let instances: usize = status.services.iter().map(|s| s.instances.len()).sum();
+    format!(
+        "-- resynchronised at index {index}: the events after the requested start are no \
+         longer available; {} service(s), {instances} instance(s) as of now",
+        status.services.len()
+    )
+}
+
+/// The JSON line of a reset: `{"reset":{"index":N,"status":{...}}}`, told apart from event
+/// lines by its single `reset` key.
+pub fn reset_json(index: u64, status: &SystemStatus) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Reset<'a> {
+        index: u64,
+        status: &'a SystemStatus,
+    }
+    #[derive(Serialize)]
+    struct Line<'a> {
+        reset: Reset<'a>,
+    }
+    Ok(serde_json::to_string(&Line {
+        reset: Reset { index, status },
+    })?)
+}
+
+/// `3s ago`, `2m5s ago`, `1h4m ago`, `3d2h ago`; `just now` under a second (or when the
+/// registry's clock says the heartbeat is in the future).
+fn format_age(elapsed: TimeDelta) -> String {
+    let secs = elapsed.num_seconds();
+    if secs < 1 {
+        return "just now".to_owned();
+    }
+    let (days, hours, minutes, seconds) = (
+        secs / 86_400,
+        secs % 86_400 / 3_600,
+        secs % 3_600 / 60,
+        secs % 60,
+    );
+    let age = if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds}s")
+    } else {
+        format!("{seconds}s")
+    };
+    format!("{age} ago")
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The name an enum has on the wire (`lease_expired`), so the CLI speaks the API's words.
+fn wire_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "?".to_owned(),
+    }
+}
+
+/// Makes text safe for one terminal line: check details and names come from the network,
+/// and a newline or an escape sequence in them must not break or repaint the table.
+fn clean(text: &str) -> String {
+    let mut cleaned = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(cleaned, "{}", c.escape_default());
+        } else {
+            cleaned.push(c);
+        }
+    }
+    cleaned
+}
+
+fn cells<const N: usize>(texts: [&str; N]) -> Vec<String> {
+    texts.iter().map(|t| (*t).to_owned()).collect()
+}
+
+/// Pads cells into columns two spaces apart; rows may be shorter than others. Columns in
+/// `right` are right-aligned (numbers). Trailing spaces are trimmed.
+fn align(rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|row| row.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c > 0 {
+                    line.push_str("  ");
+                }
+                let pad = widths[c].saturating_sub(cell.chars().count());
+                if right.contains(&c) {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            line.trim_end().to_owned()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::TimeZone;
+    use registry_api::{
+        Check, CheckResult, EventKind, Reason, ServiceStatus, ServiceSummary, Status,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, 0)
+            .single()
+            .expect("valid")
+            + TimeDelta::seconds(secs)
+    }
+
+    fn instance(id: &str, status: Status, heartbeat_age: i64) -> Instance {
+        Instance {
+            id: id.into(),
+            service: "sum".into(),
+            url: format!("http://{id}:4040"),
+            status,
+            tags: vec![],
+            metadata: BTreeMap::new(),
+            ttl_seconds: 10,
+            check: None,
+            registered_at: t(-1000),
+            last_heartbeat_at: t(-heartbeat_age),
+            lease_expires_at: Some(t(10 - heartbeat_age)),
+            status_changed_at: t(-1000),
+            last_check: None,
+        }
+    }
+
+    fn system() -> SystemStatus {
+        let mut checked = instance("sum-2", Status::Critical, 65);
+        checked.check = Some(Check {
+            http: "/status".into(),
+            interval_seconds: 5,
+            timeout_seconds: 2,
+            expect_json: None,
+        });
+        checked.last_check = Some(CheckResult {
+            at: t(-1),
+            status: Status::Critical,
+            detail: "timed out after 2s\n\x1b[2J".into(),
+        });
+        let mut unchecked = instance("concat-1", Status::Maintenance, 0);
+        unchecked.ttl_seconds = 0;
+        unchecked.check = checked.check.clone();
+        SystemStatus {
+            index: 42,
+            at: t(0),
+            services: vec![
+                ServiceStatus {
+                    name: "concat".into(),
+                    status: Status::Maintenance,
+                    instances: vec![unchecked],
+                },
+                ServiceStatus {
+                    name: "sum".into(),
+                    status: Status::Warning,
+                    instances: vec![instance("sum-1", Status::Passing, 3), checked],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn status_table_shows_services_and_indented_instances() {
+        let expected = "\
+index 42 at 2026-05-01T10:00:00Z
+NAME        STATUS       URL                   HEARTBEAT  LAST CHECK
+concat      maintenance  1 instance
+  concat-1  maintenance  http://concat-1:4040  no lease   not run yet
+sum         warning      2 instances
+  sum-1     passing      http://sum-1:4040     3s ago     -
+  sum-2     critical     http://sum-2:4040     1m5s ago   timed out after 2s\\n\\u{1b}[2J
+";
+        assert_eq!(format_status(&system()), expected);
+    }
+
+    #[test]
+    fn empty_system_says_so() {
+        let empty = SystemStatus {
+            index: 0,
+            at: t(0),
+            services: vec![],
+        };
+        assert_eq!(
+            format_status(&empty),
+            "index 0 at 2026-05-01T10:00:00Z\nno service is registered\n"
+        );
+        let none = ServiceList {
+            index: 3,
+            services: vec![],
+        };
+        assert_eq!(
+            format_services(&none),
+            "no service is registered (index 3)\n"
+        );
+    }
+
+    #[test]
+    fn services_table_right_aligns_counts() {
+        let summary = |name: &str, n: u64| ServiceSummary {
+            name: name.into(),
+            instances: n,
+            passing: n,
+            warning: 0,
+            critical: 0,
+            maintenance: 0,
+        };
+        let list = ServiceList {
+            index: 9,
+            services: vec![summary("concat", 1), summary("sum", 12)],
+        };
+        let expected = "\
+NAME    INSTANCES  PASSING  WARNING  CRITICAL  MAINTENANCE
+concat          1        1        0         0            0
+sum            12       12        0         0            0
+";
+        assert_eq!(format_services(&list), expected);
+    }
+
+    fn event(index: u64, kind: EventKind, from: Option<Status>, to: Option<Status>) -> Event {
+        Event {
+            index,
+            at: t(0),
+            service: "sum".into(),
+            instance: "sum-1".into(),
+            kind,
+            from,
+            to,
+            reason: Reason::LeaseExpired,
+            snapshot: instance("sum-1", Status::Critical, 12),
+        }
+    }
+
+    #[test]
+    fn events_are_one_line_each() {
+        let change = event(
+            43,
+            EventKind::Status,
+            Some(Status::Passing),
+            Some(Status::Critical),
+        );
+        assert_eq!(
+            format_event(&change),
+            "#43 2026-05-01T10:00:00Z sum/sum-1 status passing -> critical (lease_expired)"
+        );
+        let mut new = event(44, EventKind::Registered, None, Some(Status::Passing));
+        new.reason = Reason::Registered;
+        assert_eq!(
+            format_event(&new),
+            "#44 2026-05-01T10:00:00Z sum/sum-1 registered - -> passing (registered)"
+        );
+        let mut gone = event(45, EventKind::Removed, Some(Status::Critical), None);
+        gone.reason = Reason::Reaped;
+        assert!(format_event(&gone).ends_with("removed critical -> - (reaped)"));
+    }
+
+    #[test]
+    fn json_lines_round_trip() {
+        let change = event(43, EventKind::Status, None, None);
+        let line = item_line(&StreamItem::Event(change.clone()), true).expect("json");
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Event>(&line).expect("event"), change);
+
+        let reset = StreamItem::Reset {
+            index: 42,
+            status: system(),
+        };
+        let line = item_line(&reset, true).expect("json");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(value["reset"]["index"], 42);
+        let status: SystemStatus =
+            serde_json::from_value(value["reset"]["status"].clone()).expect("status");
+        assert_eq!(status, system());
+        assert_eq!(
+            item_line(&reset, false).expect("text"),
+            "-- resynchronised at index 42: the events after the requested start are no \
+             longer available; 2 service(s), 3 instance(s) as of now"
+        );
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        let age = |s| format_age(TimeDelta::seconds(s));
+        assert_eq!(age(-5), "just now");
+        assert_eq!(age(0), "just now");
+        assert_eq!(age(3), "3s ago");
+        assert_eq!(age(125), "2m5s ago");
+        assert_eq!(age(3_600 + 240), "1h4m ago");
+        assert_eq!(age(3 * 86_400 + 7_200), "3d2h ago");
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        let b = Backoff::DEFAULT;
+        let delays: Vec<u64> = (1..=8).map(|n| b.delay(n).as_millis() as u64).collect();
+        assert_eq!(
+            delays,
+            [500, 1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000]
+        );
+        assert_eq!(b.delay(u32::MAX), b.max);
+    }
+
+    // A canned registry: answers each connection with the next reply, records requests.
+    async fn canned(replies: Vec<String>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let handle = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for reply in replies {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.expect("read");
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                }
+                seen.push(String::from_utf8_lossy(&raw).to_ascii_lowercase());
+                socket.write_all(reply.as_bytes()).await.expect("write");
+                let _ = socket.shutdown().await;
+            }
+            seen
+        });
+        (base, handle)
+    }
+
+    fn http(status: &str, content_type: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn sse(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
+        )
+    }
+
+    #[tokio::test]
+    async fn watch_resumes_with_last_event_id_and_stops_on_a_refusal() {
+        let status_change = event(
+            6,
+            EventKind::Status,
+            Some(Status::Passing),
+            Some(Status::Critical),
+        );
+        let replies = vec![
+            http("200 OK", "application/json", r#"{"index":5,"services":[]}"#),
+            sse(&format!(
+                ": keepalive\n\nid: 6\ndata: {}\n\n",
+                serde_json::to_string(&status_change).expect("json")
+            )),
+            sse(&format!(
+                "event: reset\nid: 40\ndata: {}\n\n",
+                serde_json::to_string(&system()).expect("json")
+            )),
+            http(
+                "401 Unauthorized",
+                "application/json",
+                r#"{"error":{"code":"unauthorized","message":"missing or wrong token"}}"#,
+            ),
+        ];
+        let (base, server) = canned(replies).await;
+        let api = RegistryApi::new(&base).expect("api");
+        let mut out = Vec::new();
+        let fast = Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        };
+        let error = follow(&api, Some("sum"), None, false, &mut out, &fast)
+            .await
+            .expect_err("the 401 ends the watch");
+        assert!(
+            format!("{error:#}").contains("missing or wrong token"),
+            "{error:#}"
+        );
+
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[0], format_event(&status_change));
+        assert!(lines[1].starts_with("-- the registry closed the stream; resuming after #6"));
+        assert!(lines[2].starts_with("-- resynchronised at index 40"));
+        assert!(lines[3].starts_with("-- the registry closed the stream; resuming after #40"));
+
+        let seen = server.await.expect("server");
+        assert!(seen[0].starts_with("get /v1/services "));
+        assert!(seen[1].starts_with("get /v1/events?since=5&service=sum "));
+        assert!(seen[2].starts_with("get /v1/events?service=sum "));
+        assert!(seen[2].contains("last-event-id: 6\r\n"));
+        assert!(seen[3].contains("last-event-id: 40\r\n"));
+    }
+
+    #[tokio::test]
+    async fn watch_gives_up_when_the_registry_stays_away() {
+        let first = event(8, EventKind::Status, None, None);
+        // One stream with one event, then the canned registry is gone for good.
+        let (base, server) = canned(vec![sse(&format!(
+            "id: 8\ndata: {}\n\n",
+            serde_json::to_string(&first).expect("json")
+        ))])
+        .await;
+        let api = RegistryApi::new(&base).expect("api");
+        let fast = Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        };
+        let mut out = Vec::new();
+        let error = follow(&api, None, Some(7), false, &mut out, &fast)
+            .await
+            .expect_err("gives up");
+        assert!(
+            error.to_string().starts_with("gave up after 10 attempts"),
+            "{error}"
+        );
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + MAX_RECONNECTS as usize, "{text}");
+        assert_eq!(lines[0], format_event(&first));
+        assert!(
+            lines[1..].iter().all(|l| l.contains("resuming after #8")),
+            "{text}"
+        );
+        let seen = server.await.expect("server");
+        assert!(seen[0].starts_with("get /v1/events?since=7 "));
+    }
+
+    #[tokio::test]
+    async fn watch_fails_at_once_when_the_first_connection_fails() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let api = RegistryApi::new(&format!("http://{addr}")).expect("api");
+        let mut out = Vec::new();
+        let error = watch(&api, None, Some(7), false, &mut out)
+            .await
+            .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .starts_with("could not open the event stream"),
+            "{error}"
+        );
+        assert!(out.is_empty());
+        let error = watch(&api, None, None, true, &mut out)
+            .await
+            .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .starts_with("could not reach the registry"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_output_ends_the_watch_quietly() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let change = event(6, EventKind::Status, None, None);
+        let (base, _server) = canned(vec![sse(&format!(
+            "id: 6\ndata: {}\n\n",
+            serde_json::to_string(&change).expect("json")
+        ))])
+        .await;
+        let api = RegistryApi::new(&base).expect("api");
+        watch(&api, None, Some(5), false, &mut Closed)
+            .await
+            .expect("a broken pipe is the reader leaving, not an error");
+    }
+}
