@@ -5,7 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod lifecycle;
-// pub mod operator; (lands with the operator CLI output)
+pub mod operator;
 pub mod record;
 pub mod store;
 pub mod telemetry;

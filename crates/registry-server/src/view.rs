@@ -135,7 +135,7 @@ impl View {
                 } else {
                     let mut fresh = event.snapshot.clone();
                     if let Some(known) = service.instances.get(&event.instance) {
-                        keep_newest_lease(&mut fresh, known);
+                        keep_newest_observations(&mut fresh, known);
                     }
                     service.instances.insert(event.instance.clone(), fresh);
                 }
@@ -149,7 +149,8 @@ impl View {
         self.changes.send_replace(index);
     }
 
-    /// Records a renewed lease that appended no event (a heartbeat), so reads show it.
+    /// Records a change that appended no event (a heartbeat, a check result that kept the
+    /// status), so reads show it.
     pub fn touch(&self, instance: Instance) {
         let mut state = self.write();
         if let Some(known) = state
@@ -157,7 +158,7 @@ impl View {
             .get_mut(&instance.service)
             .and_then(|s| s.instances.get_mut(&instance.id))
         {
-            keep_newest_lease(known, &instance);
+            keep_newest_observations(known, &instance);
         }
     }
 
@@ -271,12 +272,17 @@ impl View {
     }
 }
 
-/// Copies the lease of `newer` into `target` when it is more recent and the status is the
-/// same: a heartbeat may renew a lease after the event that `target` came from.
-fn keep_newest_lease(target: &mut Instance, newer: &Instance) {
+/// Copies what `newer` observed later than `target` (lease renewals, check results) into
+/// `target`: heartbeats and checks that change no status are written without an event,
+/// so an event applied afterwards may carry older observations.
+fn keep_newest_observations(target: &mut Instance, newer: &Instance) {
     if newer.last_heartbeat_at > target.last_heartbeat_at && newer.status == target.status {
         target.last_heartbeat_at = newer.last_heartbeat_at;
         target.lease_expires_at = newer.lease_expires_at;
+    }
+    let checked_at = |i: &Instance| i.last_check.as_ref().map(|c| c.at);
+    if checked_at(newer) > checked_at(target) && newer.check == target.check {
+        target.last_check = newer.last_check.clone();
     }
 }
 

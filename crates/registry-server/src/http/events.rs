@@ -12,8 +12,7 @@ use axum::routing::get;
 use futures::Stream;
 use registry_api::{Event, ServiceName};
 
-use super::extract::QueryParams;
-use super::services::parse_service;
+use super::extract::{QueryParams, parse_service};
 use super::{ApiError, AppState};
 
 /// Events sent per read of the log.

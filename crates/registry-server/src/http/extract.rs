@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::path::ErrorKind as PathErrorKind;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use bytes::Bytes;
-use registry_api::ErrorCode;
+use registry_api::{ErrorCode, ServiceName};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -28,13 +30,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers().get(CONTENT_TYPE)) {
+        let json = is_json(req.headers().get(CONTENT_TYPE));
+        // Size is judged before content, also for bodies of undeclared length.
+        let bytes = read_body(req, state).await?;
+        if !json {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
                 "send the body as application/json",
             ));
         }
-        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -172,6 +176,40 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         read_body(req, state).await.map(RawBody)
     }
+}
+
+/// Turns axum's refusal of a path parameter into a 400 on that parameter.
+pub fn path_error(rejection: PathRejection, default_field: &str) -> ApiError {
+    let field = match &rejection {
+        PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+            PathErrorKind::InvalidUtf8InPathParam { key }
+            | PathErrorKind::ParseErrorAtKey { key, .. }
+            | PathErrorKind::DeserializeError { key, .. } => key.clone(),
+            _ => default_field.to_owned(),
+        },
+        _ => default_field.to_owned(),
+    };
+    ApiError::invalid(field, rejection.body_text())
+}
+
+/// The `{service}` path parameter, parsed as a service name.
+#[derive(Debug)]
+pub struct ServicePath(pub ServiceName);
+
+impl<S: Send + Sync> FromRequestParts<S> for ServicePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| path_error(e, "service"))?;
+        parse_service(&raw, "service").map(Self)
+    }
+}
+
+/// Parses a service name, answering 400 on `field` when it breaks the rules.
+pub fn parse_service(raw: &str, field: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::parse(raw).map_err(|m| ApiError::invalid(field, format!("service name {m}")))
 }
 
 #[cfg(test)]

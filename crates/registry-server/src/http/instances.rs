@@ -9,7 +9,7 @@ use registry_api::{
     HeartbeatResponse, Instance, InstanceId, InstanceSpec, ServiceName, Status, StatusChange,
 };
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, path_error};
 use super::{ApiError, AppState};
 use crate::lifecycle::{self, Mutation};
 use crate::record::InstanceRecord;
@@ -43,7 +43,7 @@ impl<S: Send + Sync> FromRequestParts<S> for InstancePath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Path((service, id)) = Path::<(String, String)>::from_request_parts(parts, state)
             .await
-            .map_err(|e| ApiError::invalid("service", e.body_text()))?;
+            .map_err(|e| path_error(e, "service"))?;
         let service = ServiceName::parse(&service)
             .map_err(|m| ApiError::invalid("service", format!("service name {m}")))?;
         let id = InstanceId::parse(&id)

@@ -184,6 +184,10 @@ mod tests {
             assert!(documented.contains(&path), "{path} is not documented");
         }
         let json = serde_json::to_value(&doc).expect("serializes");
-        assert!(json["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        assert!(
+            json["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3."))
+        );
     }
 }

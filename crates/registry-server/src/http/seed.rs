@@ -12,8 +12,7 @@ use registry_api::{
     Check, Instance, InstanceId, SeedRegistration, SeedService, ServiceName, Status, Validated,
 };
 
-use super::extract::{QueryParams, RawBody, parse_json};
-use super::services::parse_service;
+use super::extract::{QueryParams, RawBody, parse_json, parse_service};
 use super::{ApiError, AppState};
 use crate::lifecycle;
 

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use registry_api::{INDEX_HEADER, ServiceList, ServiceName, Status};
+use registry_api::{INDEX_HEADER, ServiceList, Status};
 
-use super::extract::QueryParams;
+use super::extract::{QueryParams, ServicePath};
 use super::{ApiError, AppState};
 
 /// `wait` when a blocking query gives none.
@@ -43,10 +43,6 @@ async fn list(State(state): State<AppState>) -> Json<ServiceList> {
     Json(state.view.services())
 }
 
-pub fn parse_service(raw: &str, field: &str) -> Result<ServiceName, ApiError> {
-    ServiceName::parse(raw).map_err(|m| ApiError::invalid(field, format!("service name {m}")))
-}
-
 pub fn parse_status(raw: &str) -> Result<Status, String> {
     Status::parse(raw).ok_or_else(|| {
         format!("'{raw}' is not a status; use passing, warning, critical or maintenance")
@@ -74,10 +70,9 @@ pub fn parse_status(raw: &str) -> Result<Status, String> {
 )]
 async fn one(
     State(state): State<AppState>,
-    Path(service): Path<String>,
+    ServicePath(service): ServicePath,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let service = parse_service(&service, "service")?;
     let only = query.parse("status", parse_status)?;
     let index = query.parse("index", |raw| {
         raw.parse::<u64>()

@@ -5,8 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use registry_api::{History, SystemStatus};
 
-use super::extract::{QueryParams, rfc3339};
-use super::services::parse_service;
+use super::extract::{QueryParams, parse_service, rfc3339};
 use super::{ApiError, AppState};
 
 /// Most events one history answer carries.
