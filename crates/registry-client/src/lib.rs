@@ -25,12 +25,18 @@
 //! ```
 
 mod api;
+pub mod balancer;
+pub mod breaker;
+pub mod caller;
+pub mod discovery;
 mod error;
 mod events;
+pub mod registration;
 
 pub use api::{Registered, RegistryApi};
 pub use error::{ClientError, Result};
 pub use events::{EventStream, StreamItem};
+// Re-exports of the layers above RegistryApi (one line per module):
 
 /// The wire types, re-exported so that a caller of this crate names them without a second
 /// dependency.
