@@ -11,9 +11,10 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use registry_api::{Event, Instance, ServiceList, SystemStatus};
+use registry_api::SystemStatus;
+use registry_client::display::{format_event, format_services, format_status};
 use registry_client::{ClientError, RegistryApi, StreamItem};
 use serde::Serialize;
 
@@ -259,108 +260,6 @@ fn pretty_json(value: &impl Serialize) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// The table of `registry status`: a header line, then each service with its rolled-up
-/// status, each instance indented under it with its status, URL, age of its last heartbeat
-/// and last check. Ages are measured from the snapshot time `status.at` (the registry's
-/// clock), so they are right for a past moment too and immune to local clock skew.
-pub fn format_status(status: &SystemStatus) -> String {
-    let mut text = format!("index {} at {}\n", status.index, timestamp(status.at));
-    if status.services.is_empty() {
-        text.push_str("no service is registered\n");
-        return text;
-    }
-    let mut rows = vec![cells(["NAME", "STATUS", "URL", "HEARTBEAT", "LAST CHECK"])];
-    for service in &status.services {
-        let count = match service.instances.len() {
-            1 => "1 instance".to_owned(),
-            n => format!("{n} instances"),
-        };
-        rows.push(vec![
-            clean(&service.name),
-            service.status.as_str().to_owned(),
-            count,
-        ]);
-        for instance in &service.instances {
-            rows.push(instance_row(instance, status.at));
-        }
-    }
-    for line in align(&rows, &[]) {
-        text.push_str(&line);
-        text.push('\n');
-    }
-    text
-}
-
-fn instance_row(instance: &Instance, now: DateTime<Utc>) -> Vec<String> {
-    let heartbeat = if instance.ttl_seconds == 0 {
-        // Without a lease heartbeats mean nothing; the active check decides.
-        "no lease".to_owned()
-    } else {
-        format_age(now - instance.last_heartbeat_at)
-    };
-    let check = match (&instance.check, &instance.last_check) {
-        (_, Some(result)) => clean(&result.detail),
-        (Some(_), None) => "not run yet".to_owned(),
-        (None, None) => "-".to_owned(),
-    };
-    vec![
-        format!("  {}", clean(&instance.id)),
-        instance.status.as_str().to_owned(),
-        clean(&instance.url),
-        heartbeat,
-        check,
-    ]
-}
-
-/// The table of `registry services`: NAME INSTANCES PASSING WARNING CRITICAL MAINTENANCE,
-/// counts right-aligned.
-pub fn format_services(list: &ServiceList) -> String {
-    if list.services.is_empty() {
-        return format!("no service is registered (index {})\n", list.index);
-    }
-    let mut rows = vec![cells([
-        "NAME",
-        "INSTANCES",
-        "PASSING",
-        "WARNING",
-        "CRITICAL",
-        "MAINTENANCE",
-    ])];
-    for s in &list.services {
-        rows.push(vec![
-            clean(&s.name),
-            s.instances.to_string(),
-            s.passing.to_string(),
-            s.warning.to_string(),
-            s.critical.to_string(),
-            s.maintenance.to_string(),
-        ]);
-    }
-    let mut text = String::new();
-    for line in align(&rows, &[1, 2, 3, 4, 5]) {
-        text.push_str(&line);
-        text.push('\n');
-    }
-    text
-}
-
-/// One event on one line: `#index at service/instance kind from -> to (reason)`, with `-`
-/// for the missing side of a registration (no `from`) or a removal (no `to`).
-pub fn format_event(event: &Event) -> String {
-    let status = |s: Option<registry_api::Status>| s.map_or("-", |s| s.as_str());
-    format!(
-        "#{} {} {}/{} {} {} -> {} ({})",
-        event.index,
-        timestamp(event.at),
-        clean(&event.service),
-        clean(&event.instance),
-        wire_name(&event.kind),
-        status(event.from),
-        status(event.to),
-        wire_name(&event.reason),
-    )
-}
-
 /// The line printed when the stream starts over from a snapshot instead of replaying.
 pub fn format_reset(index: u64, status: &SystemStatus) -> String {
     let instances: usize = status.services.iter().map(|s| s.instances.len()).sum();
@@ -388,103 +287,16 @@ pub fn reset_json(index: u64, status: &SystemStatus) -> anyhow::Result<String> {
     })?)
 }
 
-/// `3s ago`, `2m5s ago`, `1h4m ago`, `3d2h ago`; `just now` under a second (or when the
-/// registry's clock says the heartbeat is in the future).
-fn format_age(elapsed: TimeDelta) -> String {
-    let secs = elapsed.num_seconds();
-    if secs < 1 {
-        return "just now".to_owned();
-    }
-    let (days, hours, minutes, seconds) = (
-        secs / 86_400,
-        secs % 86_400 / 3_600,
-        secs % 3_600 / 60,
-        secs % 60,
-    );
-    let age = if days > 0 {
-        format!("{days}d{hours}h")
-    } else if hours > 0 {
-        format!("{hours}h{minutes}m")
-    } else if minutes > 0 {
-        format!("{minutes}m{seconds}s")
-    } else {
-        format!("{seconds}s")
-    };
-    format!("{age} ago")
-}
-
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// The name an enum has on the wire (`lease_expired`), so the CLI speaks the API's words.
-fn wire_name(value: &impl Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => "?".to_owned(),
-    }
-}
-
-/// Makes text safe for one terminal line: check details and names come from the network,
-/// and a newline or an escape sequence in them must not break or repaint the table.
-fn clean(text: &str) -> String {
-    let mut cleaned = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            let _ = write!(cleaned, "{}", c.escape_default());
-        } else {
-            cleaned.push(c);
-        }
-    }
-    cleaned
-}
-
-fn cells<const N: usize>(texts: [&str; N]) -> Vec<String> {
-    texts.iter().map(|t| (*t).to_owned()).collect()
-}
-
-/// Pads cells into columns two spaces apart; rows may be shorter than others. Columns in
-/// `right` are right-aligned (numbers). Trailing spaces are trimmed.
-fn align(rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|row| row.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    rows.iter()
-        .map(|row| {
-            let mut line = String::new();
-            for (c, cell) in row.iter().enumerate() {
-                if c > 0 {
-                    line.push_str("  ");
-                }
-                let pad = widths[c].saturating_sub(cell.chars().count());
-                if right.contains(&c) {
-                    line.extend(std::iter::repeat_n(' ', pad));
-                    line.push_str(cell);
-                } else {
-                    line.push_str(cell);
-                    line.extend(std::iter::repeat_n(' ', pad));
-                }
-            }
-            line.trim_end().to_owned()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
-    use chrono::TimeZone;
+    use chrono::{TimeDelta, TimeZone};
     use registry_api::{
-        Check, CheckResult, EventKind, Reason, ServiceStatus, ServiceSummary, Status,
+        Check, CheckResult, Event, EventKind, Instance, Reason, ServiceList, ServiceStatus,
+        ServiceSummary, Status,
     };
+    use registry_client::display::format_age;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
