@@ -14,6 +14,7 @@ build: ## Build every binary (debug)
 test: ## Run every test (finds or starts Postgres; SQLite is embedded)
 	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
 	  echo "tests use Postgres at $${DATABASE_URL%%@*}@..." && \
+	  $(CARGO) build --workspace --bins && \
 	  $(CARGO) test --workspace --no-fail-fast
 
 lint: ## cargo fmt --check and clippy with warnings as errors

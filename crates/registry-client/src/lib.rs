@@ -39,6 +39,10 @@ pub use api::{Registered, RegistryApi};
 pub use error::{ClientError, Result};
 pub use events::{EventStream, StreamItem};
 // Re-exports of the layers above RegistryApi (one line per module):
+pub use breaker::{
+    BreakerConfig, BreakerConfigBuilder, BreakerSnapshot, BreakerState, Breakers, CircuitBreaker,
+    NotPermitted, Outcome, Permit, SlidingWindow, Transition,
+};
 // pub use caller::{CallError, CallResponse, CallerOptions, ServiceClient};
 
 /// The wire types, re-exported so that a caller of this crate names them without a second
