@@ -2,12 +2,24 @@
 //!
 //! This is the layer everything else in the client (and the server's own tests and
 //! operator commands) is built on: it knows URLs, query parameters, timeouts, the bearer
-//! token and the error body, and nothing about retries or caching, which belong to the
+//! token and the error body, and nothing about caching or backoff, which belong to the
 //! layers above.
+//!
+//! It does own one kind of retry: failover between several registry URLs
+//! (`REGISTRY_URL=http://a:8000,http://b:8000`, DESIGN section 6). Replicas share one
+//! database, so any of them can answer any call, and every write of the v1 API is an
+//! idempotent `PUT` or `DELETE`: sending the same call to the next replica when one does
+//! not answer is always safe. Doing it here, below every other layer, means the
+//! registration handle, the discovery watches and the operator commands all fail over
+//! the same way without knowing that there is more than one registry.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
 use registry_api::{
@@ -36,6 +48,10 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(10);
 /// The header SSE clients send to resume a stream.
 const LAST_EVENT_ID: &str = "Last-Event-ID";
 
+/// Where [`RegistryApi::from_env`] looks for the registry when `REGISTRY_URL` is unset: the
+/// registry's own default address on the same host.
+const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8000";
+
 /// The answer to [`RegistryApi::register`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
@@ -51,21 +67,34 @@ pub struct Registered {
 /// connect, 10 s for an ordinary call, `wait` + 10 s for a blocking query; the event stream
 /// has no overall timeout but fails when it falls silent (see [`EventStream`]).
 ///
+/// Given several registry URLs, every call goes to the preferred one (the first at the
+/// start); when it does not answer (connection refused, timeout, connection reset) or
+/// answers 502, 503 or 504, the same call goes to the next URL, each URL at most once per
+/// call, and the registry that answered becomes the preferred one for every clone of this
+/// client. Blocking queries and event streams fail over the same way when they start;
+/// an event stream that breaks later is the caller's to reopen (it then fails over).
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), registry_client::ClientError> {
 /// use registry_client::RegistryApi;
 ///
-/// let api = RegistryApi::new("http://registry:8000")?.with_token("s3cret");
+/// let api = RegistryApi::new("http://registry-a:8000,http://registry-b:8000")?
+///     .with_token("s3cret");
 /// for service in api.services().await?.services {
 ///     println!("{}: {} passing", service.name, service.passing);
 /// }
+/// println!("answered by {}", api.base_url());
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
 pub struct RegistryApi {
     http: reqwest::Client,
-    base: Url,
+    /// Never empty (checked in [`RegistryApi::new`]).
+    bases: Arc<[Url]>,
+    /// Index into `bases` of the registry to try first; shared by clones so that one call
+    /// discovering a dead registry spares every other caller the same timeout.
+    preferred: Arc<AtomicUsize>,
     token: Option<String>,
     request_timeout: Duration,
 }
@@ -73,63 +102,168 @@ pub struct RegistryApi {
 impl fmt::Debug for RegistryApi {
     // By hand so that the token never reaches a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bases: Vec<&str> = self.bases.iter().map(Url::as_str).collect();
         f.debug_struct("RegistryApi")
-            .field("base", &self.base.as_str())
+            .field("bases", &bases)
+            .field("preferred", &self.base_url().as_str())
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
 }
 
+/// One answer read in full: what ordinary calls and blocking queries get back.
+struct Reply {
+    status: StatusCode,
+    /// The path that was called, for error messages.
+    path: String,
+    body: Bytes,
+}
+
 impl RegistryApi {
-    /// A client of the registry at `base_url` (`http://registry:8000`; a path prefix such as
-    /// `https://gw.example/registry` is kept in front of every route).
+    /// A client of the registry at `base_urls`: one URL (`http://registry:8000`), or several
+    /// separated by commas (`http://a:8000, http://b:8000`) to fail over between replicas.
+    /// Spaces around each URL and empty items are ignored, duplicates are kept once; a path
+    /// prefix such as `https://gw.example/registry` is kept in front of every route.
     ///
-    /// Fails with [`ClientError::InvalidUrl`] unless the URL is absolute http(s) with a host
-    /// and without user info, query or fragment, and with [`ClientError::Transport`] if the
-    /// HTTP client cannot be built (no TLS roots).
+    /// Fails with [`ClientError::InvalidUrl`] unless there is at least one URL and every one
+    /// is absolute http(s) with a host and without user info, query or fragment, and with
+    /// [`ClientError::Transport`] if the HTTP client cannot be built (no TLS roots).
     ///
     /// ```no_run
     /// # fn demo() -> Result<(), registry_client::ClientError> {
-    /// let api = registry_client::RegistryApi::new("http://localhost:8000")?;
+    /// use registry_client::RegistryApi;
+    ///
+    /// let single = RegistryApi::new("http://localhost:8000")?;
+    /// let replicas = RegistryApi::new("http://registry-0:8000, http://registry-1:8000")?;
+    /// assert_eq!(replicas.base_urls().len(), 2);
     /// # Ok(())
     /// # }
     /// ```
-    pub fn new(base_url: &str) -> Result<Self> {
-        let base = parse_base_url(base_url)?;
+    pub fn new(base_urls: &str) -> Result<Self> {
+        let bases = parse_base_urls(base_urls)?;
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("registry-client/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             http,
-            base,
+            bases: bases.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             token: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        })
+    }
+
+    /// A client configured the way services are (DESIGN section 7): the registry URL(s)
+    /// from `REGISTRY_URL` (default `http://127.0.0.1:8000`; commas separate replicas) and
+    /// the bearer token from `REGISTRY_TOKEN` when it is set. An empty variable counts as
+    /// unset, as Kubernetes manifests often leave optional values empty.
+    ///
+    /// Fails like [`new`](Self::new), naming `REGISTRY_URL` in the message.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), registry_client::ClientError> {
+    /// let api = registry_client::RegistryApi::from_env()?;
+    /// api.healthz().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self> {
+        let read =
+            |name: &str| std::env::var_os(name).map(|value| value.to_string_lossy().into_owned());
+        Self::from_env_values(read("REGISTRY_URL"), read("REGISTRY_TOKEN"))
+    }
+
+    /// [`from_env`](Self::from_env) with the variables' values given, so that tests need
+    /// not change the process environment.
+    fn from_env_values(url: Option<String>, token: Option<String>) -> Result<Self> {
+        let url = url.filter(|u| !u.trim().is_empty());
+        let api =
+            Self::new(url.as_deref().unwrap_or(DEFAULT_REGISTRY_URL)).map_err(|e| match e {
+                ClientError::InvalidUrl(why) => {
+                    ClientError::InvalidUrl(format!("REGISTRY_URL: {why}"))
+                }
+                other => other,
+            })?;
+        Ok(match token.filter(|t| !t.is_empty()) {
+            Some(token) => api.with_token(token),
+            None => api,
         })
     }
 
     /// Sends `Authorization: Bearer <token>` with every request (`REGISTRY_TOKEN` or
     /// `REGISTRY_READ_TOKEN` on the server). A token that cannot be a header value makes
     /// every call fail with a [`ClientError::Transport`] builder error.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), registry_client::ClientError> {
+    /// let api = registry_client::RegistryApi::new("http://localhost:8000")?.with_token("s3cret");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
     }
 
     /// Replaces the 10 s timeout of ordinary calls (blocking queries and the event stream
-    /// are timed by their own rules).
+    /// are timed by their own rules; the stream's wait for its first answer uses this one).
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), registry_client::ClientError> {
+    /// use std::time::Duration;
+    ///
+    /// let api = registry_client::RegistryApi::new("http://localhost:8000")?
+    ///     .with_request_timeout(Duration::from_secs(3));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
     }
 
-    /// The base URL every route is appended to.
+    /// The base URL of the preferred registry: the one the next call goes to first, which
+    /// is the one that answered last (with a single URL, always that URL).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), registry_client::ClientError> {
+    /// let api = registry_client::RegistryApi::new("http://a:8000,http://b:8000")?;
+    /// api.services().await?;
+    /// println!("registry in use: {}", api.base_url());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn base_url(&self) -> &Url {
-        &self.base
+        &self.bases[self.preferred_index()]
+    }
+
+    /// Every registry URL, in the order given.
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), registry_client::ClientError> {
+    /// let api = registry_client::RegistryApi::new("http://a:8000, http://b:8000")?;
+    /// let urls: Vec<&str> = api.base_urls().iter().map(|u| u.as_str()).collect();
+    /// assert_eq!(urls, ["http://a:8000/", "http://b:8000/"]);
+    /// # Ok(())
+    /// # }
+    /// # demo().unwrap();
+    /// ```
+    pub fn base_urls(&self) -> &[Url] {
+        &self.bases
     }
 
     /// The underlying HTTP client, for calls this type has no method for.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let api = registry_client::RegistryApi::new("http://localhost:8000")?;
+    /// let metrics = api.raw().get(api.base_url().join("metrics")?).send().await?;
+    /// println!("{}", metrics.text().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn raw(&self) -> &reqwest::Client {
         &self.http
     }
@@ -143,43 +277,58 @@ impl RegistryApi {
         id: &str,
         spec: &InstanceSpec,
     ) -> Result<Registered> {
-        let url = self.instance_url(service, id, None)?;
-        let response = self.call(self.request(Method::PUT, url).json(spec)).await?;
-        let created = response.status() == StatusCode::CREATED;
-        let instance = decode(response).await?;
+        let reply = self
+            .call(|base| {
+                let url = instance_url(base, service, id, None)?;
+                Ok(self.request(Method::PUT, url).json(spec))
+            })
+            .await?;
+        let created = reply.status == StatusCode::CREATED;
+        let instance = decode(&reply)?;
         Ok(Registered { instance, created })
     }
 
     /// `PUT .../heartbeat`: renews the lease. A 404 ([`ClientError::is_not_found`]) means
     /// the registry forgot the instance, which should register again.
     pub async fn heartbeat(&self, service: &str, id: &str) -> Result<HeartbeatResponse> {
-        let url = self.instance_url(service, id, Some("heartbeat"))?;
-        decode(self.call(self.request(Method::PUT, url)).await?).await
+        let reply = self
+            .call(|base| {
+                let url = instance_url(base, service, id, Some("heartbeat"))?;
+                Ok(self.request(Method::PUT, url))
+            })
+            .await?;
+        decode(&reply)
     }
 
     /// `PUT .../status`: `Status::Maintenance` drains the instance, `Status::Passing`
     /// clears maintenance (the registry refuses the other two).
     pub async fn set_status(&self, service: &str, id: &str, status: Status) -> Result<Instance> {
-        let url = self.instance_url(service, id, Some("status"))?;
         let body = StatusChange { status };
-        decode(
-            self.call(self.request(Method::PUT, url).json(&body))
-                .await?,
-        )
-        .await
+        let reply = self
+            .call(|base| {
+                let url = instance_url(base, service, id, Some("status"))?;
+                Ok(self.request(Method::PUT, url).json(&body))
+            })
+            .await?;
+        decode(&reply)
     }
 
     /// `DELETE /v1/services/{service}/instances/{id}`: deregisters; 404 if unknown.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
-        let url = self.instance_url(service, id, None)?;
-        self.call(self.request(Method::DELETE, url)).await?;
+        self.call(|base| {
+            let url = instance_url(base, service, id, None)?;
+            Ok(self.request(Method::DELETE, url))
+        })
+        .await?;
         Ok(())
     }
 
     /// `GET /v1/services`: every service with its instance count per status.
     pub async fn services(&self) -> Result<ServiceList> {
-        let url = self.endpoint(&["v1", "services"])?;
-        decode(self.call(self.request(Method::GET, url)).await?).await
+        let reply = self
+            .call(|base| Ok(self.request(Method::GET, endpoint(base, &["v1", "services"])?)))
+            .await?;
+        decode(&reply)
     }
 
     /// `GET /v1/services/{service}[?status=...]`: the instances of one service, now. An
@@ -189,8 +338,13 @@ impl RegistryApi {
         service: &str,
         status_filter: Option<Status>,
     ) -> Result<ServiceInstances> {
-        let url = self.service_url(service, status_filter, None)?;
-        decode(self.call(self.request(Method::GET, url)).await?).await
+        let reply = self
+            .call(|base| {
+                let url = service_url(base, service, status_filter, None)?;
+                Ok(self.request(Method::GET, url))
+            })
+            .await?;
+        decode(&reply)
     }
 
     /// Blocking query on one service: answers as soon as the service's index passes
@@ -218,22 +372,31 @@ impl RegistryApi {
         index: u64,
         wait: Duration,
     ) -> Result<ServiceInstances> {
-        let url = self.service_url(service, status_filter, Some((index, wait)))?;
         let timeout = wait
             .saturating_add(wait / 16)
             .saturating_add(BLOCKING_GRACE);
-        let request = self.request(Method::GET, url).timeout(timeout);
-        decode(self.call_with(request).await?).await
+        let reply = self
+            .call_with(timeout, |base| {
+                let url = service_url(base, service, status_filter, Some((index, wait)))?;
+                Ok(self.request(Method::GET, url))
+            })
+            .await?;
+        decode(&reply)
     }
 
     /// `GET /v1/status[?at=...]`: the whole system now, or as it was at `at` (time travel;
     /// a time older than the history kept is a 400 on field `at`).
     pub async fn status(&self, at: Option<DateTime<Utc>>) -> Result<SystemStatus> {
-        let mut url = self.endpoint(&["v1", "status"])?;
-        if let Some(at) = at {
-            url.query_pairs_mut().append_pair("at", &rfc3339(at));
-        }
-        decode(self.call(self.request(Method::GET, url)).await?).await
+        let reply = self
+            .call(|base| {
+                let mut url = endpoint(base, &["v1", "status"])?;
+                if let Some(at) = at {
+                    url.query_pairs_mut().append_pair("at", &rfc3339(at));
+                }
+                Ok(self.request(Method::GET, url))
+            })
+            .await?;
+        decode(&reply)
     }
 
     /// `GET /v1/history`: the status transitions of a service (or of one of its instances)
@@ -245,29 +408,34 @@ impl RegistryApi {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<History> {
-        let mut url = self.endpoint(&["v1", "history"])?;
-        {
-            let mut query = url.query_pairs_mut();
-            query.append_pair("service", service);
-            if let Some(instance) = instance {
-                query.append_pair("instance", instance);
-            }
-            if let Some(since) = since {
-                query.append_pair("since", &rfc3339(since));
-            }
-            if let Some(until) = until {
-                query.append_pair("until", &rfc3339(until));
-            }
-        }
-        decode(self.call(self.request(Method::GET, url)).await?).await
+        let reply = self
+            .call(|base| {
+                let mut url = endpoint(base, &["v1", "history"])?;
+                {
+                    let mut query = url.query_pairs_mut();
+                    query.append_pair("service", service);
+                    if let Some(instance) = instance {
+                        query.append_pair("instance", instance);
+                    }
+                    if let Some(since) = since {
+                        query.append_pair("since", &rfc3339(since));
+                    }
+                    if let Some(until) = until {
+                        query.append_pair("until", &rfc3339(until));
+                    }
+                }
+                Ok(self.request(Method::GET, url))
+            })
+            .await?;
+        decode(&reply)
     }
 
     /// `GET /v1/events`: the change feed, optionally of one service. With `since`, replays
     /// the events after that index first (or starts with a `reset` if they are no longer
     /// kept); without, only live events.
     ///
-    /// Answers once the registry has accepted the stream (so a refusal is an error here,
-    /// not inside the stream); waits at most the request timeout for that.
+    /// Answers once a registry has accepted the stream (so a refusal is an error here,
+    /// not inside the stream); waits at most the request timeout per registry for that.
     pub async fn events(&self, since: Option<u64>, service: Option<&str>) -> Result<EventStream> {
         self.open_events(since, None, service).await
     }
@@ -283,18 +451,21 @@ impl RegistryApi {
         self.open_events(None, Some(last_event_id), service).await
     }
 
-    /// `GET /healthz`: `Ok` when the registry process is alive.
+    /// `GET /healthz`: `Ok` when a registry process is alive (with several URLs: the
+    /// preferred one, or the first of the others that answers; see
+    /// [`base_url`](Self::base_url) afterwards).
     pub async fn healthz(&self) -> Result<()> {
-        let url = self.endpoint(&["healthz"])?;
-        self.call(self.request(Method::GET, url)).await?;
+        self.call(|base| Ok(self.request(Method::GET, endpoint(base, &["healthz"])?)))
+            .await?;
         Ok(())
     }
 
-    /// `GET /readyz`: `Ok` when the registry can serve (database reachable and migrated);
-    /// a 503 [`ClientError::Api`] otherwise.
+    /// `GET /readyz`: `Ok` when a registry can serve (database reachable and migrated);
+    /// a 503 [`ClientError::Api`] otherwise. With several URLs, a registry that is not
+    /// ready (503) hands over to the next one, so this answers whether any of them is.
     pub async fn readyz(&self) -> Result<()> {
-        let url = self.endpoint(&["readyz"])?;
-        self.call(self.request(Method::GET, url)).await?;
+        self.call(|base| Ok(self.request(Method::GET, endpoint(base, &["readyz"])?)))
+            .await?;
         Ok(())
     }
 
@@ -304,28 +475,41 @@ impl RegistryApi {
         last_event_id: Option<u64>,
         service: Option<&str>,
     ) -> Result<EventStream> {
-        let mut url = self.endpoint(&["v1", "events"])?;
-        if since.is_some() || service.is_some() {
-            let mut query = url.query_pairs_mut();
-            if let Some(since) = since {
-                query.append_pair("since", &since.to_string());
+        let build = |base: &Url| -> Result<RequestBuilder> {
+            let mut url = endpoint(base, &["v1", "events"])?;
+            if since.is_some() || service.is_some() {
+                let mut query = url.query_pairs_mut();
+                if let Some(since) = since {
+                    query.append_pair("since", &since.to_string());
+                }
+                if let Some(service) = service {
+                    query.append_pair("service", service);
+                }
             }
-            if let Some(service) = service {
-                query.append_pair("service", service);
+            let mut request = self
+                .request(Method::GET, url)
+                .header(ACCEPT, "text/event-stream")
+                .header(CACHE_CONTROL, "no-cache");
+            if let Some(id) = last_event_id {
+                request = request.header(LAST_EVENT_ID, id.to_string());
             }
-        }
+            Ok(request)
+        };
         // No overall timeout: the stream is meant to stay open. Only the wait for the
-        // response headers is bounded here; silence afterwards is the stream's business.
-        let mut request = self
-            .request(Method::GET, url)
-            .header(ACCEPT, "text/event-stream")
-            .header(CACHE_CONTROL, "no-cache");
-        if let Some(id) = last_event_id {
-            request = request.header(LAST_EVENT_ID, id.to_string());
-        }
-        let response = tokio::time::timeout(self.request_timeout, self.call_with(request))
-            .await
-            .map_err(|_| ClientError::Stalled(self.request_timeout))??;
+        // response headers is bounded here (a registry that accepts the connection and
+        // says nothing is as dead as one that refuses it, so it fails over too); silence
+        // afterwards is the stream's business.
+        let head_timeout = self.request_timeout;
+        let response = self
+            .failover(|base| {
+                let request = build(base);
+                async move {
+                    tokio::time::timeout(head_timeout, send(request?))
+                        .await
+                        .map_err(|_| ClientError::Stalled(head_timeout))?
+                }
+            })
+            .await?;
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
@@ -350,60 +534,153 @@ impl RegistryApi {
         }
     }
 
-    /// Sends an ordinary call, with the ordinary timeout.
-    async fn call(&self, request: RequestBuilder) -> Result<Response> {
-        self.call_with(request.timeout(self.request_timeout)).await
+    /// Sends an ordinary call, with the ordinary timeout, failing over between registries.
+    /// `build` makes the request for one registry's base URL.
+    async fn call(&self, build: impl Fn(&Url) -> Result<RequestBuilder>) -> Result<Reply> {
+        self.call_with(self.request_timeout, build).await
     }
 
-    /// Sends a request whose timeout was chosen by the caller; turns non-2xx into errors.
-    async fn call_with(&self, request: RequestBuilder) -> Result<Response> {
-        let response = request.send().await?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        // The body explains the refusal; if it cannot be read, the status alone still does.
-        let body = response.bytes().await.unwrap_or_default();
-        Err(api_error(status.as_u16(), &body))
-    }
-
-    fn endpoint(&self, segments: &[&str]) -> Result<Url> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| ClientError::InvalidUrl(format!("{} cannot take a path", self.base)))?
-            .pop_if_empty()
-            .extend(segments);
-        Ok(url)
-    }
-
-    fn instance_url(&self, service: &str, id: &str, action: Option<&str>) -> Result<Url> {
-        let service = segment("service", service)?;
-        let id = segment("id", id)?;
-        let mut segments = vec!["v1", "services", service, "instances", id];
-        segments.extend(action);
-        self.endpoint(&segments)
-    }
-
-    fn service_url(
+    /// Like [`call`](Self::call) with a timeout chosen by the caller. The body is read
+    /// inside each attempt, so a connection reset halfway through an answer also moves on
+    /// to the next registry.
+    async fn call_with(
         &self,
-        service: &str,
-        status_filter: Option<Status>,
-        blocking: Option<(u64, Duration)>,
-    ) -> Result<Url> {
-        let service = segment("service", service)?;
-        let mut url = self.endpoint(&["v1", "services", service])?;
-        if status_filter.is_some() || blocking.is_some() {
-            let mut query = url.query_pairs_mut();
-            if let Some(status) = status_filter {
-                query.append_pair("status", status.as_str());
-            }
-            if let Some((index, wait)) = blocking {
-                query.append_pair("index", &index.to_string());
-                query.append_pair("wait", &format_duration(wait));
+        timeout: Duration,
+        build: impl Fn(&Url) -> Result<RequestBuilder>,
+    ) -> Result<Reply> {
+        self.failover(|base| {
+            let request = build(base).map(|r| r.timeout(timeout));
+            async move { read_reply(send(request?).await?).await }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the preferred registry, then against each of the others in
+    /// turn for as long as the failure is one another registry could do better on (see
+    /// [`fails_over`]). The registry that gave the final answer, success or refusal,
+    /// becomes the preferred one; when none answered, the preference stays.
+    async fn failover<T, Fut>(&self, mut attempt: impl FnMut(&Url) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let first = self.preferred_index();
+        let mut index = first;
+        loop {
+            let result = attempt(&self.bases[index]).await;
+            let next = (index + 1) % self.bases.len();
+            match result {
+                Err(error) if fails_over(&error) && next != first => {
+                    tracing::debug!(
+                        registry = %self.bases[index],
+                        next = %self.bases[next],
+                        %error,
+                        "registry did not answer; trying the next one"
+                    );
+                    index = next;
+                }
+                Err(error) if fails_over(&error) => return Err(error),
+                result => {
+                    self.prefer(first, index);
+                    return result;
+                }
             }
         }
-        Ok(url)
     }
+
+    fn preferred_index(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed) % self.bases.len()
+    }
+
+    /// Makes `index` the preferred registry, unless a concurrent call already moved the
+    /// preference away from `was` (its finding is as recent as ours).
+    fn prefer(&self, was: usize, index: usize) {
+        if index == was {
+            return;
+        }
+        if self
+            .preferred
+            .compare_exchange(was, index, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                unreachable = %self.bases[was],
+                now_using = %self.bases[index],
+                "registry did not answer; failed over to another one"
+            );
+        }
+    }
+}
+
+/// Whether another registry might answer where this one failed: it could not be reached,
+/// stayed silent, or said it cannot serve now (503; 502 and 504 from a proxy or ingress in
+/// front of it). Anything else is an answer, which another replica of the same database
+/// would give too.
+fn fails_over(error: &ClientError) -> bool {
+    match error {
+        // A builder error is a bad header or URL made by us; a redirect error is a
+        // misconfigured address that the next URL does not excuse.
+        ClientError::Transport(error) => !error.is_builder() && !error.is_redirect(),
+        ClientError::Stalled(_) => true,
+        ClientError::Api { status, .. } => matches!(status, 502..=504),
+        ClientError::Decode(_) | ClientError::InvalidUrl(_) => false,
+    }
+}
+
+/// Sends one request; turns a non-2xx answer into an error (its body explains the refusal;
+/// if it cannot be read, the status alone still does).
+async fn send(request: RequestBuilder) -> Result<Response> {
+    let response = request.send().await?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.bytes().await.unwrap_or_default();
+    Err(api_error(status.as_u16(), &body))
+}
+
+async fn read_reply(response: Response) -> Result<Reply> {
+    let status = response.status();
+    let path = response.url().path().to_owned();
+    let body = response.bytes().await?;
+    Ok(Reply { status, path, body })
+}
+
+fn endpoint(base: &Url, segments: &[&str]) -> Result<Url> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .map_err(|()| ClientError::InvalidUrl(format!("{base} cannot take a path")))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+fn instance_url(base: &Url, service: &str, id: &str, action: Option<&str>) -> Result<Url> {
+    let service = segment("service", service)?;
+    let id = segment("id", id)?;
+    let mut segments = vec!["v1", "services", service, "instances", id];
+    segments.extend(action);
+    endpoint(base, &segments)
+}
+
+fn service_url(
+    base: &Url,
+    service: &str,
+    status_filter: Option<Status>,
+    blocking: Option<(u64, Duration)>,
+) -> Result<Url> {
+    let service = segment("service", service)?;
+    let mut url = endpoint(base, &["v1", "services", service])?;
+    if status_filter.is_some() || blocking.is_some() {
+        let mut query = url.query_pairs_mut();
+        if let Some(status) = status_filter {
+            query.append_pair("status", status.as_str());
+        }
+        if let Some((index, wait)) = blocking {
+            query.append_pair("index", &index.to_string());
+            query.append_pair("wait", &format_duration(wait));
+        }
+    }
+    Ok(url)
 }
 
 /// Checks that a name can travel as one path segment. Percent-encoding covers every
@@ -416,6 +693,29 @@ fn segment<'a>(field: &str, value: &'a str) -> Result<&'a str> {
         )));
     }
     Ok(value)
+}
+
+/// Splits a comma-separated list of registry URLs (a comma cannot be part of a registry's
+/// address in practice, and it is what `REGISTRY_URL` lists use).
+fn parse_base_urls(raw: &str) -> Result<Vec<Url>> {
+    let mut urls: Vec<Url> = Vec::new();
+    for item in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let url = parse_base_url(item)?;
+        // Trying the same registry twice in one call would only double the wait.
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    if urls.is_empty() {
+        return Err(ClientError::InvalidUrl(format!(
+            "'{raw}' holds no registry URL"
+        )));
+    }
+    Ok(urls)
 }
 
 fn parse_base_url(raw: &str) -> Result<Url> {
@@ -440,10 +740,9 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-async fn decode<T: DeserializeOwned>(response: Response) -> Result<T> {
-    let path = response.url().path().to_owned();
-    let body = response.bytes().await?;
-    serde_json::from_slice(&body).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
+fn decode<T: DeserializeOwned>(reply: &Reply) -> Result<T> {
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| ClientError::Decode(format!("{}: {e}", reply.path)))
 }
 
 #[cfg(test)]
@@ -454,6 +753,10 @@ mod tests {
 
     fn api(base: &str) -> RegistryApi {
         RegistryApi::new(base).expect("valid base URL")
+    }
+
+    fn base(raw: &str) -> Url {
+        parse_base_url(raw).expect("valid base URL")
     }
 
     #[test]
@@ -479,18 +782,17 @@ mod tests {
     #[test]
     fn routes_keep_a_path_prefix_with_or_without_trailing_slash() {
         for base in ["http://gw:80/registry", "http://gw:80/registry/"] {
-            let url = api(base).endpoint(&["v1", "services"]).expect("url");
+            let url = endpoint(&self::base(base), &["v1", "services"]).expect("url");
             assert_eq!(url.as_str(), "http://gw/registry/v1/services");
         }
-        let url = api("http://h:8000").endpoint(&["healthz"]).expect("url");
+        let url = endpoint(&base("http://h:8000"), &["healthz"]).expect("url");
         assert_eq!(url.as_str(), "http://h:8000/healthz");
     }
 
     #[test]
     fn names_are_percent_encoded_as_single_segments() {
-        let url = api("http://h:8000")
-            .instance_url("a/b", "x y%?#", Some("heartbeat"))
-            .expect("url");
+        let url =
+            instance_url(&base("http://h:8000"), "a/b", "x y%?#", Some("heartbeat")).expect("url");
         assert_eq!(
             url.as_str(),
             "http://h:8000/v1/services/a%2Fb/instances/x%20y%25%3F%23/heartbeat"
@@ -499,35 +801,33 @@ mod tests {
 
     #[test]
     fn dot_segments_and_empty_names_are_refused() {
-        let api = api("http://h:8000");
+        let base = base("http://h:8000");
         for (service, id) in [("sum", ".."), ("sum", "."), ("", "a"), ("..", "a")] {
             assert!(matches!(
-                api.instance_url(service, id, None),
+                instance_url(&base, service, id, None),
                 Err(ClientError::InvalidUrl(_))
             ));
         }
         assert!(matches!(
-            api.service_url("..", None, None),
+            service_url(&base, "..", None, None),
             Err(ClientError::InvalidUrl(_))
         ));
     }
 
     #[test]
     fn blocking_queries_carry_index_wait_and_status() {
-        let url = api("http://h:8000")
-            .service_url(
-                "sum",
-                Some(Status::Passing),
-                Some((42, Duration::from_secs(90))),
-            )
-            .expect("url");
+        let url = service_url(
+            &base("http://h:8000"),
+            "sum",
+            Some(Status::Passing),
+            Some((42, Duration::from_secs(90))),
+        )
+        .expect("url");
         assert_eq!(
             url.as_str(),
             "http://h:8000/v1/services/sum?status=passing&index=42&wait=1m30s"
         );
-        let plain = api("http://h:8000")
-            .service_url("sum", None, None)
-            .expect("url");
+        let plain = service_url(&base("http://h:8000"), "sum", None, None).expect("url");
         assert_eq!(plain.as_str(), "http://h:8000/v1/services/sum");
     }
 
@@ -545,5 +845,100 @@ mod tests {
         let shown = format!("{:?}", api("http://h:8000").with_token("s3cret"));
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("redacted"));
+    }
+
+    fn listed(api: &RegistryApi) -> Vec<&str> {
+        api.base_urls().iter().map(Url::as_str).collect()
+    }
+
+    #[test]
+    fn several_urls_are_split_on_commas_and_trimmed() {
+        let api = api(" http://a:8000 ,http://b:8000/registry,  https://c ");
+        assert_eq!(
+            listed(&api),
+            ["http://a:8000/", "http://b:8000/registry", "https://c/"]
+        );
+        assert_eq!(api.base_url().as_str(), "http://a:8000/");
+        // One URL is the list of one, as before.
+        assert_eq!(listed(&self::api("http://h:8000")), ["http://h:8000/"]);
+    }
+
+    #[test]
+    fn empty_items_are_skipped_and_duplicates_kept_once() {
+        let api = api("http://a:8000,,http://b:8000,http://a:8000/,");
+        assert_eq!(listed(&api), ["http://a:8000/", "http://b:8000/"]);
+        for empty in ["", " ", ",", " , ,"] {
+            assert!(
+                matches!(RegistryApi::new(empty), Err(ClientError::InvalidUrl(_))),
+                "'{empty}' should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn one_bad_url_in_the_list_refuses_the_whole_list() {
+        match RegistryApi::new("http://a:8000, ftp://b:21") {
+            Err(ClientError::InvalidUrl(why)) => assert!(why.contains("ftp://b:21"), "{why}"),
+            other => panic!("expected InvalidUrl, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clones_share_the_preferred_registry() {
+        let api = api("http://a:8000,http://b:8000,http://c:8000");
+        let clone = api.clone();
+        api.prefer(0, 2);
+        assert_eq!(clone.base_url().as_str(), "http://c:8000/");
+        // A finding about a preference that already moved on is dropped.
+        clone.prefer(0, 1);
+        assert_eq!(api.base_url().as_str(), "http://c:8000/");
+        api.prefer(2, 0);
+        assert_eq!(clone.base_url().as_str(), "http://a:8000/");
+    }
+
+    #[test]
+    fn environment_gives_urls_and_token_with_defaults() {
+        let default = RegistryApi::from_env_values(None, None).expect("default");
+        assert_eq!(listed(&default), ["http://127.0.0.1:8000/"]);
+        assert!(default.token.is_none());
+        let empty = RegistryApi::from_env_values(Some(" ".into()), Some(String::new()))
+            .expect("empty counts as unset");
+        assert_eq!(listed(&empty), ["http://127.0.0.1:8000/"]);
+        assert!(empty.token.is_none());
+        let set = RegistryApi::from_env_values(
+            Some("http://a:8000,http://b:8000".into()),
+            Some("tok".into()),
+        )
+        .expect("set");
+        assert_eq!(listed(&set), ["http://a:8000/", "http://b:8000/"]);
+        assert_eq!(set.token.as_deref(), Some("tok"));
+        match RegistryApi::from_env_values(Some("registry:8000".into()), None) {
+            Err(ClientError::InvalidUrl(why)) => {
+                assert!(why.starts_with("REGISTRY_URL: "), "{why}")
+            }
+            other => panic!("expected InvalidUrl, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_silence_and_unavailability_fail_over() {
+        assert!(fails_over(&api_error(503, b"")));
+        assert!(fails_over(&api_error(502, b"")));
+        assert!(fails_over(&api_error(504, b"")));
+        assert!(fails_over(&ClientError::Stalled(Duration::from_secs(1))));
+        for answer in [400, 401, 404, 413, 429, 500] {
+            assert!(!fails_over(&api_error(answer, b"")), "{answer}");
+        }
+        assert!(!fails_over(&ClientError::Decode("x".into())));
+        assert!(!fails_over(&ClientError::InvalidUrl("x".into())));
+    }
+
+    #[test]
+    fn debug_output_lists_every_registry() {
+        let shown = format!("{:?}", api("http://a:8000,http://b:8000"));
+        assert!(
+            shown.contains("http://a:8000/") && shown.contains("http://b:8000/"),
+            "{shown}"
+        );
     }
 }

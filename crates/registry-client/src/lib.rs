@@ -39,6 +39,7 @@ pub use api::{Registered, RegistryApi};
 pub use error::{ClientError, Result};
 pub use events::{EventStream, StreamItem};
 // Re-exports of the layers above RegistryApi (one line per module):
+pub use registration::{Registration, RegistrationOptions, RegistrationState};
 pub use breaker::{
     BreakerConfig, BreakerConfigBuilder, BreakerSnapshot, BreakerState, Breakers, CircuitBreaker,
     NotPermitted, Outcome, Permit, SlidingWindow, Transition,
