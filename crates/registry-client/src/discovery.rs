@@ -1,1 +1,941 @@
-//! (being written)
+//! Discovery: where the instances of a service are, answered from a local view (DESIGN
+//! section 6).
+//!
+//! Asking the registry on every outgoing call would put it on the path of every request of
+//! the whole system: its latency added to each call, and its outage an outage of
+//! everything. So a service is fetched once, then kept current by a background watch (a
+//! loop of blocking queries, which the registry answers as soon as the service changes),
+//! and [`Discovery::resolve`] answers from that view without I/O.
+//!
+//! When the registry cannot be reached, the view is kept and served as it is ("fail
+//! static", as Eureka and Envoy do): the instances that worked a moment ago are a far
+//! better guess than none, and the circuit breaker weeds out the ones that died meanwhile.
+//! The answer says so ([`Resolved::registry_reachable`], [`Resolved::age`]) so that callers
+//! and metrics can tell a fresh view from a stale one. The optional cache file extends the
+//! same idea to a process that starts while the registry is down.
+//!
+//! The watch follows the registry's index, whichever way it moves: an index smaller than
+//! the one held means the registry restarted on an empty database (or lost its state), and
+//! waiting for the old index to come back would leave the view frozen, so the new view is
+//! taken and the watch continues from its index.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use registry_api::{Instance, ServiceInstances};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::{ClientError, RegistryApi};
+
+/// The instances of one service as this process knows them.
+///
+/// ```no_run
+/// # async fn demo(discovery: registry_client::discovery::Discovery) -> Result<(), registry_client::ClientError> {
+/// let sum = discovery.resolve("sum").await?;
+/// if !sum.registry_reachable {
+///     eprintln!("registry unreachable, using a view {:?} old", sum.age);
+/// }
+/// for instance in &sum.instances {
+///     println!("{} {} {:?}", instance.id, instance.url, instance.status);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The service name.
+    pub service: String,
+    /// Every instance, whatever its status: choosing among them is the balancer's job
+    /// ([`RoundRobin`](crate::balancer::RoundRobin)).
+    pub instances: Vec<Instance>,
+    /// The service's index in the registry when this view was fetched.
+    pub index: u64,
+    /// When this content was received from the registry (for a view loaded from the cache
+    /// file: when the process that wrote the file received it).
+    pub fetched_at: SystemTime,
+    /// Time since the registry last confirmed this view (answered it, changed or not). A
+    /// view loaded from the cache file and not yet confirmed counts from `fetched_at`.
+    pub age: Duration,
+    /// Whether the view is confirmed by the registry in this process and the last contact
+    /// with the registry worked; `false` means the view is served from memory or from the
+    /// cache file while the registry is unreachable (fail static).
+    pub registry_reachable: bool,
+}
+
+/// Tuning of [`Discovery`]; [`Default`] gives the values of DESIGN section 6.
+///
+/// ```
+/// use std::time::Duration;
+/// use registry_client::discovery::DiscoveryOptions;
+///
+/// let options = DiscoveryOptions {
+///     cache_file: Some("/var/cache/sum/registry.json".into()),
+///     ..DiscoveryOptions::default()
+/// };
+/// assert_eq!(options.wait, Duration::from_secs(30));
+/// ```
+#[derive(Debug, Clone)]
+pub struct DiscoveryOptions {
+    /// How long each blocking query may be held by the registry (default 30 s).
+    pub wait: Duration,
+    /// First delay before retrying after a failed query (default 100 ms); also the least
+    /// time between two queries that brought nothing new.
+    pub backoff_min: Duration,
+    /// Longest delay between retries (default 5 s); errors that repeating cannot fix (a
+    /// refused token, an undecodable answer) wait this long at once.
+    pub backoff_max: Duration,
+    /// Longest time the first [`Discovery::resolve`] of a service waits for the registry
+    /// (default 3 s) before answering from the cache file, or failing.
+    pub first_fetch_timeout: Duration,
+    /// A JSON file that keeps the views across restarts, so that a process started while
+    /// the registry is down still resolves (default: none).
+    pub cache_file: Option<PathBuf>,
+}
+
+impl Default for DiscoveryOptions {
+    fn default() -> Self {
+        Self {
+            wait: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            first_fetch_timeout: Duration::from_secs(3),
+            cache_file: None,
+        }
+    }
+}
+
+/// The discovery cache: one view and one background watch per service resolved.
+///
+/// Cheap to clone: clones share the views and the watches. The watches stop on
+/// [`shutdown`](Self::shutdown) or when the last clone is dropped. Needs a Tokio runtime
+/// for [`resolve`](Self::resolve) (the watches are Tokio tasks).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), registry_client::ClientError> {
+/// use registry_client::RegistryApi;
+/// use registry_client::discovery::Discovery;
+///
+/// let discovery = Discovery::new(RegistryApi::new("http://registry:8000")?);
+/// let concat = discovery.resolve("concat").await?; // fetched once, then watched
+/// println!("{} instance(s) of concat", concat.instances.len());
+/// let again = discovery.resolve("concat").await?; // from memory, no I/O
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Discovery {
+    handle: Arc<Handle>,
+}
+
+impl fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.handle.shared;
+        let services = shared.lock_state().views.len();
+        f.debug_struct("Discovery")
+            .field("registry", &shared.api.base_url().as_str())
+            .field("services", &services)
+            .field("registry_reachable", &shared.reachable())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    /// A discovery cache over `api` with the default options (no cache file).
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), registry_client::ClientError> {
+    /// use registry_client::{RegistryApi, discovery::Discovery};
+    ///
+    /// let discovery = Discovery::new(RegistryApi::new("http://registry:8000")?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(api: RegistryApi) -> Self {
+        Self::with_options(api, DiscoveryOptions::default())
+    }
+
+    /// A discovery cache over `api` with `options`. When `options.cache_file` names a file
+    /// that exists, its views are loaded now (a missing or corrupt file is logged and
+    /// ignored); they are served, marked unconfirmed, until the registry answers.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), registry_client::ClientError> {
+    /// use std::time::Duration;
+    /// use registry_client::RegistryApi;
+    /// use registry_client::discovery::{Discovery, DiscoveryOptions};
+    ///
+    /// let discovery = Discovery::with_options(
+    ///     RegistryApi::new("http://registry:8000")?,
+    ///     DiscoveryOptions {
+    ///         wait: Duration::from_secs(60),
+    ///         cache_file: Some("/var/cache/sum/registry.json".into()),
+    ///         ..DiscoveryOptions::default()
+    ///     },
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_options(api: RegistryApi, options: DiscoveryOptions) -> Self {
+        let views = options
+            .cache_file
+            .as_deref()
+            .map(load_seed)
+            .unwrap_or_default();
+        let shared = Arc::new(Shared {
+            api,
+            options,
+            state: Mutex::new(State {
+                views,
+                watches: HashMap::new(),
+                stopped: false,
+                generation: 0,
+            }),
+            health: AtomicU8::new(HEALTH_UNKNOWN),
+            written: Mutex::new(0),
+        });
+        Self {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
+    /// Answers from the local view; the first call for a service fetches it (bounded by
+    /// `first_fetch_timeout`) and starts a background watch that keeps it fresh.
+    ///
+    /// If the registry is unreachable it answers the last known view (fail static) with
+    /// `registry_reachable: false` and its age. With nothing known it fails with the error
+    /// of the fetch: the transport error, an [`Api`](ClientError::Api) or
+    /// [`Decode`](ClientError::Decode) error, or [`Stalled`](ClientError::Stalled) when the
+    /// registry did not answer within `first_fetch_timeout`.
+    ///
+    /// ```no_run
+    /// # async fn demo(discovery: registry_client::discovery::Discovery) -> Result<(), registry_client::ClientError> {
+    /// use registry_client::Status;
+    ///
+    /// let sum = discovery.resolve("sum").await?;
+    /// let passing = sum.instances.iter().filter(|i| i.status == Status::Passing).count();
+    /// println!("{passing} passing instance(s), view {:?} old", sum.age);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn resolve(&self, service: &str) -> Result<Resolved, ClientError> {
+        let shared = &self.handle.shared;
+        if let Some(resolved) = shared.answer_from_memory(service) {
+            return Ok(resolved);
+        }
+        let timeout = shared.options.first_fetch_timeout;
+        let fetched = tokio::time::timeout(timeout, shared.api.service(service, None))
+            .await
+            .unwrap_or(Err(ClientError::Stalled(timeout)));
+        match fetched {
+            Ok(answer) => {
+                shared.mark_reachable();
+                let resolved = shared.install_first(service, answer);
+                shared.ensure_watch(service);
+                Ok(resolved)
+            }
+            Err(error) => {
+                shared.mark_unreachable(service, &error);
+                let known = shared.view(service);
+                // Keep trying in the background when there is a view to refresh or the
+                // failure may pass; a refusal with nothing known (a bad name, a wrong
+                // token) would only loop, and the next resolve reports it again.
+                if known.is_some() || error.is_transient() {
+                    shared.ensure_watch(service);
+                }
+                known.ok_or(error)
+            }
+        }
+    }
+
+    /// The current view of a service without any I/O: `None` if it was never resolved
+    /// (nor loaded from the cache file).
+    ///
+    /// ```no_run
+    /// # fn demo(discovery: registry_client::discovery::Discovery) {
+    /// if let Some(sum) = discovery.cached("sum") {
+    ///     println!("sum at index {}: {} instance(s)", sum.index, sum.instances.len());
+    /// }
+    /// # }
+    /// ```
+    pub fn cached(&self, service: &str) -> Option<Resolved> {
+        self.handle.shared.view(service)
+    }
+
+    /// Whether the last contact with the registry worked (`false` before any contact).
+    ///
+    /// ```no_run
+    /// # fn demo(discovery: registry_client::discovery::Discovery) {
+    /// let gauge = if discovery.registry_reachable() { 1 } else { 0 };
+    /// # }
+    /// ```
+    pub fn registry_reachable(&self) -> bool {
+        self.handle.shared.reachable()
+    }
+
+    /// Age of the oldest view held (for a cache-age metric); `None` when nothing is held.
+    ///
+    /// ```no_run
+    /// # fn demo(discovery: registry_client::discovery::Discovery) {
+    /// let seconds = discovery.max_cache_age().map_or(0.0, |age| age.as_secs_f64());
+    /// # }
+    /// ```
+    pub fn max_cache_age(&self) -> Option<Duration> {
+        let state = self.handle.shared.lock_state();
+        state.views.values().map(View::age).max()
+    }
+
+    /// Stops every watch task. The views stay readable (and are no longer refreshed);
+    /// a later [`resolve`](Self::resolve) of an unknown service fetches it once without
+    /// starting a watch.
+    ///
+    /// ```no_run
+    /// # fn demo(discovery: registry_client::discovery::Discovery) {
+    /// discovery.shutdown();
+    /// # }
+    /// ```
+    pub fn shutdown(&self) {
+        self.handle.shared.shutdown();
+    }
+}
+
+/// Owned by the [`Discovery`] clones only (the watch tasks hold [`Shared`]), so that
+/// dropping the last clone stops the watches instead of leaking them.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.shutdown();
+    }
+}
+
+const HEALTH_UNKNOWN: u8 = 0;
+const HEALTH_UP: u8 = 1;
+const HEALTH_DOWN: u8 = 2;
+
+struct Shared {
+    api: RegistryApi,
+    options: DiscoveryOptions,
+    state: Mutex<State>,
+    /// One of the `HEALTH_*` values: whether the last contact worked.
+    health: AtomicU8,
+    /// Generation of the snapshot last written to the cache file (writes run on blocking
+    /// threads and may finish out of order; an older snapshot must not win).
+    written: Mutex<u64>,
+}
+
+struct State {
+    views: HashMap<String, View>,
+    watches: HashMap<String, JoinHandle<()>>,
+    stopped: bool,
+    /// Bumped on every change of a view; numbers cache file snapshots.
+    generation: u64,
+}
+
+struct View {
+    service: String,
+    index: u64,
+    instances: Vec<Instance>,
+    fetched_at: SystemTime,
+    /// When the registry last confirmed the view, or when it was loaded from the file.
+    confirmed_at: Instant,
+    /// Age the view already had at `confirmed_at` (non-zero only for a loaded view).
+    age_at_confirmation: Duration,
+    /// Whether the registry answered this view in this process (false for a loaded view
+    /// until the first successful fetch).
+    confirmed: bool,
+}
+
+impl View {
+    fn fetched(service: &str, answer: ServiceInstances) -> Self {
+        Self {
+            service: service.to_owned(),
+            index: answer.index,
+            instances: answer.instances,
+            fetched_at: SystemTime::now(),
+            confirmed_at: Instant::now(),
+            age_at_confirmation: Duration::ZERO,
+            confirmed: true,
+        }
+    }
+
+    fn age(&self) -> Duration {
+        self.age_at_confirmation
+            .saturating_add(self.confirmed_at.elapsed())
+    }
+
+    fn resolved(&self, registry_up: bool) -> Resolved {
+        Resolved {
+            service: self.service.clone(),
+            instances: self.instances.clone(),
+            index: self.index,
+            fetched_at: self.fetched_at,
+            age: self.age(),
+            registry_reachable: self.confirmed && registry_up,
+        }
+    }
+}
+
+impl Shared {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves views that are still valid data.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reachable(&self) -> bool {
+        self.health.load(Ordering::Relaxed) == HEALTH_UP
+    }
+
+    fn mark_reachable(&self) {
+        if self.health.swap(HEALTH_UP, Ordering::Relaxed) == HEALTH_DOWN {
+            tracing::info!(
+                registry = %self.api.base_url(),
+                "registry reachable again; discovery views are live"
+            );
+        }
+    }
+
+    /// Logs only the transition, not every failed retry: an outage is one warning.
+    ///
+    /// A refusal of this one request (a name the registry rejects, or a URL that could not
+    /// be built, so nothing was sent) says nothing about the registry and changes nothing.
+    /// A refused token, a 5xx and an undecodable answer do count: the views cannot be
+    /// confirmed while they last.
+    fn mark_unreachable(&self, service: &str, error: &ClientError) {
+        let refusal_of_this_request = match error {
+            ClientError::InvalidUrl(_) => true,
+            ClientError::Api { status, .. } => {
+                (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 429)
+            }
+            _ => false,
+        };
+        if refusal_of_this_request {
+            tracing::debug!(service, %error, "the registry refused the query");
+            return;
+        }
+        if self.health.swap(HEALTH_DOWN, Ordering::Relaxed) != HEALTH_DOWN {
+            tracing::warn!(
+                registry = %self.api.base_url(),
+                service,
+                %error,
+                "registry unreachable; serving the last known instances"
+            );
+        } else {
+            tracing::debug!(service, %error, "registry still unreachable");
+        }
+    }
+
+    fn view(&self, service: &str) -> Option<Resolved> {
+        let up = self.reachable();
+        self.lock_state()
+            .views
+            .get(service)
+            .map(|view| view.resolved(up))
+    }
+
+    /// The view, if a watch keeps it (or no watch ever will, after shutdown).
+    fn answer_from_memory(&self, service: &str) -> Option<Resolved> {
+        let up = self.reachable();
+        let state = self.lock_state();
+        let view = state.views.get(service)?;
+        (state.stopped || state.watches.contains_key(service)).then(|| view.resolved(up))
+    }
+
+    /// Installs the answer of a first fetch, unless the view was confirmed meanwhile (by a
+    /// concurrent resolve or the watch, which are at least as recent).
+    fn install_first(self: &Arc<Self>, service: &str, answer: ServiceInstances) -> Resolved {
+        let mut state = self.lock_state();
+        if let Some(view) = state.views.get(service).filter(|v| v.confirmed) {
+            return view.resolved(true);
+        }
+        let view = View::fetched(service, answer);
+        let resolved = view.resolved(true);
+        state.views.insert(service.to_owned(), view);
+        self.persist(state);
+        resolved
+    }
+
+    /// Takes an answer of the watch: replaces the view if the index moved (either way) or
+    /// the instances changed, and counts it as a confirmation in any case.
+    fn apply(self: &Arc<Self>, service: &str, answer: ServiceInstances) {
+        let mut state = self.lock_state();
+        let changed = match state.views.get_mut(service) {
+            Some(view) if view.index == answer.index && view.instances == answer.instances => {
+                view.confirmed_at = Instant::now();
+                view.age_at_confirmation = Duration::ZERO;
+                view.confirmed = true;
+                false
+            }
+            _ => true,
+        };
+        if changed {
+            state
+                .views
+                .insert(service.to_owned(), View::fetched(service, answer));
+            self.persist(state);
+        }
+    }
+
+    fn ensure_watch(self: &Arc<Self>, service: &str) {
+        let mut state = self.lock_state();
+        if state.stopped || state.watches.contains_key(service) {
+            return;
+        }
+        let from = state
+            .views
+            .get(service)
+            .filter(|v| v.confirmed)
+            .map(|v| v.index);
+        let task = tokio::spawn(watch(Arc::clone(self), service.to_owned(), from));
+        state.watches.insert(service.to_owned(), task);
+    }
+
+    fn shutdown(&self) {
+        let mut state = self.lock_state();
+        state.stopped = true;
+        for (_, task) in state.watches.drain() {
+            task.abort();
+        }
+    }
+
+    /// Writes every view to the cache file (if any) on a blocking thread. Takes the lock
+    /// guard so that the snapshot and its generation number are taken together.
+    fn persist(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
+        let Some(path) = self.options.cache_file.clone() else {
+            return;
+        };
+        state.generation += 1;
+        let generation = state.generation;
+        let snapshot: CacheFile = state
+            .views
+            .iter()
+            .map(|(name, view)| {
+                let cached = CachedView {
+                    index: view.index,
+                    instances: view.instances.clone(),
+                    fetched_at: Some(DateTime::<Utc>::from(view.fetched_at)),
+                };
+                (name.clone(), cached)
+            })
+            .collect();
+        drop(state);
+        let shared = Arc::clone(self);
+        // Detached on purpose: the write finishes even if the watch that caused it stops.
+        drop(tokio::task::spawn_blocking(move || {
+            let mut written = shared
+                .written
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if generation <= *written {
+                return;
+            }
+            match write_cache(&path, &snapshot) {
+                Ok(()) => *written = generation,
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "cannot write the discovery cache file"
+                ),
+            }
+        }));
+    }
+}
+
+/// The blocking-query loop of one service; runs until aborted by [`Shared::shutdown`].
+///
+/// `from` is the index of a confirmed view. Without one, and after every failure, the next
+/// query is a plain read: a view loaded from the file, or one held through an outage, must
+/// be confirmed as soon as the registry answers, not after a whole `wait` (a blocking
+/// query on an unchanged service is held that long, and the view would stay marked
+/// unreachable meanwhile).
+async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
+    let options = &shared.options;
+    let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
+    let mut held = from;
+    let mut confirm_now = from.is_none();
+    loop {
+        let asked = Instant::now();
+        let result = match held {
+            Some(index) if !confirm_now => {
+                shared
+                    .api
+                    .watch_service(&service, None, index, options.wait)
+                    .await
+            }
+            _ => shared.api.service(&service, None).await,
+        };
+        match result {
+            Ok(answer) => {
+                backoff.reset();
+                shared.mark_reachable();
+                if let Some(index) = held
+                    && answer.index < index
+                {
+                    tracing::info!(
+                        service,
+                        held = index,
+                        answered = answer.index,
+                        "the registry answered an older index (restarted without its state?); following it"
+                    );
+                }
+                let progressed = confirm_now || held.is_none_or(|index| answer.index > index);
+                held = Some(answer.index);
+                confirm_now = false;
+                shared.apply(&service, answer);
+                if !progressed && asked.elapsed() < backoff.min {
+                    // An immediate answer without news (a registry that just lost its
+                    // state, or a proxy that drops `index`) must not become a busy loop.
+                    tokio::time::sleep(backoff.min).await;
+                }
+            }
+            Err(error) => {
+                shared.mark_unreachable(&service, &error);
+                confirm_now = true;
+                let delay = if error.is_transient() {
+                    backoff.next_delay()
+                } else {
+                    options.backoff_max
+                };
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Jittered exponential backoff: the ceiling doubles from `min` to `max` and each delay is
+/// drawn from its upper half, so that clients cut off together do not retry together.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    ceiling: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        // A zero minimum would retry in a busy loop.
+        let min = min.max(Duration::from_millis(1));
+        let max = max.max(min);
+        Self {
+            min,
+            max,
+            ceiling: min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.ceiling = self.min;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling;
+        self.ceiling = ceiling.saturating_mul(2).min(self.max);
+        let half = ceiling / 2;
+        half.saturating_add(half.mul_f64(random_unit()))
+            .clamp(self.min, self.max)
+    }
+}
+
+/// A number in `[0, 1)`, random enough for jitter. `RandomState` is seeded per instance by
+/// the standard library, which spares a dependency for this one use.
+fn random_unit() -> f64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0x5eed);
+    // 53 bits fill the mantissa of an f64 exactly, so the division is exact.
+    (hasher.finish() >> 11) as f64 / (1_u64 << 53) as f64
+}
+
+/// The cache file: service name -> view, sorted so that the file diffs well.
+type CacheFile = BTreeMap<String, CachedView>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CachedView {
+    index: u64,
+    instances: Vec<Instance>,
+    /// When the view was received; optional so that a hand-written file still loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fetched_at: Option<DateTime<Utc>>,
+}
+
+/// Reads the cache file into unconfirmed views; a missing or unreadable file is logged
+/// and yields nothing (a cold start without a file is the normal first start).
+fn load_seed(path: &Path) -> HashMap<String, View> {
+    let file = match read_cache(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no discovery cache file yet");
+            return HashMap::new();
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "ignoring the discovery cache file");
+            return HashMap::new();
+        }
+    };
+    let now = SystemTime::now();
+    let views: HashMap<String, View> = file
+        .into_iter()
+        .map(|(name, cached)| {
+            let fetched_at = cached.fetched_at.map_or(now, SystemTime::from);
+            let view = View {
+                service: name.clone(),
+                index: cached.index,
+                instances: cached.instances,
+                fetched_at,
+                confirmed_at: Instant::now(),
+                age_at_confirmation: now.duration_since(fetched_at).unwrap_or_default(),
+                confirmed: false,
+            };
+            (name, view)
+        })
+        .collect();
+    tracing::info!(
+        path = %path.display(),
+        services = views.len(),
+        "loaded the discovery cache file"
+    );
+    views
+}
+
+/// `Ok(None)` when the file does not exist.
+fn read_cache(path: &Path) -> std::io::Result<Option<CacheFile>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Writes the file atomically: a temporary file in the same directory, flushed to disk,
+/// then renamed over the old one, so a crash leaves the old file or the new one, never
+/// half of one.
+fn write_cache(path: &Path, file: &CacheFile) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
+    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
+    temp_name.push(format!(".tmp-{}", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = write_then_rename(&temp, path, &json);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written?;
+    // Make the rename itself durable; not every platform can open a directory.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+fn write_then_rename(temp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::fs::File::create(temp)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    std::fs::rename(temp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use registry_api::Status;
+
+    use super::*;
+
+    fn instance(id: &str, status: Status) -> Instance {
+        let now = Utc::now();
+        Instance {
+            id: id.to_owned(),
+            service: "sum".to_owned(),
+            url: format!("http://{id}:4040"),
+            status,
+            tags: vec!["v1".to_owned()],
+            metadata: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+            ttl_seconds: 10,
+            check: None,
+            registered_at: now,
+            last_heartbeat_at: now,
+            lease_expires_at: Some(now),
+            status_changed_at: now,
+            last_check: None,
+        }
+    }
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "registry-client-discovery-{}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed),
+                random_unit().to_bits()
+            ));
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A registry URL nothing answers on: the port of a listener that was closed.
+    fn dead_api() -> RegistryApi {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        RegistryApi::new(&format!("http://{addr}")).expect("api")
+    }
+
+    fn options(cache_file: PathBuf) -> DiscoveryOptions {
+        DiscoveryOptions {
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            first_fetch_timeout: Duration::from_secs(2),
+            cache_file: Some(cache_file),
+            ..DiscoveryOptions::default()
+        }
+    }
+
+    #[test]
+    fn cache_file_round_trip() {
+        let dir = TempDir::new();
+        let path = dir.0.join("registry.json");
+        let fetched_at = Utc::now() - chrono::Duration::seconds(90);
+        let written = CacheFile::from([
+            (
+                "sum".to_owned(),
+                CachedView {
+                    index: 42,
+                    instances: vec![
+                        instance("sum-1", Status::Passing),
+                        instance("sum-2", Status::Warning),
+                    ],
+                    fetched_at: Some(fetched_at),
+                },
+            ),
+            (
+                "concat".to_owned(),
+                CachedView {
+                    index: 7,
+                    instances: Vec::new(),
+                    fetched_at: None,
+                },
+            ),
+        ]);
+        write_cache(&path, &written).expect("write");
+        assert_eq!(read_cache(&path).expect("read"), Some(written.clone()));
+        let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, ["registry.json"], "no temporary file is left");
+
+        let discovery = Discovery::with_options(dead_api(), options(path));
+        let sum = discovery.cached("sum").expect("seeded from the file");
+        assert_eq!(sum.service, "sum");
+        assert_eq!(sum.index, 42);
+        assert_eq!(sum.instances, written["sum"].instances);
+        assert!(!sum.registry_reachable, "not confirmed by the registry yet");
+        assert!(sum.age >= Duration::from_secs(89), "{:?}", sum.age);
+        assert_eq!(DateTime::<Utc>::from(sum.fetched_at), fetched_at);
+        assert!(discovery.cached("concat").is_some());
+        assert!(discovery.cached("mult").is_none());
+        assert!(discovery.max_cache_age() >= Some(Duration::from_secs(89)));
+        assert!(!discovery.registry_reachable());
+    }
+
+    #[test]
+    fn a_file_without_fetched_at_loads() {
+        let dir = TempDir::new();
+        let path = dir.0.join("registry.json");
+        let body = serde_json::json!({
+            "sum": {"index": 3, "instances": [instance("sum-1", Status::Passing)]}
+        });
+        std::fs::write(&path, body.to_string()).expect("write");
+        let discovery = Discovery::with_options(dead_api(), options(path));
+        let sum = discovery.cached("sum").expect("seeded");
+        assert_eq!(sum.index, 3);
+        assert!(sum.age < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn corrupt_or_missing_cache_files_are_ignored() {
+        let dir = TempDir::new();
+        let missing = dir.0.join("absent.json");
+        let discovery = Discovery::with_options(dead_api(), options(missing));
+        assert!(discovery.cached("sum").is_none());
+        assert!(discovery.max_cache_age().is_none());
+
+        for garbage in [
+            &b"{\"sum\": {\"index\": 1, \"instances\": [tru"[..],
+            b"\xff\xfe not json",
+            b"[1, 2, 3]",
+            b"{\"sum\": {\"index\": -1, \"instances\": []}}",
+        ] {
+            let path = dir.0.join("corrupt.json");
+            std::fs::write(&path, garbage).expect("write");
+            assert!(read_cache(&path).is_err());
+            let discovery = Discovery::with_options(dead_api(), options(path));
+            assert!(discovery.cached("sum").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_seeded_view_resolves_while_the_registry_is_down() {
+        let dir = TempDir::new();
+        let path = dir.0.join("registry.json");
+        let file = CacheFile::from([(
+            "sum".to_owned(),
+            CachedView {
+                index: 5,
+                instances: vec![instance("sum-1", Status::Passing)],
+                fetched_at: None,
+            },
+        )]);
+        write_cache(&path, &file).expect("write");
+        let discovery = Discovery::with_options(dead_api(), options(path));
+        let sum = discovery
+            .resolve("sum")
+            .await
+            .expect("served from the file");
+        assert_eq!(sum.index, 5);
+        assert_eq!(sum.instances.len(), 1);
+        assert!(!sum.registry_reachable);
+        assert!(!discovery.registry_reachable());
+        // Nothing known about mult: the transport error comes back.
+        let error = discovery.resolve("mult").await.expect_err("nothing known");
+        assert!(matches!(error, ClientError::Transport(_)), "{error:?}");
+        discovery.shutdown();
+    }
+
+    #[test]
+    fn backoff_grows_within_bounds_and_resets() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        let mut backoff = Backoff::new(min, max);
+        let delays: Vec<Duration> = (0..20).map(|_| backoff.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d >= min && *d <= max), "{delays:?}");
+        assert!(delays[10..].iter().all(|d| *d >= max / 2), "{delays:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= min);
+    }
+}

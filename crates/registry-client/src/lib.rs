@@ -40,10 +40,12 @@ pub use error::{ClientError, Result};
 pub use events::{EventStream, StreamItem};
 // Re-exports of the layers above RegistryApi (one line per module):
 pub use registration::{Registration, RegistrationOptions, RegistrationState};
+pub use balancer::RoundRobin;
 pub use breaker::{
     BreakerConfig, BreakerConfigBuilder, BreakerSnapshot, BreakerState, Breakers, CircuitBreaker,
     NotPermitted, Outcome, Permit, SlidingWindow, Transition,
 };
+pub use discovery::{Discovery, DiscoveryOptions, Resolved};
 // pub use caller::{CallError, CallResponse, CallerOptions, ServiceClient};
 
 /// The wire types, re-exported so that a caller of this crate names them without a second
