@@ -27,8 +27,8 @@ fmt: ## Format the code
 run: ## Run the registry on an embedded SQLite file (./registry.db) on port 8000
 	$(CARGO) run --bin registry
 
-demo: build ## Run the demo flow locally (embedded SQLite, no Docker)
-	@scripts/demo.sh
+demo: build ## The resilience story: local registry (SQLite) + sum, mult, 2x concat, broken and healed
+	@target/debug/demo-client --scenario resilience
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -152,7 +152,11 @@ impl ServiceClient {
     }
 
     /// `GET` on an instance of `service` (retried once on another instance on failure).
-    pub async fn get(&self, service: &str, path_and_query: &str) -> Result<CallResponse, CallError> {
+    pub async fn get(
+        &self,
+        service: &str,
+        path_and_query: &str,
+    ) -> Result<CallResponse, CallError> {
         self.call(Method::GET, service, path_and_query, None).await
     }
 
@@ -183,14 +187,14 @@ impl ServiceClient {
         path_and_query: &str,
         body: Option<Bytes>,
     ) -> Result<CallResponse, CallError> {
-        let resolved = self
-            .discovery
-            .resolve(service)
-            .await
-            .map_err(|source| CallError::Discovery {
-                service: service.to_owned(),
-                source,
-            })?;
+        let resolved =
+            self.discovery
+                .resolve(service)
+                .await
+                .map_err(|source| CallError::Discovery {
+                    service: service.to_owned(),
+                    source,
+                })?;
         let attempts = if is_idempotent(&method) {
             self.options.idempotent_attempts.max(1)
         } else {
@@ -207,7 +211,10 @@ impl ServiceClient {
                 break;
             };
             tried.insert(instance.id.clone());
-            match self.attempt(&method, &instance, path_and_query, body.clone()).await {
+            match self
+                .attempt(&method, &instance, path_and_query, body.clone())
+                .await
+            {
                 Ok(Some(response)) => {
                     return Ok(CallResponse {
                         attempts: attempt,
@@ -257,7 +264,11 @@ impl ServiceClient {
         match sent {
             Err(_) => {
                 permit.record(Outcome::Failure, elapsed);
-                Err(CallError::Timeout { service, url, timeout })
+                Err(CallError::Timeout {
+                    service,
+                    url,
+                    timeout,
+                })
             }
             Ok(Err(error)) => {
                 permit.record(Outcome::Failure, elapsed);

@@ -198,4 +198,3 @@ fn align(rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
         })
         .collect()
 }
-

@@ -27,7 +27,7 @@
 mod api;
 pub mod balancer;
 pub mod breaker;
-// pub mod caller; (enabled once breaker, discovery and balancer land)
+pub mod caller;
 pub mod discovery;
 pub mod display;
 mod error;
@@ -39,14 +39,14 @@ pub use api::{Registered, RegistryApi};
 pub use error::{ClientError, Result};
 pub use events::{EventStream, StreamItem};
 // Re-exports of the layers above RegistryApi (one line per module):
-pub use registration::{Registration, RegistrationOptions, RegistrationState};
 pub use balancer::RoundRobin;
 pub use breaker::{
     BreakerConfig, BreakerConfigBuilder, BreakerSnapshot, BreakerState, Breakers, CircuitBreaker,
     NotPermitted, Outcome, Permit, SlidingWindow, Transition,
 };
+pub use caller::{CallError, CallResponse, CallerOptions, ServiceClient};
 pub use discovery::{Discovery, DiscoveryOptions, Resolved};
-// pub use caller::{CallError, CallResponse, CallerOptions, ServiceClient};
+pub use registration::{Registration, RegistrationOptions, RegistrationState};
 
 /// The wire types, re-exported so that a caller of this crate names them without a second
 /// dependency.

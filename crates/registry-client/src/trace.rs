@@ -54,7 +54,11 @@ impl TraceParent {
         if parts.next().is_some() || version != "00" {
             return None;
         }
-        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let hex = |s: &str, len: usize| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
         if !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
             return None;
         }
@@ -105,7 +109,11 @@ fn rand_u128() -> u128 {
 }
 
 fn nonzero<T: PartialEq + From<u8>>(value: T) -> T {
-    if value == T::from(0) { T::from(1) } else { value }
+    if value == T::from(0) {
+        T::from(1)
+    } else {
+        value
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +142,9 @@ mod tests {
         assert_eq!(child.trace_id, parent.trace_id);
         assert_ne!(child.span_id, parent.span_id);
         let unrelated = outgoing();
-        assert_ne!(unrelated.trace_id, parent.trace_id, "outside a trace, a new one");
+        assert_ne!(
+            unrelated.trace_id, parent.trace_id,
+            "outside a trace, a new one"
+        );
     }
 }
