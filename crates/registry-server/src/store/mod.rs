@@ -179,6 +179,63 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedCheck>>;
+
+    /// Renews the leases of several instances at once (coalesced heartbeats): for each
+    /// instance whose lease has not lapsed, `last_heartbeat_at` becomes its `at` and the
+    /// lease runs to `at + ttl`. Appends no event (a renewal changes no status). Answers
+    /// the heartbeats it did not apply (unknown instance, or lapsed lease: those need the
+    /// full heartbeat transition, which revives with an event).
+    async fn renew_leases(&self, heartbeats: &[Heartbeat]) -> StoreResult<Vec<Heartbeat>> {
+        // One transaction per heartbeat; stores override this with one statement.
+        let mut not_applied = Vec::new();
+        for heartbeat in heartbeats {
+            let at = heartbeat.at;
+            let applied = self
+                .apply(
+                    &heartbeat.service,
+                    &heartbeat.id,
+                    at,
+                    Box::new(move |old| match old {
+                        Some(o) if o.lease_deadline().is_some() || o.ttl_seconds == 0 => {
+                            crate::lifecycle::heartbeat(o, at)
+                        }
+                        _ => Mutation::Unchanged,
+                    }),
+                )
+                .await?;
+            let renewed = applied
+                .record
+                .is_some_and(|r| r.last_heartbeat_at == at && applied.event.is_none());
+            if !renewed {
+                not_applied.push(heartbeat.clone());
+            }
+        }
+        Ok(not_applied)
+    }
+
+    /// Notifications of new events written by any process sharing the database, so each
+    /// replica's view follows the others quickly. `None` when the store has no such feed
+    /// (embedded SQLite serves one process).
+    async fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+        Ok(None)
+    }
+}
+
+/// One heartbeat received at `at`, waiting to be written with others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub service: String,
+    pub id: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A stream of "new events were committed" notifications.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Waits for the next notification and answers the index it announces (0 when it does
+    /// not say). An error means the feed broke: the caller catches up by index and asks
+    /// for a new feed.
+    async fn next(&mut self) -> StoreResult<u64>;
 }
 
 /// Milliseconds since the epoch, the time type of every stored column.
