@@ -12,6 +12,51 @@ use serde::Serialize;
 /// status, each instance indented under it with its status, URL, age of its last heartbeat
 /// and last check. Ages are measured from the snapshot time `status.at` (the registry's
 /// clock), so they are right for a past moment too and immune to local clock skew.
+///
+/// ```
+/// use registry_client::display::format_status;
+/// use registry_client::registry_api::{CheckResult, ServiceStatus};
+/// use registry_client::SystemStatus;
+/// # use chrono::{DateTime, Utc};
+/// # use registry_client::{Instance, Status};
+/// # fn instance(id: &str, status: Status, ttl_seconds: u32, heartbeat: DateTime<Utc>) -> Instance {
+/// #     Instance {
+/// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
+/// #         tags: vec![], metadata: Default::default(), ttl_seconds, check: None,
+/// #         registered_at: heartbeat, last_heartbeat_at: heartbeat, lease_expires_at: None,
+/// #         status_changed_at: heartbeat, last_check: None,
+/// #     }
+/// # }
+///
+/// let at: DateTime<Utc> = "2024-05-01T12:00:00Z".parse()?;
+/// let mut throttled = instance("sum-2", Status::Warning, 0, at);
+/// throttled.last_check = Some(CheckResult {
+///     at,
+///     status: Status::Warning,
+///     detail: "HTTP 429".into(),
+/// });
+/// let status = SystemStatus {
+///     index: 42,
+///     at,
+///     services: vec![ServiceStatus {
+///         name: "sum".into(),
+///         status: Status::Warning,
+///         instances: vec![
+///             instance("sum-1", Status::Passing, 10, at - chrono::TimeDelta::seconds(3)),
+///             throttled,
+///         ],
+///     }],
+/// };
+/// assert_eq!(
+///     format_status(&status),
+///     "index 42 at 2024-05-01T12:00:00Z\n\
+///      NAME     STATUS   URL                HEARTBEAT  LAST CHECK\n\
+///      sum      warning  2 instances\n\
+///      \x20 sum-1  passing  http://sum-1:4040  3s ago     -\n\
+///      \x20 sum-2  warning  http://sum-2:4040  no lease   HTTP 429\n"
+/// );
+/// # Ok::<(), chrono::ParseError>(())
+/// ```
 pub fn format_status(status: &SystemStatus) -> String {
     let mut text = format!("index {} at {}\n", status.index, timestamp(status.at));
     if status.services.is_empty() {
@@ -63,6 +108,44 @@ fn instance_row(instance: &Instance, now: DateTime<Utc>) -> Vec<String> {
 
 /// The table of `registry services`: NAME INSTANCES PASSING WARNING CRITICAL MAINTENANCE,
 /// counts right-aligned.
+///
+/// ```
+/// use registry_client::display::format_services;
+/// use registry_client::ServiceList;
+/// use registry_client::registry_api::ServiceSummary;
+///
+/// let list = ServiceList {
+///     index: 7,
+///     services: vec![
+///         ServiceSummary {
+///             name: "concat".into(),
+///             instances: 1,
+///             passing: 1,
+///             warning: 0,
+///             critical: 0,
+///             maintenance: 0,
+///         },
+///         ServiceSummary {
+///             name: "sum".into(),
+///             instances: 12,
+///             passing: 10,
+///             warning: 1,
+///             critical: 0,
+///             maintenance: 1,
+///         },
+///     ],
+/// };
+/// assert_eq!(
+///     format_services(&list),
+///     "NAME    INSTANCES  PASSING  WARNING  CRITICAL  MAINTENANCE\n\
+///      concat          1        1        0         0            0\n\
+///      sum            12       10        1         0            1\n"
+/// );
+/// assert_eq!(
+///     format_services(&ServiceList { index: 3, services: vec![] }),
+///     "no service is registered (index 3)\n"
+/// );
+/// ```
 pub fn format_services(list: &ServiceList) -> String {
     if list.services.is_empty() {
         return format!("no service is registered (index {})\n", list.index);
@@ -95,6 +178,52 @@ pub fn format_services(list: &ServiceList) -> String {
 
 /// One event on one line: `#index at service/instance kind from -> to (reason)`, with `-`
 /// for the missing side of a registration (no `from`) or a removal (no `to`).
+///
+/// ```
+/// use registry_client::display::format_event;
+/// use registry_client::{Event, EventKind, Reason};
+/// # use chrono::{DateTime, Utc};
+/// # use registry_client::{Instance, Status};
+/// # fn instance(id: &str, status: Status, ttl_seconds: u32, heartbeat: DateTime<Utc>) -> Instance {
+/// #     Instance {
+/// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
+/// #         tags: vec![], metadata: Default::default(), ttl_seconds, check: None,
+/// #         registered_at: heartbeat, last_heartbeat_at: heartbeat, lease_expires_at: None,
+/// #         status_changed_at: heartbeat, last_check: None,
+/// #     }
+/// # }
+///
+/// let at: DateTime<Utc> = "2024-05-01T12:00:00Z".parse()?;
+/// let event = Event {
+///     index: 43,
+///     at,
+///     service: "sum".into(),
+///     instance: "sum-1".into(),
+///     kind: EventKind::Status,
+///     from: Some(Status::Passing),
+///     to: Some(Status::Critical),
+///     reason: Reason::LeaseExpired,
+///     snapshot: instance("sum-1", Status::Critical, 10, at),
+/// };
+/// assert_eq!(
+///     format_event(&event),
+///     "#43 2024-05-01T12:00:00Z sum/sum-1 status passing -> critical (lease_expired)"
+/// );
+///
+/// let removed = Event {
+///     index: 44,
+///     kind: EventKind::Removed,
+///     from: Some(Status::Critical),
+///     to: None,
+///     reason: Reason::Deregistered,
+///     ..event
+/// };
+/// assert_eq!(
+///     format_event(&removed),
+///     "#44 2024-05-01T12:00:00Z sum/sum-1 removed critical -> - (deregistered)"
+/// );
+/// # Ok::<(), chrono::ParseError>(())
+/// ```
 pub fn format_event(event: &Event) -> String {
     let status = |s: Option<registry_api::Status>| s.map_or("-", |s| s.as_str());
     format!(
@@ -112,6 +241,18 @@ pub fn format_event(event: &Event) -> String {
 
 /// `3s ago`, `2m5s ago`, `1h4m ago`, `3d2h ago`; `just now` under a second (or when the
 /// registry's clock says the heartbeat is in the future).
+///
+/// ```
+/// use chrono::TimeDelta;
+/// use registry_client::display::format_age;
+///
+/// assert_eq!(format_age(TimeDelta::milliseconds(400)), "just now");
+/// assert_eq!(format_age(TimeDelta::seconds(-5)), "just now");
+/// assert_eq!(format_age(TimeDelta::seconds(3)), "3s ago");
+/// assert_eq!(format_age(TimeDelta::seconds(125)), "2m5s ago");
+/// assert_eq!(format_age(TimeDelta::seconds(3_840)), "1h4m ago");
+/// assert_eq!(format_age(TimeDelta::seconds(266_400)), "3d2h ago");
+/// ```
 pub fn format_age(elapsed: TimeDelta) -> String {
     let secs = elapsed.num_seconds();
     if secs < 1 {

@@ -4,6 +4,29 @@
 //! A service runs each request inside [`in_trace`] with the `traceparent` it received;
 //! [`ServiceClient`](crate::caller::ServiceClient) then sends a child of it on every call
 //! (a new trace when there is none).
+//!
+//! The context lives in a Tokio task-local rather than in an argument threaded through
+//! every function: the code between receiving a request and calling another service
+//! should not have to carry it, and a task-local cannot leak from one request to another
+//! the way a thread-local can when tasks move between threads. Work spawned onto another
+//! task does not inherit it; wrap that work in [`in_trace`] too.
+//!
+//! ```
+//! use registry_client::trace::{self, TraceParent};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // In a request handler: the header received, or a new trace when it is missing or bad.
+//! let received = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+//! let parent = received.and_then(TraceParent::parse).unwrap_or_else(TraceParent::new_root);
+//! let header = trace::in_trace(parent, async {
+//!     // ... what ServiceClient sends on each call made while handling the request:
+//!     trace::outgoing().to_string()
+//! })
+//! .await;
+//! assert!(header.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -13,15 +36,40 @@ tokio::task_local! {
 }
 
 /// A parsed `traceparent` header: version 00, trace id, parent span id, flags.
+///
+/// [`Display`](fmt::Display) writes the header value (lowercase hex, as the spec asks).
+///
+/// ```
+/// use registry_client::trace::TraceParent;
+///
+/// let context = TraceParent { trace_id: 0xabc, span_id: 0x42, sampled: true };
+/// assert_eq!(
+///     context.to_string(),
+///     "00-00000000000000000000000000000abc-0000000000000042-01"
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
+    /// The id of the whole trace, shared by every span of it (never 0 once parsed).
     pub trace_id: u128,
+    /// The id of the span that sent the header: the parent of the receiver's spans
+    /// (never 0 once parsed).
     pub span_id: u64,
+    /// The `sampled` flag: whether the caller records the trace.
     pub sampled: bool,
 }
 
 impl TraceParent {
-    /// A new trace with a random trace id and span id.
+    /// A new trace with a random trace id and span id, sampled.
+    ///
+    /// ```
+    /// use registry_client::trace::TraceParent;
+    ///
+    /// let (a, b) = (TraceParent::new_root(), TraceParent::new_root());
+    /// assert_ne!(a.trace_id, b.trace_id);
+    /// assert!(a.sampled);
+    /// assert_eq!(TraceParent::parse(&a.to_string()), Some(a));
+    /// ```
     pub fn new_root() -> Self {
         Self {
             trace_id: nonzero(rand_u128()),
@@ -30,7 +78,17 @@ impl TraceParent {
         }
     }
 
-    /// The same trace with a new span id: the context of an outgoing call.
+    /// The same trace with a new span id (and the same flags): the context of an
+    /// outgoing call.
+    ///
+    /// ```
+    /// use registry_client::trace::TraceParent;
+    ///
+    /// let parent = TraceParent::new_root();
+    /// let child = parent.child();
+    /// assert_eq!((child.trace_id, child.sampled), (parent.trace_id, parent.sampled));
+    /// assert_ne!(child.span_id, parent.span_id);
+    /// ```
     pub fn child(&self) -> Self {
         Self {
             span_id: nonzero(rand_u64()),
@@ -43,9 +101,17 @@ impl TraceParent {
     ///
     /// ```
     /// use registry_client::trace::TraceParent;
-    /// let t = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    ///
+    /// let t = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    ///     .expect("a valid header");
     /// assert!(t.sampled);
+    /// assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
     /// assert_eq!(t.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    ///
+    /// // Uppercase hex, a zero span id, an unknown version: ignored.
+    /// assert_eq!(TraceParent::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"), None);
+    /// assert_eq!(TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"), None);
+    /// assert_eq!(TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), None);
     /// ```
     pub fn parse(header: &str) -> Option<Self> {
         let mut parts = header.trim().split('-');
@@ -85,17 +151,61 @@ impl fmt::Display for TraceParent {
     }
 }
 
-/// Runs `work` with `parent` as the current trace context.
+/// Runs `work` with `parent` as the current trace context: [`current`] answers it, and
+/// calls made by `work` through [`ServiceClient`](crate::caller::ServiceClient) send
+/// children of it. Nested calls replace the context for the inner work only.
+///
+/// ```
+/// use registry_client::trace::{self, TraceParent};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let parent = TraceParent::new_root();
+/// let seen = trace::in_trace(parent, async { trace::current() }).await;
+/// assert_eq!(seen, Some(parent));
+/// assert_eq!(trace::current(), None, "only inside");
+/// # }
+/// ```
 pub async fn in_trace<F: Future>(parent: TraceParent, work: F) -> F::Output {
     CURRENT.scope(parent, work).await
 }
 
-/// The current trace context, if the task runs inside [`in_trace`].
+/// The current trace context, if the task runs inside [`in_trace`]; `None` elsewhere
+/// (also outside any Tokio task).
+///
+/// ```
+/// use registry_client::trace::{self, TraceParent};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(trace::current(), None);
+/// let parent = TraceParent::new_root();
+/// trace::in_trace(parent, async {
+///     let trace_id = trace::current().map(|t| format!("{:032x}", t.trace_id));
+///     assert_eq!(trace_id, Some(format!("{:032x}", parent.trace_id))); // e.g. for a log field
+/// })
+/// .await;
+/// # }
+/// ```
 pub fn current() -> Option<TraceParent> {
     CURRENT.try_with(|t| *t).ok()
 }
 
 /// The `traceparent` for an outgoing call: a child of the current context, or a new trace.
+/// For calls made without [`ServiceClient`](crate::caller::ServiceClient).
+///
+/// ```
+/// use registry_client::trace::{self, TraceParent};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let parent = TraceParent::new_root();
+/// let sent = trace::in_trace(parent, async { trace::outgoing() }).await;
+/// assert_eq!(sent.trace_id, parent.trace_id);
+/// assert_ne!(sent.span_id, parent.span_id);
+/// // e.g. request.header("traceparent", sent.to_string())
+/// # }
+/// ```
 pub fn outgoing() -> TraceParent {
     current().map_or_else(TraceParent::new_root, |t| t.child())
 }
