@@ -11,8 +11,9 @@ help: ## List the targets
 build: ## Build every binary (debug)
 	$(CARGO) build --workspace --bins
 
-test: ## Run every test (finds or starts Postgres; SQLite is embedded)
-	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
+test: ## Run every test (finds or starts Postgres, installs Prometheus; SQLite is embedded)
+	@scripts/ensure-tools.sh && \
+	  DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
 	  echo "tests use Postgres at $${DATABASE_URL%%@*}@..." && \
 	  $(CARGO) build --workspace --bins && \
 	  $(CARGO) test --workspace --no-fail-fast

@@ -6,6 +6,7 @@ mod events;
 mod extract;
 mod instances;
 mod ops;
+mod sd;
 mod seed;
 mod services;
 mod status;
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(instances::router())
         .merge(services::router())
         .merge(status::router())
+        .merge(sd::router())
         .merge(seed::router())
         .merge(ops::router())
         .layer(TimeoutLayer::with_status_code(
