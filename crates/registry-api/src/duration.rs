@@ -30,6 +30,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
+        if unit.is_empty() {
+            return Err(format!(
+                "'{raw}' is not a duration like 500ms, 30s, 1m30s or 7d (whole numbers only)"
+            ));
+        }
         rest = &rest[unit_len..];
         let millis_per_unit: u64 = match unit {
             "ms" => 1,

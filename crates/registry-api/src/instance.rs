@@ -198,6 +198,9 @@ impl InstanceSpec {
                     format!("must be 1 to {} characters", limits::MAX_TAG_CHARS),
                 ));
             }
+            if has_control(tag) {
+                return Err(FieldError::new(format!("tags.{i}"), NO_CONTROL));
+            }
         }
         if self.metadata.len() > limits::MAX_METADATA_PAIRS {
             return Err(FieldError::new(
@@ -215,6 +218,12 @@ impl InstanceSpec {
                         limits::MAX_METADATA_KEY_CHARS
                     ),
                 ));
+            }
+            if has_control(key) {
+                return Err(FieldError::new("metadata", format!("keys: {NO_CONTROL}")));
+            }
+            if has_control(value) {
+                return Err(FieldError::new(format!("metadata.{key}"), NO_CONTROL));
             }
             if value.chars().count() > limits::MAX_METADATA_VALUE_CHARS {
                 return Err(FieldError::new(
@@ -247,10 +256,22 @@ impl InstanceSpec {
     }
 }
 
+/// Control characters (NUL, newlines, escapes) are refused in every stored string: they
+/// break logs and terminals, and Postgres cannot store NUL in JSON.
+const NO_CONTROL: &str = "must not contain control characters";
+
+fn has_control(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
 /// An absolute http(s) URL with a host and no user info, at most 2048 bytes.
 pub fn validate_url(raw: &str) -> Result<Url, String> {
     if raw.len() > limits::MAX_URL_BYTES {
         return Err(format!("must be at most {} bytes", limits::MAX_URL_BYTES));
+    }
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        // The URL is stored as given, and the parser would silently drop such characters.
+        return Err("must not contain spaces or control characters".into());
     }
     let url = Url::parse(raw).map_err(|e| format!("is not an absolute URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -305,14 +326,16 @@ fn validate_check(spec: CheckSpec) -> Result<Check, FieldError> {
             ));
         }
         let too_long = expect.iter().any(|(k, v)| {
-            k.is_empty()
+            has_control(k)
+                || has_control(v)
+                || k.is_empty()
                 || k.chars().count() > limits::MAX_METADATA_KEY_CHARS
                 || v.chars().count() > limits::MAX_METADATA_VALUE_CHARS
         });
         if too_long {
             return Err(FieldError::new(
                 "check.expect_json",
-                "keys must be 1 to 128 characters and values at most 512",
+                "keys must be 1 to 128 characters and values at most 512, without control characters",
             ));
         }
     }
@@ -388,6 +411,22 @@ mod tests {
         let mut spec = InstanceSpec::new("http://h");
         spec.ttl_seconds = Some(86_401);
         assert_eq!(field_of(spec), "ttl_seconds");
+    }
+
+    #[test]
+    fn control_characters_are_refused_everywhere() {
+        assert_eq!(field_of(InstanceSpec::new("http://h/\u{0}")), "url");
+        assert_eq!(field_of(InstanceSpec::new("http://h/a\tb")), "url");
+        assert_eq!(field_of(InstanceSpec::new("http://h/a b")), "url");
+        let mut spec = InstanceSpec::new("http://h");
+        spec.tags = vec!["a\u{0}b".into()];
+        assert_eq!(field_of(spec), "tags.0");
+        let mut spec = InstanceSpec::new("http://h");
+        spec.metadata.insert("k".into(), "line\nbreak".into());
+        assert_eq!(field_of(spec), "metadata.k");
+        let mut spec = InstanceSpec::new("http://h");
+        spec.metadata.insert("k\u{1b}".into(), "v".into());
+        assert_eq!(field_of(spec), "metadata");
     }
 
     #[test]

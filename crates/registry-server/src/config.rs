@@ -12,10 +12,25 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "registry", version, about, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Settings of `serve`, also accepted without the subcommand name.
-    #[command(flatten)]
-    pub serve: ServeArgs,
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line; without a subcommand it is `serve` (so `registry` alone,
+    /// or `registry --addr ...`, runs the registry).
+    pub fn parse_with_default() -> Self {
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let first = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
+        let top_level_only = matches!(
+            first.as_deref(),
+            Some("-h" | "--help" | "-V" | "--version" | "help")
+        );
+        let names_subcommand = first.as_deref().is_some_and(|a| !a.starts_with('-'));
+        if !top_level_only && !names_subcommand {
+            args.insert(1.min(args.len()), "serve".into());
+        }
+        <Self as Parser>::parse_from(args)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +128,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Bounds that keep time arithmetic far from overflow.
+const MAX_HISTORY_RETENTION: Duration = Duration::from_secs(3_650 * 86_400);
+const MAX_DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(365 * 86_400);
+
+/// The database kinds the registry has a store for.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    let known = ["postgres://", "postgresql://", "sqlite:"];
+    if known.iter().any(|prefix| url.starts_with(prefix)) {
+        Ok(())
+    } else {
+        Err("DATABASE_URL must start with postgres://, postgresql:// or sqlite:".into())
+    }
+}
+
 fn duration(raw: &str) -> Result<Duration, String> {
     registry_api::parse_duration(raw)
 }
@@ -141,8 +170,21 @@ impl ServeArgs {
                 registry_api::limits::MAX_TTL_SECONDS
             ));
         }
-        if self.history_retention < Duration::from_secs(60) {
-            return Err("REGISTRY_HISTORY_RETENTION must be at least 1m".into());
+        if self.history_retention < Duration::from_secs(60)
+            || self.history_retention > MAX_HISTORY_RETENTION
+        {
+            return Err("REGISTRY_HISTORY_RETENTION must be from 1m to 3650d".into());
+        }
+        if self.deregister_critical_after > MAX_DEREGISTER_CRITICAL_AFTER {
+            return Err("REGISTRY_DEREGISTER_CRITICAL_AFTER must be at most 365d (0 = never)".into());
+        }
+        if self.read_token.is_some() && self.token.is_none() {
+            return Err(
+                "REGISTRY_READ_TOKEN is set without REGISTRY_TOKEN: reads would need a token while writes need none; set REGISTRY_TOKEN too".into(),
+            );
+        }
+        if let Some(url) = self.database.database_url.as_deref().filter(|u| !u.is_empty()) {
+            check_database_url(url)?;
         }
         for (name, token) in [
             ("REGISTRY_TOKEN", &self.token),

@@ -109,7 +109,8 @@ pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Ut
         || old.metadata != spec.metadata
         || old.ttl_seconds != spec.ttl_seconds
         || old.check != spec.check;
-    let check_changed = old.check != spec.check;
+    // A new URL means a new target: the old verdict says nothing about it.
+    let check_changed = old.check != spec.check || (spec.check.is_some() && old.url != spec.url);
     let mut record = old.clone();
     record.url = spec.url.clone();
     record.tags = spec.tags.clone();
@@ -381,6 +382,30 @@ mod tests {
             Mutation::Unchanged,
             "0 = never"
         );
+    }
+
+    #[test]
+    fn a_new_url_resets_the_check_verdict() {
+        let mut checked = spec(0);
+        checked.check = Some(check());
+        let (r, _) = saved(register(None, &checked, t(0)));
+        let (r, _) = saved(record_check(&r, &check(), &outcome(Status::Critical), t(1)));
+        let (r, _) = saved(record_check(&r, &check(), &outcome(Status::Critical), t(2)));
+        assert_eq!(r.status, Status::Critical);
+        let mut moved = checked.clone();
+        moved.url = "http://10.0.0.2:4040".into();
+        match register(Some(&r), &moved, t(3)) {
+            Mutation::Save {
+                record,
+                reschedule_check,
+                ..
+            } => {
+                assert!(reschedule_check, "the new URL is checked soon");
+                assert_eq!(record.status, Status::Passing);
+                assert_eq!(record.last_check, None);
+            }
+            other => panic!("expected a save, got {other:?}"),
+        }
     }
 
     #[test]

@@ -2,14 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use registry_client::RegistryApi;
 use registry_server::config::{Cli, Command, RemoteArgs, ServeArgs};
 use registry_server::{Application, app, operator, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_default();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -21,31 +20,30 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::CheckConfig(args)) => {
+        Command::Serve(args) => serve(args).await,
+        Command::CheckConfig(args) => {
             args.settings().map_err(anyhow::Error::msg)?;
             println!("configuration ok");
             Ok(())
         }
-        Some(Command::Migrate(args)) => {
+        Command::Migrate(args) => {
             telemetry::init(None);
             app::open_store(args.database_url.as_deref()).await?;
             println!("migrations applied");
             Ok(())
         }
-        Some(Command::Status { remote, at, json }) => {
+        Command::Status { remote, at, json } => {
             operator::print_status(&api(&remote)?, at, json, &mut std::io::stdout()).await
         }
-        Some(Command::Services { remote, json }) => {
+        Command::Services { remote, json } => {
             operator::print_services(&api(&remote)?, json, &mut std::io::stdout()).await
         }
-        Some(Command::Watch {
+        Command::Watch {
             remote,
             service,
             since,
             json,
-        }) => operator::watch(&api(&remote)?, service, since, json, &mut std::io::stdout()).await,
+        } => operator::watch(&api(&remote)?, service, since, json, &mut std::io::stdout()).await,
     }
 }
 

@@ -13,6 +13,7 @@ use futures::Stream;
 use registry_api::{Event, ServiceName};
 
 use super::extract::{QueryParams, parse_service};
+use super::services::ahead_of_the_store;
 use super::{ApiError, AppState};
 
 /// Events sent per read of the log.
@@ -69,22 +70,23 @@ async fn events(
         .unwrap_or_else(|| state.view.index());
     // Fail now, with a proper status, rather than inside the stream.
     let history_start = state.store.history_start().await?;
-    let current = state.view.index();
-    let stream = feed(state, service, start, history_start.index, current);
+    let ahead = start > state.view.index() && ahead_of_the_store(&state, start).await;
+    let stream = feed(state, service, start, start < history_start.index || ahead);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive")))
 }
 
+/// The stream: a `reset` first when `reset` is set (the events after `start` cannot be
+/// replayed), then every event after the cursor, live.
 fn feed(
     state: AppState,
     service: Option<ServiceName>,
     start: u64,
-    history_start: u64,
-    current: u64,
+    reset: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream(move |tx| async move {
         let only = service.as_ref().map(|s| s.as_str().to_owned());
         let mut cursor = start;
-        if start < history_start || start > current {
+        if reset {
             let status = state
                 .view
                 .system_status(only.as_deref(), crate::clock::now());

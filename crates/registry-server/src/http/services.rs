@@ -93,10 +93,13 @@ async fn one(
 }
 
 /// Holds until the service's index passes `known`, `wait` (plus jitter) runs out, or the
-/// server shuts down. Answers at once when `known` is ahead of the registry (it lost
-/// its state, so the caller must not wait for an index that will not come).
+/// server shuts down. Answers at once when `known` is ahead of the registry (it lost its
+/// state, so the caller must not wait for an index that will not come).
 async fn wait_for_change(state: &AppState, service: &str, known: u64, wait: Duration) {
     let mut changes = state.view.subscribe();
+    if known > state.view.index() && ahead_of_the_store(state, known).await {
+        return;
+    }
     let jitter_cap = wait.as_millis() / 16;
     let jitter = if jitter_cap == 0 {
         0
@@ -105,7 +108,7 @@ async fn wait_for_change(state: &AppState, service: &str, known: u64, wait: Dura
     };
     let deadline = tokio::time::Instant::now() + wait + Duration::from_millis(jitter);
     loop {
-        if state.view.service_index(service) > known || known > state.view.index() {
+        if state.view.service_index(service) > known {
             return;
         }
         tokio::select! {
@@ -114,4 +117,18 @@ async fn wait_for_change(state: &AppState, service: &str, known: u64, wait: Dura
             () = state.shutdown.cancelled() => return,
         }
     }
+}
+
+/// Whether `index` is beyond anything the registry ever wrote. A client may know an index
+/// this replica's view has not reached yet (it asked another replica): that is not lost
+/// state, so the view catches up and the store has the last word.
+pub async fn ahead_of_the_store(state: &AppState, index: u64) -> bool {
+    if state.view.catch_up(state.store.as_ref()).await.is_ok() && index <= state.view.index() {
+        return false;
+    }
+    state
+        .store
+        .current_index()
+        .await
+        .map_or(true, |current| index > current)
 }
