@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::heartbeats::Heartbeats;
 use crate::http::{self, AppState};
 use crate::store::{PostgresStore, SqliteStore, Store};
 use crate::view::View;
@@ -57,9 +58,11 @@ impl Application {
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
+        let view = Arc::new(view);
         let state = AppState {
+            heartbeats: Arc::new(Heartbeats::new(store.clone(), view.clone())),
             store,
-            view: Arc::new(view),
+            view,
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
         };
@@ -80,10 +83,12 @@ impl Application {
         let workers = Workers {
             store: self.state.store.clone(),
             view: self.state.view.clone(),
+            heartbeats: self.state.heartbeats.clone(),
             settings: self.state.settings.clone(),
             shutdown: shutdown.clone(),
         }
         .spawn();
+        let heartbeats = self.state.heartbeats.clone();
         let router = http::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "registry listening");
         let stop = shutdown.clone();
@@ -97,6 +102,10 @@ impl Application {
                 stop.cancel();
             })
             .await;
+        // No request runs any more: write the heartbeats acknowledged but still queued.
+        if let Err(error) = heartbeats.flush().await {
+            tracing::warn!(%error, "could not write the last queued heartbeats");
+        }
         shutdown.cancel();
         for worker in workers {
             let _ = worker.await;

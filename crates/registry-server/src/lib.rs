@@ -3,6 +3,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod heartbeats;
 pub mod http;
 pub mod lifecycle;
 pub mod operator;

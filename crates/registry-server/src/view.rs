@@ -162,6 +162,15 @@ impl View {
         }
     }
 
+    /// One instance as reads show it now, if the view knows it.
+    pub fn instance(&self, service: &str, id: &str) -> Option<Instance> {
+        self.read()
+            .services
+            .get(service)
+            .and_then(|s| s.instances.get(id))
+            .cloned()
+    }
+
     /// The global index the view is at.
     pub fn index(&self) -> u64 {
         self.read().index

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY, Heartbeats};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
 use crate::store::{Store, StoreResult};
 use crate::view::View;
@@ -34,6 +35,7 @@ const MAX_CHECK_BODY: usize = 64 * 1024;
 pub struct Workers {
     pub store: Arc<dyn Store>,
     pub view: Arc<View>,
+    pub heartbeats: Arc<Heartbeats>,
     pub settings: Arc<Settings>,
     pub shutdown: CancellationToken,
 }
@@ -47,6 +49,12 @@ impl Workers {
                 self.clone()
                     .every(SWEEP_EVERY, "lease sweep", |w| async move {
                         w.sweep_leases().await
+                    }),
+            ),
+            tokio::spawn(
+                self.clone()
+                    .every(FLUSH_EVERY, "heartbeat flush", |w| async move {
+                        w.heartbeats.flush().await
                     }),
             ),
             tokio::spawn(
@@ -105,16 +113,23 @@ impl Workers {
                 "no sweep ran for a while (registry or database was down): every lease gets one full TTL"
             );
         }
+        // Heartbeats queued here are written first; those queued on another replica are
+        // written within the grace (crate::heartbeats), so only leases past it expire.
+        self.heartbeats.flush().await?;
+        let cutoff = now - chrono::Duration::from_std(EXPIRY_GRACE).unwrap_or_default();
         let mut changed = false;
-        for (service, id) in self.store.expired_leases(now, SWEEP_BATCH).await? {
+        for (service, id) in self.store.expired_leases(cutoff, SWEEP_BATCH).await? {
             let applied = self
                 .store
                 .apply(
                     &service,
                     &id,
                     now,
-                    Box::new(move |old| {
-                        old.map_or(Mutation::Unchanged, |o| lifecycle::expire_lease(o, now))
+                    Box::new(move |old| match old {
+                        Some(o) if o.lease_deadline().is_some_and(|d| d <= cutoff) => {
+                            lifecycle::expire_lease(o, now)
+                        }
+                        _ => Mutation::Unchanged,
                     }),
                 )
                 .await?;

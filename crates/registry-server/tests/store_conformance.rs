@@ -14,7 +14,7 @@ use registry_api::{
 use registry_server::clock;
 use registry_server::lifecycle::{self, CheckOutcome, Mutation};
 use registry_server::record::InstanceRecord;
-use registry_server::store::{Applied, HistoryStart, PostgresStore, SqliteStore, Store};
+use registry_server::store::{Applied, Heartbeat, HistoryStart, PostgresStore, SqliteStore, Store};
 use registry_server::testing;
 
 // ---------------------------------------------------------------------------------------
@@ -91,6 +91,12 @@ conformance!(
     data_survives_reconnecting,
     concurrent_changes_get_gap_free_indexes_in_commit_order,
     concurrent_registrations_of_one_new_instance_append_one_event,
+    renew_leases_renews_live_leases_in_one_call_without_events,
+    renew_leases_answers_back_lapsed_and_unknown_instances,
+    renew_leases_keeps_ttl_0_instances_without_a_lease,
+    renew_leases_never_moves_a_lease_back,
+    renew_leases_writes_times_as_serde_does,
+    concurrent_renewals_of_overlapping_batches_all_succeed,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1005,4 +1011,315 @@ async fn concurrent_registrations_of_one_new_instance_append_one_event(backend: 
     }
     assert_eq!((created, events), (1, 1));
     assert_eq!(store.current_index().await.expect("index"), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Batched lease renewal (coalesced heartbeats)
+
+fn beat(service: &str, id: &str, at: DateTime<Utc>) -> Heartbeat {
+    Heartbeat {
+        service: service.into(),
+        id: id.into(),
+        at,
+    }
+}
+
+/// What the one-instance heartbeat transition makes of `old` at `at`.
+fn heartbeat_of(old: &InstanceRecord, at: DateTime<Utc>) -> InstanceRecord {
+    match lifecycle::heartbeat(old, at) {
+        Mutation::Save {
+            record,
+            change: None,
+            ..
+        } => record,
+        other => panic!("expected a renewal without an event, got {other:?}"),
+    }
+}
+
+fn sorted_beats(mut beats: Vec<Heartbeat>) -> Vec<Heartbeat> {
+    beats.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    beats
+}
+
+async fn record_in(store: &dyn Store, service: &str, id: &str) -> Option<InstanceRecord> {
+    store
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .records
+        .into_iter()
+        .find(|r| r.service == service && r.id == id)
+}
+
+async fn renew_leases_renews_live_leases_in_one_call_without_events(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    let a = record_of(&put(s, &spec("sum", "a", 10), t0).await);
+    let b = record_of(&put(s, &spec("mult", "b", 30), t0).await);
+    let index = s.current_index().await.expect("index");
+    let at = t0 + ms(1_507); // an odd millisecond, kept exact
+
+    let not_applied = s
+        .renew_leases(&[
+            beat("sum", "a", t0 + ms(900)),
+            beat("sum", "a", at), // the latest of an instance counts
+            beat("mult", "b", at),
+            beat("sum", "a", t0 + ms(1_200)),
+        ])
+        .await
+        .expect("renew");
+
+    assert_eq!(not_applied, vec![]);
+    let snapshot = s.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.index, index, "a renewal appends no event");
+    assert_eq!(
+        s.events_after(index, None, 10).await.expect("events"),
+        vec![]
+    );
+    let mut expected = vec![heartbeat_of(&b, at), heartbeat_of(&a, at)];
+    expected.sort_by(|x, y| (&x.service, &x.id).cmp(&(&y.service, &y.id)));
+    assert_eq!(
+        snapshot.records, expected,
+        "exactly what the one-instance heartbeat writes"
+    );
+    assert_eq!(expected[1].lease_expires_at, Some(at + secs(10)));
+
+    // The indexed deadline moved with the record.
+    let expired =
+        |at| async move { sorted(s.expired_leases(at, 100).await.expect("expired leases")) };
+    assert_eq!(expired(t0 + secs(10)).await, vec![]);
+    assert_eq!(expired(at + secs(10) - ms(1)).await, vec![]);
+    assert_eq!(expired(at + secs(10)).await, pairs(&[("sum", "a")]));
+    assert_eq!(
+        expired(at + secs(30)).await,
+        pairs(&[("mult", "b"), ("sum", "a")])
+    );
+    // An empty batch is no call at all.
+    assert_eq!(s.renew_leases(&[]).await.expect("renew"), vec![]);
+}
+
+async fn renew_leases_answers_back_lapsed_and_unknown_instances(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec("sum", "lapsed", 1), t0).await;
+    let live = record_of(&put(s, &spec("sum", "live", 10), t0).await);
+    let lapsed = record_of(&expire(s, "sum", "lapsed", t0 + secs(1)).await);
+    assert_eq!(lapsed.status, Status::Critical);
+    let index = s.current_index().await.expect("index");
+    let at = t0 + secs(2);
+
+    let not_applied = s
+        .renew_leases(&[
+            beat("sum", "lapsed", at),
+            beat("sum", "ghost", at),
+            beat("sum", "live", at),
+            beat("nobody", "live", at),
+            beat("sum", "ghost", at - ms(5)),
+        ])
+        .await
+        .expect("renew");
+
+    assert_eq!(
+        sorted_beats(not_applied),
+        vec![
+            beat("nobody", "live", at),
+            beat("sum", "ghost", at),
+            beat("sum", "lapsed", at),
+        ],
+        "one per instance, the latest"
+    );
+    assert_eq!(s.current_index().await.expect("index"), index);
+    assert_eq!(
+        record_in(s, "sum", "lapsed").await,
+        Some(lapsed),
+        "a lapsed lease is left to the full transition"
+    );
+    assert_eq!(record_in(s, "sum", "ghost").await, None);
+    assert_eq!(
+        record_in(s, "sum", "live").await,
+        Some(heartbeat_of(&live, at))
+    );
+    assert_eq!(
+        sorted(s.expired_leases(at + secs(100), 10).await.expect("expired")),
+        pairs(&[("sum", "live")]),
+        "the lapsed lease is not due again"
+    );
+}
+
+async fn renew_leases_keeps_ttl_0_instances_without_a_lease(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    let checked = record_of(&put(s, &spec_with_check("sum", "c", "/status", 5), t0).await);
+    assert_eq!(checked.lease_expires_at, None);
+    let at = t0 + ms(2_345);
+
+    let not_applied = s
+        .renew_leases(&[beat("sum", "c", at)])
+        .await
+        .expect("renew");
+
+    assert_eq!(not_applied, vec![]);
+    let renewed = record_in(s, "sum", "c").await.expect("still there");
+    assert_eq!(renewed, heartbeat_of(&checked, at));
+    assert_eq!(renewed.last_heartbeat_at, at);
+    assert_eq!(renewed.lease_expires_at, None, "still no lease");
+    assert_eq!(
+        s.expired_leases(at + secs(100_000), 10)
+            .await
+            .expect("expired"),
+        vec![],
+        "nothing to expire"
+    );
+    assert_eq!(s.current_index().await.expect("index"), 1);
+    // The check schedule is not disturbed.
+    assert_eq!(
+        s.claim_due_checks(t0, 10).await.expect("claim").len(),
+        1,
+        "the new check is still due at once"
+    );
+}
+
+async fn renew_leases_never_moves_a_lease_back(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec("sum", "a", 10), t0).await;
+    let latest = record_of(&heartbeat(s, "sum", "a", t0 + secs(5)).await);
+
+    // A heartbeat queued before the one already written (another replica's, say).
+    let not_applied = s
+        .renew_leases(&[beat("sum", "a", t0 + secs(3))])
+        .await
+        .expect("renew");
+
+    assert_eq!(not_applied, vec![], "superseded, not to be replayed");
+    assert_eq!(record_in(s, "sum", "a").await, Some(latest));
+    assert_eq!(
+        s.expired_leases(t0 + secs(15) - ms(1), 10)
+            .await
+            .expect("expired"),
+        vec![]
+    );
+}
+
+/// The record rows as the database holds them, parsed as plain JSON (key order aside,
+/// every string is compared exactly).
+async fn raw_records(backend: Backend, url: &str) -> Vec<serde_json::Value> {
+    let rows: Vec<String> = match backend {
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.expect("connect");
+            sqlx::query_scalar("SELECT record::text FROM instances ORDER BY service, id")
+                .fetch_all(&pool)
+                .await
+                .expect("read")
+        }
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
+            sqlx::query_scalar("SELECT record FROM instances ORDER BY service, id")
+                .fetch_all(&pool)
+                .await
+                .expect("read")
+        }
+    };
+    rows.iter()
+        .map(|row| serde_json::from_str(row).expect("JSON"))
+        .collect()
+}
+
+async fn renew_leases_writes_times_as_serde_does(backend: Backend) {
+    let url = backend.fresh_url().await;
+    let store = backend.open(&url).await;
+    let s = &*store;
+    // A whole second (serde writes no fraction) and odd milliseconds (three digits).
+    let t0 = DateTime::from_timestamp(clock::now().timestamp(), 0).expect("whole second");
+    let a = record_of(&put(s, &spec("sum", "a", 10), t0).await);
+    let b = record_of(&put(s, &spec("sum", "b", 7), t0).await);
+    let c = record_of(&put(s, &spec("sum", "c", 0), t0).await);
+    let d = record_of(&put(s, &spec("sum", "d", 20), t0).await);
+
+    s.renew_leases(&[
+        beat("sum", "a", t0 + secs(2)),
+        beat("sum", "b", t0 + ms(1_007)),
+        beat("sum", "c", t0 + ms(1_070)),
+        beat("sum", "d", t0 + ms(1_700)),
+    ])
+    .await
+    .expect("renew");
+
+    let expected: Vec<serde_json::Value> = [
+        heartbeat_of(&a, t0 + secs(2)),
+        heartbeat_of(&b, t0 + ms(1_007)),
+        heartbeat_of(&c, t0 + ms(1_070)),
+        heartbeat_of(&d, t0 + ms(1_700)),
+    ]
+    .iter()
+    .map(|r| serde_json::to_value(r).expect("serialize"))
+    .collect();
+    let raw = raw_records(backend, &url).await;
+    assert_eq!(raw, expected);
+    assert_eq!(
+        raw[0]["lease_expires_at"],
+        serde_json::json!(json_string(t0 + secs(12)))
+    );
+    assert!(
+        raw[1]["lease_expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(".007Z")),
+        "{}",
+        raw[1]
+    );
+}
+
+fn json_string(at: DateTime<Utc>) -> String {
+    match serde_json::to_value(at).expect("serialize") {
+        serde_json::Value::String(text) => text,
+        other => panic!("a time serializes as a string, not {other}"),
+    }
+}
+
+async fn concurrent_renewals_of_overlapping_batches_all_succeed(backend: Backend) {
+    const INSTANCES: usize = 100;
+    const TASKS: usize = 8;
+    let store = backend.fresh().await;
+    let t0 = clock::now();
+    for i in 0..INSTANCES {
+        put(&*store, &spec("sum", &format!("i{i:03}"), 10), t0).await;
+    }
+
+    // Replicas flushing at once with batches that overlap, in different orders: none
+    // may fail (a deadlock would abort one of them).
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let at = t0 + ms(100 + i64::try_from(task).expect("small"));
+            let mut batch: Vec<Heartbeat> = (0..INSTANCES)
+                .map(|i| beat("sum", &format!("i{i:03}"), at))
+                .collect();
+            if task % 2 == 1 {
+                batch.reverse();
+            }
+            batch.rotate_left(task * 7);
+            for _ in 0..5 {
+                let not_applied = store.renew_leases(&batch).await.expect("renew");
+                assert_eq!(not_applied, vec![]);
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("task");
+    }
+    let latest = t0 + ms(100 + i64::try_from(TASKS - 1).expect("small"));
+    let snapshot = store.snapshot().await.expect("snapshot");
+    assert!(
+        snapshot
+            .records
+            .iter()
+            .all(|r| r.last_heartbeat_at == latest && r.lease_expires_at == Some(latest + secs(10))),
+        "the latest heartbeat wins everywhere"
+    );
+    assert_eq!(snapshot.index, INSTANCES as u64);
 }

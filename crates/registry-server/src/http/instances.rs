@@ -153,6 +153,14 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     refuse_body(&headers)?;
     let now = crate::clock::now();
+    // A live lease is renewed in memory and written with others (crate::heartbeats);
+    // anything else goes through the store now.
+    if let Some(renewed) = state
+        .heartbeats
+        .try_queue(path.service.as_str(), path.id.as_str(), now)
+    {
+        return Ok(Json(renewed));
+    }
     let applied = state
         .change(
             path.service.as_str(),

@@ -40,6 +40,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub view: Arc<View>,
+    /// Heartbeats on live leases, written in batches.
+    pub heartbeats: Arc<crate::heartbeats::Heartbeats>,
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown so long polls and streams end and let the server stop.
     pub shutdown: CancellationToken,

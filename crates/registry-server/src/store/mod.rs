@@ -182,13 +182,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Renews the leases of several instances at once (coalesced heartbeats): for each
     /// instance whose lease has not lapsed, `last_heartbeat_at` becomes its `at` and the
-    /// lease runs to `at + ttl`. Appends no event (a renewal changes no status). Answers
+    /// lease runs to `at + ttl` (an instance with `ttl_seconds` 0 has no lease: only
+    /// `last_heartbeat_at` moves). Appends no event (a renewal changes no status). When an
+    /// instance appears more than once, its latest `at` counts; a heartbeat older than the
+    /// lease already stored does not move it back (it is superseded, so applied). Answers
     /// the heartbeats it did not apply (unknown instance, or lapsed lease: those need the
-    /// full heartbeat transition, which revives with an event).
+    /// full heartbeat transition, which revives with an event), one per instance.
     async fn renew_leases(&self, heartbeats: &[Heartbeat]) -> StoreResult<Vec<Heartbeat>> {
         // One transaction per heartbeat; stores override this with one statement.
         let mut not_applied = Vec::new();
-        for heartbeat in heartbeats {
+        for heartbeat in latest_per_instance(heartbeats) {
             let at = heartbeat.at;
             let applied = self
                 .apply(
@@ -196,6 +199,9 @@ pub trait Store: Send + Sync + 'static {
                     &heartbeat.id,
                     at,
                     Box::new(move |old| match old {
+                        Some(o) if o.lease_deadline().is_some_and(|d| renewed_until(o, at) < d) => {
+                            Mutation::Unchanged
+                        }
                         Some(o) if o.lease_deadline().is_some() || o.ttl_seconds == 0 => {
                             crate::lifecycle::heartbeat(o, at)
                         }
@@ -203,11 +209,12 @@ pub trait Store: Send + Sync + 'static {
                     }),
                 )
                 .await?;
-            let renewed = applied
-                .record
-                .is_some_and(|r| r.last_heartbeat_at == at && applied.event.is_none());
+            let renewed = applied.event.is_none()
+                && applied
+                    .record
+                    .is_some_and(|r| r.lease_deadline().is_some() || r.ttl_seconds == 0);
             if !renewed {
-                not_applied.push(heartbeat.clone());
+                not_applied.push(heartbeat);
             }
         }
         Ok(not_applied)
@@ -227,6 +234,48 @@ pub struct Heartbeat {
     pub service: String,
     pub id: String,
     pub at: DateTime<Utc>,
+}
+
+fn renewed_until(record: &InstanceRecord, at: DateTime<Utc>) -> DateTime<Utc> {
+    at + chrono::Duration::seconds(i64::from(record.ttl_seconds))
+}
+
+/// The batch a store renews in one statement: one heartbeat per instance (the latest `at`
+/// wins; an older one is superseded, not "not applied"), in key order so that row locks
+/// are always taken in the same order.
+pub(crate) fn latest_per_instance(heartbeats: &[Heartbeat]) -> Vec<Heartbeat> {
+    let mut latest: std::collections::BTreeMap<(&str, &str), &Heartbeat> =
+        std::collections::BTreeMap::new();
+    for heartbeat in heartbeats {
+        latest
+            .entry((heartbeat.service.as_str(), heartbeat.id.as_str()))
+            .and_modify(|kept| {
+                if heartbeat.at > kept.at {
+                    *kept = heartbeat;
+                }
+            })
+            .or_insert(heartbeat);
+    }
+    latest.into_values().cloned().collect()
+}
+
+/// The heartbeats of `batch` whose instance is not among the `renewed` keys.
+pub(crate) fn not_renewed(batch: Vec<Heartbeat>, renewed: &[(String, String)]) -> Vec<Heartbeat> {
+    let renewed: std::collections::HashSet<(&str, &str)> = renewed
+        .iter()
+        .map(|(service, id)| (service.as_str(), id.as_str()))
+        .collect();
+    batch
+        .into_iter()
+        .filter(|h| !renewed.contains(&(h.service.as_str(), h.id.as_str())))
+        .collect()
+}
+
+/// A time as the record's JSON holds it: exactly the string serde writes for a
+/// `DateTime<Utc>` (RFC 3339, `Z`, fraction only when not zero), so that a record patched
+/// in SQL reads back equal to one written whole.
+pub(crate) fn json_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// A stream of "new events were committed" notifications.
@@ -299,5 +348,55 @@ pub(crate) fn kind_str(kind: registry_api::EventKind) -> &'static str {
         registry_api::EventKind::Updated => "updated",
         registry_api::EventKind::Status => "status",
         registry_api::EventKind::Removed => "removed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(service: &str, id: &str, at_ms: i64) -> Heartbeat {
+        Heartbeat {
+            service: service.into(),
+            id: id.into(),
+            at: DateTime::from_timestamp_millis(at_ms).expect("valid time"),
+        }
+    }
+
+    #[test]
+    fn json_time_is_what_serde_writes() {
+        for ms in [
+            1_800_000_000_000,
+            1_800_000_000_001,
+            1_800_000_000_010,
+            1_800_000_000_100,
+            1_800_000_000_999,
+            0,
+        ] {
+            let at = DateTime::from_timestamp_millis(ms).expect("valid time");
+            let serde = serde_json::to_value(at).expect("serialize");
+            assert_eq!(serde, serde_json::Value::String(json_time(at)), "{ms}");
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_the_latest_heartbeat_per_instance_in_key_order() {
+        let batch = latest_per_instance(&[
+            beat("sum", "b", 5),
+            beat("sum", "a", 7),
+            beat("sum", "b", 9),
+            beat("mult", "a", 1),
+            beat("sum", "a", 3),
+        ]);
+        assert_eq!(
+            batch,
+            vec![
+                beat("mult", "a", 1),
+                beat("sum", "a", 7),
+                beat("sum", "b", 9)
+            ]
+        );
+        let left = not_renewed(batch, &[("sum".into(), "a".into())]);
+        assert_eq!(left, vec![beat("mult", "a", 1), beat("sum", "b", 9)]);
     }
 }

@@ -362,6 +362,61 @@ impl Store for PostgresStore {
             .map(|row| parse_record(row).map(|record| ClaimedCheck { record }))
             .collect()
     }
+
+    async fn renew_leases(
+        &self,
+        heartbeats: &[super::Heartbeat],
+    ) -> StoreResult<Vec<super::Heartbeat>> {
+        let batch = super::latest_per_instance(heartbeats);
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let services: Vec<String> = batch.iter().map(|h| h.service.clone()).collect();
+        let ids: Vec<String> = batch.iter().map(|h| h.id.clone()).collect();
+        let at_ms: Vec<i64> = batch.iter().map(|h| millis(h.at)).collect();
+        let at_text: Vec<String> = batch.iter().map(|h| super::json_time(h.at)).collect();
+        // `live` locks the rows in key order before any is updated: two replicas renewing
+        // overlapping batches then wait for each other instead of deadlocking. The lease
+        // is `at + ttl` of the row itself, written as serde writes a time (`json_time`:
+        // the fraction only when not zero); the lease never moves back. A lapsed lease
+        // (`lease_deadline_ms` NULL with a ttl) is left to the full heartbeat transition.
+        let renewed: Vec<(String, String)> = sqlx::query_as(
+            "WITH hb AS ( \
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
+                 AS t(service, id, at_ms, at_text)), \
+             live AS MATERIALIZED ( \
+               SELECT i.service, i.id, hb.at_ms, hb.at_text FROM instances i \
+               JOIN hb ON i.service = hb.service AND i.id = hb.id \
+               WHERE i.lease_deadline_ms IS NOT NULL OR i.ttl_ms = 0 \
+               ORDER BY i.service, i.id FOR UPDATE OF i) \
+             UPDATE instances AS i SET \
+               record = CASE \
+                 WHEN i.ttl_ms = 0 THEN \
+                   jsonb_set(i.record, '{last_heartbeat_at}', to_jsonb(live.at_text)) \
+                 WHEN live.at_ms + i.ttl_ms < i.lease_deadline_ms THEN i.record \
+                 ELSE jsonb_set( \
+                   jsonb_set(i.record, '{last_heartbeat_at}', to_jsonb(live.at_text)), \
+                   '{lease_expires_at}', to_jsonb( \
+                     to_char(to_timestamp((live.at_ms + i.ttl_ms) / 1000) AT TIME ZONE 'UTC', \
+                             'YYYY-MM-DD\"T\"HH24:MI:SS') \
+                     || CASE WHEN (live.at_ms + i.ttl_ms) % 1000 = 0 THEN '' \
+                        ELSE '.' || lpad(((live.at_ms + i.ttl_ms) % 1000)::text, 3, '0') END \
+                     || 'Z')) END, \
+               lease_deadline_ms = CASE WHEN i.ttl_ms = 0 THEN NULL \
+                 ELSE GREATEST(i.lease_deadline_ms, live.at_ms + i.ttl_ms) END \
+             FROM live \
+             WHERE i.service = live.service AND i.id = live.id \
+               AND (i.lease_deadline_ms IS NOT NULL OR i.ttl_ms = 0) \
+             RETURNING i.service, i.id",
+        )
+        .bind(services)
+        .bind(ids)
+        .bind(at_ms)
+        .bind(at_text)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(super::not_renewed(batch, &renewed))
+    }
 }
 
 async fn load_for_update(

@@ -381,6 +381,58 @@ impl Store for SqliteStore {
             .map(|row| parse_record(row).map(|record| ClaimedCheck { record }))
             .collect()
     }
+
+    async fn renew_leases(
+        &self,
+        heartbeats: &[super::Heartbeat],
+    ) -> StoreResult<Vec<super::Heartbeat>> {
+        let batch = super::latest_per_instance(heartbeats);
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The whole batch is one JSON argument (no limit on bound parameters), read back
+        // with `->>`, which yields plain SQL values that json_set stores as JSON strings.
+        let rows: Vec<(&str, &str, i64, String)> = batch
+            .iter()
+            .map(|h| {
+                (
+                    h.service.as_str(),
+                    h.id.as_str(),
+                    millis(h.at),
+                    super::json_time(h.at),
+                )
+            })
+            .collect();
+        // The lease is `at + ttl` of the row itself, written as serde writes a time
+        // (`json_time`: the fraction only when not zero); the lease never moves back. A
+        // lapsed lease (`lease_deadline_ms` NULL with a ttl) is left to the full heartbeat
+        // transition. On the writer, as every write.
+        let renewed: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE instances SET \
+               record = CASE \
+                 WHEN instances.ttl_ms = 0 THEN \
+                   json_set(instances.record, '$.last_heartbeat_at', hb.at_text) \
+                 WHEN hb.at_ms + instances.ttl_ms < instances.lease_deadline_ms \
+                   THEN instances.record \
+                 ELSE json_set(instances.record, '$.last_heartbeat_at', hb.at_text, \
+                   '$.lease_expires_at', \
+                   strftime('%Y-%m-%dT%H:%M:%S', (hb.at_ms + instances.ttl_ms) / 1000, 'unixepoch') \
+                   || CASE WHEN (hb.at_ms + instances.ttl_ms) % 1000 = 0 THEN '' \
+                      ELSE printf('.%03d', (hb.at_ms + instances.ttl_ms) % 1000) END \
+                   || 'Z') END, \
+               lease_deadline_ms = CASE WHEN instances.ttl_ms = 0 THEN NULL \
+                 ELSE MAX(instances.lease_deadline_ms, hb.at_ms + instances.ttl_ms) END \
+             FROM (SELECT value ->> 0 AS service, value ->> 1 AS id, value ->> 2 AS at_ms, \
+                          value ->> 3 AS at_text FROM json_each(?1)) AS hb \
+             WHERE instances.service = hb.service AND instances.id = hb.id \
+               AND (instances.lease_deadline_ms IS NOT NULL OR instances.ttl_ms = 0) \
+             RETURNING instances.service, instances.id",
+        )
+        .bind(serde_json::to_string(&rows)?)
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(super::not_renewed(batch, &renewed))
+    }
 }
 
 /// Writes the record and the columns derived from it.

@@ -1,0 +1,660 @@
+//! Coalesced heartbeats (DESIGN section 5: "flushed in batches, one statement per flush,
+//! at most 250 ms late").
+//!
+//! Heartbeats are by far the most frequent write (every instance, every third of its
+//! TTL), and one on a live lease changes no status and appends no event. Writing each in a
+//! transaction of its own, with its own commit, would make the database's commit rate the
+//! registry's limit. So a heartbeat on a lease this process's view knows to be live is
+//! queued here, shown in reads at once (the view is touched) and answered; a background
+//! task writes everything queued with one [`Store::renew_leases`] statement every
+//! [`FLUSH_EVERY`]. Several heartbeats of one instance between two flushes are one row.
+//!
+//! Everything else takes the full path through the store, as before: an instance the view
+//! does not know (the store, the truth, answers 404 or finds it), a lease that has run out
+//! (its revival appends an event), an instance without a lease, a full queue, and every
+//! heartbeat while the last flush failed, so that during a database outage clients see
+//! 503 and fail over to another replica instead of being acknowledged by one that cannot
+//! write.
+//!
+//! The store answers back the heartbeats it did not apply: the lease lapsed meanwhile
+//! (expired by another replica before this view heard of it) or the instance is gone.
+//! Those are replayed through the full heartbeat transition, so a lapsed lease revives
+//! with its `heartbeat` event, dated when it is written.
+//!
+//! Durability: a queued heartbeat is acknowledged before it is written. A registry killed
+//! without a graceful shutdown (SIGKILL, power loss) loses at most the last flush
+//! interval of heartbeats; the client's next heartbeat renews the lease again. A graceful
+//! shutdown flushes. Other writes are still committed before they are answered.
+//!
+//! Lease expiry must not beat a queued heartbeat: the sweep of this process flushes first,
+//! and every sweep (of every replica) expires only leases whose deadline passed more than
+//! [`EXPIRY_GRACE`] ago, by when another replica has written what it queued.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use registry_api::{HeartbeatResponse, Instance};
+
+use crate::lifecycle::{self, Mutation};
+use crate::store::{Heartbeat, Store, StoreResult};
+use crate::view::View;
+
+/// How often queued heartbeats are written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// How long after its deadline a lease may be expired: one flush interval plus time for
+/// the flush statement itself, so a heartbeat queued anywhere before the deadline is
+/// written first.
+pub const EXPIRY_GRACE: Duration = Duration::from_millis(250);
+
+/// Most instances queued at once; heartbeats of further instances take the full path.
+pub const MAX_QUEUED: usize = 100_000;
+
+/// The heartbeat queue of this process and its flush.
+pub struct Heartbeats {
+    store: Arc<dyn Store>,
+    view: Arc<View>,
+    queue: Mutex<Queue>,
+    /// One flush at a time (the periodic one, the sweep's and the one at shutdown).
+    flushing: tokio::sync::Mutex<()>,
+    /// Whether the last flush wrote; while not, heartbeats take the full path.
+    writing: AtomicBool,
+}
+
+impl Heartbeats {
+    pub fn new(store: Arc<dyn Store>, view: Arc<View>) -> Self {
+        Self {
+            store,
+            view,
+            queue: Mutex::new(Queue::new(MAX_QUEUED)),
+            flushing: tokio::sync::Mutex::new(()),
+            writing: AtomicBool::new(true),
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A heartbeat received at `now`: when the view knows the instance with a live lease,
+    /// queues it, shows the renewed lease in reads and answers it. `None` means the
+    /// heartbeat must take the full path through the store.
+    pub fn try_queue(
+        &self,
+        service: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<HeartbeatResponse> {
+        if !self.writing.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut renewed = self.view.instance(service, id)?;
+        let lease_expires_at = renewed_lease(&renewed, now)?;
+        let queued = self.queue().push(Heartbeat {
+            service: service.to_owned(),
+            id: id.to_owned(),
+            at: now,
+        });
+        if !queued {
+            return None;
+        }
+        renewed.last_heartbeat_at = now;
+        renewed.lease_expires_at = Some(lease_expires_at);
+        let status = renewed.status;
+        self.view.touch(renewed);
+        Some(HeartbeatResponse {
+            status,
+            lease_expires_at: Some(lease_expires_at),
+        })
+    }
+
+    /// How many instances have a heartbeat waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// Writes every queued heartbeat with one `renew_leases` call, then replays those it
+    /// did not apply through the full transition. On failure the heartbeats not written
+    /// stay queued (newer ones win) for the next flush.
+    pub async fn flush(&self) -> StoreResult<()> {
+        let _one_at_a_time = self.flushing.lock().await;
+        let batch = self.queue().take();
+        if batch.is_empty() {
+            // Nothing is pending (not even a failed batch): try the fast path again.
+            self.writing.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let not_applied = match self.store.renew_leases(&batch).await {
+            Ok(not_applied) => not_applied,
+            Err(error) => {
+                self.keep(batch);
+                return Err(error);
+            }
+        };
+        self.writing.store(true, Ordering::Release);
+        self.replay(not_applied).await
+    }
+
+    async fn replay(&self, heartbeats: Vec<Heartbeat>) -> StoreResult<()> {
+        let mut revived = false;
+        let mut left = heartbeats.into_iter();
+        while let Some(heartbeat) = left.next() {
+            // Dated now, not when received: a revival must not come before the expiry it
+            // undoes.
+            let now = crate::clock::now().max(heartbeat.at);
+            let applied = self
+                .store
+                .apply(
+                    &heartbeat.service,
+                    &heartbeat.id,
+                    now,
+                    Box::new(move |old| {
+                        old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))
+                    }),
+                )
+                .await;
+            match applied {
+                Ok(applied) if applied.event.is_some() => revived = true,
+                Ok(applied) => {
+                    if let Some(record) = applied.record {
+                        self.view.touch(record.to_instance());
+                    }
+                }
+                Err(error) => {
+                    self.keep(std::iter::once(heartbeat).chain(left).collect());
+                    return Err(error);
+                }
+            }
+        }
+        if revived {
+            self.view.catch_up(self.store.as_ref()).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts back a batch that could not be written, and sends heartbeats to the full path
+    /// until a flush succeeds.
+    fn keep(&self, batch: Vec<Heartbeat>) {
+        self.writing.store(false, Ordering::Release);
+        let dropped = self.queue().put_back(batch);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "heartbeat queue full: dropped the oldest unwritten heartbeats"
+            );
+        }
+    }
+}
+
+/// The lease a heartbeat at `now` renews, when the instance has a lease that has not run
+/// out (`None`: the full path decides).
+fn renewed_lease(instance: &Instance, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let live = instance.lease_expires_at.is_some_and(|until| until > now);
+    (instance.ttl_seconds > 0 && live)
+        .then(|| now + chrono::Duration::seconds(i64::from(instance.ttl_seconds)))
+}
+
+/// Heartbeats waiting to be written: the newest per instance, at most `capacity` instances.
+#[derive(Debug)]
+struct Queue {
+    pending: HashMap<(String, String), DateTime<Utc>>,
+    capacity: usize,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            pending: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Queues `heartbeat`; an instance already queued keeps its newest time. False when
+    /// the instance is not queued and there is no room.
+    fn push(&mut self, heartbeat: Heartbeat) -> bool {
+        let room = self.pending.len() < self.capacity;
+        match self.pending.entry((heartbeat.service, heartbeat.id)) {
+            Entry::Occupied(mut queued) => {
+                let at = queued.get_mut();
+                *at = (*at).max(heartbeat.at);
+                true
+            }
+            Entry::Vacant(slot) if room => {
+                slot.insert(heartbeat.at);
+                true
+            }
+            Entry::Vacant(_) => false,
+        }
+    }
+
+    /// Everything queued, emptying the queue.
+    fn take(&mut self) -> Vec<Heartbeat> {
+        self.pending
+            .drain()
+            .map(|((service, id), at)| Heartbeat { service, id, at })
+            .collect()
+    }
+
+    /// Puts back a batch that was not written: heartbeats queued since are newer and win.
+    /// Answers how many did not fit.
+    fn put_back(&mut self, batch: Vec<Heartbeat>) -> usize {
+        batch
+            .into_iter()
+            .filter(|heartbeat| !self.push(heartbeat.clone()))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use registry_api::{Event, InstanceId, InstanceSpec, Reason, ServiceName, Status};
+
+    use crate::store::{
+        Applied, ClaimedCheck, HistoryStart, Snapshot, SqliteStore, StoreError, Transition,
+    };
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + ms).expect("valid time")
+    }
+
+    fn beat(id: &str, at: DateTime<Utc>) -> Heartbeat {
+        Heartbeat {
+            service: "sum".into(),
+            id: id.into(),
+            at,
+        }
+    }
+
+    fn sorted(mut beats: Vec<Heartbeat>) -> Vec<Heartbeat> {
+        beats.sort_by(|a, b| a.id.cmp(&b.id));
+        beats
+    }
+
+    #[test]
+    fn the_queue_keeps_the_newest_heartbeat_per_instance() {
+        let mut queue = Queue::new(10);
+        assert!(queue.push(beat("a", t(5))));
+        assert!(queue.push(beat("a", t(9))));
+        assert!(
+            queue.push(beat("a", t(7))),
+            "late, but the instance is queued"
+        );
+        assert!(queue.push(beat("b", t(1))));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(sorted(queue.take()), vec![beat("a", t(9)), beat("b", t(1))]);
+        assert_eq!(queue.len(), 0, "taking empties the queue");
+        assert_eq!(queue.take(), vec![]);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_new_instances_but_renews_queued_ones() {
+        let mut queue = Queue::new(2);
+        assert!(queue.push(beat("a", t(1))));
+        assert!(queue.push(beat("b", t(1))));
+        assert!(!queue.push(beat("c", t(2))), "no room for a third instance");
+        assert!(queue.push(beat("a", t(3))), "a queued instance still moves");
+        assert_eq!(sorted(queue.take()), vec![beat("a", t(3)), beat("b", t(1))]);
+    }
+
+    #[test]
+    fn a_batch_put_back_loses_to_newer_heartbeats_and_to_the_bound() {
+        let mut queue = Queue::new(3);
+        queue.push(beat("a", t(1)));
+        queue.push(beat("b", t(1)));
+        let failed = queue.take();
+        // Queued while the batch was being written.
+        queue.push(beat("a", t(5)));
+        queue.push(beat("x", t(5)));
+
+        let dropped = queue.put_back(failed);
+
+        assert_eq!(dropped, 0);
+        assert_eq!(
+            sorted(queue.take()),
+            vec![beat("a", t(5)), beat("b", t(1)), beat("x", t(5))]
+        );
+
+        queue.push(beat("x", t(6)));
+        queue.push(beat("y", t(6)));
+        queue.push(beat("z", t(6)));
+        assert_eq!(
+            queue.put_back(vec![beat("a", t(1)), beat("x", t(1))]),
+            1,
+            "no room for a"
+        );
+        assert_eq!(
+            sorted(queue.take()),
+            vec![beat("x", t(6)), beat("y", t(6)), beat("z", t(6))]
+        );
+    }
+
+    #[test]
+    fn only_a_lease_that_has_not_run_out_is_renewed_in_memory() {
+        let instance = |ttl_seconds, lease_expires_at| Instance {
+            id: "a".into(),
+            service: "sum".into(),
+            url: "http://10.0.0.1:4040".into(),
+            status: Status::Passing,
+            tags: Vec::new(),
+            metadata: std::collections::BTreeMap::new(),
+            ttl_seconds,
+            check: None,
+            registered_at: t(0),
+            last_heartbeat_at: t(0),
+            lease_expires_at,
+            status_changed_at: t(0),
+            last_check: None,
+        };
+        assert_eq!(
+            renewed_lease(&instance(10, Some(t(10_000))), t(4_000)),
+            Some(t(14_000))
+        );
+        assert_eq!(
+            renewed_lease(&instance(10, Some(t(10_000))), t(10_000)),
+            None
+        );
+        assert_eq!(renewed_lease(&instance(0, None), t(1)), None, "no lease");
+    }
+
+    /// An SQLite store whose writes can be made to fail as in a database outage, and
+    /// that counts `renew_leases` calls.
+    struct Flaky {
+        inner: SqliteStore,
+        down: AtomicBool,
+        renewals: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn check(&self) -> StoreResult<()> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Store for Flaky {
+        async fn migrate(&self) -> StoreResult<()> {
+            self.inner.migrate().await
+        }
+        async fn ping(&self) -> StoreResult<()> {
+            self.inner.ping().await
+        }
+        async fn apply(
+            &self,
+            service: &str,
+            id: &str,
+            now: DateTime<Utc>,
+            transition: Transition,
+        ) -> StoreResult<Applied> {
+            self.check()?;
+            self.inner.apply(service, id, now, transition).await
+        }
+        async fn snapshot(&self) -> StoreResult<Snapshot> {
+            self.inner.snapshot().await
+        }
+        async fn current_index(&self) -> StoreResult<u64> {
+            self.inner.current_index().await
+        }
+        async fn events_after(
+            &self,
+            after: u64,
+            service: Option<&str>,
+            limit: u32,
+        ) -> StoreResult<Vec<Event>> {
+            self.inner.events_after(after, service, limit).await
+        }
+        async fn history(
+            &self,
+            service: &str,
+            instance: Option<&str>,
+            since: Option<DateTime<Utc>>,
+            until: Option<DateTime<Utc>>,
+            limit: u32,
+        ) -> StoreResult<Vec<Event>> {
+            self.inner
+                .history(service, instance, since, until, limit)
+                .await
+        }
+        async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
+            self.inner.state_at(at).await
+        }
+        async fn history_start(&self) -> StoreResult<HistoryStart> {
+            self.inner.history_start().await
+        }
+        async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+            self.inner.prune_history(before).await
+        }
+        async fn mark_alive(
+            &self,
+            now: DateTime<Utc>,
+            max_gap: chrono::Duration,
+        ) -> StoreResult<bool> {
+            self.inner.mark_alive(now, max_gap).await
+        }
+        async fn expired_leases(
+            &self,
+            now: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<Vec<(String, String)>> {
+            self.inner.expired_leases(now, limit).await
+        }
+        async fn reapable(
+            &self,
+            critical_since: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<Vec<(String, String)>> {
+            self.inner.reapable(critical_since, limit).await
+        }
+        async fn claim_due_checks(
+            &self,
+            now: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<Vec<ClaimedCheck>> {
+            self.inner.claim_due_checks(now, limit).await
+        }
+        async fn renew_leases(&self, heartbeats: &[Heartbeat]) -> StoreResult<Vec<Heartbeat>> {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            self.check()?;
+            self.inner.renew_leases(heartbeats).await
+        }
+    }
+
+    /// A registry's store and view with instances `i0..i{count}` registered with `ttl` at
+    /// `now`.
+    async fn setup_at(
+        count: usize,
+        ttl: u32,
+        now: DateTime<Utc>,
+    ) -> (Arc<Flaky>, Arc<View>, Heartbeats) {
+        let inner = SqliteStore::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        inner.migrate().await.expect("migrate");
+        let store = Arc::new(Flaky {
+            inner,
+            down: AtomicBool::new(false),
+            renewals: AtomicUsize::new(0),
+        });
+        for i in 0..count {
+            let mut raw = InstanceSpec::new("http://10.0.0.1:4040");
+            raw.ttl_seconds = Some(ttl);
+            let spec = raw
+                .validate(
+                    ServiceName::parse("sum").expect("name"),
+                    InstanceId::parse(&format!("i{i}")).expect("id"),
+                    10,
+                )
+                .expect("valid");
+            store
+                .apply(
+                    "sum",
+                    &format!("i{i}"),
+                    now,
+                    Box::new(move |old| lifecycle::register(old, &spec, now)),
+                )
+                .await
+                .expect("register");
+        }
+        let view = Arc::new(View::load(store.as_ref()).await.expect("view"));
+        let heartbeats = Heartbeats::new(store.clone(), view.clone());
+        (store, view, heartbeats)
+    }
+
+    async fn setup(count: usize, ttl: u32) -> (Arc<Flaky>, Arc<View>, Heartbeats) {
+        setup_at(count, ttl, crate::clock::now()).await
+    }
+
+    async fn stored(store: &Flaky, id: &str) -> crate::record::InstanceRecord {
+        store
+            .snapshot()
+            .await
+            .expect("snapshot")
+            .records
+            .into_iter()
+            .find(|r| r.id == id)
+            .expect("stored")
+    }
+
+    #[tokio::test]
+    async fn many_heartbeats_are_one_statement_and_reads_see_them_at_once() {
+        let (store, view, heartbeats) = setup(50, 10).await;
+        let at = crate::clock::now() + chrono::Duration::milliseconds(3);
+        let written_before = stored(&store, "i7").await;
+
+        for round in 0..3 {
+            for i in 0..50 {
+                let answer = heartbeats
+                    .try_queue(
+                        "sum",
+                        &format!("i{i}"),
+                        at + chrono::Duration::milliseconds(round),
+                    )
+                    .expect("a live lease is queued");
+                assert_eq!(answer.status, Status::Passing);
+            }
+        }
+        assert_eq!(heartbeats.queued(), 50, "one per instance");
+        let latest = at + chrono::Duration::milliseconds(2);
+        let shown = view.instance("sum", "i7").expect("known");
+        assert_eq!(shown.last_heartbeat_at, latest, "reads see it at once");
+        assert_eq!(
+            shown.lease_expires_at,
+            Some(latest + chrono::Duration::seconds(10))
+        );
+        assert_eq!(
+            stored(&store, "i7").await,
+            written_before,
+            "not written yet"
+        );
+
+        heartbeats.flush().await.expect("flush");
+
+        assert_eq!(store.renewals.load(Ordering::SeqCst), 1);
+        assert_eq!(heartbeats.queued(), 0);
+        let written = stored(&store, "i7").await;
+        assert_eq!(written.last_heartbeat_at, latest);
+        assert_eq!(written.to_instance(), shown);
+        assert_eq!(store.current_index().await.expect("index"), 50, "no event");
+    }
+
+    #[tokio::test]
+    async fn unknown_lapsed_and_leaseless_instances_take_the_full_path() {
+        let (store, view, heartbeats) = setup(1, 1).await;
+        let now = crate::clock::now();
+        assert_eq!(heartbeats.try_queue("sum", "ghost", now), None);
+        let deadline = view
+            .instance("sum", "i0")
+            .and_then(|i| i.lease_expires_at)
+            .expect("a lease");
+        assert_eq!(heartbeats.try_queue("sum", "i0", deadline), None);
+        drop(store);
+
+        let (_, _, leaseless) = setup(1, 0).await;
+        assert_eq!(leaseless.try_queue("sum", "i0", now), None);
+        assert_eq!(leaseless.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_lapsed_before_the_flush_revives_with_its_event() {
+        // Registered a while ago: the view still shows the lease live at `received`, but
+        // by now another replica has expired it, before this one flushes.
+        let registered = crate::clock::now() - chrono::Duration::seconds(30);
+        let (store, view, heartbeats) = setup_at(1, 10, registered).await;
+        let received = registered + chrono::Duration::seconds(9);
+        heartbeats.try_queue("sum", "i0", received).expect("queued");
+        let later = registered + chrono::Duration::seconds(11);
+        let expired = store
+            .apply(
+                "sum",
+                "i0",
+                later,
+                Box::new(move |old| {
+                    old.map_or(Mutation::Unchanged, |o| lifecycle::expire_lease(o, later))
+                }),
+            )
+            .await
+            .expect("expire");
+        assert_eq!(expired.event.map(|e| e.reason), Some(Reason::LeaseExpired));
+
+        heartbeats.flush().await.expect("flush");
+
+        let record = stored(&store, "i0").await;
+        assert_eq!(record.status, Status::Passing);
+        let events = store.events_after(1, None, 10).await.expect("events");
+        let reasons: Vec<_> = events.iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, [Reason::LeaseExpired, Reason::Heartbeat]);
+        assert!(
+            events[1].at >= events[0].at,
+            "the revival follows the expiry"
+        );
+        assert_eq!(view.index(), 3, "the view caught up");
+        assert_eq!(
+            view.instance("sum", "i0").map(|i| i.status),
+            Some(Status::Passing)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_survives_an_outage_and_heartbeats_meanwhile_take_the_full_path() {
+        let (store, _view, heartbeats) = setup(2, 10).await;
+        let now = crate::clock::now();
+        heartbeats.try_queue("sum", "i0", now).expect("queued");
+        store.down.store(true, Ordering::SeqCst);
+
+        assert!(heartbeats.flush().await.is_err());
+        assert_eq!(heartbeats.queued(), 1, "the batch is kept");
+        assert_eq!(
+            heartbeats.try_queue("sum", "i1", now),
+            None,
+            "while the store cannot be written, callers must see it"
+        );
+        assert!(heartbeats.flush().await.is_err());
+        assert_eq!(heartbeats.queued(), 1);
+
+        store.down.store(false, Ordering::SeqCst);
+        heartbeats.flush().await.expect("flush");
+        assert_eq!(heartbeats.queued(), 0);
+        assert_eq!(stored(&store, "i0").await.last_heartbeat_at, now);
+        assert!(
+            heartbeats.try_queue("sum", "i1", now).is_some(),
+            "the fast path is back"
+        );
+    }
+}
