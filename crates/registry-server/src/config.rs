@@ -176,14 +176,21 @@ impl ServeArgs {
             return Err("REGISTRY_HISTORY_RETENTION must be from 1m to 3650d".into());
         }
         if self.deregister_critical_after > MAX_DEREGISTER_CRITICAL_AFTER {
-            return Err("REGISTRY_DEREGISTER_CRITICAL_AFTER must be at most 365d (0 = never)".into());
+            return Err(
+                "REGISTRY_DEREGISTER_CRITICAL_AFTER must be at most 365d (0 = never)".into(),
+            );
         }
         if self.read_token.is_some() && self.token.is_none() {
             return Err(
                 "REGISTRY_READ_TOKEN is set without REGISTRY_TOKEN: reads would need a token while writes need none; set REGISTRY_TOKEN too".into(),
             );
         }
-        if let Some(url) = self.database.database_url.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(url) = self
+            .database
+            .database_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+        {
             check_database_url(url)?;
         }
         for (name, token) in [
