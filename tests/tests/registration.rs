@@ -5,9 +5,9 @@
 //! dead first registry URL fails over to the next.
 //!
 //! Restarting "the same registry" on a new database cannot keep its port (every test
-//! registry listens on port 0), so the handle talks to a small TCP proxy run by the test,
-//! which is switched from one registry to another the way a Service address outlives the
-//! pods behind it.
+//! registry listens on port 0), so the handle talks to the test's TCP proxy
+//! ([`support::TcpProxy`]), which is switched from one registry to another the way a
+//! Service address outlives the pods behind it.
 
 mod support;
 
@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use registry_api::{EventKind, Instance, InstanceSpec, Reason, Status};
 use registry_client::{Registration, RegistrationOptions, RegistrationState, RegistryApi};
-use support::{Backend, TestRegistry, eventually};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use support::{Backend, TcpProxy, TestRegistry, eventually};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 /// How long a test waits for a state the handle or the registry reaches by itself.
@@ -69,44 +68,9 @@ async fn closed_addr() -> SocketAddr {
     addr
 }
 
-/// A TCP proxy on port 0 forwarding each connection to the current target. Switching the
-/// target cuts the connections open to the old one, as a restarted registry would.
-struct Proxy {
-    url: String,
-    target: watch::Sender<SocketAddr>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (target, targets) = watch::channel(target);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut targets = targets.clone();
-                tokio::spawn(async move {
-                    let to = *targets.borrow_and_update();
-                    // Nothing there: dropping the inbound side shows the client a dead peer.
-                    let Ok(mut outbound) = TcpStream::connect(to).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = targets.changed() => {}
-                    }
-                });
-            }
-        });
-        Self { url, target }
-    }
-
-    fn point_at(&self, target: SocketAddr) {
-        self.target.send_replace(target);
-    }
-
-    fn api(&self) -> RegistryApi {
-        RegistryApi::new(&self.url).expect("proxy url")
-    }
+/// A client of the registry behind `proxy`.
+fn via(proxy: &TcpProxy) -> RegistryApi {
+    RegistryApi::new(&proxy.url()).expect("proxy url")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,9 +120,10 @@ async fn heartbeats_keep_a_short_lease_passing() {
 async fn a_registry_restarted_on_an_empty_database_gets_the_instance_back_within_one_interval() {
     let ttl = 2;
     let a = TestRegistry::start(Backend::Sqlite).await;
-    let proxy = Proxy::start(a.addr).await;
+    let proxy = TcpProxy::start().await;
+    proxy.set_target(a.addr);
     let registration = Registration::start(
-        proxy.api(),
+        via(&proxy),
         SERVICE,
         ID,
         spec(ttl),
@@ -172,7 +137,7 @@ async fn a_registry_restarted_on_an_empty_database_gets_the_instance_back_within
     let b = TestRegistry::start(Backend::Sqlite).await;
     assert!(current(&b.api).await.is_none());
     a.stop().await;
-    proxy.point_at(b.addr);
+    proxy.set_target(b.addr);
     let switched = Instant::now();
 
     let interval = Duration::from_secs(ttl.into()) / 3;
@@ -191,8 +156,9 @@ async fn a_registry_restarted_on_an_empty_database_gets_the_instance_back_within
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_registry_is_retried_until_it_answers() {
-    let proxy = Proxy::start(closed_addr().await).await;
-    let registration = Registration::start(proxy.api(), SERVICE, ID, spec(10), quick());
+    // No target yet: every connection is closed at once, as by a registry not there.
+    let proxy = TcpProxy::start().await;
+    let registration = Registration::start(via(&proxy), SERVICE, ID, spec(10), quick());
     let mut states = registration.subscribe();
 
     let mut attempts = Vec::new();
@@ -216,7 +182,7 @@ async fn an_unreachable_registry_is_retried_until_it_answers() {
     );
 
     let registry = TestRegistry::start(Backend::Sqlite).await;
-    proxy.point_at(registry.addr);
+    proxy.set_target(registry.addr);
     assert!(
         registration.wait_registered(DEADLINE).await,
         "{:?}",

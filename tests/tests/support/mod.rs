@@ -1,19 +1,24 @@
 //! Shared test support: a registry in this process (on SQLite or Postgres, one fresh
-//! database per test, port 0), the real `registry` binary as a child process, and
-//! polling with a deadline instead of sleeping.
+//! database per test, port 0), the real `registry` binary as a child process, a TCP
+//! proxy that tests switch and cut to play outages, and polling with a deadline instead
+//! of sleeping.
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use registry_client::RegistryApi;
 use registry_server::{Application, Settings, testing};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Which store a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +222,23 @@ impl RegistryProcess {
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill");
     }
+
+    /// SIGTERM (what Kubernetes sends before a pod goes), then waits at most 30 s for the
+    /// process to finish its graceful shutdown; answers how it exited.
+    pub async fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().expect("the registry is still running");
+        // `kill` the command: sending a signal from Rust needs `libc` or `nix`.
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the registry stops within 30 s of SIGTERM")
+            .expect("wait for the registry")
+    }
 }
 
 fn listening_addr(line: &str) -> Option<SocketAddr> {
@@ -226,4 +248,106 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
         return None;
     }
     fields.get("addr")?.as_str()?.parse().ok()
+}
+
+/// A TCP proxy on `127.0.0.1:0` forwarding each connection to the current target: a
+/// registry that tests restart elsewhere behind one address (as a Kubernetes Service
+/// outlives its pods), or a database that tests take away from the registries using it.
+///
+/// Until the first [`set_target`](Self::set_target) every connection is accepted and
+/// closed at once, as by a peer that is not there yet. Changing the target closes the
+/// connections open to the old one. [`cut`](Self::cut) closes every open connection and
+/// the listening socket itself, so new connections are refused, until `set_target`
+/// listens again on the same port.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    target: watch::Sender<Option<SocketAddr>>,
+    /// The accept loop; `None` while cut.
+    accepting: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl TcpProxy {
+    /// Listens on a port the OS chooses, with no target yet.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (target, _) = watch::channel(None);
+        let accepting = tokio::spawn(accept(listener, target.subscribe()));
+        Self {
+            addr,
+            target,
+            accepting: Mutex::new(Some(accepting)),
+        }
+    }
+
+    /// `http://` and the proxy's address.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Forwards new connections to `target` (closing those open to another target); after
+    /// a [`cut`](Self::cut), listens again on the same port first.
+    pub fn set_target(&self, target: SocketAddr) {
+        // The target first, so that the first connection accepted after a cut has it.
+        self.target.send_if_modified(|current| {
+            let changed = *current != Some(target);
+            *current = Some(target);
+            changed
+        });
+        let mut accepting = self.accepting.lock().expect("proxy lock");
+        if accepting.is_none() {
+            // SO_REUSEADDR: the connections just cut may linger in TIME_WAIT on this port.
+            let socket = TcpSocket::new_v4().expect("proxy socket");
+            socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+            socket
+                .bind(self.addr)
+                .unwrap_or_else(|e| panic!("listen again on the proxy's port {}: {e}", self.addr));
+            let listener = socket.listen(1024).expect("listen");
+            *accepting = Some(tokio::spawn(accept(listener, self.target.subscribe())));
+        }
+    }
+
+    /// Closes the listening socket (new connections are refused) and every open
+    /// connection, until [`set_target`](Self::set_target).
+    pub async fn cut(&self) {
+        let accepting = self.accepting.lock().expect("proxy lock").take();
+        if let Some(task) = accepting {
+            task.abort();
+            // The listener is dropped with the task: refused from here on.
+            let _ = task.await;
+        }
+        self.target.send_replace(None);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.accepting.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+        // Dropping `target` ends every forwarding task (their `changed()` fails).
+    }
+}
+
+async fn accept(listener: TcpListener, targets: watch::Receiver<Option<SocketAddr>>) {
+    while let Ok((inbound, _)) = listener.accept().await {
+        tokio::spawn(forward(inbound, targets.clone()));
+    }
+}
+
+/// Copies bytes both ways until either side closes or the target changes.
+async fn forward(mut inbound: TcpStream, mut targets: watch::Receiver<Option<SocketAddr>>) {
+    // No target: dropping the inbound side shows the client a peer that is not there.
+    let Some(to) = *targets.borrow_and_update() else {
+        return;
+    };
+    let Ok(mut outbound) = TcpStream::connect(to).await else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        _ = targets.changed() => {}
+    }
 }
