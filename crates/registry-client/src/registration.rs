@@ -361,7 +361,9 @@ impl Worker {
                     }
                     Some(Err(error)) => {
                         self.failed("heartbeat", &error);
-                        wait = self.backoff();
+                        // Never wait longer than a heartbeat interval: a lease that
+                        // still runs must be renewed as soon as the registry answers.
+                        wait = self.backoff().min(interval);
                     }
                 }
             }

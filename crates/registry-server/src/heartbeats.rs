@@ -54,6 +54,14 @@ pub const EXPIRY_GRACE: Duration = Duration::from_millis(250);
 /// Most instances queued at once; heartbeats of further instances take the full path.
 pub const MAX_QUEUED: usize = 100_000;
 
+/// Longest a flush (or, with nothing queued, a ping) may take before it counts as failed.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// With no successful write or ping for this long the database counts as unreachable:
+/// heartbeats are answered 503 at once, so clients fail over to a replica that can write
+/// long before their leases run out (waiting for the connection pool would take longer).
+pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(1);
+
 /// The heartbeat queue of this process and its flush.
 pub struct Heartbeats {
     store: Arc<dyn Store>,
@@ -63,6 +71,8 @@ pub struct Heartbeats {
     flushing: tokio::sync::Mutex<()>,
     /// Whether the last flush wrote; while not, heartbeats take the full path.
     writing: AtomicBool,
+    /// When a flush or ping last reached the database.
+    last_reached: Mutex<tokio::time::Instant>,
 }
 
 impl Heartbeats {
@@ -73,7 +83,24 @@ impl Heartbeats {
             queue: Mutex::new(Queue::new(MAX_QUEUED)),
             flushing: tokio::sync::Mutex::new(()),
             writing: AtomicBool::new(true),
+            last_reached: Mutex::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// Whether the database has not been reached for [`UNREACHABLE_AFTER`].
+    pub fn database_unreachable(&self) -> bool {
+        self.last_reached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+            > UNREACHABLE_AFTER
+    }
+
+    fn reached(&self) {
+        *self
+            .last_reached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -126,17 +153,21 @@ impl Heartbeats {
         let _one_at_a_time = self.flushing.lock().await;
         let batch = self.queue().take();
         if batch.is_empty() {
-            // Nothing is pending (not even a failed batch): try the fast path again.
+            // Nothing is pending (not even a failed batch): a ping tells whether the
+            // database is still there, then the fast path is open again.
+            within_flush_timeout(self.store.ping()).await?;
+            self.reached();
             self.writing.store(true, Ordering::Release);
             return Ok(());
         }
-        let not_applied = match self.store.renew_leases(&batch).await {
+        let not_applied = match within_flush_timeout(self.store.renew_leases(&batch)).await {
             Ok(not_applied) => not_applied,
             Err(error) => {
                 self.keep(batch);
                 return Err(error);
             }
         };
+        self.reached();
         self.writing.store(true, Ordering::Release);
         self.replay(not_applied).await
     }
@@ -190,6 +221,18 @@ impl Heartbeats {
             );
         }
     }
+}
+
+/// Runs a store call within [`FLUSH_TIMEOUT`]; running out counts as the database being
+/// unavailable.
+async fn within_flush_timeout<T>(
+    call: impl std::future::Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    tokio::time::timeout(FLUSH_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(crate::store::StoreError::Unavailable(
+            sqlx::Error::PoolTimedOut,
+        )))
 }
 
 /// The lease a heartbeat at `now` renews, when the instance has a lease that has not run

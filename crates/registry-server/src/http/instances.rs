@@ -153,6 +153,12 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     refuse_body(&headers)?;
     let now = crate::clock::now();
+    if state.heartbeats.database_unreachable() {
+        // Fail fast: the client retries on another replica before its lease runs out.
+        return Err(ApiError::unavailable(
+            "the registry's database is unreachable; retry on another replica",
+        ));
+    }
     // A live lease is renewed in memory and written with others (crate::heartbeats);
     // anything else goes through the store now.
     if let Some(renewed) = state
