@@ -88,6 +88,12 @@ impl Application {
             shutdown: shutdown.clone(),
         }
         .spawn();
+        let replication = crate::replication::Replication::new(
+            self.state.store.clone(),
+            self.state.view.clone(),
+            shutdown.clone(),
+        )
+        .spawn();
         let heartbeats = self.state.heartbeats.clone();
         let router = http::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "registry listening");
@@ -110,6 +116,7 @@ impl Application {
         for worker in workers {
             let _ = worker.await;
         }
+        let _ = replication.await;
         served.context("server error")
     }
 }

@@ -8,6 +8,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod operator;
 pub mod record;
+pub mod replication;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]

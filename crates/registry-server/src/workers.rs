@@ -1,6 +1,7 @@
-//! Background work: lease expiry and reaping, active checks, history pruning and the
-//! view's periodic catch-up. Each is a loop that ends at shutdown and survives store
-//! outages (it logs, waits for the next tick and tries again).
+//! Background work: lease expiry and reaping, active checks and history pruning (the
+//! view's catch-up with other replicas is [`crate::replication`]). Each is a loop that
+//! ends at shutdown and survives store outages (it logs, waits for the next tick and
+//! tries again).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -20,8 +21,6 @@ use crate::view::View;
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// A registry that did not sweep for this long was down: leases get a fresh TTL.
 const OUTAGE_AFTER: Duration = Duration::from_secs(2);
-/// Safety net for changes this process did not make (other replicas).
-const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Most instances handled per sweep; the rest wait for the next one.
 const SWEEP_BATCH: u32 = 1_000;
@@ -62,12 +61,6 @@ impl Workers {
                     .every(SWEEP_EVERY, "check scheduling", move |_| {
                         let checker = checker.clone();
                         async move { checker.start_due().await }
-                    }),
-            ),
-            tokio::spawn(
-                self.clone()
-                    .every(CATCH_UP_EVERY, "view catch-up", |w| async move {
-                        w.view.catch_up(w.store.as_ref()).await
                     }),
             ),
             tokio::spawn(self.every(PRUNE_EVERY, "history pruning", |w| async move {

@@ -32,6 +32,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A snapshot in which every committed index is visible together with all lower ones.
 const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
+/// The channel the `events` trigger (migration 0002) notifies with each new index.
+const EVENTS_CHANNEL: &str = "registry_events";
+
 /// The store backed by a Postgres database.
 pub struct PostgresStore {
     pool: PgPool,
@@ -50,6 +53,46 @@ impl PostgresStore {
     }
 }
 
+/// `LISTEN registry_events` on a connection of its own (a pool of one, so that it never
+/// takes a slot from the requests), named so that operators can tell it apart.
+struct PgChangeFeed {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl PgChangeFeed {
+    async fn subscribe(options: &PgConnectOptions) -> StoreResult<Self> {
+        let options = options.clone().application_name("registry change feed");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with(options)
+            .await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+        // A lost connection must end the feed, not be replaced behind the caller's back:
+        // notifications sent meanwhile are gone, and only the caller can catch up.
+        listener.eager_reconnect(false);
+        listener.listen(EVENTS_CHANNEL).await?;
+        Ok(Self { listener })
+    }
+}
+
+#[async_trait]
+impl super::ChangeFeed for PgChangeFeed {
+    async fn next(&mut self) -> StoreResult<u64> {
+        match self.listener.try_recv().await? {
+            Some(notification) => Ok(notification.payload().parse().unwrap_or(0)),
+            None => Err(StoreError::Unavailable(sqlx::Error::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the change feed's connection was lost",
+                ),
+            ))),
+        }
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> StoreResult<()> {
@@ -64,6 +107,11 @@ impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn change_feed(&self) -> StoreResult<Option<Box<dyn super::ChangeFeed>>> {
+        let feed = PgChangeFeed::subscribe(&self.pool.connect_options()).await?;
+        Ok(Some(Box::new(feed)))
     }
 
     async fn apply(

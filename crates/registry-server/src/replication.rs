@@ -1,0 +1,627 @@
+//! Cross-replica propagation: keeps this process's [`View`] following the writes that
+//! other replicas sharing the database make.
+//!
+//! A replica's own writes catch its view up at once (whoever wrote does it). Other
+//! replicas' writes arrive through the store's change feed (Postgres: `LISTEN
+//! registry_events`, notified by a trigger on every committed event): each notification
+//! triggers an index catch-up, so a write is visible everywhere one round trip after its
+//! commit (DESIGN section 5 promises 200 ms). A notification only says "look"; events are
+//! always read by index, so a duplicated or late notification costs a query, never a
+//! wrong view, and one arriving while a catch-up runs leads to another catch-up after it.
+//!
+//! Notifications are not durable: those sent while the feed is down are gone. So every
+//! subscription is followed by a catch-up (what was committed before `LISTEN` took effect
+//! is read by index), and a broken feed is replaced, with backoff, while a periodic
+//! catch-up keeps the view moving. A slower periodic catch-up also runs while the feed is
+//! healthy: a feed can fail without saying so (a half-open TCP connection never reports
+//! an error), and the safety net bounds how stale the view can get then. A store without
+//! a feed (embedded SQLite, one process) gets the periodic catch-up only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{ChangeFeed, Store, StoreError};
+use crate::view::View;
+
+/// How often the view catches up and how a broken feed is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Periodic catch-up while no feed delivers (the store has none, or it is broken):
+    /// the only path for other replicas' writes then.
+    pub poll_every: Duration,
+    /// Periodic catch-up while the feed is healthy: only a safety net for a feed that
+    /// fails silently, so it can be slow.
+    pub safety_net_every: Duration,
+    /// First wait before subscribing again after a failure; doubles on each failure.
+    pub backoff_min: Duration,
+    /// Longest wait between attempts; a feed that stayed up this long resets the backoff.
+    pub backoff_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            poll_every: Duration::from_secs(1),
+            safety_net_every: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The loop that keeps the view following the store; see the module documentation.
+pub struct Replication {
+    store: Arc<dyn Store>,
+    view: Arc<View>,
+    shutdown: CancellationToken,
+    timing: Timing,
+    /// Whether the last catch-up failed (logged once per failure streak).
+    catch_up_failing: bool,
+}
+
+impl Replication {
+    pub fn new(store: Arc<dyn Store>, view: Arc<View>, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            view,
+            shutdown,
+            timing: Timing::default(),
+            catch_up_failing: false,
+        }
+    }
+
+    #[must_use]
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// Runs the loop in a task that ends when `shutdown` is cancelled.
+    pub fn spawn(self) -> JoinHandle<()> {
+        tokio::spawn(self.run())
+    }
+
+    async fn run(mut self) {
+        let mut backoff = self.timing.backoff_min;
+        // The feed broke or could not be had: that is logged once, and so is its return.
+        let mut down = false;
+        loop {
+            let subscribed = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                subscribed = self.store.change_feed() => subscribed,
+            };
+            match subscribed {
+                Ok(None) => {
+                    self.poll_until_stopped().await;
+                    return;
+                }
+                Ok(Some(feed)) => {
+                    // Whatever was committed before the subscription was announced to
+                    // nobody: read it by index.
+                    self.catch_up().await;
+                    if down {
+                        tracing::info!("change feed subscribed again; following other replicas");
+                    }
+                    let started = Instant::now();
+                    let Some(error) = self.follow(feed).await else {
+                        return;
+                    };
+                    tracing::warn!(
+                        %error,
+                        "change feed broke; catching up by index and subscribing again"
+                    );
+                    down = true;
+                    // Notifications sent from now until the next subscription are lost.
+                    self.catch_up().await;
+                    if started.elapsed() >= self.timing.backoff_max {
+                        backoff = self.timing.backoff_min;
+                    }
+                }
+                Err(error) if !down => {
+                    tracing::warn!(
+                        %error,
+                        "cannot subscribe to the change feed; catching up periodically and retrying"
+                    );
+                    down = true;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "change feed still unavailable");
+                }
+            }
+            if !self.pause(backoff).await {
+                return;
+            }
+            backoff = backoff.saturating_mul(2).min(self.timing.backoff_max);
+        }
+    }
+
+    /// Follows `feed` until it breaks (answers why) or shutdown (answers `None`).
+    async fn follow(&mut self, feed: Box<dyn ChangeFeed>) -> Option<String> {
+        // The feed is read in a task of its own, so that waiting for a notification is
+        // never cancelled halfway (by the safety net or a catch-up) and notifications
+        // arriving while a catch-up runs wait in the channel. The channel keeps only the
+        // latest index: notifications come in commit order, so it covers the earlier ones.
+        let (announce, mut announced) = watch::channel(0_u64);
+        let mut reader = tokio::spawn(read_feed(feed, announce));
+        let period = self.timing.safety_net_every;
+        let mut safety_net = tokio::time::interval_at(Instant::now() + period, period);
+        safety_net.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break None,
+                changed = announced.changed() => {
+                    if changed.is_err() {
+                        // The reader ended: the feed broke.
+                        break Some(match (&mut reader).await {
+                            Ok(error) => error.to_string(),
+                            Err(error) => format!("the change feed task failed: {error}"),
+                        });
+                    }
+                    let index = *announced.borrow_and_update();
+                    // 0: the notification did not say which index; look anyway.
+                    if index == 0 || index > self.view.index() {
+                        self.catch_up().await;
+                    }
+                }
+                _ = safety_net.tick() => self.catch_up().await,
+            }
+        };
+        reader.abort();
+        outcome
+    }
+
+    /// Waits `how_long` (false if shutdown came first), catching up periodically meanwhile.
+    async fn pause(&mut self, how_long: Duration) -> bool {
+        let until = tokio::time::sleep(how_long);
+        tokio::pin!(until);
+        let period = self.timing.poll_every;
+        let mut poll = tokio::time::interval_at(Instant::now() + period, period);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return false,
+                () = &mut until => return true,
+                _ = poll.tick() => self.catch_up().await,
+            }
+        }
+    }
+
+    /// Without a feed: periodic catch-up until shutdown.
+    async fn poll_until_stopped(&mut self) {
+        let period = self.timing.poll_every;
+        let mut poll = tokio::time::interval_at(Instant::now() + period, period);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                _ = poll.tick() => self.catch_up().await,
+            }
+        }
+    }
+
+    async fn catch_up(&mut self) {
+        match self.view.catch_up(self.store.as_ref()).await {
+            Ok(()) if self.catch_up_failing => {
+                tracing::info!("view catch-up recovered");
+                self.catch_up_failing = false;
+            }
+            Ok(()) => {}
+            Err(error) if !self.catch_up_failing => {
+                tracing::warn!(%error, "view catch-up failed; retrying");
+                self.catch_up_failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Publishes each notification's index until the feed breaks; answers why it broke.
+async fn read_feed(mut feed: Box<dyn ChangeFeed>, announce: watch::Sender<u64>) -> StoreError {
+    loop {
+        match feed.next().await {
+            Ok(index) => {
+                announce.send_replace(index);
+            }
+            Err(error) => return error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop against a store whose feed the test scripts: the events are real (an
+    //! SQLite store underneath), the notifications are sent by hand, and the periodic
+    //! catch-ups are too rare to explain anything within a test's deadline.
+
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+    use registry_api::{Event, Instance, InstanceId, InstanceSpec, ServiceName};
+    use tokio::sync::{Semaphore, mpsc};
+
+    use super::*;
+    use crate::lifecycle;
+    use crate::store::{
+        Applied, ClaimedCheck, HistoryStart, Snapshot, SqliteStore, StoreResult, Transition,
+    };
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// A feed fed by the test; dropping the sender breaks it.
+    struct ScriptedFeed(mpsc::UnboundedReceiver<u64>);
+
+    #[async_trait]
+    impl ChangeFeed for ScriptedFeed {
+        async fn next(&mut self) -> StoreResult<u64> {
+            self.0.recv().await.ok_or_else(broken)
+        }
+    }
+
+    fn broken() -> StoreError {
+        StoreError::Unavailable(sqlx::Error::PoolClosed)
+    }
+
+    /// An SQLite store whose `change_feed` answers what the test scripted (an error when
+    /// nothing is left, `None` when `feedless`), and whose reads can be held after
+    /// reading, before answering.
+    struct FedStore {
+        inner: SqliteStore,
+        feedless: bool,
+        feeds: Mutex<VecDeque<StoreResult<Box<dyn ChangeFeed>>>>,
+        subscriptions: AtomicUsize,
+        /// `events_after` calls that have read (counted before the gate).
+        reads: AtomicUsize,
+        gate: Option<Arc<Semaphore>>,
+    }
+
+    impl FedStore {
+        async fn new() -> Self {
+            let inner = SqliteStore::connect(&crate::testing::fresh_sqlite_url())
+                .await
+                .expect("sqlite");
+            inner.migrate().await.expect("migrate");
+            Self {
+                inner,
+                feedless: false,
+                feeds: Mutex::new(VecDeque::new()),
+                subscriptions: AtomicUsize::new(0),
+                reads: AtomicUsize::new(0),
+                gate: None,
+            }
+        }
+
+        /// Scripts the next subscription to succeed; answers the feed's sender.
+        fn offer_feed(&self) -> mpsc::UnboundedSender<u64> {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            self.feeds
+                .lock()
+                .unwrap()
+                .push_back(Ok(Box::new(ScriptedFeed(receiver))));
+            sender
+        }
+
+        fn subscriptions(&self) -> usize {
+            self.subscriptions.load(Ordering::SeqCst)
+        }
+
+        fn reads(&self) -> usize {
+            self.reads.load(Ordering::SeqCst)
+        }
+
+        /// Registers an instance behind the view's back, as another replica would.
+        async fn write(&self, id: &str) -> u64 {
+            let spec = InstanceSpec::new("http://10.0.0.1:4040")
+                .validate(
+                    ServiceName::parse("sum").expect("name"),
+                    InstanceId::parse(id).expect("id"),
+                    10,
+                )
+                .expect("valid");
+            let now = crate::clock::now();
+            let applied = self
+                .inner
+                .apply(
+                    "sum",
+                    id,
+                    now,
+                    Box::new(move |old| lifecycle::register(old, &spec, now)),
+                )
+                .await
+                .expect("apply");
+            applied.event.expect("an event").index
+        }
+    }
+
+    #[async_trait]
+    impl Store for FedStore {
+        async fn migrate(&self) -> StoreResult<()> {
+            self.inner.migrate().await
+        }
+        async fn ping(&self) -> StoreResult<()> {
+            self.inner.ping().await
+        }
+        async fn apply(
+            &self,
+            service: &str,
+            id: &str,
+            now: DateTime<Utc>,
+            transition: Transition,
+        ) -> StoreResult<Applied> {
+            self.inner.apply(service, id, now, transition).await
+        }
+        async fn snapshot(&self) -> StoreResult<Snapshot> {
+            self.inner.snapshot().await
+        }
+        async fn current_index(&self) -> StoreResult<u64> {
+            self.inner.current_index().await
+        }
+        async fn events_after(
+            &self,
+            after: u64,
+            service: Option<&str>,
+            limit: u32,
+        ) -> StoreResult<Vec<Event>> {
+            let events = self.inner.events_after(after, service, limit).await;
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("gate").forget();
+            }
+            events
+        }
+        async fn history(
+            &self,
+            service: &str,
+            instance: Option<&str>,
+            since: Option<DateTime<Utc>>,
+            until: Option<DateTime<Utc>>,
+            limit: u32,
+        ) -> StoreResult<Vec<Event>> {
+            self.inner
+                .history(service, instance, since, until, limit)
+                .await
+        }
+        async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
+            self.inner.state_at(at).await
+        }
+        async fn history_start(&self) -> StoreResult<HistoryStart> {
+            self.inner.history_start().await
+        }
+        async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+            self.inner.prune_history(before).await
+        }
+        async fn mark_alive(
+            &self,
+            now: DateTime<Utc>,
+            max_gap: chrono::Duration,
+        ) -> StoreResult<bool> {
+            self.inner.mark_alive(now, max_gap).await
+        }
+        async fn expired_leases(
+            &self,
+            now: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<Vec<(String, String)>> {
+            self.inner.expired_leases(now, limit).await
+        }
+        async fn reapable(
+            &self,
+            critical_since: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<Vec<(String, String)>> {
+            self.inner.reapable(critical_since, limit).await
+        }
+        async fn claim_due_checks(
+            &self,
+            now: DateTime<Utc>,
+            limit: u32,
+        ) -> StoreResult<Vec<ClaimedCheck>> {
+            self.inner.claim_due_checks(now, limit).await
+        }
+        async fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+            self.subscriptions.fetch_add(1, Ordering::SeqCst);
+            if self.feedless {
+                return Ok(None);
+            }
+            let next = self.feeds.lock().unwrap().pop_front();
+            next.unwrap_or_else(|| Err(broken())).map(Some)
+        }
+    }
+
+    fn rare_polling() -> Timing {
+        Timing {
+            poll_every: Duration::from_secs(3_600),
+            safety_net_every: Duration::from_secs(3_600),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+        }
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + DEADLINE;
+        while !done() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    struct Running {
+        store: Arc<FedStore>,
+        view: Arc<View>,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+    }
+
+    impl Running {
+        /// Loads the view, then starts the loop with `timing`.
+        async fn start(store: FedStore, timing: Timing) -> Self {
+            let store = Arc::new(store);
+            let view = Arc::new(View::load(store.as_ref()).await.expect("view"));
+            Self::spawn(store, view, timing)
+        }
+
+        fn spawn(store: Arc<FedStore>, view: Arc<View>, timing: Timing) -> Self {
+            let shutdown = CancellationToken::new();
+            let task = Replication::new(store.clone(), view.clone(), shutdown.clone())
+                .with_timing(timing)
+                .spawn();
+            Self {
+                store,
+                view,
+                shutdown,
+                task,
+            }
+        }
+
+        async fn reaches(&self, index: u64, what: &str) {
+            wait_until(what, || self.view.index() == index).await;
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(DEADLINE, self.task)
+                .await
+                .expect("the loop stops at shutdown")
+                .expect("the loop does not panic");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_notification_catches_the_view_up() {
+        let store = FedStore::new().await;
+        let notify = store.offer_feed();
+        let running = Running::start(store, rare_polling()).await;
+        wait_until("the catch-up after subscribing", || {
+            running.store.reads() == 1
+        })
+        .await;
+        let index = running.store.write("a").await;
+        notify.send(index).expect("feed open");
+        running.reaches(index, "the announced write").await;
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn what_was_committed_before_subscribing_is_read_by_index() {
+        let store = Arc::new(FedStore::new().await);
+        let _notify = store.offer_feed();
+        let view = Arc::new(View::load(store.as_ref()).await.expect("view"));
+        // After the view was loaded, before the loop subscribes: announced to nobody.
+        let index = store.write("a").await;
+        let running = Running::spawn(store, view, rare_polling());
+        running.reaches(index, "the unannounced write").await;
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_index_the_view_already_has_is_not_read_again() {
+        let store = FedStore::new().await;
+        let notify = store.offer_feed();
+        let running = Running::start(store, rare_polling()).await;
+        wait_until("the catch-up after subscribing", || {
+            running.store.reads() == 1
+        })
+        .await;
+        // As on the replica that wrote: its own catch-up first, its notification later.
+        let own = running.store.write("a").await;
+        running
+            .view
+            .catch_up(running.store.as_ref())
+            .await
+            .expect("catch up");
+        let reads = running.store.reads();
+        notify.send(own).expect("feed open");
+        let other = running.store.write("b").await;
+        notify.send(other).expect("feed open");
+        running.reaches(other, "the other replica's write").await;
+        assert_eq!(running.store.reads(), reads + 1, "one read, for `other`");
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_notification_during_a_catch_up_leads_to_another_catch_up() {
+        let gate = Arc::new(Semaphore::new(0));
+        let mut store = FedStore::new().await;
+        store.gate = Some(gate.clone());
+        let notify = store.offer_feed();
+        let running = Running::start(store, rare_polling()).await;
+        wait_until("the catch-up after subscribing", || {
+            running.store.reads() == 1
+        })
+        .await;
+        gate.add_permits(1);
+
+        let first = running.store.write("a").await;
+        notify.send(first).expect("feed open");
+        // That catch-up has read `first` only and is held before applying it...
+        wait_until("the catch-up for the first write", || {
+            running.store.reads() == 2
+        })
+        .await;
+        // ...when the next write is announced.
+        let second = running.store.write("b").await;
+        notify.send(second).expect("feed open");
+        gate.add_permits(1_000);
+        running
+            .reaches(second, "the write announced during a catch-up")
+            .await;
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_broken_feed_is_replaced_and_the_gap_read_by_index() {
+        let store = FedStore::new().await;
+        let first = store.offer_feed();
+        // The first attempt to subscribe again fails: the loop keeps trying.
+        store.feeds.lock().unwrap().push_back(Err(broken()));
+        let second = store.offer_feed();
+        let running = Running::start(store, rare_polling()).await;
+        wait_until("the catch-up after subscribing", || {
+            running.store.reads() == 1
+        })
+        .await;
+
+        // Committed as the feed dies: its notification is lost with it.
+        let lost = running.store.write("a").await;
+        drop(first);
+        running.reaches(lost, "the unannounced write").await;
+        wait_until("a subscription after a failed one", || {
+            running.store.subscriptions() == 3
+        })
+        .await;
+        let index = running.store.write("b").await;
+        second.send(index).expect("feed open");
+        running
+            .reaches(index, "a write announced by the new feed")
+            .await;
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn without_a_feed_the_view_is_caught_up_periodically() {
+        let mut store = FedStore::new().await;
+        store.feedless = true;
+        let timing = Timing {
+            poll_every: Duration::from_millis(20),
+            ..rare_polling()
+        };
+        let running = Running::start(store, timing).await;
+        let index = running.store.write("a").await;
+        running.reaches(index, "a periodic catch-up").await;
+        assert_eq!(running.store.subscriptions(), 1, "asked for a feed once");
+        running.stop().await;
+    }
+}
