@@ -56,11 +56,11 @@ impl View {
             index: snapshot.index,
             ..State::default()
         };
+        for (name, index) in snapshot.service_indexes {
+            state.services.entry(name).or_default().index = index;
+        }
         for record in snapshot.records {
             let service = state.services.entry(record.service.clone()).or_default();
-            // The service's own latest index is not in the snapshot; the global index is a
-            // safe upper bound (at most one extra wake-up for a blocking query).
-            service.index = snapshot.index;
             service
                 .instances
                 .insert(record.id.clone(), record.to_instance());
@@ -93,6 +93,15 @@ impl View {
             let from = self.index();
             let events = store.events_after(from, None, CATCH_UP_BATCH).await?;
             let Some(first) = events.first() else {
+                // Nothing new, unless the database went back in time (restored from a
+                // backup, or wiped): then this view is from another history.
+                if store.current_index().await? < from {
+                    tracing::warn!(
+                        view_index = from,
+                        "the database's index is behind this view: reloading the state"
+                    );
+                    self.reload(store).await?;
+                }
                 return Ok(());
             };
             if first.index != from + 1 {

@@ -19,8 +19,11 @@ use crate::view::View;
 
 /// How often leases, reaping and due checks are looked at.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
-/// A registry that did not sweep for this long was down: leases get a fresh TTL.
-const OUTAGE_AFTER: Duration = Duration::from_secs(2);
+/// How often this process records that the registry is alive (its own task, so a long
+/// sweep never looks like an outage).
+const ALIVE_EVERY: Duration = Duration::from_millis(500);
+/// A registry that recorded no sign of life for this long was down: leases get a fresh TTL.
+const OUTAGE_AFTER: Duration = Duration::from_secs(3);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Most instances handled per sweep; the rest wait for the next one.
 const SWEEP_BATCH: u32 = 1_000;
@@ -48,6 +51,12 @@ impl Workers {
                 self.clone()
                     .every(SWEEP_EVERY, "lease sweep", |w| async move {
                         w.sweep_leases().await
+                    }),
+            ),
+            tokio::spawn(
+                self.clone()
+                    .every(ALIVE_EVERY, "liveness record", |w| async move {
+                        w.mark_alive().await.map(|_| ())
                     }),
             ),
             tokio::spawn(
@@ -97,15 +106,32 @@ impl Workers {
         }
     }
 
-    /// Expires lapsed leases and reaps instances critical for too long.
-    async fn sweep_leases(&self) -> StoreResult<()> {
+    /// Records that the registry is alive (answers the time recorded). If nobody did for
+    /// [`OUTAGE_AFTER`], the registry or its database was down, and the store gives every
+    /// lease one full TTL from now (DESIGN section 3).
+    async fn mark_alive(&self) -> StoreResult<chrono::DateTime<chrono::Utc>> {
+        // The time is read once the database answers: a call that waited for it through
+        // an outage (up to the pool's acquire timeout) must date the return when it
+        // happened, or leases get back less than the full TTL promised.
+        self.store.ping().await?;
         let now = crate::clock::now();
         let max_gap = chrono::Duration::from_std(OUTAGE_AFTER).unwrap_or(chrono::Duration::MAX);
         if self.store.mark_alive(now, max_gap).await? {
             tracing::info!(
-                "no sweep ran for a while (registry or database was down): every lease gets one full TTL"
+                "the registry recorded no sign of life for a while (it or its database was down): every lease gets one full TTL"
             );
         }
+        Ok(now)
+    }
+
+    /// Expires lapsed leases and reaps instances critical for too long.
+    async fn sweep_leases(&self) -> StoreResult<()> {
+        // The time is read once the database answers: a sweep that waited for it through
+        // an outage (up to the pool's acquire timeout) must date the return when it
+        // happened, or leases get back less than the full TTL `mark_alive` promises.
+        // The sweep records life itself too, so that after an outage the recovery is
+        // recorded before any lease is looked at.
+        let now = self.mark_alive().await?;
         // Heartbeats queued here are written first; those queued on another replica are
         // written within the grace (crate::heartbeats), so only leases past it expire.
         self.heartbeats.flush().await?;
@@ -179,6 +205,8 @@ impl Checker {
         let http = reqwest::Client::builder()
             // A redirect could lead the check away from the instance's own host.
             .redirect(reqwest::redirect::Policy::none())
+            // Checks go straight to the instance, never through an HTTP_PROXY.
+            .no_proxy()
             .user_agent("central-registry-check")
             .build()
             .unwrap_or_default();

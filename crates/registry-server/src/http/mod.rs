@@ -16,14 +16,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use registry_api::ErrorCode;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
 pub use ops::ApiDoc;
@@ -78,10 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sd::router())
         .merge(seed::router())
         .merge(ops::router())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ));
+        .layer(middleware::from_fn(time_limit));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
         .merge(services::long_poll_router())
@@ -95,6 +91,14 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(limit_size))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
+}
+
+/// 503 in our error shape (with `Retry-After`) for a request that takes too long.
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable("the request took too long; retry shortly").into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -41,9 +41,12 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
             // Postgres: connection exceptions (08xxx), shutting down (57P0x), and
-            // SQLite: busy/locked.
+            // SQLite: busy/locked (5, 6), also as extended codes (primary code in the low byte).
             sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                code.starts_with("08") || code.starts_with("57P0") || code == "5" || code == "6"
+                let sqlite_primary = code.parse::<i64>().ok().map(|c| c & 0xff);
+                code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || matches!(sqlite_primary, Some(5 | 6))
             }),
             _ => false,
         };
@@ -82,6 +85,8 @@ pub struct Applied {
 pub struct Snapshot {
     pub index: u64,
     pub records: Vec<InstanceRecord>,
+    /// Each service's latest event index (also for services with no instance left).
+    pub service_indexes: Vec<(String, u64)>,
 }
 
 /// Where kept history begins: events up to `index` (and before `at`) may be pruned.
@@ -165,7 +170,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>>;
 
-    /// Instances critical since at most `critical_since`, at most `limit`.
+    /// Instances critical since at most `critical_since`, at most `limit`. After a
+    /// recovery (see [`Self::mark_alive`]) the critical time counts from the recovery: the
+    /// registry's own outage is not the instances' fault.
     async fn reapable(
         &self,
         critical_since: DateTime<Utc>,

@@ -27,7 +27,7 @@ const MAX_CONNECTIONS: u32 = 10;
 
 /// During a database outage callers should hear about it quickly (and answer 503) rather
 /// than queue behind a pool that cannot connect.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A snapshot in which every committed index is visible together with all lower ones.
 const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
@@ -191,12 +191,24 @@ impl Store for PostgresStore {
             sqlx::query_scalar("SELECT record::text FROM instances ORDER BY service, id")
                 .fetch_all(&mut *tx)
                 .await?;
+        let latest: Vec<(String, i64)> =
+            sqlx::query_as("SELECT service, MAX(idx) FROM events GROUP BY service")
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         let records = rows
             .iter()
             .map(|row| parse_record(row))
             .collect::<StoreResult<_>>()?;
-        Ok(Snapshot { index, records })
+        let service_indexes = latest
+            .into_iter()
+            .map(|(service, idx)| Ok((service, to_index(idx)?)))
+            .collect::<StoreResult<_>>()?;
+        Ok(Snapshot {
+            index,
+            records,
+            service_indexes,
+        })
     }
 
     async fn current_index(&self) -> StoreResult<u64> {
@@ -378,7 +390,9 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>> {
         let rows = sqlx::query_as(
+            // Time the registry itself was away does not count as critical time.
             "SELECT service, id FROM instances WHERE critical_since_ms <= $1 \
+             AND COALESCE((SELECT recovered_ms FROM registry_meta WHERE id = 1), 0) <= $1 \
              ORDER BY critical_since_ms LIMIT $2",
         )
         .bind(millis(critical_since))
