@@ -294,6 +294,45 @@ pub trait ChangeFeed: Send {
     async fn next(&mut self) -> StoreResult<u64>;
 }
 
+// Helpers both stores share.
+
+/// The row is keyed by the arguments of `apply` but described by the record: a transition
+/// returning another instance's record is a bug that must not overwrite that instance.
+pub(crate) fn ensure_key(record: &InstanceRecord, service: &str, id: &str) -> StoreResult<()> {
+    if record.service == service && record.id == id {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "transition on {service}/{id} returned the record of {}/{}",
+            record.service, record.id
+        )))
+    }
+}
+
+pub(crate) fn parse_record(json: &str) -> StoreResult<InstanceRecord> {
+    Ok(serde_json::from_str(json)?)
+}
+
+pub(crate) fn parse_events(rows: &[String]) -> StoreResult<Vec<Event>> {
+    rows.iter()
+        .map(|row| serde_json::from_str(row).map_err(StoreError::from))
+        .collect()
+}
+
+pub(crate) fn to_index(value: i64) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("index {value}")))
+}
+
+/// `after` comes from callers (a client's `?index=`): one beyond any stored index simply
+/// has nothing after it.
+pub(crate) fn after_column(after: u64) -> i64 {
+    i64::try_from(after).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn missing_meta() -> StoreError {
+    StoreError::Corrupt("the registry_meta row is missing".into())
+}
+
 /// Milliseconds since the epoch, the time type of every stored column.
 pub(crate) fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()

@@ -18,8 +18,9 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, Snapshot, Store, StoreError, StoreResult,
-    Transition, from_millis, kind_str, make_event, millis,
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, Snapshot, Store, StoreResult, Transition,
+    after_column, ensure_key, from_millis, kind_str, make_event, millis, missing_meta,
+    parse_events, parse_record, to_index,
 };
 use crate::lifecycle::{Change, Mutation};
 use crate::record::InstanceRecord;
@@ -524,41 +525,4 @@ async fn read_current_index(conn: &mut SqliteConnection) -> StoreResult<u64> {
             .fetch_optional(conn)
             .await?;
     to_index(index.ok_or_else(missing_meta)?)
-}
-
-/// The row is keyed by the arguments of `apply` but described by the record: a transition
-/// returning another instance's record is a bug that must not overwrite that instance.
-fn ensure_key(record: &InstanceRecord, service: &str, id: &str) -> StoreResult<()> {
-    if record.service == service && record.id == id {
-        Ok(())
-    } else {
-        Err(StoreError::Corrupt(format!(
-            "transition on {service}/{id} returned the record of {}/{}",
-            record.service, record.id
-        )))
-    }
-}
-
-fn parse_record(json: &str) -> StoreResult<InstanceRecord> {
-    Ok(serde_json::from_str(json)?)
-}
-
-fn parse_events(rows: &[String]) -> StoreResult<Vec<Event>> {
-    rows.iter()
-        .map(|row| serde_json::from_str(row).map_err(StoreError::from))
-        .collect()
-}
-
-fn to_index(value: i64) -> StoreResult<u64> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("index {value}")))
-}
-
-/// `after` comes from callers (a client's `?index=`): one beyond any stored index simply
-/// has nothing after it.
-fn after_column(after: u64) -> i64 {
-    i64::try_from(after).unwrap_or(i64::MAX)
-}
-
-fn missing_meta() -> StoreError {
-    StoreError::Corrupt("the registry_meta row is missing".into())
 }
