@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use registry_api::InstanceSpec;
+use registry_api::{Instance, InstanceSpec};
 use registry_client::StreamItem;
 use registry_server::{Application, Settings};
 use sqlx::Connection;
@@ -301,6 +301,76 @@ async fn an_event_stream_on_one_replica_carries_a_write_on_another() {
         registered.instance.registered_at
     );
     replicas.stop().await;
+}
+
+// (c2) A heartbeat on A (a renewal, which appends no event) is shown by B and C: the
+// renewed lease is announced on the change feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_heartbeat_on_one_replica_is_visible_on_the_others() {
+    let replicas = Replicas::start().await;
+    let registered = replicas
+        .a
+        .api
+        .register(
+            "beat",
+            "beat-1",
+            &InstanceSpec {
+                ttl_seconds: Some(30),
+                ..spec()
+            },
+        )
+        .await
+        .expect("register");
+    for reader in [&replicas.b, &replicas.c] {
+        visible_after(reader, "beat", "beat-1", Instant::now()).await;
+    }
+    // Heartbeat times are kept to the millisecond: make this one later than the
+    // registration's.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let sent = Instant::now();
+    let answer = replicas
+        .a
+        .api
+        .heartbeat("beat", "beat-1")
+        .await
+        .expect("heartbeat");
+    let on_a = instance(&replicas.a, "beat", "beat-1")
+        .await
+        .expect("beat-1 on A");
+    assert!(on_a.last_heartbeat_at > registered.instance.last_heartbeat_at);
+    assert_eq!(on_a.lease_expires_at, answer.lease_expires_at);
+    assert_eq!(
+        answer.lease_expires_at,
+        Some(on_a.last_heartbeat_at + chrono::Duration::seconds(30))
+    );
+    for reader in [&replicas.b, &replicas.c] {
+        let shown = eventually(
+            NOTIFIED_WITHIN,
+            "the renewal on the other replicas",
+            || async {
+                let shown = instance(reader, "beat", "beat-1").await?;
+                (shown.last_heartbeat_at == on_a.last_heartbeat_at).then_some(shown)
+            },
+        )
+        .await;
+        assert_eq!(shown.lease_expires_at, answer.lease_expires_at);
+    }
+    println!(
+        "renewal shown on B and C {:?} after A's heartbeat was sent",
+        sent.elapsed()
+    );
+    replicas.stop().await;
+}
+
+async fn instance(registry: &TestRegistry, service: &str, id: &str) -> Option<Instance> {
+    registry
+        .api
+        .service(service, None)
+        .await
+        .ok()?
+        .instances
+        .into_iter()
+        .find(|i| i.id == id)
 }
 
 // (d) Replicas starting at once on an empty database migrate it once, and all start.

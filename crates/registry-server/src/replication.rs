@@ -9,6 +9,13 @@
 //! always read by index, so a duplicated or late notification costs a query, never a
 //! wrong view, and one arriving while a catch-up runs leads to another catch-up after it.
 //!
+//! Lease renewals (coalesced heartbeats) append no event; the store announces them on the
+//! same feed with the renewed instances and heartbeat times (Postgres: `registry_leases`),
+//! and the view records them as newer observations only, so a late or repeated one is
+//! harmless. Events announced before a renewal are read first, so that an instance
+//! registered just before its first heartbeat is known when the renewal is applied.
+//! Renewals sent while the feed is down are lost: the next heartbeat shows again.
+//!
 //! Notifications are not durable: those sent while the feed is down are gone. So every
 //! subscription is followed by a catch-up (what was committed before `LISTEN` took effect
 //! is read by index), and a broken feed is replaced, with backoff, while a periodic
@@ -20,12 +27,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ChangeFeed, Store, StoreError};
+use crate::store::{ChangeFeed, Heartbeat, Notification, Store, StoreError};
 use crate::view::View;
 
 /// How often the view catches up and how a broken feed is retried.
@@ -148,7 +155,9 @@ impl Replication {
         // arriving while a catch-up runs wait in the channel. The channel keeps only the
         // latest index: notifications come in commit order, so it covers the earlier ones.
         let (announce, mut announced) = watch::channel(0_u64);
-        let mut reader = tokio::spawn(read_feed(feed, announce));
+        // Renewals are not covered by later ones (each names other instances): a queue.
+        let (renew, mut renewals) = mpsc::channel(64);
+        let mut reader = tokio::spawn(read_feed(feed, announce, renew));
         let period = self.timing.safety_net_every;
         let mut safety_net = tokio::time::interval_at(Instant::now() + period, period);
         safety_net.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -170,11 +179,29 @@ impl Replication {
                         self.catch_up().await;
                     }
                 }
+                Some(renewed) = renewals.recv() => {
+                    self.renew(&mut announced, renewed).await;
+                }
                 _ = safety_net.tick() => self.catch_up().await,
             }
         };
         reader.abort();
         outcome
+    }
+
+    /// Applies renewals announced by the feed, after reading the events it announced
+    /// before them (the reader publishes in the order the feed delivers).
+    async fn renew(&mut self, announced: &mut watch::Receiver<u64>, renewed: Vec<Heartbeat>) {
+        if announced.has_changed().unwrap_or(false) {
+            let index = *announced.borrow_and_update();
+            if index == 0 || index > self.view.index() {
+                self.catch_up().await;
+            }
+        }
+        for heartbeat in renewed {
+            self.view
+                .renew(&heartbeat.service, &heartbeat.id, heartbeat.at);
+        }
     }
 
     /// Waits `how_long` (false if shutdown came first), catching up periodically meanwhile.
@@ -224,12 +251,20 @@ impl Replication {
     }
 }
 
-/// Publishes each notification's index until the feed breaks; answers why it broke.
-async fn read_feed(mut feed: Box<dyn ChangeFeed>, announce: watch::Sender<u64>) -> StoreError {
+/// Publishes each notification until the feed breaks; answers why it broke.
+async fn read_feed(
+    mut feed: Box<dyn ChangeFeed>,
+    announce: watch::Sender<u64>,
+    renew: mpsc::Sender<Vec<Heartbeat>>,
+) -> StoreError {
     loop {
         match feed.next().await {
-            Ok(index) => {
+            Ok(Notification::Events(index)) => {
                 announce.send_replace(index);
+            }
+            Ok(Notification::Leases(renewed)) => {
+                // Fails only when `follow` is over, which aborts this task anyway.
+                let _ = renew.send(renewed).await;
             }
             Err(error) => return error,
         }
@@ -251,7 +286,7 @@ mod tests {
     use async_trait::async_trait;
     use chrono::{DateTime, Utc};
     use registry_api::{Event, Instance, InstanceId, InstanceSpec, ServiceName};
-    use tokio::sync::{Semaphore, mpsc};
+    use tokio::sync::Semaphore;
 
     use super::*;
     use crate::lifecycle;
@@ -266,8 +301,12 @@ mod tests {
 
     #[async_trait]
     impl ChangeFeed for ScriptedFeed {
-        async fn next(&mut self) -> StoreResult<u64> {
-            self.0.recv().await.ok_or_else(broken)
+        async fn next(&mut self) -> StoreResult<Notification> {
+            self.0
+                .recv()
+                .await
+                .map(Notification::Events)
+                .ok_or_else(broken)
         }
     }
 

@@ -171,6 +171,25 @@ impl View {
         }
     }
 
+    /// Records a lease renewal another replica wrote (announced by the change feed): the
+    /// instance's heartbeat at `at` and its lease to `at + ttl` of the instance held here
+    /// (none with `ttl_seconds` 0). As [`Self::touch`], only a newer observation counts,
+    /// so renewals announced late or twice change nothing; an unknown instance is ignored.
+    pub fn renew(&self, service: &str, id: &str, at: DateTime<Utc>) {
+        let mut state = self.write();
+        if let Some(known) = state
+            .services
+            .get_mut(service)
+            .and_then(|s| s.instances.get_mut(id))
+        {
+            let mut renewed = known.clone();
+            renewed.last_heartbeat_at = at;
+            renewed.lease_expires_at = (renewed.ttl_seconds > 0)
+                .then(|| at + chrono::Duration::seconds(i64::from(renewed.ttl_seconds)));
+            keep_newest_observations(known, &renewed);
+        }
+    }
+
     /// One instance as reads show it now, if the view knows it.
     pub fn instance(&self, service: &str, id: &str) -> Option<Instance> {
         self.read()

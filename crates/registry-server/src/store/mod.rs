@@ -285,13 +285,64 @@ pub(crate) fn json_time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
-/// A stream of "new events were committed" notifications.
+/// What a change feed announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// New events were committed, up to this index (0 when the notification does not say).
+    Events(u64),
+    /// Leases renewed by [`Store::renew_leases`] (which appends no event): each renewed
+    /// instance with the heartbeat time now stored as its `last_heartbeat_at`.
+    Leases(Vec<Heartbeat>),
+}
+
+/// A stream of "something was committed" notifications.
 #[async_trait]
 pub trait ChangeFeed: Send {
-    /// Waits for the next notification and answers the index it announces (0 when it does
-    /// not say). An error means the feed broke: the caller catches up by index and asks
-    /// for a new feed.
-    async fn next(&mut self) -> StoreResult<u64>;
+    /// Waits for the next notification. An error means the feed broke: the caller catches
+    /// up by index and asks for a new feed.
+    async fn next(&mut self) -> StoreResult<Notification>;
+}
+
+/// Postgres limits a notification's payload to 8000 bytes; chunks stay well below.
+const LEASE_PAYLOAD_BYTES: usize = 7_000;
+
+/// The payloads announcing `renewed` leases: JSON arrays of `[service, id, at_ms]`, each
+/// below [`LEASE_PAYLOAD_BYTES`] (one entry is at most a few hundred bytes: names and ids
+/// are short).
+pub(crate) fn lease_payloads(renewed: &[Heartbeat]) -> StoreResult<Vec<String>> {
+    let mut payloads = Vec::new();
+    let mut entries: Vec<String> = Vec::new();
+    let mut bytes = 2;
+    for heartbeat in renewed {
+        let entry =
+            serde_json::to_string(&(&heartbeat.service, &heartbeat.id, millis(heartbeat.at)))?;
+        if !entries.is_empty() && bytes + entry.len() + 1 > LEASE_PAYLOAD_BYTES {
+            payloads.push(format!("[{}]", entries.join(",")));
+            entries.clear();
+            bytes = 2;
+        }
+        bytes += entry.len() + 1;
+        entries.push(entry);
+    }
+    if !entries.is_empty() {
+        payloads.push(format!("[{}]", entries.join(",")));
+    }
+    Ok(payloads)
+}
+
+/// Reads a payload written by [`lease_payloads`].
+pub(crate) fn parse_lease_payload(payload: &str) -> StoreResult<Vec<Heartbeat>> {
+    let entries: Vec<(String, String, i64)> = serde_json::from_str(payload)?;
+    entries
+        .into_iter()
+        .map(|(service, id, at_ms)| {
+            Ok(Heartbeat {
+                service,
+                id,
+                at: from_millis(at_ms)?,
+            })
+        })
+        .collect()
 }
 
 // Helpers both stores share.
@@ -444,5 +495,27 @@ mod tests {
         );
         let left = not_renewed(batch, &[("sum".into(), "a".into())]);
         assert_eq!(left, vec![beat("mult", "a", 1), beat("sum", "b", 9)]);
+    }
+
+    #[test]
+    fn lease_payloads_round_trip_in_chunks_postgres_accepts() {
+        let renewed: Vec<Heartbeat> = (0..500)
+            .map(|n| {
+                beat(
+                    &"s".repeat(63),
+                    &format!("instance-{n}"),
+                    1_800_000_000_000 + n,
+                )
+            })
+            .collect();
+        let payloads = lease_payloads(&renewed).expect("payloads");
+        assert!(payloads.len() > 1, "a large batch is split");
+        let mut read = Vec::new();
+        for payload in &payloads {
+            assert!(payload.len() <= LEASE_PAYLOAD_BYTES, "{}", payload.len());
+            read.extend(parse_lease_payload(payload).expect("parse"));
+        }
+        assert_eq!(read, renewed);
+        assert!(lease_payloads(&[]).expect("payloads").is_empty());
     }
 }

@@ -15,9 +15,9 @@ use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, Snapshot, Store, StoreError, StoreResult,
-    Transition, after_column, ensure_key, from_millis, kind_str, make_event, millis, missing_meta,
-    parse_events, parse_record, to_index,
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, Notification, Snapshot, Store, StoreError,
+    StoreResult, Transition, after_column, ensure_key, from_millis, kind_str, lease_payloads,
+    make_event, millis, missing_meta, parse_events, parse_lease_payload, parse_record, to_index,
 };
 use crate::lifecycle::{Change, Mutation};
 use crate::record::InstanceRecord;
@@ -35,6 +35,10 @@ const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ 
 
 /// The channel the `events` trigger (migration 0002) notifies with each new index.
 const EVENTS_CHANNEL: &str = "registry_events";
+
+/// The channel `renew_leases` notifies with the leases it renewed (it appends no event,
+/// so the trigger on `events` says nothing of them).
+const LEASES_CHANNEL: &str = "registry_leases";
 
 /// The store backed by a Postgres database.
 pub struct PostgresStore {
@@ -54,8 +58,8 @@ impl PostgresStore {
     }
 }
 
-/// `LISTEN registry_events` on a connection of its own (a pool of one, so that it never
-/// takes a slot from the requests), named so that operators can tell it apart.
+/// `LISTEN registry_events, registry_leases` on a connection of its own (a pool of one, so
+/// that it never takes a slot from the requests), named so that operators can tell it apart.
 struct PgChangeFeed {
     listener: sqlx::postgres::PgListener,
 }
@@ -74,16 +78,27 @@ impl PgChangeFeed {
         // A lost connection must end the feed, not be replaced behind the caller's back:
         // notifications sent meanwhile are gone, and only the caller can catch up.
         listener.eager_reconnect(false);
-        listener.listen(EVENTS_CHANNEL).await?;
+        listener
+            .listen_all([EVENTS_CHANNEL, LEASES_CHANNEL])
+            .await?;
         Ok(Self { listener })
     }
 }
 
 #[async_trait]
 impl super::ChangeFeed for PgChangeFeed {
-    async fn next(&mut self) -> StoreResult<u64> {
+    async fn next(&mut self) -> StoreResult<Notification> {
         match self.listener.try_recv().await? {
-            Some(notification) => Ok(notification.payload().parse().unwrap_or(0)),
+            Some(notification) if notification.channel() == LEASES_CHANNEL => {
+                let renewed = parse_lease_payload(notification.payload()).unwrap_or_else(|error| {
+                    tracing::warn!(%error, "ignoring a malformed lease notification");
+                    Vec::new()
+                });
+                Ok(Notification::Leases(renewed))
+            }
+            Some(notification) => Ok(Notification::Events(
+                notification.payload().parse().unwrap_or(0),
+            )),
             None => Err(StoreError::Unavailable(sqlx::Error::Io(
                 std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
@@ -443,7 +458,9 @@ impl Store for PostgresStore {
         // is `at + ttl` of the row itself, written as serde writes a time (`json_time`:
         // the fraction only when not zero); the lease never moves back. A lapsed lease
         // (`lease_deadline_ms` NULL with a ttl) is left to the full heartbeat transition.
-        let renewed: Vec<(String, String)> = sqlx::query_as(
+        // `moved`: the record now holds this heartbeat (not an older one's later lease).
+        let mut tx = self.pool.begin().await?;
+        let renewed: Vec<(String, String, i64, bool)> = sqlx::query_as(
             "WITH hb AS ( \
                SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
                  AS t(service, id, at_ms, at_text)), \
@@ -470,14 +487,42 @@ impl Store for PostgresStore {
              FROM live \
              WHERE i.service = live.service AND i.id = live.id \
                AND (i.lease_deadline_ms IS NOT NULL OR i.ttl_ms = 0) \
-             RETURNING i.service, i.id",
+             RETURNING i.service, i.id, live.at_ms, \
+               (i.ttl_ms = 0 OR i.lease_deadline_ms = live.at_ms + i.ttl_ms)",
         )
         .bind(services)
         .bind(ids)
         .bind(at_ms)
         .bind(at_text)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        // The other replicas show these renewals too (DESIGN section 5: within 200 ms).
+        // The payload carries the heartbeat times, so receivers need no read; several
+        // payloads when the batch is large. Delivered at commit, not at all on rollback.
+        let moved: Vec<super::Heartbeat> = renewed
+            .iter()
+            .filter(|(_, _, _, moved)| *moved)
+            .map(|(service, id, at_ms, _)| {
+                Ok(super::Heartbeat {
+                    service: service.clone(),
+                    id: id.clone(),
+                    at: from_millis(*at_ms)?,
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+        let payloads = lease_payloads(&moved)?;
+        if !payloads.is_empty() {
+            sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+                .bind(LEASES_CHANNEL)
+                .bind(payloads)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let renewed: Vec<(String, String)> = renewed
+            .into_iter()
+            .map(|(service, id, _, _)| (service, id))
+            .collect();
         Ok(super::not_renewed(batch, &renewed))
     }
 }
