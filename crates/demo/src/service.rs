@@ -167,8 +167,20 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/admin/fault", get(get_fault).put(put_fault))
         .route("/admin/breakers", get(breakers))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn(continue_trace))
         .with_state(state)
+}
+
+/// The client library's metrics (breakers, calls, discovery) in the Prometheus text format.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            registry_client::metrics::CONTENT_TYPE,
+        )],
+        registry_client::metrics::render(),
+    )
 }
 
 /// Runs each request inside the trace its caller sent (or a new one).

@@ -634,6 +634,7 @@ impl CircuitBreaker {
             transitions_total: 0,
         };
         let (own, _) = broadcast::channel(BREAKER_CHANNEL_CAPACITY);
+        crate::metrics::breaker_state(&name, BreakerState::Closed);
         Self {
             shared: Arc::new(Shared {
                 name,
@@ -1285,6 +1286,7 @@ impl Shared {
                 "circuit breaker closed"
             ),
         }
+        crate::metrics::breaker_state(&self.name, to);
         let transition = Transition {
             breaker: self.name.clone(),
             from,

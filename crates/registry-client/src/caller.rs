@@ -443,6 +443,28 @@ impl ServiceClient {
         path_and_query: &str,
         body: Option<Bytes>,
     ) -> Result<CallResponse, CallError> {
+        let started = std::time::Instant::now();
+        let result = self
+            .call_uncounted(method, service, path_and_query, body)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(CallError::CircuitOpen { .. }) => "circuit_open",
+            Err(CallError::NoInstance { .. }) => "no_instance",
+            Err(CallError::Timeout { .. }) => "timeout",
+            Err(_) => "failure",
+        };
+        crate::metrics::call(service, outcome, started.elapsed());
+        result
+    }
+
+    async fn call_uncounted(
+        &self,
+        method: Method,
+        service: &str,
+        path_and_query: &str,
+        body: Option<Bytes>,
+    ) -> Result<CallResponse, CallError> {
         let resolved =
             self.discovery
                 .resolve(service)

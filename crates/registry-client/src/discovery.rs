@@ -226,6 +226,16 @@ impl Discovery {
     /// # }
     /// ```
     pub async fn resolve(&self, service: &str) -> Result<Resolved, ClientError> {
+        let resolved = self.resolve_uncounted(service).await;
+        crate::metrics::discovery(
+            service,
+            resolved.as_ref().ok().map(|view| view.age),
+            self.registry_reachable(),
+        );
+        resolved
+    }
+
+    async fn resolve_uncounted(&self, service: &str) -> Result<Resolved, ClientError> {
         let shared = &self.handle.shared;
         if let Some(resolved) = shared.answer_from_memory(service) {
             return Ok(resolved);

@@ -32,6 +32,7 @@ pub mod discovery;
 pub mod display;
 mod error;
 mod events;
+pub mod metrics;
 pub mod registration;
 pub mod trace;
 

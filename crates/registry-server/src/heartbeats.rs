@@ -160,7 +160,12 @@ impl Heartbeats {
             self.writing.store(true, Ordering::Release);
             return Ok(());
         }
-        let not_applied = match within_flush_timeout(self.store.renew_leases(&batch)).await {
+        let not_applied = match within_flush_timeout(crate::metrics::timed(
+            "renew_leases",
+            self.store.renew_leases(&batch),
+        ))
+        .await
+        {
             Ok(not_applied) => not_applied,
             Err(error) => {
                 self.keep(batch);

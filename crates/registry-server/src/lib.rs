@@ -6,6 +6,7 @@ pub mod config;
 pub mod heartbeats;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod operator;
 pub mod record;
 pub mod replication;

@@ -148,6 +148,7 @@ impl View {
                     }
                     service.instances.insert(event.instance.clone(), fresh);
                 }
+                crate::metrics::event_applied(&event);
                 if state.recent.len() == RECENT_EVENTS {
                     state.recent.pop_front();
                 }

@@ -113,10 +113,10 @@ impl Workers {
         // The time is read once the database answers: a call that waited for it through
         // an outage (up to the pool's acquire timeout) must date the return when it
         // happened, or leases get back less than the full TTL promised.
-        self.store.ping().await?;
+        crate::metrics::timed("ping", self.store.ping()).await?;
         let now = crate::clock::now();
         let max_gap = chrono::Duration::from_std(OUTAGE_AFTER).unwrap_or(chrono::Duration::MAX);
-        if self.store.mark_alive(now, max_gap).await? {
+        if crate::metrics::timed("mark_alive", self.store.mark_alive(now, max_gap)).await? {
             tracing::info!(
                 "the registry recorded no sign of life for a while (it or its database was down): every lease gets one full TTL"
             );
@@ -137,10 +137,15 @@ impl Workers {
         self.heartbeats.flush().await?;
         let cutoff = now - chrono::Duration::from_std(EXPIRY_GRACE).unwrap_or_default();
         let mut changed = false;
-        for (service, id) in self.store.expired_leases(cutoff, SWEEP_BATCH).await? {
-            let applied = self
-                .store
-                .apply(
+        let expired = crate::metrics::timed(
+            "expired_leases",
+            self.store.expired_leases(cutoff, SWEEP_BATCH),
+        )
+        .await?;
+        for (service, id) in expired {
+            let applied = crate::metrics::timed(
+                "apply",
+                self.store.apply(
                     &service,
                     &id,
                     now,
@@ -150,25 +155,30 @@ impl Workers {
                         }
                         _ => Mutation::Unchanged,
                     }),
-                )
-                .await?;
+                ),
+            )
+            .await?;
             changed |= applied.event.is_some();
         }
         let after = self.settings.deregister_critical_after;
         if !after.is_zero() {
             let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-            for (service, id) in self.store.reapable(now - after, SWEEP_BATCH).await? {
-                let applied = self
-                    .store
-                    .apply(
+            let reapable =
+                crate::metrics::timed("reapable", self.store.reapable(now - after, SWEEP_BATCH))
+                    .await?;
+            for (service, id) in reapable {
+                let applied = crate::metrics::timed(
+                    "apply",
+                    self.store.apply(
                         &service,
                         &id,
                         now,
                         Box::new(move |old| {
                             old.map_or(Mutation::Unchanged, |o| lifecycle::reap(o, now, after))
                         }),
-                    )
-                    .await?;
+                    ),
+                )
+                .await?;
                 changed |= applied.event.is_some();
             }
         }
@@ -182,7 +192,8 @@ impl Workers {
         let retention = chrono::Duration::from_std(self.settings.history_retention)
             .unwrap_or(chrono::Duration::MAX);
         let before = crate::clock::now() - retention;
-        let pruned = self.store.prune_history(before).await?;
+        let pruned =
+            crate::metrics::timed("prune_history", self.store.prune_history(before)).await?;
         if pruned > 0 {
             tracing::info!(pruned, "pruned history older than the retention");
         }
@@ -224,7 +235,12 @@ impl Checker {
         if available == 0 {
             return Ok(());
         }
-        for claimed in self.workers.store.claim_due_checks(now, available).await? {
+        let claimed = crate::metrics::timed(
+            "claim_due_checks",
+            self.workers.store.claim_due_checks(now, available),
+        )
+        .await?;
+        for claimed in claimed {
             let record = claimed.record;
             let Some(check) = record.check.clone() else {
                 continue;
@@ -245,6 +261,7 @@ impl Checker {
             let this = self.clone();
             tokio::spawn(async move {
                 let outcome = this.probe(&record.url, &check).await;
+                crate::metrics::check_result(outcome.status);
                 if let Err(error) = this.report(&key, &check, outcome).await {
                     tracing::warn!(service = key.0, instance = key.1, %error, "could not record a check result");
                 }
@@ -270,10 +287,9 @@ impl Checker {
     ) -> StoreResult<()> {
         let now = crate::clock::now();
         let check = check.clone();
-        let applied = self
-            .workers
-            .store
-            .apply(
+        let applied = crate::metrics::timed(
+            "apply",
+            self.workers.store.apply(
                 &key.0,
                 &key.1,
                 now,
@@ -282,8 +298,9 @@ impl Checker {
                         lifecycle::record_check(o, &check, &outcome, now)
                     })
                 }),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         if applied.event.is_some() {
             self.workers
                 .view

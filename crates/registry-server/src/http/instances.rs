@@ -152,6 +152,7 @@ async fn heartbeat(
     headers: HeaderMap,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     refuse_body(&headers)?;
+    crate::metrics::heartbeat();
     let now = crate::clock::now();
     if state.heartbeats.database_unreachable() {
         // Fail fast: the client retries on another replica before its lease runs out.

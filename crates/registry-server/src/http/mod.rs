@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -56,7 +56,8 @@ impl AppState {
         now: DateTime<Utc>,
         transition: Transition,
     ) -> Result<Applied, ApiError> {
-        let applied = self.store.apply(service, id, now, transition).await?;
+        let applied =
+            crate::metrics::timed("apply", self.store.apply(service, id, now, transition)).await?;
         if applied.event.is_some() {
             if let Err(error) = self.view.catch_up(self.store.as_ref()).await {
                 tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
@@ -87,10 +88,48 @@ pub fn router(state: AppState) -> Router {
         .merge(long_lived)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn(note_route))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(middleware::from_fn(limit_size))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// The route template a request matched, filled in once routing has happened: `observe`
+/// runs outside the router (so that refused and unknown requests are timed too), where
+/// axum's `MatchedPath` is not known yet.
+#[derive(Clone, Default)]
+struct RouteSlot(Arc<std::sync::OnceLock<String>>);
+
+/// Times every request into `registry_http_request_duration_seconds`, labelled with the
+/// route template (never the raw path, whose ids would make one series per instance) or
+/// `unmatched` for requests no route took (unknown paths, refused before routing).
+async fn observe(mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let slot = RouteSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let response = next.run(request).await;
+    let route = slot.0.get().map_or("unmatched", String::as_str);
+    crate::metrics::http_request(
+        &method,
+        route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Tells `observe` which route template matched.
+async fn note_route(request: Request, next: Next) -> Response {
+    if let (Some(path), Some(slot)) = (
+        request.extensions().get::<MatchedPath>(),
+        request.extensions().get::<RouteSlot>(),
+    ) {
+        let _ = slot.0.set(path.as_str().to_owned());
+    }
+    next.run(request).await
 }
 
 /// 503 in our error shape (with `Retry-After`) for a request that takes too long.

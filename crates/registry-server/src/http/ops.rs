@@ -101,39 +101,14 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-/// A few gauges from the view in the Prometheus text format.
+/// Every registry metric in the Prometheus text format (crate::metrics).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
     (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
 ))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut out = String::new();
-    out.push_str("# HELP registry_instances Registered instances by service and status.\n");
-    out.push_str("# TYPE registry_instances gauge\n");
-    for service in state.view.services().services {
-        for (status, count) in [
-            ("passing", service.passing),
-            ("warning", service.warning),
-            ("critical", service.critical),
-            ("maintenance", service.maintenance),
-        ] {
-            out.push_str(&format!(
-                "registry_instances{{service=\"{}\",status=\"{status}\"}} {count}\n",
-                service.name
-            ));
-        }
-    }
-    out.push_str("# HELP registry_index The latest global index.\n");
-    out.push_str("# TYPE registry_index gauge\n");
-    out.push_str(&format!("registry_index {}\n", state.view.index()));
-    out.push_str("# HELP registry_watchers Blocking queries and event streams waiting.\n");
-    out.push_str("# TYPE registry_watchers gauge\n");
-    out.push_str(&format!("registry_watchers {}\n", state.view.watchers()));
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&state.view),
     )
 }
 

@@ -1,0 +1,269 @@
+//! Prometheus metrics of the registry (DESIGN section 8, prefix `registry_`).
+//!
+//! One [`Registry`] of our own, not the `prometheus` crate's global default, so that only
+//! what this module declares is served at `/metrics` and a library linked in cannot add
+//! to it. The handles are process-wide: counters are bumped where things happen (the view
+//! applying events, the check worker, the heartbeat route, the HTTP middleware, the store
+//! call sites), and the gauges that describe the current state (instances, watchers,
+//! index) are set from the view when scraped, so they can never drift from it.
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use registry_api::{Event, EventKind, Reason, Status};
+
+use crate::view::View;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+struct Metrics {
+    registry: Registry,
+    instances: IntGaugeVec,
+    registrations: IntCounter,
+    heartbeats: IntCounter,
+    expirations: IntCounter,
+    check_results: IntCounterVec,
+    events: IntCounterVec,
+    watchers: IntGauge,
+    index: IntGauge,
+    http_duration: HistogramVec,
+    db_duration: HistogramVec,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Buckets for database calls, which are mostly well under the HTTP defaults.
+const DB_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let instances = IntGaugeVec::new(
+            Opts::new(
+                "registry_instances",
+                "Registered instances by service and status.",
+            ),
+            &["service", "status"],
+        )
+        .expect("valid metric");
+        let registrations = IntCounter::new(
+            "registry_registrations_total",
+            "New instances registered (registered events applied).",
+        )
+        .expect("valid metric");
+        let heartbeats = IntCounter::new(
+            "registry_heartbeats_total",
+            "Heartbeats received by this replica.",
+        )
+        .expect("valid metric");
+        let expirations = IntCounter::new(
+            "registry_expirations_total",
+            "Instances whose lease expired (lease_expired events applied).",
+        )
+        .expect("valid metric");
+        let check_results = IntCounterVec::new(
+            Opts::new(
+                "registry_check_results_total",
+                "Health check probes run by this replica, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "registry_events_total",
+                "Events applied to this replica's view, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let watchers = IntGauge::new(
+            "registry_watchers",
+            "Blocking queries and event streams waiting.",
+        )
+        .expect("valid metric");
+        let index =
+            IntGauge::new("registry_index", "The latest global index.").expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "registry_http_request_duration_seconds",
+                "HTTP request duration by method, route template and status.",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let db_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "registry_db_query_duration_seconds",
+                "Duration of database calls by operation.",
+            )
+            .buckets(DB_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("valid metric");
+        // Every result is shown from the start, at 0, so rates work before the first failure.
+        for result in [Status::Passing, Status::Warning, Status::Critical] {
+            check_results.with_label_values(&[result.as_str()]);
+        }
+        for collector in [
+            Box::new(instances.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(registrations.clone()),
+            Box::new(heartbeats.clone()),
+            Box::new(expirations.clone()),
+            Box::new(check_results.clone()),
+            Box::new(events.clone()),
+            Box::new(watchers.clone()),
+            Box::new(index.clone()),
+            Box::new(http_duration.clone()),
+            Box::new(db_duration.clone()),
+        ] {
+            registry.register(collector).expect("registered once");
+        }
+        Self {
+            registry,
+            instances,
+            registrations,
+            heartbeats,
+            expirations,
+            check_results,
+            events,
+            watchers,
+            index,
+            http_duration,
+            db_duration,
+        }
+    }
+}
+
+/// Every registry metric in the Prometheus text format, the view's gauges as of now.
+pub fn render(view: &View) -> String {
+    let metrics = &*METRICS;
+    // Services and statuses that are gone must not linger at their last value.
+    metrics.instances.reset();
+    for service in view.services().services {
+        for (status, count) in [
+            (Status::Passing, service.passing),
+            (Status::Warning, service.warning),
+            (Status::Critical, service.critical),
+            (Status::Maintenance, service.maintenance),
+        ] {
+            metrics
+                .instances
+                .with_label_values(&[service.name.as_str(), status.as_str()])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+    metrics
+        .watchers
+        .set(i64::try_from(view.watchers()).unwrap_or(i64::MAX));
+    metrics
+        .index
+        .set(i64::try_from(view.index()).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    if let Err(error) = TextEncoder::new().encode(&metrics.registry.gather(), &mut out) {
+        tracing::warn!(%error, "could not encode the metrics");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// An event the view applied: counted by kind, and as a registration or an expiration.
+pub fn event_applied(event: &Event) {
+    let kind = match event.kind {
+        EventKind::Registered => "registered",
+        EventKind::Updated => "updated",
+        EventKind::Status => "status",
+        EventKind::Removed => "removed",
+    };
+    METRICS.events.with_label_values(&[kind]).inc();
+    if event.kind == EventKind::Registered {
+        METRICS.registrations.inc();
+    }
+    if event.reason == Reason::LeaseExpired {
+        METRICS.expirations.inc();
+    }
+}
+
+/// A heartbeat received.
+pub fn heartbeat() {
+    METRICS.heartbeats.inc();
+}
+
+/// The result of one health check probe.
+pub fn check_result(status: Status) {
+    METRICS
+        .check_results
+        .with_label_values(&[status.as_str()])
+        .inc();
+}
+
+/// One HTTP request answered.
+pub fn http_request(method: &str, route: &str, status: u16, duration: Duration) {
+    METRICS
+        .http_duration
+        .with_label_values(&[method, route, &status.to_string()])
+        .observe(duration.as_secs_f64());
+}
+
+/// Runs one database call and records how long it took under `operation`, whatever its
+/// result.
+pub async fn timed<F: Future>(operation: &str, call: F) -> F::Output {
+    let started = Instant::now();
+    let output = call.await;
+    METRICS
+        .db_duration
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+    output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_output_is_the_prometheus_text_format() {
+        let store = crate::store::SqliteStore::connect("sqlite::memory:")
+            .await
+            .expect("store");
+        crate::store::Store::migrate(&store).await.expect("migrate");
+        let view = View::load(&store).await.expect("view");
+        heartbeat();
+        check_result(Status::Warning);
+        http_request("GET", "/v1/services", 200, Duration::from_millis(3));
+        timed("ping", async {}).await;
+        let text = render(&view);
+        for family in [
+            "registry_registrations_total",
+            "registry_heartbeats_total",
+            "registry_expirations_total",
+            "registry_check_results_total",
+            "registry_watchers",
+            "registry_index",
+            "registry_http_request_duration_seconds",
+            "registry_db_query_duration_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing:\n{text}"
+            );
+        }
+        // Every sample line is `name{labels} value` with a number for the value.
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            assert!(series.starts_with("registry_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert!(text.contains("registry_check_results_total{result=\"critical\"} 0"));
+    }
+}
