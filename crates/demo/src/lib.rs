@@ -7,22 +7,22 @@ pub mod fault;
 pub mod scenario;
 pub mod service;
 
-/// Logging for the demo binaries: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`
-/// for JSON lines, readable lines otherwise; always on stderr.
-pub fn init_logging() {
-    init_logging_with("info");
+/// Logging and tracing for the demo binaries ([`registry_client::telemetry`]): `RUST_LOG`
+/// filters (default `info`), `LOG_FORMAT=json` for JSON lines, readable lines otherwise;
+/// always on stderr. `OTEL_*` turns on the trace export; keep the guard until exit.
+pub fn init_logging(binary: &str) -> registry_client::telemetry::TelemetryGuard {
+    init_logging_with(binary, "info")
 }
 
 /// [`init_logging`] with another default level when `RUST_LOG` is unset.
-pub fn init_logging_with(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+pub fn init_logging_with(
+    binary: &str,
+    default_level: &str,
+) -> registry_client::telemetry::TelemetryGuard {
+    use registry_client::telemetry::{self, LogFormat, TelemetryOptions};
+    let mut options = TelemetryOptions::new(binary);
+    options.default_filter = default_level.to_owned();
+    // As before: JSON only when asked for.
+    options.format = Some(LogFormat::from_env().unwrap_or(LogFormat::Pretty));
+    telemetry::init(options)
 }

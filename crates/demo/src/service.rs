@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{Query, Request, State};
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +22,7 @@ use registry_client::trace::{self, TraceParent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 use crate::fault::{Fault, FaultSwitch};
 
@@ -168,7 +169,7 @@ fn router(state: AppState) -> Router {
         .route("/admin/fault", get(get_fault).put(put_fault))
         .route("/admin/breakers", get(breakers))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn(continue_trace))
+        .route_layer(middleware::from_fn(continue_trace))
         .with_state(state)
 }
 
@@ -183,15 +184,25 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-/// Runs each request inside the trace its caller sent (or a new one).
+/// Runs each request in a server span, a child of the trace its caller sent (or of a
+/// new one), named by method and route.
 async fn continue_trace(request: Request, next: Next) -> Response {
-    let parent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .unwrap_or_else(TraceParent::new_root);
-    trace::in_trace(parent, next.run(request)).await
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+    );
+    let parent =
+        trace::continue_from(&span, request.headers()).unwrap_or_else(TraceParent::new_root);
+    // The span inside the remote context: spans created while handling are its children.
+    trace::in_trace(parent, next.run(request).instrument(span)).await
 }
 
 async fn inject_fault(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -527,7 +527,10 @@ impl RegistryApi {
     }
 
     fn request(&self, method: Method, url: Url) -> RequestBuilder {
-        let request = self.http.request(method, url);
+        let mut request = self.http.request(method, url);
+        if let Some(traceparent) = crate::trace::outgoing_header() {
+            request = request.header("traceparent", traceparent);
+        }
         match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,

@@ -36,6 +36,7 @@ use registry_api::{Instance, Status};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::ClientError;
 use crate::balancer::RoundRobin;
@@ -535,22 +536,34 @@ impl ServiceClient {
     ) -> Result<CallResponse, CallError> {
         let url = join(&instance.url, path_and_query);
         let timeout = self.options.call_timeout;
+        let span = tracing::info_span!(
+            "call",
+            otel.name = %format!("{method} {}", instance.service),
+            otel.kind = "client",
+            http.request.method = %method,
+            url.full = %url,
+            instance = %instance.id,
+        );
         let mut request = self
             .http
             .request(method.clone(), &url)
-            .header("traceparent", context.child().to_string());
+            .header("traceparent", trace::header_for(&span, context));
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
         let started = Instant::now();
-        let sent = tokio::time::timeout(timeout, async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, body))
-        })
+        let sent = tokio::time::timeout(
+            timeout,
+            async {
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                let body = response.bytes().await?;
+                Ok::<_, reqwest::Error>((status, body))
+            }
+            .instrument(span),
+        )
         .await;
         let elapsed = started.elapsed();
         let service = instance.service.clone();

@@ -34,6 +34,7 @@ mod error;
 mod events;
 pub mod metrics;
 pub mod registration;
+pub mod telemetry;
 pub mod trace;
 
 pub use api::{Registered, RegistryApi};

@@ -5,11 +5,12 @@
 //! [`ServiceClient`](crate::caller::ServiceClient) then sends a child of it on every call
 //! (a new trace when there is none).
 //!
-//! The context lives in a Tokio task-local rather than in an argument threaded through
-//! every function: the code between receiving a request and calling another service
-//! should not have to carry it, and a task-local cannot leak from one request to another
-//! the way a thread-local can when tasks move between threads. Work spawned onto another
-//! task does not inherit it; wrap that work in [`in_trace`] too.
+//! The context is the OpenTelemetry [`Context`] attached to the future (not an argument
+//! threaded through every function), so it cannot leak from one request to another when
+//! tasks move between threads. When the binary exports traces
+//! ([`crate::telemetry`]), the `tracing` span entered is that context, and outgoing calls
+//! send the id of the client span ([`outgoing_header`]). Work spawned onto another task
+//! does not inherit it; wrap that work in [`in_trace`] too.
 //!
 //! ```
 //! use registry_client::trace::{self, TraceParent};
@@ -31,9 +32,10 @@
 use std::fmt;
 use std::future::Future;
 
-tokio::task_local! {
-    static CURRENT: TraceParent;
-}
+use opentelemetry::Context;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// A parsed `traceparent` header: version 00, trace id, parent span id, flags.
 ///
@@ -139,6 +141,40 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The `traceparent` of `headers`, if there is a valid one.
+    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Self> {
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+    }
+
+    /// This context as a remote OpenTelemetry span context.
+    pub fn span_context(&self) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(self.trace_id),
+            SpanId::from(self.span_id),
+            if self.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            true,
+            TraceState::default(),
+        )
+    }
+
+    /// The context of an OpenTelemetry span, if valid.
+    pub fn of(span_context: &SpanContext) -> Option<Self> {
+        span_context.is_valid().then(|| Self {
+            trace_id: u128::from_be_bytes(span_context.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(span_context.span_id().to_bytes()),
+            sampled: span_context.is_sampled(),
+        })
+    }
+}
+
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -167,7 +203,8 @@ impl fmt::Display for TraceParent {
 /// # }
 /// ```
 pub async fn in_trace<F: Future>(parent: TraceParent, work: F) -> F::Output {
-    CURRENT.scope(parent, work).await
+    let context = Context::current().with_remote_span_context(parent.span_context());
+    work.with_context(context).await
 }
 
 /// The current trace context, if the task runs inside [`in_trace`]; `None` elsewhere
@@ -188,7 +225,45 @@ pub async fn in_trace<F: Future>(parent: TraceParent, work: F) -> F::Output {
 /// # }
 /// ```
 pub fn current() -> Option<TraceParent> {
-    CURRENT.try_with(|t| *t).ok()
+    let context = Context::current();
+    let span = context.span();
+    TraceParent::of(span.span_context())
+}
+
+/// Makes `span` (a server span, not entered yet) a child of the `traceparent` in
+/// `headers`, if there is a valid one; answers it. Without trace export this only parses.
+pub fn continue_from(
+    span: &tracing::Span,
+    headers: &reqwest::header::HeaderMap,
+) -> Option<TraceParent> {
+    let parent = TraceParent::from_headers(headers)?;
+    let _ = span.set_parent(Context::new().with_remote_span_context(parent.span_context()));
+    Some(parent)
+}
+
+/// The `traceparent` to send for a client `span`: the span itself when it is an exported
+/// OpenTelemetry span, else a new child of `fallback`.
+pub fn header_for(span: &tracing::Span, fallback: &TraceParent) -> String {
+    let context = span.context();
+    let otel_span = context.span();
+    let span_context = otel_span.span_context();
+    match TraceParent::of(span_context).filter(|_| !span_context.is_remote()) {
+        Some(own) => own.to_string(),
+        None => fallback.child().to_string(),
+    }
+}
+
+/// The `traceparent` to send on a call made now: the span entered when it is a local
+/// OpenTelemetry span (traces are exported), else a child of [`current`], else `None`.
+pub fn outgoing_header() -> Option<String> {
+    let context = Context::current();
+    let span = context.span();
+    let span_context = span.span_context();
+    if span_context.is_valid() && !span_context.is_remote() {
+        TraceParent::of(span_context).map(|t| t.to_string())
+    } else {
+        current().map(|t| t.child().to_string())
+    }
 }
 
 /// The `traceparent` for an outgoing call: a child of the current context, or a new trace.

@@ -27,7 +27,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate(args) => {
-            telemetry::init(None);
+            let _telemetry = telemetry::init(None);
             app::open_store(args.database_url.as_deref()).await?;
             println!("migrations applied");
             Ok(())
@@ -49,9 +49,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings().map_err(anyhow::Error::msg)?;
-    telemetry::init(args.log_format);
+    let mut telemetry = telemetry::init(args.log_format);
     let application = Application::build(settings).await?;
-    application.run_until_stopped(app::shutdown_signal()).await
+    let outcome = application.run_until_stopped(app::shutdown_signal()).await;
+    telemetry.shutdown();
+    outcome
 }
 
 fn api(remote: &RemoteArgs) -> anyhow::Result<RegistryApi> {

@@ -1,25 +1,18 @@
-//! Logging set up once: `RUST_LOG` filters, `LOG_FORMAT` picks pretty or JSON lines.
+//! Logging and tracing set up once (see [`registry_client::telemetry`]): `RUST_LOG`
+//! filters, `LOG_FORMAT` picks pretty or JSON lines, `OTEL_*` turns on the OTLP export.
 
-use std::io::IsTerminal;
-
-use tracing_subscriber::EnvFilter;
+use registry_client::telemetry::{self, TelemetryGuard, TelemetryOptions};
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber; without `LOG_FORMAT`, pretty on a terminal, JSON
-/// otherwise. Logs go to stderr so command output on stdout stays clean.
-pub fn init(format: Option<LogFormat>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
-        LogFormat::Pretty
-    } else {
-        LogFormat::Json
+/// otherwise. Logs go to stderr so command output on stdout stays clean. Keep the guard
+/// until exit: dropping it flushes the spans not exported yet.
+pub fn init(format: Option<LogFormat>) -> TelemetryGuard {
+    let mut options = TelemetryOptions::new("registry");
+    options.format = format.map(|format| match format {
+        LogFormat::Json => telemetry::LogFormat::Json,
+        LogFormat::Pretty => telemetry::LogFormat::Pretty,
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
+    telemetry::init(options)
 }

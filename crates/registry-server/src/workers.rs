@@ -314,6 +314,7 @@ impl Checker {
 
     /// One check: GET the check URL within its timeout; 2xx passes (and, with
     /// `expect_json`, only with the expected fields), 429 warns, anything else fails.
+    #[tracing::instrument(name = "active check", skip_all, fields(otel.kind = "client", instance_url))]
     async fn probe(&self, instance_url: &str, check: &Check) -> CheckOutcome {
         let critical = |detail: String| CheckOutcome {
             status: Status::Critical,

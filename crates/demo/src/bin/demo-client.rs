@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use registry_client::RegistryApi;
+use tracing::Instrument as _;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -30,11 +31,16 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     // The story is the output: library logs only on errors (RUST_LOG shows more).
-    demo::init_logging_with("error");
+    let mut telemetry = demo::init_logging_with("demo-client", "error");
     let outcome = match args.scenario {
-        Scenario::Seed => seed().await,
+        Scenario::Seed => {
+            seed()
+                .instrument(tracing::info_span!("demo-client seed"))
+                .await
+        }
         Scenario::Resilience => resilience(args.work_dir).await,
     };
+    telemetry.shutdown();
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

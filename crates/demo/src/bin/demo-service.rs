@@ -8,8 +8,10 @@ use demo::service::{self, ServiceArgs};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = ServiceArgs::parse();
-    demo::init_logging();
-    match service::run(args, shutdown_signal()).await {
+    let mut telemetry = demo::init_logging("demo-service");
+    let outcome = service::run(args, shutdown_signal()).await;
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("demo-service: {error:#}");

@@ -20,9 +20,12 @@ use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use opentelemetry::trace::TraceContextExt as _;
 use registry_api::ErrorCode;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use error::ApiError;
 pub use ops::ApiDoc;
@@ -49,6 +52,7 @@ pub struct AppState {
 impl AppState {
     /// Applies a change made at `now` to one instance and brings this process's view up to date, so
     /// the writer reads its own write at once.
+    #[tracing::instrument(name = "store change", skip(self, now, transition))]
     pub async fn change(
         &self,
         service: &str,
@@ -105,13 +109,31 @@ struct RouteSlot(Arc<std::sync::OnceLock<String>>);
 /// Times every request into `registry_http_request_duration_seconds`, labelled with the
 /// route template (never the raw path, whose ids would make one series per instance) or
 /// `unmatched` for requests no route took (unknown paths, refused before routing).
+///
+/// Each request runs in a server span, a child of the `traceparent` received, named by
+/// method and route template once routing has happened.
 async fn observe(mut request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %method,
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    registry_client::trace::continue_from(&span, request.headers());
     let slot = RouteSlot::default();
     request.extensions_mut().insert(slot.clone());
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
     let route = slot.0.get().map_or("unmatched", String::as_str);
+    // The span has started: its OpenTelemetry name is set on the span itself.
+    span.context()
+        .span()
+        .update_name(format!("{method} {route}"));
+    span.record("http.route", route);
+    span.record("http.response.status_code", response.status().as_u16());
     crate::metrics::http_request(
         &method,
         route,
