@@ -6,13 +6,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use registry_api::{CheckSpec, InstanceSpec};
-use support::{Backend, TestRegistry, eventually};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{Backend, DemoService, TestRegistry, eventually};
 
 /// How long a test waits for something the registry or a service does by itself.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -160,55 +157,11 @@ async fn registry_metrics_pass_promtool_with_every_family_sampled() {
     registry.stop().await;
 }
 
-/// A demo service started from its binary, with its URL read from its log.
-struct DemoService {
-    url: String,
-    _child: Child,
-}
-
-impl DemoService {
-    async fn start(registry: &TestRegistry, role: &str, id: &str) -> Self {
-        let mut child = Command::new(support::binary("demo-service"))
-            .args(["--role", role])
-            .env("REGISTRY_URL", &registry.base_url)
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("INSTANCE_ID", id)
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("demo-service starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let url = tokio::time::timeout(DEADLINE, async {
-            while let Some(line) = lines.next_line().await.expect("read the log") {
-                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let fields = &entry["fields"];
-                if fields["message"] == "demo service listening" {
-                    return fields["advertise"].as_str().map(str::to_owned);
-                }
-            }
-            None
-        })
-        .await
-        .expect("demo-service says it listens in time")
-        .expect("the listening line has the advertised URL");
-        // Keep draining the log so the service never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { url, _child: child }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_metrics_of_a_demo_service_pass_promtool() {
     let registry = TestRegistry::start(Backend::Sqlite).await;
-    let concat = DemoService::start(&registry, "concat", "concat-1").await;
-    let sum = DemoService::start(&registry, "sum", "sum-1").await;
+    let concat = DemoService::start(&registry.base_url, "concat", "concat-1", &[], DEADLINE).await;
+    let sum = DemoService::start(&registry.base_url, "sum", "sum-1", &[], DEADLINE).await;
     eventually(DEADLINE, "concat to be registered", || async {
         let answer = registry.api.service("concat", None).await.ok()?;
         (!answer.instances.is_empty()).then_some(())

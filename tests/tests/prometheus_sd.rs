@@ -9,23 +9,18 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use registry_api::{InstanceSpec, Status};
 use serde_json::Value;
-use support::{Backend, TestRegistry};
+use support::{Backend, Prometheus, TestRegistry, prometheus_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 /// Longest wait for Prometheus to start, discover, scrape or forget a target.
 const DEADLINE: Duration = Duration::from_secs(60);
-/// Ports tried before giving up when another process takes the chosen one first.
-const PORT_ATTEMPTS: usize = 5;
 
 /// A tiny HTTP server on port 0 answering `path` with one Prometheus gauge, standing in
 /// for an instance that exposes metrics.
@@ -85,125 +80,11 @@ impl Drop for MetricsServer {
     }
 }
 
-/// A folder of its own under the system's temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("create a temporary folder");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The `prometheus` binary on PATH, or a failure saying how to get it.
-fn prometheus_binary() -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("prometheus"))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "prometheus is not installed: apt-get install prometheus (or run scripts/ensure-tools.sh)"
-            )
-        })
-}
-
-/// A Prometheus server run for the test, killed on drop.
-struct Prometheus {
-    child: Child,
-    base_url: String,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
 impl Prometheus {
-    /// Starts Prometheus on a free port (it cannot take port 0): a port the system just
-    /// handed out and that was released right before the start, and another one if
-    /// something else took it in between. Waits, with a deadline, until it is ready.
-    async fn start(config: &Path, dir: &Path) -> Self {
-        let binary = prometheus_binary();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("http client");
-        for attempt in 1..=PORT_ATTEMPTS {
-            let port = {
-                let probe = StdTcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-                probe.local_addr().expect("probe address").port()
-            };
-            let log = dir.join(format!("prometheus-{attempt}.log"));
-            let log_file = std::fs::File::create(&log).expect("create the Prometheus log");
-            let child = Command::new(&binary)
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join(format!("data-{attempt}")).display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg("--log.level=info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log_file))
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start prometheus");
-            let mut prometheus = Self {
-                child,
-                base_url: format!("http://127.0.0.1:{port}"),
-                log,
-                http: http.clone(),
-            };
-            if prometheus.wait_until_ready().await {
-                return prometheus;
-            }
-            eprintln!(
-                "prometheus did not start on port {port} (attempt {attempt}): {}",
-                prometheus.log_tail()
-            );
-        }
-        panic!("prometheus did not start after {PORT_ATTEMPTS} attempts");
-    }
-
-    /// `true` once `/-/ready` answers 200; `false` if the process exits first (the port
-    /// was taken) or the deadline passes.
-    async fn wait_until_ready(&mut self) -> bool {
-        let until = tokio::time::Instant::now() + DEADLINE;
-        while tokio::time::Instant::now() < until {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return false;
-            }
-            let ready = self
-                .http
-                .get(format!("{}/-/ready", self.base_url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            // Another process holding the port could answer too: ours must say in its
-            // log that it is ready, and still be running.
-            if ready && self.logged_ready() {
-                return self.child.try_wait().ok().flatten().is_none();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = self.child.kill().await;
-        false
-    }
-
     async fn api(&self, path: &str) -> Option<Value> {
         let response = self
-            .http
-            .get(format!("{}{path}", self.base_url))
+            .http()
+            .get(format!("{}{path}", self.url()))
             .send()
             .await
             .ok()?;
@@ -247,18 +128,6 @@ impl Prometheus {
             .collect();
         up.sort();
         Some(up)
-    }
-
-    fn logged_ready(&self) -> bool {
-        std::fs::read_to_string(&self.log)
-            .is_ok_and(|log| log.contains("Server is ready to receive web requests"))
-    }
-
-    /// The end of Prometheus's log, to explain a failure.
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     /// Polls `probe` until it answers `Some`, or fails with Prometheus's log after the
@@ -323,12 +192,8 @@ async fn prometheus_discovers_scrapes_and_forgets_registered_instances() {
         .await
         .expect("register other-1");
 
-    let dir = TempDir::new("registry-prometheus-sd");
-    let config = dir.0.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:
+    let config = format!(
+        "global:
   scrape_interval: 1s
   scrape_timeout: 1s
 scrape_configs:
@@ -345,11 +210,9 @@ scrape_configs:
       - source_labels: [__meta_registry_instance]
         target_label: registry_instance
 ",
-            registry.base_url
-        ),
-    )
-    .expect("write prometheus.yml");
-    let mut prometheus = Prometheus::start(&config, &dir.0).await;
+        registry.base_url
+    );
+    let mut prometheus = Prometheus::start("registry-prometheus-sd", &config).await;
 
     let targets = prometheus
         .eventually("both demo instances discovered and healthy", || async {
@@ -391,7 +254,7 @@ scrape_configs:
         })
         .await;
 
-    prometheus.child.kill().await.expect("stop prometheus");
+    prometheus.stop().await;
     registry.stop().await;
 }
 

@@ -351,3 +351,212 @@ async fn forward(mut inbound: TcpStream, mut targets: watch::Receiver<Option<Soc
         _ = targets.changed() => {}
     }
 }
+
+/// A folder of its own under the system's temporary folder, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create a temporary folder");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `prometheus` binary on PATH, or a failure saying how to get it.
+pub fn prometheus_binary() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("prometheus"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "prometheus is not installed: apt-get install prometheus (or run scripts/ensure-tools.sh)"
+            )
+        })
+}
+
+/// Longest wait for Prometheus to start.
+const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(60);
+/// Ports tried before giving up when another process takes the chosen one first.
+const PROMETHEUS_PORT_ATTEMPTS: usize = 5;
+
+/// A Prometheus server run for the test in a temporary folder of its own, killed on drop.
+pub struct Prometheus {
+    child: Child,
+    base_url: String,
+    log: PathBuf,
+    http: reqwest::Client,
+    // Last, so the folder goes after the process is killed.
+    dir: Option<TempDir>,
+}
+
+impl Prometheus {
+    /// Writes `config_yaml` as `prometheus.yml` in a new temporary folder named after
+    /// `prefix` and starts Prometheus on a free port (it cannot take port 0): a port the
+    /// system just handed out and that was released right before the start, and another
+    /// one if something else took it in between. Waits, with a deadline, until it is ready.
+    pub async fn start(prefix: &str, config_yaml: &str) -> Self {
+        let binary = prometheus_binary();
+        let dir = TempDir::new(prefix);
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(&config, config_yaml).expect("write prometheus.yml");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+        for attempt in 1..=PROMETHEUS_PORT_ATTEMPTS {
+            let port = {
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+                probe.local_addr().expect("probe address").port()
+            };
+            let log = dir.0.join(format!("prometheus-{attempt}.log"));
+            let log_file = std::fs::File::create(&log).expect("create the Prometheus log");
+            let child = Command::new(&binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.0.join(format!("data-{attempt}")).display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--log.level=info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log_file))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start prometheus");
+            let mut prometheus = Self {
+                child,
+                base_url: format!("http://127.0.0.1:{port}"),
+                log,
+                http: http.clone(),
+                dir: None,
+            };
+            if prometheus.wait_until_ready().await {
+                prometheus.dir = Some(dir);
+                return prometheus;
+            }
+            eprintln!(
+                "prometheus did not start on port {port} (attempt {attempt}): {}",
+                prometheus.log_tail()
+            );
+        }
+        panic!("prometheus did not start after {PROMETHEUS_PORT_ATTEMPTS} attempts");
+    }
+
+    /// `true` once `/-/ready` answers 200; `false` if the process exits first (the port
+    /// was taken) or the deadline passes.
+    async fn wait_until_ready(&mut self) -> bool {
+        let until = tokio::time::Instant::now() + PROMETHEUS_DEADLINE;
+        while tokio::time::Instant::now() < until {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            let ready = self
+                .http
+                .get(format!("{}/-/ready", self.base_url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            // Another process holding the port could answer too: ours must say in its
+            // log that it is ready, and still be running.
+            if ready && self.logged_ready() {
+                return self.child.try_wait().ok().flatten().is_none();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill().await;
+        false
+    }
+
+    fn logged_ready(&self) -> bool {
+        std::fs::read_to_string(&self.log)
+            .is_ok_and(|log| log.contains("Server is ready to receive web requests"))
+    }
+
+    /// The base URL, `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The HTTP client (5 s timeout) for Prometheus's API.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The end of Prometheus's log, to explain a failure.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Kills the server.
+    pub async fn stop(&mut self) {
+        self.child.kill().await.expect("stop prometheus");
+    }
+}
+
+/// A demo service started from its binary, with its URL read from its log; killed on drop.
+pub struct DemoService {
+    pub url: String,
+    _child: Child,
+}
+
+impl DemoService {
+    /// Starts `demo-service --role role` as instance `id` of the registry at
+    /// `registry_url`, with `envs` added, and waits up to `deadline` for its URL.
+    pub async fn start(
+        registry_url: &str,
+        role: &str,
+        id: &str,
+        envs: &[(&str, &str)],
+        deadline: Duration,
+    ) -> Self {
+        let mut child = Command::new(binary("demo-service"))
+            .args(["--role", role])
+            .env("REGISTRY_URL", registry_url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("INSTANCE_ID", id)
+            .envs(envs.iter().copied())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("demo-service starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = tokio::time::timeout(deadline, async {
+            while let Some(line) = lines.next_line().await.expect("read the log") {
+                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let fields = &entry["fields"];
+                if fields["message"] == "demo service listening" {
+                    return fields["advertise"].as_str().map(str::to_owned);
+                }
+            }
+            None
+        })
+        .await
+        .expect("demo-service says it listens in time")
+        .expect("the listening line has the advertised URL");
+        // Keep draining the log so the service never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { url, _child: child }
+    }
+}
