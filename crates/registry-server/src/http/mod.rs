@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -180,10 +180,21 @@ async fn limit_size(request: Request, next: Next) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
-        return extract::too_large().into_response();
+    let has_body = declared.is_some_and(|len| len > 0)
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut response = if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
+        extract::too_large().into_response()
+    } else {
+        next.run(request).await
+    };
+    // A refused request's body may be left unread: close the connection so the client
+    // does not send its next request on it (it would be read as the rest of this body).
+    if has_body && response.status().is_client_error() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    next.run(request).await
+    response
 }
 
 /// Routes anyone may reach, also when tokens are set.
