@@ -6,7 +6,7 @@ CARGO ?= cargo
 .PHONY: help build test lint fmt demo run clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
 
 build: ## Build every binary (debug)
 	$(CARGO) build --workspace --bins
@@ -33,3 +33,6 @@ demo: build ## The resilience story: local registry (SQLite) + sum, mult, 2x con
 
 clean: ## Remove build output
 	$(CARGO) clean
+
+# Targets of one area each (Kubernetes, benchmarks, ...) live in mk/*.mk.
+include $(sort $(wildcard mk/*.mk))
