@@ -1,7 +1,7 @@
 //! Traces end to end: the real registry, two demo services (`concat`, `sum`) and the demo
 //! client export spans over OTLP/HTTP to a receiver in this test, and the seed's flow
-//! reads as one trace with the right parent links; without `OTEL_*` nothing is exported
-//! and the registry serves as usual.
+//! reads as one trace with the right parent links; the registry exports over OTLP/gRPC
+//! too; without `OTEL_*` no exporter is set up and the registry serves as usual.
 
 mod support;
 
@@ -16,12 +16,18 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 use support::{Backend, RegistryProcess};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
+use tokio_stream::wrappers::TcpListenerStream;
 
 const SPAN_KIND_SERVER: i32 = 2;
 const SPAN_KIND_CLIENT: i32 = 3;
@@ -55,6 +61,45 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> impl IntoResponse {
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
+    spans.lock().expect("spans").extend(spans_of(request));
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
+
+/// The same receiver over OTLP/gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`).
+async fn start_grpc_receiver() -> (String, Spans) {
+    let spans: Spans = Arc::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let service = TraceServiceServer::new(GrpcReceiver(spans.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (format!("http://{addr}"), spans)
+}
+
+struct GrpcReceiver(Spans);
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0
+            .lock()
+            .expect("spans")
+            .extend(spans_of(request.into_inner()));
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn spans_of(request: ExportTraceServiceRequest) -> Vec<Received> {
     let mut received = Vec::new();
     for resource_spans in request.resource_spans {
         let service = resource_spans
@@ -81,12 +126,7 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> impl IntoResponse {
             }
         }
     }
-    spans.lock().expect("spans").extend(received);
-    (
-        [(header::CONTENT_TYPE, "application/x-protobuf")],
-        Vec::<u8>::new(),
-    )
-        .into_response()
+    received
 }
 
 fn otel_env(endpoint: &str, service: &str) -> Vec<(String, String)> {
@@ -203,9 +243,75 @@ fn one_trace(spans: &[Received]) -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_exports_over_grpc_and_continues_the_incoming_trace() {
+    let (endpoint, spans) = start_grpc_receiver().await;
+    let database = Backend::Sqlite.fresh_url().await;
+    let registry = RegistryProcess::start(
+        &database,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "registry"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    )
+    .await;
+    assert!(
+        registry
+            .startup_log
+            .iter()
+            .any(|line| line.contains("traces are exported over OTLP") && line.contains("grpc")),
+        "the registry says it exports over gRPC: {:#?}",
+        registry.startup_log
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/services", registry.base_url))
+        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+        .send()
+        .await
+        .expect("GET /v1/services");
+    assert_eq!(answer.status(), 200);
+
+    let (trace_id, parent_id) = (bytes_of_hex(trace_id), bytes_of_hex(parent_id));
+    support::eventually(
+        Duration::from_secs(30),
+        "the registry's server span over gRPC",
+        || {
+            let found = spans.lock().expect("spans").iter().any(|span| {
+                span.service == "registry"
+                    && span.kind == SPAN_KIND_SERVER
+                    && span.name == "GET /v1/services"
+                    && span.trace_id == trace_id
+                    && span.parent_span_id == parent_id
+            });
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+    registry.kill().await;
+}
+
+fn bytes_of_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_otel_settings_the_registry_serves_as_usual() {
     let database = Backend::Sqlite.fresh_url().await;
     let registry = RegistryProcess::start(&database, &[]).await;
+    assert!(
+        registry
+            .startup_log
+            .iter()
+            .any(|line| line.contains("traces are not exported")),
+        "the registry says it exports nothing: {:#?}",
+        registry.startup_log
+    );
     let health = reqwest::get(format!("{}/healthz", registry.base_url))
         .await
         .expect("GET /healthz");

@@ -167,13 +167,28 @@ pub fn init(options: TelemetryOptions) -> TelemetryGuard {
         }
         return TelemetryGuard::default();
     }
-    if let Some(error) = setup_error {
-        tracing::warn!(%error, "could not set up the OTLP trace export; traces are not exported");
-    }
-    if let Some(provider) = &provider {
-        opentelemetry::global::set_tracer_provider(provider.clone());
+    match (&provider, setup_error) {
+        (Some(provider), _) => {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            let protocol = Some(protocol()).filter(|p| !p.is_empty());
+            let protocol = protocol.as_deref().unwrap_or("http/protobuf");
+            tracing::info!(protocol, "traces are exported over OTLP");
+        }
+        (None, Some(error)) => tracing::warn!(
+            %error,
+            "could not set up the OTLP trace export; traces are not exported"
+        ),
+        (None, None) => tracing::info!("traces are not exported (no OTEL_EXPORTER_OTLP_ENDPOINT)"),
     }
     TelemetryGuard { provider }
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`, else empty.
+fn protocol() -> String {
+    std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .map(|protocol| protocol.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn service_name(default: &str) -> String {
@@ -185,10 +200,7 @@ fn service_name(default: &str) -> String {
 
 fn build_provider(default_name: &str) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .unwrap_or_default();
-    let exporter = match protocol.trim() {
+    let exporter = match protocol().as_str() {
         "grpc" => SpanExporter::builder().with_tonic().build(),
         "" | "http/protobuf" => SpanExporter::builder()
             .with_http()

@@ -174,6 +174,8 @@ pub struct RegistryProcess {
     pub addr: SocketAddr,
     pub base_url: String,
     pub api: RegistryApi,
+    /// The log lines written before it listened (start-up messages).
+    pub startup_log: Vec<String>,
 }
 
 impl RegistryProcess {
@@ -196,11 +198,13 @@ impl RegistryProcess {
         let mut child = command.spawn().expect("start the registry binary");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
+        let mut startup_log = Vec::new();
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.expect("read stderr") {
                 if let Some(addr) = listening_addr(&line) {
                     return addr;
                 }
+                startup_log.push(line);
             }
             panic!("the registry exited before listening");
         })
@@ -215,6 +219,7 @@ impl RegistryProcess {
             addr,
             base_url,
             api,
+            startup_log,
         }
     }
 
