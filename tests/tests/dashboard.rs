@@ -1,22 +1,27 @@
 //! `deploy/grafana/central-registry.json` against a real Prometheus: every query of every
-//! panel must return data once a registry, demo services and Prometheus run together, so a
+//! panel must return data while the demo's resilience scenario (`make demo`) runs, so a
 //! renamed metric or label cannot leave a panel silently empty.
 //!
-//! The registry runs in this process; two `concat` and one `sum` demo services are the real
-//! binaries, discovered by Prometheus through `/v1/sd/prometheus`. Needs the `prometheus`
-//! binary (`scripts/ensure-tools.sh`); without it the test fails rather than skips.
+//! `demo-client --scenario resilience` starts its own registry (SQLite), sum, mult and two
+//! concat instances, breaks and heals them; Prometheus scrapes the registry (found in the
+//! scenario's log) and the demo services (found through `/v1/sd/prometheus`). Needs the
+//! `prometheus` binary (`scripts/ensure-tools.sh`); without it the test fails rather than
+//! skips.
 
 mod support;
 
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
-use registry_api::InstanceSpec;
 use serde_json::Value;
-use support::{Backend, DemoService, Prometheus, TestRegistry, eventually, prometheus_binary};
+use support::{Prometheus, TempDir, binary, eventually, prometheus_binary};
+use tokio::process::Command;
 
-/// Longest wait for a service, for Prometheus to start, or for every panel to have data.
+/// Longest wait for the scenario's registry or for Prometheus to start.
 const DEADLINE: Duration = Duration::from_secs(60);
+/// Longest run of the whole scenario.
+const SCENARIO_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The dashboard, read from the repository.
 fn dashboard() -> Value {
@@ -148,68 +153,44 @@ impl Prometheus {
     }
 }
 
-/// A demo service whose lease is short: a heartbeat about every second.
-async fn demo_service(registry: &TestRegistry, role: &str, id: &str) -> DemoService {
-    DemoService::start(
-        &registry.base_url,
-        role,
-        id,
-        &[("SERVICE_TTL_SECONDS", "3")],
-        DEADLINE,
-    )
-    .await
-}
-
-/// One call to sum, which calls concat through the client library.
-async fn call_sum(http: &reqwest::Client, sum: &DemoService) -> bool {
-    http.get(format!("{}/sum?x=2&y=3", sum.url))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
+/// Where the scenario's registry listens, from the "registry listening" line of its log.
+fn registry_addr(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().find_map(|line| {
+        let line: Value = serde_json::from_str(line).ok()?;
+        (line["fields"]["message"] == "registry listening")
+            .then(|| line["fields"]["addr"].as_str().map(str::to_owned))?
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+async fn every_dashboard_query_returns_data_while_the_demo_scenario_runs() {
     // Fail before any setup when the tool is missing, with the one line that says why.
     prometheus_binary();
     let exprs = expressions(&dashboard());
     assert!(!exprs.is_empty(), "the dashboard has no queries");
 
-    let registry = TestRegistry::start(Backend::Sqlite).await;
-    let concat1 = demo_service(&registry, "concat", "concat-1").await;
-    let concat2 = demo_service(&registry, "concat", "concat-2").await;
-    let sum = demo_service(&registry, "sum", "sum-1").await;
-    eventually(
-        DEADLINE,
-        "both concat instances to be registered",
-        || async {
-            let answer = registry.api.service("concat", None).await.ok()?;
-            (answer.instances.len() == 2).then_some(())
-        },
-    )
+    let work = TempDir::new("dashboard-scenario");
+    let story_path = work.0.join("story.txt");
+    let story = std::fs::File::create(&story_path).expect("create the story file");
+    let cluster_dir = work.0.join("cluster");
+    let mut scenario = Command::new(binary("demo-client"))
+        .args(["--scenario", "resilience", "--work-dir"])
+        .arg(&cluster_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(story.try_clone().expect("story file")))
+        .stderr(Stdio::from(story))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start demo-client --scenario resilience");
+    let story_text = || std::fs::read_to_string(&story_path).unwrap_or_default();
+
+    let registry_log = cluster_dir.join("registry.log");
+    let registry = eventually(DEADLINE, "the scenario's registry to listen", || {
+        let addr = registry_addr(&registry_log);
+        async move { addr }
+    })
     .await;
-    // A lease that is never renewed, so expirations is not zero. Its URL has nothing
-    // listening; once its lease lapses it is no longer offered to Prometheus.
-    let mut lapsing = InstanceSpec::new("http://127.0.0.1:9");
-    lapsing.ttl_seconds = Some(1);
-    registry
-        .api
-        .register("lapsing", "lapsing-1", &lapsing)
-        .await
-        .expect("register lapsing-1");
-
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("http client");
-    for _ in 0..4 {
-        assert!(call_sum(&http, &sum).await, "sum answers");
-    }
-
-    let registry_target = registry
-        .base_url
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
     let config = format!(
         "global:
   scrape_interval: 1s
@@ -217,72 +198,66 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 scrape_configs:
   - job_name: central-registry
     static_configs:
-      - targets: ['{registry_target}']
+      - targets: ['{registry}']
   - job_name: services
     http_sd_configs:
-      - url: {}/v1/sd/prometheus
+      - url: http://{registry}/v1/sd/prometheus
         refresh_interval: 1s
     relabel_configs:
       - source_labels: [__meta_registry_instance]
         target_label: registry_instance
-",
-        registry.base_url
+"
     );
     let prometheus = Prometheus::start("registry-dashboard", &config).await;
 
-    // Poll every expression until each has a result, driving sum traffic meanwhile.
-    let until = tokio::time::Instant::now() + DEADLINE;
+    // Poll every expression while the story runs, until each has returned data once.
     let mut pending = exprs.clone();
-    loop {
-        call_sum(&http, &sum).await;
+    let mut ended = None;
+    while !pending.is_empty() {
         let mut still = Vec::new();
         for (title, expr) in pending {
             match prometheus.query(&expr).await {
                 Ok(result) if !result.is_empty() => {}
                 Ok(_) => still.push((title, expr)),
-                Err(error) => {
-                    // A query Prometheus rejects is wrong at once, not late.
-                    panic!("panel {title:?}: {expr}: {error}");
-                }
+                // A query Prometheus rejects is wrong at once, not late.
+                Err(error) => panic!("panel {title:?}: {expr}: {error}"),
             }
         }
         pending = still;
-        if pending.is_empty() {
+        ended = scenario.try_wait().expect("poll demo-client");
+        if ended.is_some() {
             break;
-        }
-        if tokio::time::Instant::now() >= until {
-            let list: Vec<String> = pending
-                .iter()
-                .map(|(title, expr)| format!("  {title}: {expr}"))
-                .collect();
-            panic!(
-                "{} of {} dashboard queries returned no data after {DEADLINE:?}:\n{}\n\
-                 targets: {:?}\nprometheus log:\n{}",
-                pending.len(),
-                exprs.len(),
-                list.join("\n"),
-                prometheus.targets().await,
-                prometheus.log_tail()
-            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    if !pending.is_empty() {
+        let list: Vec<String> = pending
+            .iter()
+            .map(|(title, expr)| format!("  {title}: {expr}"))
+            .collect();
+        panic!(
+            "{} of {} dashboard queries returned no data while the scenario ran:\n{}\n\
+             targets: {:?}\nprometheus log:\n{}\nscenario:\n{}",
+            pending.len(),
+            exprs.len(),
+            list.join("\n"),
+            prometheus.targets().await,
+            prometheus.log_tail(),
+            story_text()
+        );
+    }
 
-    // The lapsed lease was counted and reached Prometheus.
-    let expired = prometheus
-        .query("max(registry_expirations_total)")
-        .await
-        .expect("query expirations");
+    let status = match ended {
+        Some(status) => status,
+        None => tokio::time::timeout(SCENARIO_DEADLINE, scenario.wait())
+            .await
+            .expect("the scenario ends within its deadline")
+            .expect("wait for demo-client"),
+    };
     assert!(
-        expired
-            .first()
-            .and_then(|r| r["value"][1].as_str())
-            .and_then(|v| v.parse::<f64>().ok())
-            .is_some_and(|v| v >= 1.0),
-        "registry_expirations_total should be at least 1: {expired:?}"
+        status.success(),
+        "the scenario's checks held while it was scraped ({status}):\n{}",
+        story_text()
     );
-
     drop(prometheus);
-    drop((sum, concat1, concat2));
-    registry.stop().await;
 }
