@@ -1,19 +1,39 @@
 #!/usr/bin/env bash
 # Makes sure the tools the tests need beyond Postgres (scripts/ensure-postgres.sh does
-# that one) are on PATH: today `prometheus` and `promtool`, both from the Debian package
-# `prometheus`, for the end-to-end test of /v1/sd/prometheus against a real Prometheus.
+# that one) are there:
+# - `prometheus` and `promtool`, both from the Debian package `prometheus`, for the
+#   end-to-end test of /v1/sd/prometheus against a real Prometheus;
+# - Debian's `chromium` (/usr/bin/chromium), `node` and `npm`, and the npm packages of
+#   tests/browser (playwright-core, pinned by its package-lock.json) in
+#   tests/browser/node_modules, for the browser test of the dashboard at `/`.
 # As root with apt-get it installs whatever is missing; otherwise it prints one line
 # saying what to install and exits 1. Quiet when everything is already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-# tool:package pairs; a package providing several tools is installed once.
-tools=(prometheus:prometheus promtool:prometheus)
+# tool:package pairs; a package providing several tools is installed once. The browser
+# is looked for at its Debian path: the browser test starts exactly that binary.
+tools=(
+  prometheus:prometheus
+  promtool:prometheus
+  /usr/bin/chromium:chromium
+  node:nodejs
+  npm:npm
+)
+
+have() {
+  if [[ $1 == /* ]]; then
+    [ -x "$1" ]
+  else
+    command -v "$1" >/dev/null 2>&1
+  fi
+}
 
 packages=()
 for pair in "${tools[@]}"; do
   tool=${pair%%:*}
   package=${pair#*:}
-  if ! command -v "$tool" >/dev/null 2>&1; then
+  if ! have "$tool"; then
     case " ${packages[*]:-} " in
       *" $package "*) ;;
       *) packages+=("$package") ;;
@@ -21,30 +41,49 @@ for pair in "${tools[@]}"; do
   fi
 done
 
-if [ "${#packages[@]}" -eq 0 ]; then
+browser_dir=tests/browser
+need_npm_ci=false
+[ -d "$browser_dir/node_modules/playwright-core" ] || need_npm_ci=true
+
+if [ "${#packages[@]}" -eq 0 ] && ! $need_npm_ci; then
   exit 0
 fi
 
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "Tests need ${packages[*]}: install it (sudo apt-get install ${packages[*]})." >&2
-  exit 1
-fi
-
-echo "installing ${packages[*]} with apt-get..." >&2
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-export DEBIAN_FRONTEND=noninteractive
-# apt-get and dpkg chatter goes to a log that is shown only when the install fails.
-if ! { apt-get update -qq &&
-  apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >"$log" 2>&1; then
-  cat "$log" >&2
-  echo "apt-get could not install ${packages[*]}; see above." >&2
-  exit 1
-fi
-for pair in "${tools[@]}"; do
-  tool=${pair%%:*}
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "apt-get installed ${packages[*]} but $tool is still not on PATH." >&2
+if [ "${#packages[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "Tests need ${packages[*]}: install it (sudo apt-get install ${packages[*]}), then run scripts/ensure-tools.sh again." >&2
     exit 1
   fi
-done
+
+  echo "installing ${packages[*]} with apt-get..." >&2
+  apt_log=$(mktemp)
+  trap 'rm -f "$apt_log"' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  # apt-get and dpkg chatter goes to a log that is shown only when the install fails.
+  if ! { apt-get update -qq &&
+    apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    echo "apt-get could not install ${packages[*]}; see above." >&2
+    exit 1
+  fi
+  for pair in "${tools[@]}"; do
+    tool=${pair%%:*}
+    if ! have "$tool"; then
+      echo "apt-get installed ${packages[*]} but $tool is still not there." >&2
+      exit 1
+    fi
+  done
+fi
+
+if $need_npm_ci; then
+  echo "installing the browser test's npm packages (npm ci in $browser_dir)..." >&2
+  npm_log=$(mktemp)
+  # The lock file pins every version; npm's chatter is shown only when it fails.
+  if ! (cd "$browser_dir" && npm ci --no-audit --no-fund) >"$npm_log" 2>&1; then
+    cat "$npm_log" >&2
+    rm -f "$npm_log"
+    echo "npm ci in $browser_dir failed; see above." >&2
+    exit 1
+  fi
+  rm -f "$npm_log"
+fi

@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, assembled here with auth, size limits and
 //! timeouts in the order DESIGN section 4 asks (auth, then size, then content).
 
+mod dashboard;
 mod error;
 mod events;
 mod extract;
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sd::router())
         .merge(seed::router())
         .merge(ops::router())
+        .merge(dashboard::router())
         .layer(middleware::from_fn(time_limit));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
@@ -199,10 +201,8 @@ async fn limit_size(request: Request, next: Next) -> Response {
 
 /// Routes anyone may reach, also when tokens are set.
 fn is_open(path: &str) -> bool {
-    matches!(
-        path,
-        "/" | "/healthz" | "/readyz" | "/metrics" | "/openapi.json"
-    )
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+        || dashboard::is_open(path)
 }
 
 /// DESIGN section 4: writes need the write token; reads need the read or the write

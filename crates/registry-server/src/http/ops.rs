@@ -1,9 +1,9 @@
-//! Operational routes: liveness, readiness, metrics, the OpenAPI document and the page
-//! at `/`.
+//! Operational routes: liveness, readiness, metrics and the OpenAPI document (the page
+//! at `/` is `super::dashboard`).
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::OpenApi;
@@ -12,7 +12,6 @@ use super::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(index_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -43,7 +42,7 @@ pub fn router() -> Router<AppState> {
         readyz,
         metrics,
         openapi,
-        index_page,
+        super::dashboard::index_page,
     ),
     components(schemas(
         registry_api::InstanceSpec,
@@ -111,33 +110,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         crate::metrics::render(&state.view),
     )
 }
-
-/// The page for people.
-#[utoipa::path(get, path = "/", tag = "operations", responses(
-    (status = 200, description = "HTML page", content_type = "text/html", body = String),
-))]
-async fn index_page() -> Html<&'static str> {
-    Html(INDEX_HTML)
-}
-
-const INDEX_HTML: &str = r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>central-registry</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body>
-<main>
-<h1>central-registry</h1>
-<ul>
-<li><a href="/v1/status">/v1/status</a>: the whole system now</li>
-<li><a href="/v1/services">/v1/services</a>: services with counts per status</li>
-<li><a href="/v1/events">/v1/events</a>: live change feed (server-sent events)</li>
-<li><a href="/openapi.json">/openapi.json</a>: the API description</li>
-<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
-</ul>
-</main>
-</body>
-</html>
-"#;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,257 @@
+// The registry's dashboard in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core). Run by tests/tests/browser_dashboard.rs, which starts the registries,
+// registers the instances and reads this script's standard output: the line
+// `stop-heartbeats` tells it to stop renewing the lease of LAPSE_SERVICE/LAPSE_INSTANCE.
+//
+// Every wait has a deadline and names what it waited for; the exit status is the verdict.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import assert from 'node:assert/strict';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run this script through tests/tests/browser_dashboard.rs`);
+  return value;
+};
+
+const REGISTRY_URL = env('REGISTRY_URL');
+const GUARDED_REGISTRY_URL = env('GUARDED_REGISTRY_URL');
+const READ_TOKEN = env('READ_TOKEN');
+const LAPSE_SERVICE = env('LAPSE_SERVICE');
+const LAPSE_INSTANCE = env('LAPSE_INSTANCE');
+const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARTIFACTS_DIR = env('ARTIFACTS_DIR');
+
+// Longest wait for any one thing the page should show.
+const DEADLINE_MS = 20000;
+
+const log = (line) => console.error(`[dashboard test] ${line}`);
+
+// Waits until `predicate(arg)`, evaluated in the page, is true; fails naming `what`.
+async function until(page, what, predicate, arg) {
+  try {
+    await page.waitForFunction(predicate, arg, { timeout: DEADLINE_MS, polling: 100 });
+  } catch (err) {
+    const shown = await page.evaluate(() => ({
+      connection: document.getElementById('connection')?.textContent.trim(),
+      notice: document.getElementById('notice')?.textContent.trim(),
+      mode: document.getElementById('mode')?.textContent.trim(),
+    })).catch(() => ({}));
+    throw new Error(`timed out after ${DEADLINE_MS} ms waiting for ${what} (page shows ${JSON.stringify(shown)}): ${err.message}`);
+  }
+}
+
+const rowStatus = (page, service, instance) =>
+  page.evaluate(([s, i]) => document.querySelector(`article[data-service="${s}"] tr[data-instance="${i}"]`)?.dataset.status, [service, instance]);
+
+function rowIs([service, instance, status]) {
+  const row = document.querySelector(`article[data-service="${service}"] tr[data-instance="${instance}"]`);
+  return !!row && row.dataset.status === status && row.querySelector('.instance-status .label')?.textContent === status;
+}
+
+async function liveAndStructure(browser) {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (msg) => {
+    // The browser logs every non-2xx answer; the page asks for a moment before the kept
+    // history on purpose (the 400 names where history starts). Script errors still count.
+    if (msg.type() === 'error' && !/^Failed to load resource: the server responded with a status of 400/.test(msg.text())) {
+      problems.push(`console error: ${msg.text()}`);
+    }
+  });
+
+  log(`open ${REGISTRY_URL}/`);
+  const response = await page.goto(`${REGISTRY_URL}/`);
+  assert.equal(response.status(), 200);
+
+  for (const service of ['checkout', 'inventory', 'payments', 'search']) {
+    await until(page, `service ${service} listed`, (s) => !!document.querySelector(`article[data-service="${s}"]`), service);
+  }
+  await until(page, `${LAPSE_SERVICE}/${LAPSE_INSTANCE} passing`, rowIs, [LAPSE_SERVICE, LAPSE_INSTANCE, 'passing']);
+  await until(page, 'payments-2 shown in maintenance', rowIs, ['payments', 'payments-2', 'maintenance']);
+  await until(page, 'the last check of checkout-2', () =>
+    /passing: HTTP 200/.test(document.querySelector('tr[data-instance="checkout-2"] .check')?.textContent || ''));
+  await until(page, 'the connection shown as live', () => document.getElementById('connection').dataset.state === 'live');
+
+  // Structure a person with a screen reader or a keyboard relies on.
+  const structure = await page.evaluate(() => ({
+    header: !!document.querySelector('body > header'),
+    nav: !!document.querySelector('nav'),
+    main: document.querySelectorAll('main').length,
+    feedLive: document.getElementById('feed').getAttribute('aria-live'),
+    unlabelled: [...document.querySelectorAll('input, select')]
+      .filter((input) => input.labels.length === 0)
+      .map((input) => input.id),
+    statusWords: [...document.querySelectorAll('.badge')].every((b) => /passing|warning|critical|maintenance/.test(b.textContent)),
+  }));
+  assert.deepEqual(structure, { header: true, nav: true, main: 1, feedLive: 'polite', unlabelled: [], statusWords: true });
+
+  // The lapse must reach this very page: a marker that a reload would wipe out.
+  await page.evaluate(() => { window.notReloaded = true; });
+  log('lease of the lapsing instance left to lapse');
+  console.log('stop-heartbeats');
+  await until(page, `${LAPSE_SERVICE}/${LAPSE_INSTANCE} critical`, rowIs, [LAPSE_SERVICE, LAPSE_INSTANCE, 'critical']);
+  assert.equal(await page.evaluate(() => window.notReloaded), true, 'the page reloaded');
+  await until(page, 'the lapse in the live feed', ([s, i]) =>
+    !!document.querySelector(`#feed li[data-service="${s}"][data-instance="${i}"][data-to="critical"]`), [LAPSE_SERVICE, LAPSE_INSTANCE]);
+  await until(page, `${LAPSE_SERVICE} rolled up to warning`, (s) =>
+    document.querySelector(`article[data-service="${s}"]`)?.dataset.status === 'warning', LAPSE_SERVICE);
+
+  // Filters: by name, then by status.
+  await page.getByLabel('Service name').fill('pay');
+  await until(page, 'only payments left by the name filter', () =>
+    [...document.querySelectorAll('article.service')].map((a) => a.dataset.service).join() === 'payments');
+  await page.getByLabel('Service name').fill('');
+  await page.getByLabel('Instance status').selectOption('critical');
+  await until(page, 'only the critical instance left by the status filter', ([s, i]) => {
+    const rows = [...document.querySelectorAll('article.service tr.instance')];
+    return rows.length === 1 && rows[0].dataset.instance === i && rows[0].closest('article').dataset.service === s;
+  }, [LAPSE_SERVICE, LAPSE_INSTANCE]);
+  await page.getByLabel('Instance status').selectOption('');
+
+  mkdirSync(ARTIFACTS_DIR, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard.png'), fullPage: true });
+  log(`screenshot ${join(ARTIFACTS_DIR, 'dashboard.png')}`);
+
+  // The scrubber: a moment before the lapse shows the instance passing again.
+  const history = await fetch(`${REGISTRY_URL}/v1/history?service=${LAPSE_SERVICE}&instance=${LAPSE_INSTANCE}`).then((r) => r.json());
+  const lapse = history.events.filter((e) => e.reason === 'lease_expired').pop();
+  assert.ok(lapse, `no lease_expired event in ${JSON.stringify(history)}`);
+  // Whole seconds (the input's precision), one before the (last) lapse: the lease was
+  // renewed until at least its TTL before, so the instance was passing then.
+  const before = Math.floor(Date.parse(lapse.at) / 1000) * 1000 - 1000;
+  const local = await page.evaluate((ms) => {
+    const d = new Date(ms);
+    const p = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }, before);
+  await page.getByLabel('Go to (local time)').fill(local);
+  await until(page, 'the page in "viewing" mode', () =>
+    document.getElementById('mode').dataset.mode === 'past' && /Viewing/.test(document.getElementById('mode').textContent));
+  await until(page, `${LAPSE_SERVICE}/${LAPSE_INSTANCE} passing at the earlier moment`, rowIs, [LAPSE_SERVICE, LAPSE_INSTANCE, 'passing']);
+  await until(page, 'the lapse listed after the moment viewed', ([s, i]) =>
+    !!document.querySelector(`#around li.after[data-service="${s}"][data-instance="${i}"][data-to="critical"]`), [LAPSE_SERVICE, LAPSE_INSTANCE]);
+  assert.equal(
+    await page.evaluate(() => Number(document.getElementById('scrubber').value)),
+    before / 1000,
+    'the range input follows the moment chosen',
+  );
+  await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard-past.png'), fullPage: true });
+
+  // The range input alone: its start is the beginning of the kept history.
+  await page.getByLabel('Moment in the kept history').fill(await page.evaluate(() => document.getElementById('scrubber').min));
+  await until(page, 'the start of the kept history viewed', () =>
+    document.getElementById('mode').dataset.mode === 'past'
+    && document.getElementById('service-list').getAttribute('aria-busy') === 'false'
+    && !!document.querySelector('#around-list .marker')
+    && document.getElementById('notice').hidden);
+
+  await page.getByRole('button', { name: 'Back to live' }).click();
+  await until(page, 'live again', () => document.getElementById('mode').dataset.mode === 'live');
+  await until(page, `${LAPSE_SERVICE}/${LAPSE_INSTANCE} critical again when live`, rowIs, [LAPSE_SERVICE, LAPSE_INSTANCE, 'critical']);
+  assert.equal(await rowStatus(page, 'payments', 'payments-2'), 'maintenance');
+
+  assert.deepEqual(problems, [], 'the page logged errors');
+  await context.close();
+}
+
+async function phone(browser) {
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const page = await context.newPage();
+  await page.goto(`${REGISTRY_URL}/`);
+  await until(page, 'services listed on a phone', () => document.querySelectorAll('article.service').length === 4);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page is ${overflow} px wider than a phone screen`);
+  await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard-phone.png'), fullPage: true });
+  await context.close();
+}
+
+async function unavailable(browser) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  // The API answers 503 as the registry does when its database is down.
+  await page.route('**/v1/status**', (route) =>
+    route.fulfill({
+      status: 503,
+      contentType: 'application/json',
+      headers: { 'Retry-After': '1' },
+      body: JSON.stringify({ error: { code: 'unavailable', message: "the registry's database does not answer" } }),
+    }));
+  const response = await page.goto(`${REGISTRY_URL}/`);
+  assert.equal(response.status(), 200, 'the page itself loads');
+  await until(page, 'the "registry unavailable, retrying" message', () => {
+    const notice = document.getElementById('notice');
+    return !notice.hidden && /Registry unavailable/.test(notice.textContent) && /retrying/.test(notice.textContent)
+      && document.getElementById('connection').dataset.state === 'unavailable';
+  });
+  assert.equal(await page.locator('h1').textContent(), 'central-registry');
+  await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard-unavailable.png') });
+  // Once the API answers again the page recovers by itself.
+  await page.unroute('**/v1/status**');
+  await until(page, 'recovery after the API answers again', () =>
+    document.querySelectorAll('article.service').length === 4 && document.getElementById('notice').hidden);
+  await context.close();
+}
+
+async function tokenRequired(browser) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const response = await page.goto(`${GUARDED_REGISTRY_URL}/`);
+  assert.equal(response.status(), 200, 'the page stays open when a read token is set');
+  await until(page, 'the page asking for the read token', () =>
+    !document.getElementById('token-form').hidden && /read token/.test(document.getElementById('notice').textContent)
+    && document.getElementById('connection').dataset.state === 'unauthorized');
+  await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard-token.png') });
+
+  await page.getByLabel('Read token').fill('not-the-token');
+  await page.getByRole('button', { name: 'Use token' }).click();
+  await until(page, 'a wrong token refused', () => /refused/.test(document.getElementById('notice').textContent));
+
+  await page.getByLabel('Read token').fill(READ_TOKEN);
+  await page.getByRole('button', { name: 'Use token' }).click();
+  await until(page, 'orders listed with the token', () => !!document.querySelector('article[data-service="orders"]'));
+  await until(page, 'the event stream open with the token', () => document.getElementById('connection').dataset.state === 'live');
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('central-registry.read-token')), READ_TOKEN);
+
+  // A change made now reaches the page through /v1/events?token=.
+  const put = await fetch(`${GUARDED_REGISTRY_URL}/v1/services/orders/instances/orders-2`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${READ_TOKEN}` },
+    body: JSON.stringify({ url: 'http://10.0.2.4:7000/', ttl_seconds: 0 }),
+  });
+  assert.equal(put.status, 201);
+  await until(page, 'orders-2 pushed to the page', () => !!document.querySelector('tr[data-instance="orders-2"]'));
+
+  // The token stays for the tab: a reload needs no new prompt.
+  await page.reload();
+  await until(page, 'orders listed after a reload', () => !!document.querySelector('tr[data-instance="orders-2"]'));
+  await context.close();
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM_PATH,
+  headless: true,
+  // Chromium's sandbox refuses to start as root (CI runs as root).
+  args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
+});
+try {
+  for (const [name, scenario] of [
+    ['live page, lapse, filters, time travel', liveAndStructure],
+    ['phone layout', phone],
+    ['registry unavailable', unavailable],
+    ['read token required', tokenRequired],
+  ]) {
+    log(`scenario: ${name}`);
+    await scenario(browser);
+    log(`passed: ${name}`);
+  }
+} catch (err) {
+  console.error(`[dashboard test] FAILED: ${err.stack || err}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
