@@ -114,6 +114,7 @@ async function liveAndStructure(browser) {
   await page.getByLabel('Instance status').selectOption('');
 
   mkdirSync(ARTIFACTS_DIR, { recursive: true });
+  await page.evaluate(() => document.activeElement?.blur());
   await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard.png'), fullPage: true });
   log(`screenshot ${join(ARTIFACTS_DIR, 'dashboard.png')}`);
 

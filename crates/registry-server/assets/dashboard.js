@@ -482,17 +482,18 @@
         badge(service.status, 'service-status'),
         h('span', { class: 'count' }, `${service.instances.length} ${service.instances.length === 1 ? 'instance' : 'instances'}${hidden ? `, ${hidden} hidden by the filter` : ''}`),
       ),
-      h(
-        'table',
-        { class: 'instances' },
-        h('caption', { class: 'visually-hidden' }, `Instances of ${service.name}`),
-        h(
-          'thead',
-          null,
-          h('tr', null, ...['Instance', 'Status', 'URL', 'Age', 'Last heartbeat', 'Last check'].map((label) => h('th', { scope: 'col' }, label))),
-        ),
-        h('tbody', null, ...rows),
-      ),
+      h('div', { class: 'table-wrap' }, renderTable(service.name, rows)),
+    );
+  }
+
+  function renderTable(name, rows) {
+    const columns = ['Instance', 'Status', 'URL', 'Age', 'Last heartbeat', 'Last check'];
+    return h(
+      'table',
+      { class: 'instances' },
+      h('caption', { class: 'visually-hidden' }, `Instances of ${name}`),
+      h('thead', null, h('tr', null, ...columns.map((label) => h('th', { scope: 'col' }, label)))),
+      h('tbody', null, ...rows),
     );
   }
 
