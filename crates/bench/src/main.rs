@@ -1,0 +1,542 @@
+//! `registry-bench` (run by `make bench`): measures the registry against the targets of
+//! DESIGN section 10 and issue 8, prints a table and writes `target/bench/latest.json`.
+//!
+//! Speed is a promise of the project, so it is measured on the real release binary, on
+//! SQLite and on Postgres, in one run: lookups against a no-op ceiling served in the same
+//! run on the same two cores (so the ratio holds on a noisy machine), registrations,
+//! heartbeats, watch fan-out, failure detection, propagation between replicas and
+//! resident memory per instance. `--quick` (or `BENCH_QUICK=1`) runs the same phases with
+//! small counts, as a smoke test of the program itself; its figures mean nothing.
+
+mod load;
+mod registry;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::json;
+
+use load::{SideServer, WrkResult};
+use registry::{Backend, Database, Registry};
+
+/// Counts and durations of one run.
+#[derive(Debug, Clone, Serialize)]
+struct Plan {
+    quick: bool,
+    services: usize,
+    per_service: usize,
+    load_seconds: u64,
+    lookup_connections: usize,
+    heartbeat_connections: usize,
+    writers: usize,
+    watchers: usize,
+    detection_instances: usize,
+    detection_ttl_seconds: u64,
+    propagation_writes: usize,
+    memory_instances: usize,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            quick: false,
+            services: 1_000,
+            per_service: 10,
+            load_seconds: 8,
+            lookup_connections: 32,
+            heartbeat_connections: 32,
+            writers: 64,
+            watchers: 10_000,
+            detection_instances: 3,
+            detection_ttl_seconds: 2,
+            propagation_writes: 200,
+            memory_instances: 100_000,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            quick: true,
+            services: 20,
+            per_service: 3,
+            load_seconds: 1,
+            watchers: 100,
+            detection_instances: 1,
+            propagation_writes: 10,
+            memory_instances: 1_000,
+            ..Self::full()
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Serialize)]
+struct Row {
+    metric: String,
+    value: String,
+    target: String,
+    pass: Option<bool>,
+    /// The figures behind `value`, for the JSON file.
+    data: serde_json::Value,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        metric: impl Into<String>,
+        value: impl Into<String>,
+        target: impl Into<String>,
+        pass: Option<bool>,
+        data: serde_json::Value,
+    ) {
+        let row = Row {
+            metric: metric.into(),
+            value: value.into(),
+            target: target.into(),
+            pass,
+            data,
+        };
+        eprintln!(
+            "  = {}: {}{}",
+            row.metric,
+            row.value,
+            match row.pass {
+                Some(true) => " (pass)",
+                Some(false) => " (MISS)",
+                None => "",
+            }
+        );
+        self.rows.push(row);
+    }
+
+    fn table(&self) -> String {
+        let verdict = |pass: Option<bool>| match pass {
+            Some(true) => "pass",
+            Some(false) => "MISS",
+            None => "-",
+        };
+        let mut out = String::from("| metric | value | target | result |\n|---|---|---|---|\n");
+        for row in &self.rows {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                row.metric,
+                row.value,
+                row.target,
+                verdict(row.pass)
+            ));
+        }
+        out
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().skip(1).any(|a| a == "--quick")
+        || std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("registry-bench [--quick]: measure the registry (see README, Benchmarks)");
+        return Ok(());
+    }
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    // The bench's own tasks (seeding, watchers, blocking queries) are light: two workers,
+    // like the registry's runtime on this machine.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(plan))
+}
+
+async fn run(mut plan: Plan) -> anyhow::Result<()> {
+    let started = Instant::now();
+    anyhow::ensure!(
+        load::wrk_available().await,
+        "wrk is missing: install it (apt-get install wrk); make bench does as root"
+    );
+    let open_files = raise_open_files_limit().await;
+    // Each watcher is one socket here and one in the registry; keep room for the rest.
+    let fit = open_files.saturating_sub(1_000) as usize;
+    if plan.watchers > fit {
+        eprintln!(
+            "open files limited to {open_files}: {fit} watchers instead of {}",
+            plan.watchers
+        );
+        plan.watchers = fit;
+    }
+    let admin_url = postgres_admin_url()?;
+    let (fsync, synchronous_commit) = registry::postgres_durability(&admin_url).await?;
+    let side = SideServer::start()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let mut report = Report::default();
+    eprintln!(
+        "registry-bench{}: {} services x {} instances, {} s per load run",
+        if plan.quick { " (quick)" } else { "" },
+        plan.services,
+        plan.per_service,
+        plan.load_seconds
+    );
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        eprintln!("[{}]", backend.name());
+        let database = Database::fresh(backend, &admin_url).await?;
+        let outcome = one_backend(&plan, backend, &database, &side, &http, &mut report).await;
+        database.drop_now().await?;
+        outcome?;
+    }
+    eprintln!("[postgres, three replicas]");
+    propagation(&plan, &admin_url, &http, &mut report).await?;
+    eprintln!("[postgres, memory]");
+    memory(&plan, &admin_url, &http, &mut report).await?;
+    drop(side);
+
+    let table = report.table();
+    println!("{table}");
+    let path = output_path()?;
+    let document = json!({
+        "generated_at": chrono::Utc::now().to_rfc3339(),
+        "seconds": started.elapsed().as_secs(),
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "postgres": { "fsync": fsync, "synchronous_commit": synchronous_commit },
+        "plan": plan,
+        "results": report.rows,
+    });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&document)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "wrote {} in {} s (Postgres fsync={fsync}, synchronous_commit={synchronous_commit})",
+        path.display(),
+        started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+/// Lookups, the ceiling, tracing on and off (on SQLite), heartbeats, registrations,
+/// fan-out and detection on one backend.
+async fn one_backend(
+    plan: &Plan,
+    backend: Backend,
+    database: &Database,
+    side: &SideServer,
+    http: &reqwest::Client,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let name = backend.name();
+    let load_for = Duration::from_secs(plan.load_seconds);
+    let mut registry = Registry::start(&database.url, &[]).await?;
+    let seeded = plan.services * plan.per_service;
+    let seed_rate = scenarios::seed(
+        http,
+        &registry,
+        plan.services,
+        seeded,
+        plan.writers,
+        "seeding",
+    )
+    .await?;
+    scenarios::check_seeded(http, &registry, plan.per_service).await?;
+
+    let lookups = load::lookup_script(plan.services);
+    scenarios::phase("no-op ceiling (wrk, 1 thread)");
+    let ceiling = load::wrk(&side.base(), &lookups, plan.lookup_connections, load_for).await?;
+    scenarios::phase("lookups (wrk, 1 thread)");
+    let served = load::wrk(&registry.base, &lookups, plan.lookup_connections, load_for).await?;
+    let ratio = served.per_second / ceiling.per_second.max(1.0);
+    report.add(
+        format!("{name}: lookups/s, {} conns", plan.lookup_connections),
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            served.per_second, served.p50_ms, served.p99_ms
+        ),
+        "",
+        (!clean(&served)).then_some(false),
+        wrk_json(&served),
+    );
+    report.add(
+        format!("{name}: no-op axum ceiling/s"),
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms
+        ),
+        "",
+        None,
+        wrk_json(&ceiling),
+    );
+    report.add(
+        format!("{name}: lookups / ceiling"),
+        format!("{ratio:.2}"),
+        ">= 0.60",
+        Some(ratio >= 0.6),
+        json!({ "ratio": ratio }),
+    );
+
+    if backend == Backend::Sqlite {
+        // Same data, same load, with the OTLP export on (a sink that accepts every batch).
+        registry.stop().await?;
+        let traced = Registry::start(
+            &database.url,
+            &[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", side.addr),
+            )],
+        )
+        .await?;
+        scenarios::phase("lookups with OTLP tracing on (wrk, 1 thread)");
+        let on = load::wrk(&traced.base, &lookups, plan.lookup_connections, load_for).await?;
+        traced.stop().await?;
+        report.add(
+            format!("{name}: lookups/s, tracing off / on"),
+            format!(
+                "{:.0}/s / {:.0}/s ({:+.0}% with OTLP export)",
+                served.per_second,
+                on.per_second,
+                (on.per_second / served.per_second.max(1.0) - 1.0) * 100.0
+            ),
+            "off costs nothing",
+            None,
+            json!({ "off": wrk_json(&served), "on": wrk_json(&on) }),
+        );
+        registry = Registry::start(&database.url, &[]).await?;
+    }
+
+    scenarios::phase("heartbeats (wrk, 1 thread)");
+    let script = load::heartbeat_script(plan.services, plan.per_service);
+    let beats = load::wrk(
+        &registry.base,
+        &script,
+        plan.heartbeat_connections,
+        load_for,
+    )
+    .await?;
+    report.add(
+        format!("{name}: heartbeats/s"),
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            beats.per_second, beats.p50_ms, beats.p99_ms
+        ),
+        ">= 30000/s",
+        Some(beats.per_second >= 30_000.0 && clean(&beats)),
+        wrk_json(&beats),
+    );
+
+    scenarios::phase(&format!(
+        "registrations, {} writers (wrk, 1 thread)",
+        plan.writers
+    ));
+    let writes = load::wrk(
+        &registry.base,
+        &load::registration_script(),
+        plan.writers,
+        load_for,
+    )
+    .await?;
+    let (target, pass) = match backend {
+        Backend::Postgres => (
+            ">= 5000/s",
+            Some(writes.per_second >= 5_000.0 && clean(&writes)),
+        ),
+        Backend::Sqlite => ("", (!clean(&writes)).then_some(false)),
+    };
+    report.add(
+        format!("{name}: registrations/s, {} writers", plan.writers),
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms; seeding {seed_rate:.0}/s)",
+            writes.per_second, writes.p50_ms, writes.p99_ms
+        ),
+        target,
+        pass,
+        json!({ "wrk": wrk_json(&writes), "seeding_per_second": seed_rate }),
+    );
+
+    let fan = scenarios::fan_out(http, &registry, plan.watchers).await?;
+    report.add(
+        format!("{name}: watch fan-out, {} watchers", fan.watchers),
+        format!(
+            "{} notified; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            fan.notified, fan.spread.p50_ms, fan.spread.p99_ms, fan.spread.max_ms
+        ),
+        "all within 1 s",
+        Some(fan.notified == fan.watchers && fan.spread.max_ms <= 1_000.0),
+        serde_json::to_value(&fan)?,
+    );
+
+    let ttl = Duration::from_secs(plan.detection_ttl_seconds);
+    let mut progress = scenarios::Progress::new("failure detection", plan.detection_instances);
+    let detected = scenarios::detection(http, &registry, plan.detection_instances, ttl).await?;
+    progress.tick(plan.detection_instances);
+    progress.finish("");
+    let limit_ms = (ttl + Duration::from_secs(1)).as_secs_f64() * 1e3;
+    report.add(
+        format!("{name}: failure detection, TTL {} s", ttl.as_secs()),
+        format!(
+            "max {:.2} s (p50 {:.2} s) after the last heartbeat",
+            detected.max_ms / 1e3,
+            detected.p50_ms / 1e3
+        ),
+        format!("<= TTL + 1 s = {:.0} s", limit_ms / 1e3),
+        Some(detected.max_ms <= limit_ms),
+        serde_json::to_value(detected)?,
+    );
+    registry.stop().await?;
+    Ok(())
+}
+
+/// Three replicas on one Postgres database: write on one, read on the other two.
+async fn propagation(
+    plan: &Plan,
+    admin_url: &str,
+    http: &reqwest::Client,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let database = Database::fresh(Backend::Postgres, admin_url).await?;
+    let outcome = async {
+        let a = Registry::start(&database.url, &[]).await?;
+        let b = Registry::start(&database.url, &[]).await?;
+        let c = Registry::start(&database.url, &[]).await?;
+        let spread = scenarios::propagation(http, &a, [&b, &c], plan.propagation_writes).await;
+        for replica in [a, b, c] {
+            replica.stop().await?;
+        }
+        spread
+    }
+    .await;
+    database.drop_now().await?;
+    let spread = outcome?;
+    report.add(
+        format!(
+            "postgres: propagation A -> B and C, {} writes",
+            spread.count
+        ),
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            spread.p50_ms, spread.p99_ms, spread.max_ms
+        ),
+        "p99 <= 200 ms",
+        Some(spread.p99_ms <= 200.0),
+        serde_json::to_value(spread)?,
+    );
+    Ok(())
+}
+
+/// Resident memory of a registry holding `memory_instances` instances, less what it held
+/// before the first one.
+async fn memory(
+    plan: &Plan,
+    admin_url: &str,
+    http: &reqwest::Client,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let database = Database::fresh(Backend::Postgres, admin_url).await?;
+    let outcome = async {
+        let registry = Registry::start(&database.url, &[]).await?;
+        // One request of each kind first, so buffers every request needs count as baseline.
+        scenarios::seed(http, &registry, 1, 1, 1, "warm-up").await?;
+        let _ = http.get(registry.url("/v1/services/svc-0")).send().await?;
+        let before = registry.rss_kib()?;
+        let count = plan.memory_instances;
+        // 100 instances per service, as large deployments have.
+        let services = (count / 100).max(1);
+        scenarios::seed(http, &registry, services, count, plan.writers, "seeding").await?;
+        let after = registry.rss_kib()?;
+        registry.stop().await?;
+        anyhow::Ok((before, after, count))
+    }
+    .await;
+    database.drop_now().await?;
+    let (before, after, count) = outcome?;
+    let per_instance = after.saturating_sub(before) as f64 * 1024.0 / count as f64;
+    report.add(
+        format!("postgres: resident memory per instance at {count}"),
+        format!(
+            "{per_instance:.0} B (RSS {} MiB -> {} MiB)",
+            before / 1024,
+            after / 1024
+        ),
+        "<= 2048 B",
+        Some(per_instance <= 2048.0),
+        json!({ "rss_before_kib": before, "rss_after_kib": after, "instances": count, "bytes_per_instance": per_instance }),
+    );
+    Ok(())
+}
+
+/// No socket errors, timeouts or error answers.
+fn clean(result: &WrkResult) -> bool {
+    result.errors == 0 && result.bad_status == 0 && result.requests > 0
+}
+
+fn wrk_json(result: &WrkResult) -> serde_json::Value {
+    json!({
+        "requests": result.requests,
+        "per_second": result.per_second,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "socket_errors": result.errors,
+        "error_answers": result.bad_status,
+    })
+}
+
+/// `DATABASE_URL`, else what `scripts/ensure-postgres.sh` finds or starts.
+fn postgres_admin_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && url.starts_with("postgres")
+    {
+        return Ok(url);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ensure-postgres.sh");
+    let output = std::process::Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the bench needs Postgres: set DATABASE_URL"
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// `target/bench/latest.json` of the target folder this program was built in.
+fn output_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(|profile| profile.parent())
+        .context("target folder")?;
+    Ok(target.join("bench").join("latest.json"))
+}
+
+/// Raises this process's open-files limit to its hard limit with `prlimit` (util-linux;
+/// doing it in-process would need unsafe code), so the watchers fit; the registry started
+/// afterwards inherits it. Answers the soft limit in force.
+async fn raise_open_files_limit() -> u64 {
+    let pid = std::process::id().to_string();
+    let hard = read_limit(1);
+    if let Some(hard) = hard {
+        let _ = tokio::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+            .status()
+            .await;
+    }
+    read_limit(0).unwrap_or(1_024)
+}
+
+/// Field `column` (0 soft, 1 hard) of "Max open files" in `/proc/self/limits`.
+fn read_limit(column: usize) -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let values: Vec<&str> = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .collect();
+    values.get(column)?.parse().ok()
+}
