@@ -18,6 +18,7 @@ const env = (name) => {
 
 const REGISTRY_URL = env('REGISTRY_URL');
 const GUARDED_REGISTRY_URL = env('GUARDED_REGISTRY_URL');
+const PROXIED_REGISTRY_URL = env('PROXIED_REGISTRY_URL');
 const READ_TOKEN = env('READ_TOKEN');
 const LAPSE_SERVICE = env('LAPSE_SERVICE');
 const LAPSE_INSTANCE = env('LAPSE_INSTANCE');
@@ -171,6 +172,26 @@ async function phone(browser) {
   await context.close();
 }
 
+// The connection drops (the proxy in front of the registry is cut) and comes back: the page
+// says so, reconnects by itself and shows the change made meanwhile, without a reload.
+async function outage(browser) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  await page.goto(`${PROXIED_REGISTRY_URL}/`);
+  await until(page, 'services listed through the proxy', () => document.querySelectorAll('article.service').length === 4);
+  await until(page, 'the connection shown as live', () => document.getElementById('connection').dataset.state === 'live');
+  await page.evaluate(() => { window.notReloaded = true; });
+  console.log('outage-start');
+  await until(page, 'the lost connection shown', () =>
+    ['reconnecting', 'unavailable'].includes(document.getElementById('connection').dataset.state));
+  await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard-outage.png') });
+  console.log('outage-end');
+  await until(page, 'the instance registered during the outage', () => !!document.querySelector('article[data-service="outage"] tr[data-instance="outage-1"]'));
+  await until(page, 'the connection live again', () => document.getElementById('connection').dataset.state === 'live');
+  assert.equal(await page.evaluate(() => window.notReloaded), true, 'the page reloaded');
+  await context.close();
+}
+
 async function unavailable(browser) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
@@ -244,6 +265,7 @@ try {
     ['live page, lapse, filters, time travel', liveAndStructure],
     ['phone layout', phone],
     ['registry unavailable', unavailable],
+    ['connection lost and back', outage],
     ['read token required', tokenRequired],
   ]) {
     log(`scenario: ${name}`);

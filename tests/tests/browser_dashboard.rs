@@ -6,7 +6,9 @@
 //! asserts what a person would see. They talk through the script's standard output: when
 //! the page shows the short-lease instance passing, the script prints `stop-heartbeats`
 //! and this test stops renewing that lease, so the script can watch the row turn critical
-//! without a reload. Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules`
+//! without a reload; `outage-start` cuts the proxy between a page and its registry and
+//! registers an instance meanwhile, `outage-end` restores the proxy, so the script can
+//! watch the page reconnect by itself and catch up. Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules`
 //! (`scripts/ensure-tools.sh` installs them); without them the test fails, saying so.
 
 mod support;
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use registry_api::{CheckSpec, InstanceSpec, Status};
 use registry_client::RegistryApi;
-use support::{Backend, TestRegistry};
+use support::{Backend, TcpProxy, TestRegistry};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -152,6 +154,10 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
         .await
         .expect("register on the guarded registry");
 
+    // The outage scenario reaches the registry through a proxy this test cuts and restores.
+    let proxy = TcpProxy::start().await;
+    proxy.set_target(open.addr);
+
     let artifacts = artifacts_dir();
     std::fs::create_dir_all(&artifacts).expect("create target/test-artifacts");
     let screenshot = artifacts.join("dashboard.png");
@@ -162,6 +168,7 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
         .current_dir(browser_dir())
         .env("REGISTRY_URL", &open.base_url)
         .env("GUARDED_REGISTRY_URL", &guarded.base_url)
+        .env("PROXIED_REGISTRY_URL", proxy.url())
         .env("READ_TOKEN", READ_TOKEN)
         .env("LAPSE_SERVICE", LAPSING.0)
         .env("LAPSE_INSTANCE", LAPSING.1)
@@ -178,11 +185,23 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
         let mut lines = BufReader::new(stdout).lines();
         while let Some(line) = lines.next_line().await.expect("read node output") {
             eprintln!("browser: {line}");
-            if line.trim() == "stop-heartbeats" {
-                alive
-                    .lock()
-                    .expect("lock")
-                    .remove(&(LAPSING.0.to_owned(), LAPSING.1.to_owned()));
+            match line.trim() {
+                "stop-heartbeats" => {
+                    alive
+                        .lock()
+                        .expect("lock")
+                        .remove(&(LAPSING.0.to_owned(), LAPSING.1.to_owned()));
+                }
+                // A change while the page cannot reach the registry: it must show up once
+                // the page has reconnected by itself.
+                "outage-start" => {
+                    proxy.cut().await;
+                    api.register("outage", "outage-1", &spec("http://10.0.3.1:8080/", 0))
+                        .await
+                        .expect("register during the outage");
+                }
+                "outage-end" => proxy.set_target(open.addr),
+                _ => {}
             }
         }
         node.wait().await.expect("wait for node")

@@ -536,9 +536,9 @@
     );
   }
 
-  // A URL that may wrap after its slashes, not inside a host name or a word.
+  // A URL that may wrap after the slashes of its path rather than anywhere.
   function breakable(text) {
-    return text.split(/(?<=\/)/).flatMap((part, i) => (i === 0 ? [part] : [document.createElement('wbr'), part]));
+    return text.split(/(?<=[^:/]\/)/).flatMap((part, i) => (i === 0 ? [part] : [document.createElement('wbr'), part]));
   }
 
   // One table cell; its content in one box so that the phone layout can put the column's
