@@ -18,7 +18,7 @@ test: ## Run every test (finds or starts Postgres, installs Prometheus; SQLite i
 	  $(CARGO) build --workspace --bins && \
 	  $(CARGO) test --workspace --no-fail-fast
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: lint-k8s ## cargo fmt --check, clippy with warnings as errors, and the Kubernetes files (lint-k8s)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Checks the Kubernetes files without a cluster or Docker (`make lint-k8s`, part of
+# `make lint`):
+#   1. hadolint on the Dockerfile;
+#   2. yamllint on deploy/ and the chart's YAML (.yamllint);
+#   3. `helm lint --strict` and `helm template` of every scenario in
+#      helm/central-registry/ci/*.yaml, each rendering validated by
+#      `kubernetes-validate --strict` (unknown fields are errors). The ServiceMonitor is a
+#      CRD of the Prometheus Operator with no schema there: it is the one kind allowed to
+#      go unvalidated, and the scenarios must render at least one so it stays exercised;
+#   4. the manifests of deploy/observability, and the Grafana dashboard ConfigMap made
+#      from deploy/grafana/central-registry.json the way `make observability-up` makes it.
+# The tools are installed by scripts/ensure-k8s-tools.sh into .tools/ and .venv/.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bin=$(scripts/ensure-k8s-tools.sh --print-bin)
+helm=$(command -v helm || echo "$bin/helm")
+kubectl=$(command -v kubectl || echo "$bin/kubectl")
+venv="$root/.venv/bin"
+chart=helm/central-registry
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failed=0
+
+fail() {
+  echo "lint-k8s: $*" >&2
+  failed=1
+}
+
+# Runs kubernetes-validate --strict on a file; only a ServiceMonitor may lack a schema.
+validate() {
+  local file=$1 out
+  if ! out=$("$venv/kubernetes-validate" --strict --quiet "$file" 2>&1); then
+    echo "$out" | grep -E '^(ERROR|WARN)' >&2 || echo "$out" >&2
+    fail "$file does not validate"
+    return
+  fi
+  if echo "$out" | grep '^WARN' | grep -v 'find schema for kind ServiceMonitor with api version monitoring.coreos.com/v1' >&2; then
+    fail "$file: kubernetes-validate warned (see above)"
+  fi
+}
+
+echo "hadolint Dockerfile"
+"$venv/hadolint" Dockerfile || fail "hadolint found problems in the Dockerfile"
+
+echo "yamllint deploy/ and $chart"
+"$venv/yamllint" --strict deploy "$chart/values.yaml" "$chart/Chart.yaml" "$chart/ci" .yamllint ||
+  fail "yamllint found problems"
+
+service_monitors=0
+for values in "$chart"/ci/*.yaml; do
+  scenario=$(basename "$values" .yaml)
+  echo "helm lint + template + kubernetes-validate: $scenario"
+  "$helm" lint --strict --quiet "$chart" -f "$values" >"$work/lint.log" 2>&1 || {
+    cat "$work/lint.log" >&2
+    fail "helm lint failed for $scenario"
+  }
+  rendered="$work/$scenario.yaml"
+  if ! "$helm" template central-registry "$chart" --namespace central-registry \
+    -f "$values" >"$rendered" 2>"$work/template.log"; then
+    cat "$work/template.log" >&2
+    fail "helm template failed for $scenario"
+    continue
+  fi
+  validate "$rendered"
+  service_monitors=$((service_monitors + $(grep -c '^kind: ServiceMonitor$' "$rendered" || true)))
+done
+[ "$service_monitors" -gt 0 ] || fail "no scenario in $chart/ci renders the ServiceMonitor"
+
+# A chart that renders without a database must refuse to (not start a registry on SQLite
+# in every pod, each with its own data).
+if "$helm" template central-registry "$chart" --set postgres.enabled=false >/dev/null 2>&1; then
+  fail "the chart renders with neither postgres.enabled nor database.existingSecret"
+fi
+
+echo "kubernetes-validate deploy/observability and the dashboard ConfigMap"
+for manifest in deploy/observability/jaeger.yaml; do
+  validate "$manifest"
+done
+KUBECONFIG=/dev/null "$kubectl" create configmap central-registry-dashboard \
+  --from-file=deploy/grafana/central-registry.json --dry-run=client -o yaml \
+  >"$work/dashboard.yaml"
+validate "$work/dashboard.yaml"
+
+if [ "$failed" != 0 ]; then
+  echo "lint-k8s: FAILED" >&2
+  exit 1
+fi
+echo "lint-k8s: ok"
