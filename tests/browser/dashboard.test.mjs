@@ -97,6 +97,7 @@ async function liveAndStructure(browser) {
   console.log('stop-heartbeats');
   await until(page, `${LAPSE_SERVICE}/${LAPSE_INSTANCE} critical`, rowIs, [LAPSE_SERVICE, LAPSE_INSTANCE, 'critical']);
   assert.equal(await page.evaluate(() => window.notReloaded), true, 'the page reloaded');
+  assert.match(await page.title(), /^\(1 critical\) central-registry/);
   await until(page, 'the lapse in the live feed', ([s, i]) =>
     !!document.querySelector(`#feed li[data-service="${s}"][data-instance="${i}"][data-to="critical"]`), [LAPSE_SERVICE, LAPSE_INSTANCE]);
   await until(page, `${LAPSE_SERVICE} rolled up to warning`, (s) =>

@@ -428,6 +428,9 @@
       ),
     ];
     el.summary.replaceChildren(...items);
+    // A tab in the background still tells how many instances are down.
+    const when = state.viewing ? ` at ${formatDateTime(state.viewing.at)}` : '';
+    document.title = `${counts.critical ? `(${counts.critical} critical) ` : ''}central-registry${when}`;
   }
 
   function matchesName(name) {
