@@ -8,8 +8,9 @@
 #      `kubernetes-validate --strict` (unknown fields are errors). The ServiceMonitor is a
 #      CRD of the Prometheus Operator with no schema there: it is the one kind allowed to
 #      go unvalidated, and the scenarios must render at least one so it stays exercised;
-#   4. the manifests of deploy/observability, and the Grafana dashboard ConfigMap made
-#      from deploy/grafana/central-registry.json the way `make observability-up` makes it.
+#   4. the manifests of deploy/observability, the chart with its values there, and the
+#      Grafana dashboard ConfigMap made from deploy/grafana/central-registry.json the way
+#      `make observability-up` makes it.
 # The tools are installed by scripts/ensure-k8s-tools.sh into .tools/ and .venv/.
 set -euo pipefail
 
@@ -45,6 +46,14 @@ validate() {
 echo "hadolint Dockerfile"
 "$venv/hadolint" Dockerfile || fail "hadolint found problems in the Dockerfile"
 
+# The image builds with the Rust the workspace pins.
+channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+grep -q "^ARG RUST_VERSION=$channel\$" Dockerfile ||
+  fail "the Dockerfile's RUST_VERSION is not rust-toolchain.toml's channel $channel"
+chef=$(sed -n 's/^CARGO_CHEF_VERSION ?= *//p' mk/kubernetes.mk)
+grep -q "^ARG CARGO_CHEF_VERSION=$chef\$" Dockerfile ||
+  fail "the Dockerfile's CARGO_CHEF_VERSION is not mk/kubernetes.mk's $chef"
+
 echo "yamllint deploy/ and $chart"
 "$venv/yamllint" --strict deploy "$chart/values.yaml" "$chart/Chart.yaml" "$chart/ci" .yamllint ||
   fail "yamllint found problems"
@@ -76,9 +85,16 @@ if "$helm" template central-registry "$chart" --set postgres.enabled=false >/dev
 fi
 
 echo "kubernetes-validate deploy/observability and the dashboard ConfigMap"
-for manifest in deploy/observability/jaeger.yaml; do
-  validate "$manifest"
-done
+validate deploy/observability/jaeger.yaml
+# The chart as `make helm-install HELM_VALUES=deploy/observability/...` installs it.
+"$helm" lint --strict --quiet "$chart" -f deploy/observability/central-registry-values.yaml \
+  >"$work/lint.log" 2>&1 || {
+  cat "$work/lint.log" >&2
+  fail "helm lint failed with deploy/observability/central-registry-values.yaml"
+}
+"$helm" template central-registry "$chart" --namespace central-registry \
+  -f deploy/observability/central-registry-values.yaml >"$work/observability.yaml"
+validate "$work/observability.yaml"
 KUBECONFIG=/dev/null "$kubectl" create configmap central-registry-dashboard \
   --from-file=deploy/grafana/central-registry.json --dry-run=client -o yaml \
   >"$work/dashboard.yaml"
