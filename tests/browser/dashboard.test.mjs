@@ -130,7 +130,10 @@ async function liveAndStructure(browser) {
   const local = await page.evaluate((ms) => {
     const d = new Date(ms);
     const p = (n) => String(n).padStart(2, '0');
-    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+    // The browser writes a whole minute without its seconds (and Playwright checks that
+    // the input holds exactly what was typed).
+    const seconds = d.getSeconds() ? `:${p(d.getSeconds())}` : '';
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}${seconds}`;
   }, before);
   await page.getByLabel('Go to (local time)').fill(local);
   await until(page, 'the page in "viewing" mode', () =>
