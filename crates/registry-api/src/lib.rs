@@ -23,7 +23,7 @@ pub use responses::{
     HeartbeatResponse, History, ServiceInstances, ServiceList, ServiceStatus, ServiceSummary,
     SystemStatus,
 };
-pub use seed::{SeedRegistration, SeedService, SeedServiceSpec};
+pub use seed::{SeedLookup, SeedRegistration, SeedService, SeedServiceSpec};
 
 /// Name of the response header carrying a service's index on `GET /v1/services/{service}`.
 pub const INDEX_HEADER: &str = "Registry-Index";

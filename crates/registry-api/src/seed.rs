@@ -1,6 +1,8 @@
 //! The original registry's routes (`POST /service`, `GET /service`), kept so the seed's
 //! Node services and client work unchanged.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -25,4 +27,12 @@ pub struct SeedService {
     pub name: String,
     pub uri: String,
     pub online: bool,
+}
+
+/// `GET /service` answer: one instance when `service` is given, else the map by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SeedLookup {
+    One(SeedService),
+    All(BTreeMap<String, SeedService>),
 }

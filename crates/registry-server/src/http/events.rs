@@ -12,7 +12,7 @@ use axum::routing::get;
 use futures::Stream;
 use registry_api::{Event, ServiceName};
 
-use super::extract::{QueryParams, parse_service};
+use super::extract::{QueryParams, parse_index, parse_service};
 use super::services::ahead_of_the_store;
 use super::{ApiError, AppState};
 
@@ -57,14 +57,11 @@ async fn events(
         .map(|v| {
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|s| parse_index(s.trim()).ok())
                 .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be an event index"))
         })
         .transpose()?;
-    let since = query.parse("since", |raw| {
-        raw.parse::<u64>()
-            .map_err(|_| format!("'{raw}' is not a non-negative integer index"))
-    })?;
+    let since = query.parse("since", parse_index)?;
     let start = last_event_id
         .or(since)
         .unwrap_or_else(|| state.view.index());

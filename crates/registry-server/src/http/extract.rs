@@ -158,6 +158,15 @@ impl QueryParams {
     }
 }
 
+/// An event index, from a query parameter or `Last-Event-ID`: 0 to `i64::MAX`, the range
+/// the store keeps.
+pub fn parse_index(raw: &str) -> Result<u64, String> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|index| i64::try_from(*index).is_ok())
+        .ok_or_else(|| format!("'{raw}' is not an index (0 to {})", i64::MAX))
+}
+
 /// An RFC 3339 time for query parameters.
 pub fn rfc3339(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(raw)

@@ -2,6 +2,7 @@
 //! timeouts in the order DESIGN section 4 asks (auth, then size, then content).
 
 mod dashboard;
+mod doc_rules;
 mod error;
 mod events;
 mod extract;

@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use registry_api::{
-    Check, Instance, InstanceId, SeedRegistration, SeedService, ServiceName, Status, Validated,
+    Check, Instance, InstanceId, SeedLookup, SeedRegistration, SeedService, ServiceName, Status,
+    Validated,
 };
 
 use super::extract::{QueryParams, RawBody, parse_json, parse_service};
@@ -29,6 +30,7 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(
     post,
     path = "/service",
+    operation_id = "seed_register",
     tag = "seed",
     summary = "Original registry: register a service (polled on GET <uri>/status)",
     request_body = SeedRegistration,
@@ -93,11 +95,12 @@ async fn register(
 #[utoipa::path(
     get,
     path = "/service",
+    operation_id = "seed_lookup",
     tag = "seed",
     summary = "Original registry: one instance of a service (round robin), or the whole map",
     params(("service" = Option<String>, Query, description = "Service name; without it, the map of every service")),
     responses(
-        (status = 200, description = "`{name, uri, online}`, or a map of them by name", body = SeedService),
+        (status = 200, description = "`{name, uri, online}`, or a map of them by name", body = SeedLookup),
         (status = 400, description = "Invalid name", body = registry_api::ErrorBody),
         (status = 404, description = "No instance of that service", body = registry_api::ErrorBody),
     )
@@ -105,11 +108,9 @@ async fn register(
 async fn lookup(
     State(state): State<AppState>,
     query: QueryParams,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SeedLookup>, ApiError> {
     let Some(raw) = query.get("service") else {
-        return Ok(Json(
-            serde_json::to_value(whole_map(&state)).unwrap_or_default(),
-        ));
+        return Ok(Json(SeedLookup::All(whole_map(&state))));
     };
     let name = parse_service(raw, "service")?;
     let instances = state.view.service(name.as_str(), None).instances;
@@ -128,7 +129,7 @@ async fn lookup(
         Some(chosen) => seed_view(chosen, true),
         None => seed_view(last_known(&instances), false),
     };
-    Ok(Json(serde_json::to_value(answer).unwrap_or_default()))
+    Ok(Json(SeedLookup::One(answer)))
 }
 
 fn whole_map(state: &AppState) -> BTreeMap<String, SeedService> {

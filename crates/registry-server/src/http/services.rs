@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use registry_api::{INDEX_HEADER, ServiceList, Status};
 
-use super::extract::{QueryParams, ServicePath};
+use super::extract::{QueryParams, ServicePath, parse_index};
 use super::{ApiError, AppState};
 
 /// `wait` when a blocking query gives none.
@@ -74,10 +74,7 @@ async fn one(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let only = query.parse("status", parse_status)?;
-    let index = query.parse("index", |raw| {
-        raw.parse::<u64>()
-            .map_err(|_| format!("'{raw}' is not a non-negative integer index"))
-    })?;
+    let index = query.parse("index", parse_index)?;
     let wait = query
         .parse("wait", registry_api::parse_duration)?
         .unwrap_or(DEFAULT_WAIT)

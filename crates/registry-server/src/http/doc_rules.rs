@@ -1,0 +1,236 @@
+//! The rules of the wire format that the derived OpenAPI schemas cannot state by
+//! themselves (name and id patterns, the limits of `registry_api::limits`, the statuses a
+//! client may set) and the links from a registration to what can be done with it,
+//! written into `/openapi.json` in one place so generated clients and API fuzzers
+//! (stateful ones included) know what the registry accepts.
+//!
+//! They are applied to the document as JSON: utoipa's link type writes `operation_id`
+//! where OpenAPI wants `operationId`.
+
+use registry_api::limits;
+use serde_json::{Value, json};
+use utoipa::OpenApi as _;
+
+/// `ServiceName::parse` as a regular expression (a DNS label).
+pub const SERVICE_NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// `InstanceId::parse` as a regular expression: 1-128 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub const INSTANCE_ID_PATTERN: &str = r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$";
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(super::ops::ApiDoc::openapi()).unwrap_or_default();
+    constrain_parameters(&mut doc);
+    if let Some(schemas) = doc.pointer_mut("/components/schemas") {
+        constrain_bodies(schemas);
+    }
+    link_registration(&mut doc);
+    doc
+}
+
+/// Path and query parameters named `service`, `id` or `instance` take the name and id
+/// patterns.
+fn constrain_parameters(doc: &mut Value) {
+    let operations = doc
+        .get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let parameters = operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten();
+        for parameter in parameters {
+            let pattern = match parameter.get("name").and_then(Value::as_str) {
+                Some("service") => SERVICE_NAME_PATTERN,
+                Some("id" | "instance") => INSTANCE_ID_PATTERN,
+                _ => continue,
+            };
+            set(parameter, "/schema", &[("pattern", json!(pattern))]);
+        }
+    }
+}
+
+fn constrain_bodies(schemas: &mut Value) {
+    let spec = "/InstanceSpec/properties";
+    set(
+        schemas,
+        &format!("{spec}/url"),
+        &[
+            ("minLength", json!(1)),
+            ("maxLength", json!(limits::MAX_URL_BYTES)),
+        ],
+    );
+    set(
+        schemas,
+        &format!("{spec}/tags"),
+        &[("maxItems", json!(limits::MAX_TAGS))],
+    );
+    set(
+        schemas,
+        &format!("{spec}/tags/items"),
+        &[
+            ("minLength", json!(1)),
+            ("maxLength", json!(limits::MAX_TAG_CHARS)),
+        ],
+    );
+    set(
+        schemas,
+        &format!("{spec}/metadata"),
+        &[("maxProperties", json!(limits::MAX_METADATA_PAIRS))],
+    );
+    set(
+        schemas,
+        &format!("{spec}/ttl_seconds"),
+        &[("maximum", json!(limits::MAX_TTL_SECONDS))],
+    );
+
+    let check = "/CheckSpec/properties";
+    set(
+        schemas,
+        &format!("{check}/http"),
+        &[
+            ("pattern", json!("^/([^/].*)?$")),
+            ("maxLength", json!(limits::MAX_CHECK_PATH_BYTES)),
+        ],
+    );
+    for name in ["interval_seconds", "timeout_seconds"] {
+        set(
+            schemas,
+            &format!("{check}/{name}"),
+            &[
+                ("minimum", json!(1)),
+                ("maximum", json!(limits::MAX_INTERVAL_SECONDS)),
+            ],
+        );
+    }
+    set(
+        schemas,
+        &format!("{check}/expect_json"),
+        &[("maxProperties", json!(limits::MAX_EXPECT_JSON_PAIRS))],
+    );
+
+    // Health comes from leases and checks: a client sets only these two.
+    if let Some(status) = schemas.pointer_mut("/StatusChange/properties/status") {
+        *status = json!({"type": "string", "enum": ["maintenance", "passing"]});
+    }
+    set(
+        schemas,
+        "/SeedServiceSpec/properties/name",
+        &[("pattern", json!(SERVICE_NAME_PATTERN))],
+    );
+}
+
+/// Adds `rules` to the schema at `pointer` when it exists, so a renamed field is skipped
+/// rather than invented; the tests below notice it.
+fn set(root: &mut Value, pointer: &str, rules: &[(&str, Value)]) {
+    if let Some(schema) = root.pointer_mut(pointer).and_then(Value::as_object_mut) {
+        for (key, value) in rules {
+            schema.insert((*key).to_owned(), value.clone());
+        }
+    }
+}
+
+/// A registration's answer links to the heartbeat, status, deregistration and lookup of
+/// the instance it created.
+fn link_registration(doc: &mut Value) {
+    let instance = |operation_id: &str| {
+        json!({
+            "operationId": operation_id,
+            "parameters": {"service": "$request.path.service", "id": "$request.path.id"},
+        })
+    };
+    let links = json!({
+        "heartbeat": instance("heartbeat"),
+        "set_status": instance("set_status"),
+        "deregister": instance("deregister"),
+        "lookup": {"operationId": "one", "parameters": {"service": "$request.path.service"}},
+    });
+    for code in ["200", "201"] {
+        let pointer =
+            format!("/paths/~1v1~1services~1{{service}}~1instances~1{{id}}/put/responses/{code}");
+        set(doc, &pointer, &[("links", links.clone())]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_parameters_carry_the_name_and_id_patterns() {
+        let doc = document();
+        let parameters =
+            &doc["paths"]["/v1/services/{service}/instances/{id}"]["put"]["parameters"];
+        let pattern = |name: &str| {
+            parameters
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == name)
+                .map(|p| p["schema"]["pattern"].clone())
+        };
+        assert_eq!(pattern("service"), Some(SERVICE_NAME_PATTERN.into()));
+        assert_eq!(pattern("id"), Some(INSTANCE_ID_PATTERN.into()));
+    }
+
+    #[test]
+    fn bodies_carry_the_limits() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let spec = &schemas["InstanceSpec"]["properties"];
+        assert_eq!(spec["url"]["maxLength"], limits::MAX_URL_BYTES);
+        assert_eq!(spec["tags"]["maxItems"], limits::MAX_TAGS);
+        assert_eq!(spec["tags"]["items"]["maxLength"], limits::MAX_TAG_CHARS);
+        assert_eq!(
+            spec["metadata"]["maxProperties"],
+            limits::MAX_METADATA_PAIRS
+        );
+        assert_eq!(spec["ttl_seconds"]["maximum"], limits::MAX_TTL_SECONDS);
+        let check = &schemas["CheckSpec"]["properties"];
+        assert_eq!(check["http"]["maxLength"], limits::MAX_CHECK_PATH_BYTES);
+        assert_eq!(check["interval_seconds"]["minimum"], 1);
+        assert_eq!(
+            check["timeout_seconds"]["maximum"],
+            limits::MAX_INTERVAL_SECONDS
+        );
+        assert_eq!(
+            check["expect_json"]["maxProperties"],
+            limits::MAX_EXPECT_JSON_PAIRS
+        );
+        let status = &schemas["StatusChange"]["properties"]["status"];
+        assert_eq!(status["enum"], json!(["maintenance", "passing"]));
+        assert_eq!(
+            schemas["SeedServiceSpec"]["properties"]["name"]["pattern"],
+            SERVICE_NAME_PATTERN
+        );
+    }
+
+    #[test]
+    fn operation_ids_are_unique_and_links_name_real_ones() {
+        let doc = document();
+        let mut ids = std::collections::BTreeSet::new();
+        for item in doc["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|p| p.values())
+        {
+            for operation in item.as_object().into_iter().flat_map(|o| o.values()) {
+                let id = operation["operationId"].as_str().expect("operationId");
+                assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+            }
+        }
+        let put = &doc["paths"]["/v1/services/{service}/instances/{id}"]["put"];
+        for code in ["200", "201"] {
+            let links = put["responses"][code]["links"].as_object().expect("links");
+            assert_eq!(links.len(), 4);
+            for link in links.values() {
+                let target = link["operationId"].as_str().expect("link operationId");
+                assert!(ids.contains(target), "link to unknown operation {target}");
+            }
+        }
+    }
+}
