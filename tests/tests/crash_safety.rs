@@ -1,5 +1,6 @@
 //! Crash safety of the real `registry` binary: a registration the registry acknowledged
-//! survives a SIGKILL (no graceful shutdown, no flush), on each store.
+//! survives a SIGKILL (no graceful shutdown, no flush), on each store, also when the kill
+//! comes in the middle of a stream of registrations, ten times over.
 //!
 //! Needs the binary: `cargo build --workspace --bins` first (`make test` does).
 
@@ -146,83 +147,103 @@ on_both_stores!(
     acknowledged_registrations_survive_sigkill
 );
 
-/// Registrations keep coming while the registry is SIGKILLed after 200 of them were
-/// acknowledged: after a restart every acknowledged one is there, and whatever else
-/// survived is whole (its URL and tags as sent).
-async fn sigkill_mid_stream_loses_no_acknowledged_registration(backend: Backend) {
-    let database_url = backend.fresh_url().await;
-    let registry = RegistryProcess::start(&database_url, &[]).await;
-    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let api = registry.api.clone();
-    let writer = {
-        let acknowledged = acknowledged.clone();
-        tokio::spawn(async move {
-            futures::stream::iter(0..REGISTRATIONS * 4)
-                .for_each_concurrent(CONCURRENCY, |n| {
-                    let (api, acknowledged) = (api.clone(), acknowledged.clone());
-                    async move {
-                        let (service, id, url) = registration(n);
-                        let mut spec = InstanceSpec::new(url);
-                        spec.tags = vec![format!("n{n}")];
-                        spec.ttl_seconds = Some(0);
-                        if api.register(&service, &id, &spec).await.is_ok() {
-                            acknowledged.lock().expect("lock").push(n);
-                        }
-                    }
-                })
-                .await;
-        })
-    };
-    eventually(
-        Duration::from_secs(60),
-        "200 acknowledged registrations",
-        || async { (acknowledged.lock().expect("lock").len() >= 200).then_some(()) },
-    )
-    .await;
-    registry.kill().await;
-    // The writes still in flight fail now (connection refused or reset).
-    writer.await.expect("writer task");
-    let acknowledged = acknowledged.lock().expect("lock").clone();
-    assert!(
-        acknowledged.len() < REGISTRATIONS * 4,
-        "the kill came before the stream ended"
-    );
+/// Rounds of "load, SIGKILL, restart" in the mid-stream test.
+const KILLS: usize = 10;
+/// Registrations acknowledged in each round before the kill.
+const PER_ROUND: usize = 60;
 
-    let restarted = RegistryProcess::start(&database_url, &[]).await;
+/// A stream of registrations, each with a tag naming it, is SIGKILLed ten times in its
+/// middle, and the registry restarted on the same database each time: after every restart
+/// every registration acknowledged so far is there, exactly once, and whatever is there
+/// is whole (the URL and tag it was sent with).
+async fn ten_sigkills_mid_stream_lose_no_acknowledged_registration(backend: Backend) {
+    let database_url = backend.fresh_url().await;
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut next = 0;
+    for round in 1..=KILLS {
+        let registry = RegistryProcess::start(&database_url, &[]).await;
+        // More than a round can acknowledge: the kill always comes mid-stream.
+        let batch = next..next + PER_ROUND * 4;
+        next = batch.end;
+        let writer = {
+            let (api, acknowledged) = (registry.api.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                futures::stream::iter(batch)
+                    .for_each_concurrent(CONCURRENCY, |n| {
+                        let (api, acknowledged) = (api.clone(), acknowledged.clone());
+                        async move {
+                            let (service, id, url) = registration(n);
+                            let mut spec = InstanceSpec::new(url);
+                            spec.tags = vec![format!("n{n}")];
+                            spec.ttl_seconds = Some(0);
+                            if api.register(&service, &id, &spec).await.is_ok() {
+                                acknowledged.lock().expect("lock").push(n);
+                            }
+                        }
+                    })
+                    .await;
+            })
+        };
+        let before = acknowledged.lock().expect("lock").len();
+        eventually(
+            Duration::from_secs(60),
+            "a round of acknowledged registrations",
+            || async {
+                (acknowledged.lock().expect("lock").len() >= before + PER_ROUND).then_some(())
+            },
+        )
+        .await;
+        registry.kill().await;
+        // The writes still in flight fail now (connection refused or reset).
+        writer.await.expect("writer task");
+        let in_round = acknowledged.lock().expect("lock").len() - before;
+        assert!(
+            in_round < PER_ROUND * 4,
+            "kill {round} came after the round's stream had ended"
+        );
+
+        let restarted = RegistryProcess::start(&database_url, &[]).await;
+        let acknowledged = acknowledged.lock().expect("lock").clone();
+        check_survivors(&restarted, &acknowledged, round).await;
+        restarted.kill().await;
+    }
+}
+on_both_stores!(
+    /// Ten SIGKILLs in the middle of a stream of registrations lose none it acknowledged.
+    ten_sigkills_mid_stream_lose_no_acknowledged_registration
+);
+
+/// Every acknowledged registration is listed once, and every listed one is as it was sent.
+async fn check_survivors(registry: &RegistryProcess, acknowledged: &[usize], round: usize) {
     let mut found: BTreeMap<String, registry_api::Instance> = BTreeMap::new();
     for s in 0..SERVICES {
         let service = format!("svc-{s}");
-        let listed = restarted
-            .api
-            .service(&service, None)
-            .await
-            .expect("service");
+        let listed = registry.api.service(&service, None).await.expect("service");
         for instance in listed.instances {
-            found.insert(instance.id.clone(), instance);
+            let id = instance.id.clone();
+            assert!(
+                found.insert(id.clone(), instance).is_none(),
+                "after kill {round}: {id} is listed twice"
+            );
         }
     }
-    for n in &acknowledged {
-        let (service, id, _) = registration(*n);
-        assert!(
-            found.contains_key(&id),
-            "{service}/{id} was acknowledged before the kill but is gone ({} of {} acknowledged survived)",
-            acknowledged
-                .iter()
-                .filter(|n| found.contains_key(&registration(**n).1))
-                .count(),
-            acknowledged.len()
-        );
-    }
+    let lost: Vec<String> = acknowledged
+        .iter()
+        .map(|n| registration(*n))
+        .filter(|(_, id, _)| !found.contains_key(id))
+        .map(|(service, id, _)| format!("{service}/{id}"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "after kill {round}: {} of {} acknowledged registrations are gone: {lost:?}",
+        lost.len(),
+        acknowledged.len()
+    );
     for (id, instance) in &found {
         let n: usize = id.trim_start_matches("inst-").parse().expect("n");
         let (service, _, url) = registration(n);
-        assert_eq!(instance.service, service, "{id}");
-        assert_eq!(instance.url, url, "{id}");
-        assert_eq!(instance.tags, [format!("n{n}")], "{id}");
+        assert_eq!(instance.service, service, "after kill {round}: {id}");
+        assert_eq!(instance.url, url, "after kill {round}: {id}");
+        assert_eq!(instance.tags, [format!("n{n}")], "after kill {round}: {id}");
     }
-    restarted.kill().await;
 }
-on_both_stores!(
-    /// A SIGKILL in the middle of a stream of registrations loses none it acknowledged.
-    sigkill_mid_stream_loses_no_acknowledged_registration
-);
