@@ -14,7 +14,9 @@
 //! - started with the chart's command, arguments and env (only the database and the listen
 //!   address swapped for the test's, port 0), the registry answers 200 on every probe path,
 //!   on the port the probe names; so do the demo services, which register under their pod
-//!   names; and the demo Job's container, run as the chart runs it, completes the flow.
+//!   names; the demo Job's container, run as the chart runs it, completes the flow; and on
+//!   SIGTERM a demo pod deregisters and the registry stops, within the grace period the
+//!   chart gives them (after the registry's preStop sleep).
 //!
 //! The Job (and the `helm test` pod) run `demo-client --scenario seed`, the seed's flow
 //! against the installed registry, not `make demo`'s `--scenario resilience`: that story
@@ -200,6 +202,7 @@ impl Rendered {
                             .unwrap_or_default()
                             .to_owned(),
                         replicas,
+                        pod,
                         container,
                     });
                 } else {
@@ -252,12 +255,22 @@ struct Workload<'a> {
     kind: String,
     name: String,
     replicas: u64,
+    pod: &'a Value,
     container: &'a Value,
 }
 
 impl Workload<'_> {
     fn label(&self) -> String {
         format!("{} {}", self.kind, self.name)
+    }
+
+    /// The pod's terminationGracePeriodSeconds (Kubernetes' default: 30 s).
+    fn grace_period(&self) -> Duration {
+        Duration::from_secs(
+            self.pod["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or(30),
+        )
     }
 
     fn command(&self) -> Vec<String> {
@@ -589,6 +602,8 @@ fn the_demo_job_and_helm_test_run_the_seed_flow() {
 /// A child process of ours, killed when dropped; its stderr is read for JSON log lines.
 struct Process {
     child: Child,
+    /// Its log lines so far, for failure messages.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -629,9 +644,40 @@ impl Process {
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("{label} did not log '{message}'; its log: {seen:#?}"));
-        // Keep draining the log so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        (Self { child }, fields)
+        // Keep reading the log so the process never blocks on a full pipe.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(seen));
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().expect("log").push(line);
+            }
+        });
+        (Self { child, log }, fields)
+    }
+}
+
+impl Process {
+    /// SIGTERM, as the kubelet sends after the preStop hook; answers how the process exited,
+    /// panicking if it is still running after `grace` (when the kubelet would SIGKILL it).
+    /// The last lines it logged.
+    fn log_tail(&self) -> String {
+        let log = self.log.lock().expect("log");
+        log[log.len().saturating_sub(20)..].join("\n")
+    }
+
+    async fn terminate(&mut self, grace: Duration, what: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running");
+        // `kill` the command: sending a signal from Rust needs `libc` or `nix`.
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(grace, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{what} still runs {grace:?} after SIGTERM"))
+            .expect("wait for the process")
     }
 }
 
@@ -673,8 +719,10 @@ fn get(env: &[(String, String)], name: &str) -> Option<String> {
 /// the demo client Job, each from the chart's own command, args and env.
 async fn run_scenario_live(scenario: &str) {
     let rendered = Rendered::new(scenario);
+    // Like the kubelet's prober: a new connection per probe, none kept alive.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("http client");
 
@@ -694,7 +742,7 @@ async fn run_scenario_live(scenario: &str) {
         Some("json"),
         "{scenario}: JSON log lines in the cluster"
     );
-    let (_registry, fields) = Process::start(
+    let (mut registry_process, fields) = Process::start(
         format!("{scenario} registry"),
         "registry",
         &registry.args(),
@@ -817,8 +865,8 @@ async fn run_scenario_live(scenario: &str) {
                 .await;
             }
             let role = workload.args().get(1).cloned().expect("--role value");
-            expected.entry(role).or_default().insert(pod);
-            services.push(process);
+            expected.entry(role).or_default().insert(pod.clone());
+            services.push((pod, process, workload.grace_period()));
         }
     }
     if services.is_empty() {
@@ -877,7 +925,61 @@ async fn run_scenario_live(scenario: &str) {
     ] {
         assert!(stdout.contains(line), "{scenario}: no '{line}' in {stdout}");
     }
+
+    // A demo pod going away leaves the registry itself: SIGTERM (no preStop hook) sets it in
+    // maintenance, drains and deregisters it within the pod's grace period. The pod is a
+    // `sum` one: nothing holds a connection to it once the client is done, whereas `sum` and
+    // `mult` keep idle keep-alive connections to `concat`, with which demo-service today
+    // skips its graceful leave (its registration is still shared when serving ends).
+    let index = services
+        .iter()
+        .position(|(pod, _, _)| expected["sum"].contains(pod))
+        .expect("a sum pod");
+    let (pod, mut process, grace) = services.remove(index);
+    let status = process.terminate(grace, &format!("{scenario} {pod}")).await;
+    assert!(
+        status.success(),
+        "{scenario}: {pod} exits cleanly on SIGTERM: {status}"
+    );
+    let role = expected
+        .iter()
+        .find(|(_, pods)| pods.contains(&pod))
+        .map(|(role, _)| role.clone())
+        .expect("the pod's role");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = api.service(&role, None).await.expect("read the service");
+        if !found.instances.iter().any(|i| i.id == pod) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{scenario}: {pod} is still registered 30 s after it exited; its log:\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(services);
+
+    // The registry stops on SIGTERM within what the grace period leaves after preStop.
+    let pre_stop = registry.container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("the registry's preStop sleep");
+    let grace = registry.grace_period();
+    assert!(
+        grace > Duration::from_secs(pre_stop),
+        "{scenario}: the grace period outlasts the preStop sleep"
+    );
+    let status = registry_process
+        .terminate(
+            grace - Duration::from_secs(pre_stop),
+            &format!("{scenario} registry"),
+        )
+        .await;
+    assert!(
+        status.success(),
+        "{scenario}: the registry exits cleanly on SIGTERM: {status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
