@@ -529,7 +529,28 @@ impl DemoService {
         envs: &[(&str, &str)],
         deadline: Duration,
     ) -> Self {
-        let mut child = Command::new(binary("demo-service"))
+        Self::start_with(
+            Command::new(binary("demo-service")),
+            registry_url,
+            role,
+            id,
+            envs,
+            deadline,
+        )
+        .await
+    }
+
+    /// As [`DemoService::start`], through `command`: the `demo-service` binary itself, or a
+    /// program that runs it (`ip netns exec <ns> <binary>`). `envs` may set `LISTEN_ADDR`.
+    pub async fn start_with(
+        mut command: Command,
+        registry_url: &str,
+        role: &str,
+        id: &str,
+        envs: &[(&str, &str)],
+        deadline: Duration,
+    ) -> Self {
+        let mut child = command
             .args(["--role", role])
             .env("REGISTRY_URL", registry_url)
             .env("LISTEN_ADDR", "127.0.0.1:0")
