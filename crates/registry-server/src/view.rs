@@ -7,7 +7,9 @@
 //! picks up everything else.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
+
+use bytes::Bytes;
 
 use chrono::{DateTime, Utc};
 use registry_api::{
@@ -28,6 +30,39 @@ struct ServiceView {
     /// Index of the service's latest event.
     index: u64,
     instances: BTreeMap<String, Instance>,
+    /// The lookup answer as JSON, made by the first lookup after a change and shared by
+    /// every later one until the next change: cloning and serializing the instances was
+    /// most of a lookup's cost, and a service is read far more often than it changes.
+    answers: Answers,
+}
+
+/// One serialized answer per status filter: none, then one per status.
+#[derive(Debug, Default)]
+struct Answers([OnceLock<Bytes>; 5]);
+
+impl ServiceView {
+    /// Forgets the serialized answers: call on every change of the service's instances.
+    fn changed(&mut self) {
+        self.answers = Answers::default();
+    }
+
+    fn instances_with(&self, only: Option<Status>) -> Vec<Instance> {
+        self.instances
+            .values()
+            .filter(|i| only.is_none_or(|status| i.status == status))
+            .cloned()
+            .collect()
+    }
+}
+
+fn answer_slot(only: Option<Status>) -> usize {
+    match only {
+        None => 0,
+        Some(Status::Passing) => 1,
+        Some(Status::Warning) => 2,
+        Some(Status::Critical) => 3,
+        Some(Status::Maintenance) => 4,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +174,7 @@ impl View {
                 state.index = event.index;
                 let service = state.services.entry(event.service.clone()).or_default();
                 service.index = event.index;
+                service.changed();
                 if event.kind == EventKind::Removed {
                     service.instances.remove(&event.instance);
                 } else {
@@ -170,6 +206,9 @@ impl View {
         {
             keep_newest_observations(known, &instance);
         }
+        if let Some(service) = state.services.get_mut(&instance.service) {
+            service.changed();
+        }
     }
 
     /// Records a lease renewal another replica wrote (announced by the change feed): the
@@ -188,6 +227,9 @@ impl View {
             renewed.lease_expires_at = (renewed.ttl_seconds > 0)
                 .then(|| at + chrono::Duration::seconds(i64::from(renewed.ttl_seconds)));
             keep_newest_observations(known, &renewed);
+        }
+        if let Some(service) = state.services.get_mut(service) {
+            service.changed();
         }
     }
 
@@ -238,20 +280,47 @@ impl View {
     /// `GET /v1/services/{service}`, optionally only instances with one status.
     pub fn service(&self, name: &str, only: Option<Status>) -> ServiceInstances {
         let state = self.read();
-        let (index, instances) = state.services.get(name).map_or((0, Vec::new()), |s| {
-            let instances = s
-                .instances
-                .values()
-                .filter(|i| only.is_none_or(|status| i.status == status))
-                .cloned()
-                .collect();
-            (s.index, instances)
-        });
+        let (index, instances) = state
+            .services
+            .get(name)
+            .map_or((0, Vec::new()), |s| (s.index, s.instances_with(only)));
         ServiceInstances {
             index,
             name: name.to_owned(),
             instances,
         }
+    }
+
+    /// [`Self::service`] as JSON, and the service's index. The JSON is made once per state
+    /// of the service and filter and shared by the lookups that follow, until the service
+    /// changes (an event, or a heartbeat or check result that appended none).
+    pub fn service_json(
+        &self,
+        name: &str,
+        only: Option<Status>,
+    ) -> serde_json::Result<(u64, Bytes)> {
+        let state = self.read();
+        let Some(service) = state.services.get(name) else {
+            let empty = ServiceInstances {
+                index: 0,
+                name: name.to_owned(),
+                instances: Vec::new(),
+            };
+            return Ok((0, Bytes::from(serde_json::to_vec(&empty)?)));
+        };
+        let slot = &service.answers.0[answer_slot(only)];
+        if let Some(body) = slot.get() {
+            return Ok((service.index, body.clone()));
+        }
+        let answer = ServiceInstances {
+            index: service.index,
+            name: name.to_owned(),
+            instances: service.instances_with(only),
+        };
+        let body = Bytes::from(serde_json::to_vec(&answer)?);
+        // Another lookup may have filled the slot meanwhile, with the same state (changes
+        // wait for the read lock held here): either answer is right.
+        Ok((service.index, slot.get_or_init(|| body).clone()))
     }
 
     /// `GET /v1/status`: the whole system now, optionally one service only.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -82,10 +82,25 @@ async fn one(
     if let Some(known) = index {
         wait_for_change(&state, service.as_str(), known, wait).await;
     }
-    let body = state.view.service(service.as_str(), only);
-    let index_header = HeaderValue::from(body.index);
-    let mut response = Json(body).into_response();
-    response.headers_mut().insert(INDEX_HEADER, index_header);
+    // Served from the view's serialized answer: no copy of the instances per lookup.
+    let (index, body) = state
+        .view
+        .service_json(service.as_str(), only)
+        .map_err(|error| {
+            tracing::error!(%error, "cannot serialize a lookup answer");
+            ApiError::internal()
+        })?;
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
     Ok(response)
 }
 
