@@ -9,10 +9,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
+use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -23,6 +25,7 @@ use tokio::process::Command;
 #[derive(Debug, Clone, Copy)]
 pub struct WrkResult {
     pub requests: u64,
+    pub seconds: f64,
     pub per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -56,13 +59,14 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// Lookups of a random one of `services` services `svc-0`.. with `?status=passing`.
-pub fn lookup_script(services: usize) -> String {
+/// Lookups of a random one of `services` services `svc-0`.. with `?status=passing`,
+/// under `prefix` (empty for the registry).
+pub fn lookup_script(prefix: &str, services: usize) -> String {
     format!(
         r#"
 local services = {services}
 request = function()
-  return wrk.format("GET", "/v1/services/svc-" .. math.random(0, services - 1) .. "?status=passing")
+  return wrk.format("GET", "{prefix}/v1/services/svc-" .. math.random(0, services - 1) .. "?status=passing")
 end
 {DONE}"#
     )
@@ -144,6 +148,7 @@ pub async fn wrk(
     let seconds = summary.duration_us / 1e6;
     Ok(WrkResult {
         requests: summary.requests,
+        seconds,
         per_second: if seconds > 0.0 {
             summary.requests as f64 / seconds
         } else {
@@ -154,6 +159,49 @@ pub async fn wrk(
         errors: summary.connect + summary.read + summary.write + summary.timeout,
         bad_status: summary.status,
     })
+}
+
+/// Runs the same load on `first` and `second` in turns, `rounds` times `each`, so that
+/// whatever else the machine does at the time weighs on both alike; answers the two
+/// totals (latency percentiles: the median of the rounds').
+pub async fn in_turns(
+    first: &str,
+    second: &str,
+    script: &str,
+    connections: usize,
+    rounds: u32,
+    each: Duration,
+) -> anyhow::Result<(WrkResult, WrkResult)> {
+    let mut firsts = Vec::new();
+    let mut seconds = Vec::new();
+    for _ in 0..rounds {
+        seconds.push(wrk(second, script, connections, each).await?);
+        firsts.push(wrk(first, script, connections, each).await?);
+    }
+    Ok((combine(&firsts), combine(&seconds)))
+}
+
+fn combine(runs: &[WrkResult]) -> WrkResult {
+    let median = |pick: fn(&WrkResult) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
+    let requests = runs.iter().map(|r| r.requests).sum();
+    let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
+    WrkResult {
+        requests,
+        seconds,
+        per_second: if seconds > 0.0 {
+            requests as f64 / seconds
+        } else {
+            0.0
+        },
+        p50_ms: median(|r| r.p50_ms),
+        p99_ms: median(|r| r.p99_ms),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        bad_status: runs.iter().map(|r| r.bad_status).sum(),
+    }
 }
 
 fn script_path() -> PathBuf {
@@ -167,6 +215,10 @@ fn script_path() -> PathBuf {
 /// its workers. Stops when dropped.
 pub struct SideServer {
     pub addr: SocketAddr,
+    /// What `/sized/v1/services/{service}` answers: set to a real lookup answer, it gives
+    /// the ceiling for a body of the same size, which tells the cost of the bytes apart
+    /// from the cost of the registry's own work.
+    pub sized_body: Arc<RwLock<Bytes>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -184,12 +236,24 @@ impl SideServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let sized_body = Arc::new(RwLock::new(Bytes::new()));
+        let body = sized_body.clone();
         std::thread::Builder::new()
             .name("bench-side-server".into())
             .spawn(move || {
                 let app = Router::new()
                     // The same paths the registry's lookups take; the answer is constant.
                     .route("/v1/services/{service}", get(noop))
+                    .route(
+                        "/sized/v1/services/{service}",
+                        get(move || {
+                            let body = body
+                                .read()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .clone();
+                            async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+                        }),
+                    )
                     // OTLP over HTTP: accept every batch of spans and drop it.
                     .route("/v1/traces", post(accept_spans));
                 let served = runtime.block_on(async move {
@@ -207,6 +271,7 @@ impl SideServer {
             .context("side server thread")?;
         Ok(Self {
             addr,
+            sized_body,
             stop: Some(stop),
         })
     }

@@ -30,6 +30,8 @@ struct Plan {
     per_service: usize,
     load_seconds: u64,
     lookup_connections: usize,
+    /// Lookups and the ceiling take turns this many times, `load_seconds` each.
+    lookup_rounds: u32,
     heartbeat_connections: usize,
     writers: usize,
     watchers: usize,
@@ -37,6 +39,9 @@ struct Plan {
     detection_ttl_seconds: u64,
     propagation_writes: usize,
     memory_instances: usize,
+    /// The phases to run (`BENCH_PHASES=lookups,fanout,...`); all when unset.
+    phases: Vec<String>,
+    backends: Vec<String>,
 }
 
 impl Plan {
@@ -47,6 +52,7 @@ impl Plan {
             per_service: 10,
             load_seconds: 8,
             lookup_connections: 32,
+            lookup_rounds: 3,
             heartbeat_connections: 32,
             writers: 64,
             watchers: 10_000,
@@ -54,7 +60,17 @@ impl Plan {
             detection_ttl_seconds: 2,
             propagation_writes: 200,
             memory_instances: 100_000,
+            phases: list_from_env("BENCH_PHASES"),
+            backends: list_from_env("BENCH_BACKENDS"),
         }
+    }
+
+    fn runs(&self, phase: &str) -> bool {
+        self.phases.is_empty() || self.phases.iter().any(|p| p == phase)
+    }
+
+    fn on(&self, backend: Backend) -> bool {
+        self.backends.is_empty() || self.backends.iter().any(|b| b == backend.name())
     }
 
     fn quick() -> Self {
@@ -63,6 +79,7 @@ impl Plan {
             services: 20,
             per_service: 3,
             load_seconds: 1,
+            lookup_rounds: 1,
             watchers: 100,
             detection_instances: 1,
             propagation_writes: 10,
@@ -70,6 +87,17 @@ impl Plan {
             ..Self::full()
         }
     }
+}
+
+/// A comma-separated list from the environment (empty when unset).
+fn list_from_env(name: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One line of the table.
@@ -186,16 +214,23 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
         plan.load_seconds
     );
     for backend in [Backend::Sqlite, Backend::Postgres] {
+        if !plan.on(backend) {
+            continue;
+        }
         eprintln!("[{}]", backend.name());
         let database = Database::fresh(backend, &admin_url).await?;
         let outcome = one_backend(&plan, backend, &database, &side, &http, &mut report).await;
         database.drop_now().await?;
         outcome?;
     }
-    eprintln!("[postgres, three replicas]");
-    propagation(&plan, &admin_url, &http, &mut report).await?;
-    eprintln!("[postgres, memory]");
-    memory(&plan, &admin_url, &http, &mut report).await?;
+    if plan.runs("propagation") {
+        eprintln!("[postgres, three replicas]");
+        propagation(&plan, &admin_url, &http, &mut report).await?;
+    }
+    if plan.runs("memory") {
+        eprintln!("[postgres, memory]");
+        memory(&plan, &admin_url, &http, &mut report).await?;
+    }
     drop(side);
 
     let table = report.table();
@@ -247,147 +282,202 @@ async fn one_backend(
     .await?;
     scenarios::check_seeded(http, &registry, plan.per_service).await?;
 
-    let lookups = load::lookup_script(plan.services);
-    scenarios::phase("no-op ceiling (wrk, 1 thread)");
-    let ceiling = load::wrk(&side.base(), &lookups, plan.lookup_connections, load_for).await?;
-    scenarios::phase("lookups (wrk, 1 thread)");
-    let served = load::wrk(&registry.base, &lookups, plan.lookup_connections, load_for).await?;
-    let ratio = served.per_second / ceiling.per_second.max(1.0);
-    report.add(
-        format!("{name}: lookups/s, {} conns", plan.lookup_connections),
-        format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-            served.per_second, served.p50_ms, served.p99_ms
-        ),
-        "",
-        (!clean(&served)).then_some(false),
-        wrk_json(&served),
-    );
-    report.add(
-        format!("{name}: no-op axum ceiling/s"),
-        format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-            ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms
-        ),
-        "",
-        None,
-        wrk_json(&ceiling),
-    );
-    report.add(
-        format!("{name}: lookups / ceiling"),
-        format!("{ratio:.2}"),
-        ">= 0.60",
-        Some(ratio >= 0.6),
-        json!({ "ratio": ratio }),
-    );
-
-    if backend == Backend::Sqlite {
-        // Same data, same load, with the OTLP export on (a sink that accepts every batch).
-        registry.stop().await?;
-        let traced = Registry::start(
-            &database.url,
-            &[(
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://{}", side.addr),
-            )],
+    let lookups = load::lookup_script("", plan.services);
+    if plan.runs("lookups") {
+        scenarios::phase("lookups and the no-op ceiling, in turns (wrk, 1 thread)");
+        let (served, ceiling) = load::in_turns(
+            &registry.base,
+            &side.base(),
+            &lookups,
+            plan.lookup_connections,
+            plan.lookup_rounds,
+            load_for,
         )
         .await?;
-        scenarios::phase("lookups with OTLP tracing on (wrk, 1 thread)");
-        let on = load::wrk(&traced.base, &lookups, plan.lookup_connections, load_for).await?;
-        traced.stop().await?;
+        let ratio = served.per_second / ceiling.per_second.max(1.0);
         report.add(
-            format!("{name}: lookups/s, tracing off / on"),
+            format!("{name}: lookups/s, {} conns", plan.lookup_connections),
             format!(
-                "{:.0}/s / {:.0}/s ({:+.0}% with OTLP export)",
-                served.per_second,
-                on.per_second,
-                (on.per_second / served.per_second.max(1.0) - 1.0) * 100.0
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+                served.per_second, served.p50_ms, served.p99_ms
             ),
-            "off costs nothing",
-            None,
-            json!({ "off": wrk_json(&served), "on": wrk_json(&on) }),
+            "",
+            (!clean(&served)).then_some(false),
+            wrk_json(&served),
         );
-        registry = Registry::start(&database.url, &[]).await?;
+        report.add(
+            format!("{name}: no-op axum ceiling/s"),
+            format!(
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+                ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms
+            ),
+            "",
+            None,
+            wrk_json(&ceiling),
+        );
+        report.add(
+            format!("{name}: lookups / ceiling"),
+            format!("{ratio:.2}"),
+            ">= 0.60",
+            Some(ratio >= 0.6),
+            json!({ "ratio": ratio }),
+        );
+        // The ceiling again, answering the bytes of a real lookup.
+        let answer = http
+            .get(registry.url("/v1/services/svc-0?status=passing"))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        let answer_size = answer.len();
+        *side
+            .sized_body
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = answer;
+        scenarios::phase("no-op ceiling answering a lookup's bytes (wrk, 1 thread)");
+        let sized = load::wrk(
+            &side.base(),
+            &load::lookup_script("/sized", plan.services),
+            plan.lookup_connections,
+            load_for,
+        )
+        .await?;
+        report.add(
+            format!("{name}: no-op ceiling with a lookup's {answer_size} B body/s"),
+            format!(
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms); lookups / this: {:.2}",
+                sized.per_second,
+                sized.p50_ms,
+                sized.p99_ms,
+                served.per_second / sized.per_second.max(1.0)
+            ),
+            "",
+            None,
+            wrk_json(&sized),
+        );
+
+        if backend == Backend::Sqlite && plan.runs("tracing") {
+            // Same data, same load, with the OTLP export on (a sink that accepts every batch).
+            registry.stop().await?;
+            let traced = Registry::start(
+                &database.url,
+                &[(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://{}", side.addr),
+                )],
+            )
+            .await?;
+            scenarios::phase("lookups with OTLP tracing on (wrk, 1 thread)");
+            let on = load::wrk(
+                &traced.base,
+                &lookups,
+                plan.lookup_connections,
+                load_for * plan.lookup_rounds,
+            )
+            .await?;
+            traced.stop().await?;
+            report.add(
+                format!("{name}: lookups/s, tracing off / on"),
+                format!(
+                    "{:.0}/s / {:.0}/s ({:+.0}% with OTLP export)",
+                    served.per_second,
+                    on.per_second,
+                    (on.per_second / served.per_second.max(1.0) - 1.0) * 100.0
+                ),
+                "off costs nothing",
+                None,
+                json!({ "off": wrk_json(&served), "on": wrk_json(&on) }),
+            );
+            registry = Registry::start(&database.url, &[]).await?;
+        }
     }
 
-    scenarios::phase("heartbeats (wrk, 1 thread)");
-    let script = load::heartbeat_script(plan.services, plan.per_service);
-    let beats = load::wrk(
-        &registry.base,
-        &script,
-        plan.heartbeat_connections,
-        load_for,
-    )
-    .await?;
-    report.add(
-        format!("{name}: heartbeats/s"),
-        format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-            beats.per_second, beats.p50_ms, beats.p99_ms
-        ),
-        ">= 30000/s",
-        Some(beats.per_second >= 30_000.0 && clean(&beats)),
-        wrk_json(&beats),
-    );
+    if plan.runs("heartbeats") {
+        scenarios::phase("heartbeats (wrk, 1 thread)");
+        let script = load::heartbeat_script(plan.services, plan.per_service);
+        let beats = load::wrk(
+            &registry.base,
+            &script,
+            plan.heartbeat_connections,
+            load_for,
+        )
+        .await?;
+        report.add(
+            format!("{name}: heartbeats/s"),
+            format!(
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+                beats.per_second, beats.p50_ms, beats.p99_ms
+            ),
+            ">= 30000/s",
+            Some(beats.per_second >= 30_000.0 && clean(&beats)),
+            wrk_json(&beats),
+        );
+    }
 
-    scenarios::phase(&format!(
-        "registrations, {} writers (wrk, 1 thread)",
-        plan.writers
-    ));
-    let writes = load::wrk(
-        &registry.base,
-        &load::registration_script(),
-        plan.writers,
-        load_for,
-    )
-    .await?;
-    let (target, pass) = match backend {
-        Backend::Postgres => (
-            ">= 5000/s",
-            Some(writes.per_second >= 5_000.0 && clean(&writes)),
-        ),
-        Backend::Sqlite => ("", (!clean(&writes)).then_some(false)),
-    };
-    report.add(
-        format!("{name}: registrations/s, {} writers", plan.writers),
-        format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms; seeding {seed_rate:.0}/s)",
-            writes.per_second, writes.p50_ms, writes.p99_ms
-        ),
-        target,
-        pass,
-        json!({ "wrk": wrk_json(&writes), "seeding_per_second": seed_rate }),
-    );
+    if plan.runs("registrations") {
+        scenarios::phase(&format!(
+            "registrations, {} writers (wrk, 1 thread)",
+            plan.writers
+        ));
+        let writes = load::wrk(
+            &registry.base,
+            &load::registration_script(),
+            plan.writers,
+            load_for,
+        )
+        .await?;
+        let (target, pass) = match backend {
+            Backend::Postgres => (
+                ">= 5000/s",
+                Some(writes.per_second >= 5_000.0 && clean(&writes)),
+            ),
+            Backend::Sqlite => ("", (!clean(&writes)).then_some(false)),
+        };
+        report.add(
+            format!("{name}: registrations/s, {} writers", plan.writers),
+            format!(
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms; seeding {seed_rate:.0}/s)",
+                writes.per_second, writes.p50_ms, writes.p99_ms
+            ),
+            target,
+            pass,
+            json!({ "wrk": wrk_json(&writes), "seeding_per_second": seed_rate }),
+        );
+    }
 
-    let fan = scenarios::fan_out(http, &registry, plan.watchers).await?;
-    report.add(
-        format!("{name}: watch fan-out, {} watchers", fan.watchers),
-        format!(
-            "{} notified; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            fan.notified, fan.spread.p50_ms, fan.spread.p99_ms, fan.spread.max_ms
-        ),
-        "all within 1 s",
-        Some(fan.notified == fan.watchers && fan.spread.max_ms <= 1_000.0),
-        serde_json::to_value(&fan)?,
-    );
+    if plan.runs("fanout") {
+        let fan = scenarios::fan_out(http, &registry, plan.watchers).await?;
+        report.add(
+            format!("{name}: watch fan-out, {} watchers", fan.watchers),
+            format!(
+                "{} notified; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                fan.notified, fan.spread.p50_ms, fan.spread.p99_ms, fan.spread.max_ms
+            ),
+            "all within 1 s",
+            Some(fan.notified == fan.watchers && fan.spread.max_ms <= 1_000.0),
+            serde_json::to_value(&fan)?,
+        );
+    }
 
-    let ttl = Duration::from_secs(plan.detection_ttl_seconds);
-    let mut progress = scenarios::Progress::new("failure detection", plan.detection_instances);
-    let detected = scenarios::detection(http, &registry, plan.detection_instances, ttl).await?;
-    progress.tick(plan.detection_instances);
-    progress.finish("");
-    let limit_ms = (ttl + Duration::from_secs(1)).as_secs_f64() * 1e3;
-    report.add(
-        format!("{name}: failure detection, TTL {} s", ttl.as_secs()),
-        format!(
-            "max {:.2} s (p50 {:.2} s) after the last heartbeat",
-            detected.max_ms / 1e3,
-            detected.p50_ms / 1e3
-        ),
-        format!("<= TTL + 1 s = {:.0} s", limit_ms / 1e3),
-        Some(detected.max_ms <= limit_ms),
-        serde_json::to_value(detected)?,
-    );
+    if plan.runs("detection") {
+        let ttl = Duration::from_secs(plan.detection_ttl_seconds);
+        let mut progress = scenarios::Progress::new("failure detection", plan.detection_instances);
+        let detected = scenarios::detection(http, &registry, plan.detection_instances, ttl).await?;
+        progress.tick(plan.detection_instances);
+        progress.finish("");
+        let limit_ms = (ttl + Duration::from_secs(1)).as_secs_f64() * 1e3;
+        report.add(
+            format!("{name}: failure detection, TTL {} s", ttl.as_secs()),
+            format!(
+                "max {:.2} s (p50 {:.2} s) after the last heartbeat",
+                detected.max_ms / 1e3,
+                detected.p50_ms / 1e3
+            ),
+            format!("<= TTL + 1 s = {:.0} s", limit_ms / 1e3),
+            Some(detected.max_ms <= limit_ms),
+            serde_json::to_value(detected)?,
+        );
+    }
     registry.stop().await?;
     Ok(())
 }

@@ -113,8 +113,12 @@ pub async fn postgres_durability(admin_url: &str) -> anyhow::Result<(String, Str
     Ok((fsync, synchronous_commit))
 }
 
-/// The release `registry` binary, built next to this one.
+/// The release `registry` binary, built next to this one; `BENCH_REGISTRY` names another
+/// (to measure a build before and after a change).
 pub fn registry_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("BENCH_REGISTRY") {
+        return Ok(PathBuf::from(path));
+    }
     let exe = std::env::current_exe().context("path of this program")?;
     let path = exe
         .parent()

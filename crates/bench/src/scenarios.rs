@@ -278,9 +278,14 @@ pub async fn fan_out(
     let mut progress = Progress::new("watchers parked", watchers);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let parked = watchers_gauge(http, registry)
-            .await?
-            .saturating_sub(baseline);
+        // While thousands of connections open, one poll may fail: the next one counts.
+        let parked = match watchers_gauge(http, registry).await {
+            Ok(gauge) => gauge.saturating_sub(baseline),
+            Err(error) => {
+                eprintln!("\n  reading registry_watchers failed ({error:#}); retrying");
+                0
+            }
+        };
         progress.tick(parked.min(watchers));
         if parked >= watchers {
             break;
