@@ -103,7 +103,9 @@ image-check: ## The Dockerfile's build without Docker: cargo-chef recipe and coo
 	cd target/image-check/cook && PATH="$(CURDIR)/.tools/bin:$$PATH" CARGO_TARGET_DIR=$(CURDIR)/target \
 	  $(CARGO) chef cook --release --locked --recipe-path ../recipe.json
 	$(CARGO) build --release --locked $(addprefix --bin ,$(IMAGE_BINS))
+	@# The real binaries, not the skeleton's empty mains that cook built on the way.
 	@for bin in $(IMAGE_BINS); do \
-	  target/release/$$bin --version >/dev/null || { echo "target/release/$$bin does not run" >&2; exit 1; }; \
+	  target/release/$$bin --version | grep -q "^$$bin " || \
+	    { echo "target/release/$$bin is not the real $$bin" >&2; exit 1; }; \
 	done
 	@echo "image-check: recipe cooked, release build of $(IMAGE_BINS) ok"
