@@ -84,6 +84,13 @@ if "$helm" template central-registry "$chart" --set postgres.enabled=false >/dev
   fail "the chart renders with neither postgres.enabled nor database.existingSecret"
 fi
 
+# values.schema.json refuses what the binaries would refuse at start, and typos.
+for bad in 'registry.defaultTtl=ten seconds' 'registry.replicas=2' 'otel.protocol=udp'; do
+  if "$helm" template central-registry "$chart" --set "$bad" >/dev/null 2>&1; then
+    fail "values.schema.json accepts --set '$bad'"
+  fi
+done
+
 echo "kubernetes-validate deploy/observability and the dashboard ConfigMap"
 validate deploy/observability/jaeger.yaml
 # The chart as `make helm-install HELM_VALUES=deploy/observability/...` installs it.
