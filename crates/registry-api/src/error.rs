@@ -13,6 +13,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// Too many writes from one client (`REGISTRY_WRITE_RATE_LIMIT`); see `Retry-After`.
+    RateLimited,
     Unavailable,
     Internal,
 }
@@ -27,6 +29,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
+            Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::Internal => 500,
         }

@@ -126,7 +126,8 @@ pub(crate) fn code_for_status(status: u16) -> ErrorCode {
         405 => ErrorCode::MethodNotAllowed,
         413 => ErrorCode::PayloadTooLarge,
         415 => ErrorCode::UnsupportedMediaType,
-        408 | 429 | 502..=504 => ErrorCode::Unavailable,
+        429 => ErrorCode::RateLimited,
+        408 | 502..=504 => ErrorCode::Unavailable,
         400..=499 => ErrorCode::InvalidArgument,
         _ => ErrorCode::Internal,
     }
@@ -141,6 +142,7 @@ pub(crate) fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::MethodNotAllowed => "method_not_allowed",
         ErrorCode::PayloadTooLarge => "payload_too_large",
         ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+        ErrorCode::RateLimited => "rate_limited",
         ErrorCode::Unavailable => "unavailable",
         ErrorCode::Internal => "internal",
     }

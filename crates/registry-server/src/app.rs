@@ -63,6 +63,8 @@ impl Application {
             heartbeats: Arc::new(Heartbeats::new(store.clone(), view.clone())),
             store,
             view,
+            write_limit: crate::rate_limit::WriteRateLimit::new(settings.write_rate_limit)
+                .map(Arc::new),
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
         };
@@ -95,19 +97,19 @@ impl Application {
         )
         .spawn();
         let heartbeats = self.state.heartbeats.clone();
+        let header_read_timeout = self.state.settings.header_read_timeout;
         let router = http::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "registry listening");
         let stop = shutdown.clone();
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = signal => {}
-                    () = stop.cancelled() => {}
-                }
-                tracing::info!("shutting down");
-                stop.cancel();
-            })
-            .await;
+        crate::serve::serve(self.listener, router, header_read_timeout, async move {
+            tokio::select! {
+                () = signal => {}
+                () = stop.cancelled() => {}
+            }
+            tracing::info!("shutting down");
+            stop.cancel();
+        })
+        .await;
         // No request runs any more: write the heartbeats acknowledged but still queued.
         if let Err(error) = heartbeats.flush().await {
             tracing::warn!(%error, "could not write the last queued heartbeats");
@@ -117,7 +119,7 @@ impl Application {
             let _ = worker.await;
         }
         let _ = replication.await;
-        served.context("server error")
+        Ok(())
     }
 }
 

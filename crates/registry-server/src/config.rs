@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 /// central-registry: a service registry for microservices.
 #[derive(Debug, Parser)]
@@ -106,6 +107,22 @@ pub struct ServeArgs {
     /// Log format: `pretty` on a terminal, `json` otherwise.
     #[arg(long, env = "LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// A client that has not sent its whole request head by then is disconnected
+    /// (slow clients holding connections open).
+    #[arg(long, env = "REGISTRY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+    /// Longest an ordinary request may take, reading its body included (blocking
+    /// queries and event streams have their own limits); then 503.
+    #[arg(long, env = "REGISTRY_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub request_timeout: Duration,
+    /// Writes per second allowed to each client address (bursts of as many); then 429.
+    /// 0 = no limit.
+    #[arg(long, env = "REGISTRY_WRITE_RATE_LIMIT", default_value_t = 0)]
+    pub write_rate_limit: u32,
+    /// Networks (CIDR, comma-separated, e.g. `10.0.0.0/8,fd00::/8`) that active checks
+    /// may connect to; a check whose target resolves elsewhere fails. Empty = anywhere.
+    #[arg(long, env = "REGISTRY_CHECK_ALLOWED_NETWORKS", value_delimiter = ',', value_parser = network)]
+    pub check_allowed_networks: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -146,8 +163,18 @@ fn duration(raw: &str) -> Result<Duration, String> {
     registry_api::parse_duration(raw)
 }
 
+fn network(raw: &str) -> Result<IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{raw}' is not a network like 10.0.0.0/8 or an address"))
+}
+
+/// Bounds of the request timeouts.
+const TIMEOUT_BOUNDS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(600));
+
 /// The settings the server runs with, independent of how they were given.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub addr: SocketAddr,
     pub database_url: Option<String>,
@@ -156,6 +183,48 @@ pub struct Settings {
     pub default_ttl: Duration,
     pub deregister_critical_after: Duration,
     pub history_retention: Duration,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Writes per second per client address; 0 = no limit.
+    pub write_rate_limit: u32,
+    /// Where active checks may connect; empty = anywhere.
+    pub check_allowed_networks: Vec<IpNet>,
+}
+
+/// Secrets stay out of logs and panics: tokens are shown as set or not, the database
+/// URL without its password.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |token: &Option<String>| token.as_ref().map(|_| "<set>");
+        f.debug_struct("Settings")
+            .field("addr", &self.addr)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("token", &secret(&self.token))
+            .field("read_token", &secret(&self.read_token))
+            .field("default_ttl", &self.default_ttl)
+            .field("deregister_critical_after", &self.deregister_critical_after)
+            .field("history_retention", &self.history_retention)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("write_rate_limit", &self.write_rate_limit)
+            .field("check_allowed_networks", &self.check_allowed_networks)
+            .finish()
+    }
+}
+
+/// `url` with its password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
 }
 
 impl ServeArgs {
@@ -193,6 +262,14 @@ impl ServeArgs {
         {
             check_database_url(url)?;
         }
+        for (name, timeout) in [
+            ("REGISTRY_HEADER_READ_TIMEOUT", self.header_read_timeout),
+            ("REGISTRY_REQUEST_TIMEOUT", self.request_timeout),
+        ] {
+            if timeout < TIMEOUT_BOUNDS.0 || timeout > TIMEOUT_BOUNDS.1 {
+                return Err(format!("{name} must be from 100ms to 10m"));
+            }
+        }
         for (name, token) in [
             ("REGISTRY_TOKEN", &self.token),
             ("REGISTRY_READ_TOKEN", &self.read_token),
@@ -209,6 +286,10 @@ impl ServeArgs {
             default_ttl: self.default_ttl,
             deregister_critical_after: self.deregister_critical_after,
             history_retention: self.history_retention,
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            write_rate_limit: self.write_rate_limit,
+            check_allowed_networks: self.check_allowed_networks.clone(),
         })
     }
 }
@@ -224,6 +305,10 @@ impl Settings {
             default_ttl: Duration::from_secs(10),
             deregister_critical_after: Duration::from_secs(600),
             history_retention: Duration::from_secs(7 * 86_400),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            write_rate_limit: 0,
+            check_allowed_networks: Vec::new(),
         }
     }
 

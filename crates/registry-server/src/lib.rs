@@ -1,6 +1,7 @@
 //! The central-registry server as a library; `main.rs` is a thin wrapper around it.
 
 pub mod app;
+pub mod check_targets;
 pub mod clock;
 pub mod config;
 pub mod heartbeats;
@@ -8,8 +9,10 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod operator;
+pub mod rate_limit;
 pub mod record;
 pub mod replication;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]

@@ -11,6 +11,7 @@ use registry_api::{Check, Status};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::check_targets::AllowedNetworks;
 use crate::config::Settings;
 use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY, Heartbeats};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
@@ -207,23 +208,27 @@ impl Workers {
 struct Checker {
     workers: Workers,
     http: reqwest::Client,
+    allowed: AllowedNetworks,
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
     slots: Arc<Semaphore>,
 }
 
 impl Checker {
     fn new(workers: Workers) -> Self {
-        let http = reqwest::Client::builder()
+        let allowed = AllowedNetworks::new(workers.settings.check_allowed_networks.clone());
+        let mut http = reqwest::Client::builder()
             // A redirect could lead the check away from the instance's own host.
             .redirect(reqwest::redirect::Policy::none())
             // Checks go straight to the instance, never through an HTTP_PROXY.
             .no_proxy()
-            .user_agent("central-registry-check")
-            .build()
-            .unwrap_or_default();
+            .user_agent("central-registry-check");
+        if allowed.is_restricted() {
+            http = http.dns_resolver(allowed.clone());
+        }
         Self {
             workers,
-            http,
+            http: http.build().unwrap_or_default(),
+            allowed,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
         }
@@ -323,6 +328,9 @@ impl Checker {
         let Some(target) = check.target(instance_url) else {
             return critical("check path leaves the instance's own host".into());
         };
+        if let Err(refused) = self.allowed.check_address(&target) {
+            return critical(refused);
+        }
         let timeout = Duration::from_secs(u64::from(check.timeout_seconds));
         let attempt = async {
             let response = self.http.get(target).send().await?;

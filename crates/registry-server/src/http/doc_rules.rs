@@ -24,7 +24,34 @@ pub fn document() -> Value {
         constrain_bodies(schemas);
     }
     link_registration(&mut doc);
+    document_rate_limit(&mut doc);
     doc
+}
+
+/// Every write may answer 429 when `REGISTRY_WRITE_RATE_LIMIT` is set.
+fn document_rate_limit(doc: &mut Value) {
+    let operations = doc
+        .get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.iter_mut())
+        .filter(|(method, _)| matches!(method.as_str(), "put" | "post" | "delete"))
+        .map(|(_, operation)| operation);
+    for operation in operations {
+        set(
+            operation,
+            "/responses",
+            &[(
+                "429",
+                json!({
+                    "description": "Too many writes from this client (see Retry-After)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                }),
+            )],
+        );
+    }
 }
 
 /// Path and query parameters named `service`, `id` or `instance` take the name and id
@@ -175,6 +202,15 @@ mod tests {
         };
         assert_eq!(pattern("service"), Some(SERVICE_NAME_PATTERN.into()));
         assert_eq!(pattern("id"), Some(INSTANCE_ID_PATTERN.into()));
+    }
+
+    #[test]
+    fn writes_may_answer_429() {
+        let doc = document();
+        let put = &doc["paths"]["/v1/services/{service}/instances/{id}"]["put"];
+        assert!(put["responses"]["429"].is_object());
+        let get = &doc["paths"]["/v1/services/{service}"]["get"];
+        assert!(get["responses"]["429"].is_null());
     }
 
     #[test]

@@ -14,7 +14,6 @@ mod services;
 mod status;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -36,9 +35,6 @@ use crate::config::Settings;
 use crate::store::{Applied, Store, Transition};
 use crate::view::View;
 
-/// Longest time an ordinary (not long-polling, not streaming) request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -49,6 +45,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown so long polls and streams end and let the server stop.
     pub shutdown: CancellationToken,
+    /// `REGISTRY_WRITE_RATE_LIMIT`, when set.
+    pub write_limit: Option<Arc<crate::rate_limit::WriteRateLimit>>,
 }
 
 impl AppState {
@@ -85,7 +83,7 @@ pub fn router(state: AppState) -> Router {
         .merge(seed::router())
         .merge(ops::router())
         .merge(dashboard::router())
-        .layer(middleware::from_fn(time_limit));
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
         .merge(services::long_poll_router())
@@ -99,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(middleware::from_fn(limit_size))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_writes))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }
@@ -157,9 +156,10 @@ async fn note_route(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// 503 in our error shape (with `Retry-After`) for a request that takes too long.
-async fn time_limit(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+/// 503 in our error shape (with `Retry-After`) for a request that takes longer than
+/// `REGISTRY_REQUEST_TIMEOUT`, reading its body included (a client sending it slowly).
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.settings.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::unavailable("the request took too long; retry shortly").into_response(),
     }
@@ -198,6 +198,31 @@ async fn limit_size(request: Request, next: Next) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// 429 (with `Retry-After`) for a write beyond the client's `REGISTRY_WRITE_RATE_LIMIT`.
+/// Checked before the token, so guessing tokens is limited too.
+async fn limit_writes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let is_write = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if let (true, Some(limit), Some(peer)) =
+        (is_write, &state.write_limit, crate::serve::peer(&request))
+        && let Err(wait) = limit.admit(peer.ip(), std::time::Instant::now())
+    {
+        let mut response = ApiError::new(
+            ErrorCode::RateLimited,
+            "too many writes from this client; retry after the time in Retry-After",
+        )
+        .into_response();
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        return response;
+    }
+    next.run(request).await
 }
 
 /// Routes anyone may reach, also when tokens are set.
