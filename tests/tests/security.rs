@@ -1,0 +1,258 @@
+//! Hostile or careless clients and secrets (SECURITY.md): slow request heads and bodies
+//! are cut off, a client over its write rate gets 429, active checks reach only the
+//! networks allowed, and no secret (a token, the database password) reaches the logs.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use registry_api::{CheckSpec, ErrorBody, ErrorCode, InstanceSpec, Status};
+use support::{Backend, TempDir, TestRegistry, binary, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Reads until the server closes the connection; what it sent before that.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    let registry = TestRegistry::start_with(Backend::Sqlite, |settings| {
+        settings.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut slow = TcpStream::connect(registry.addr).await.expect("connect");
+    slow.write_all(b"GET /v1/services HTTP/1.1\r\nHost: registry\r\nX-Slow: ")
+        .await
+        .expect("send part of the head");
+    let answer = tokio::time::timeout(DEADLINE, read_until_closed(&mut slow))
+        .await
+        .expect("the registry closes the connection of a client stuck in its head");
+    assert!(
+        !answer.contains("200 OK"),
+        "the half-sent request must not be served: {answer}"
+    );
+    // Everyone else is served as usual.
+    registry.api.services().await.expect("a normal request");
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_too_slowly_is_answered_503_after_the_request_timeout() {
+    let registry = TestRegistry::start_with(Backend::Sqlite, |settings| {
+        settings.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut slow = TcpStream::connect(registry.addr).await.expect("connect");
+    slow.write_all(
+        b"PUT /v1/services/s/instances/i HTTP/1.1\r\nHost: registry\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":",
+    )
+    .await
+    .expect("send the head and a little of the body");
+    let answer = tokio::time::timeout(DEADLINE, read_until_closed(&mut slow))
+        .await
+        .expect("the registry answers a stalled body and closes");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"unavailable\""), "{answer}");
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_beyond_the_rate_limit_get_429_and_reads_are_not_limited() {
+    let registry = TestRegistry::start_with(Backend::Sqlite, |settings| {
+        settings.write_rate_limit = 5;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for n in 0..15 {
+        let response = http
+            .put(registry.url(&format!("/v1/services/s/instances/i-{n}")))
+            .json(&InstanceSpec::new("http://10.0.0.1:8080"))
+            .send()
+            .await
+            .expect("PUT");
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 && limited.is_none() {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body: ErrorBody = response.json().await.expect("error body");
+            limited = Some((retry_after, body.error.code));
+        }
+    }
+    let accepted = statuses.iter().filter(|s| **s == 201).count();
+    assert!(
+        (5..15).contains(&accepted),
+        "a burst of 5 then about 5 a second: {statuses:?}"
+    );
+    let (retry_after, code) = limited.expect("some writes were refused");
+    assert_eq!(code, ErrorCode::RateLimited);
+    assert!(
+        retry_after.is_some_and(|s| s >= 1),
+        "Retry-After: {retry_after:?}"
+    );
+    for _ in 0..20 {
+        let read = http
+            .get(registry.url("/v1/services/s"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(read.status(), 200, "reads are never limited");
+    }
+    registry.stop().await;
+}
+
+/// A tiny instance whose health endpoint answers 200, on 127.0.0.1.
+async fn healthy_instance() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = Router::new().route("/health", get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn register_checked(registry: &TestRegistry, id: &str, url: &str) {
+    let mut spec = InstanceSpec::new(url);
+    spec.ttl_seconds = Some(0);
+    spec.check = Some(CheckSpec {
+        http: "/health".into(),
+        interval_seconds: Some(1),
+        timeout_seconds: Some(1),
+        expect_json: None,
+    });
+    registry
+        .api
+        .register("checked", id, &spec)
+        .await
+        .expect("register");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_reach_only_the_allowed_networks() {
+    let url = healthy_instance().await;
+    let name_url = url.replace("127.0.0.1", "localhost");
+    let outside = TestRegistry::start_with(Backend::Sqlite, |settings| {
+        settings.check_allowed_networks = vec!["10.0.0.0/8".parse().expect("cidr")];
+    })
+    .await;
+    register_checked(&outside, "by-address", &url).await;
+    register_checked(&outside, "by-name", &name_url).await;
+    for id in ["by-address", "by-name"] {
+        let instance = eventually(DEADLINE, "the check to fail", || async {
+            let instances = outside.api.service("checked", None).await.ok()?.instances;
+            instances
+                .into_iter()
+                .find(|i| i.id == id && i.status == Status::Critical)
+        })
+        .await;
+        let detail = instance.last_check.map(|c| c.detail).unwrap_or_default();
+        assert!(
+            detail.contains("REGISTRY_CHECK_ALLOWED_NETWORKS"),
+            "{id}: the failure says why: {detail:?}"
+        );
+    }
+    outside.stop().await;
+
+    // The same instance, with its network allowed, passes.
+    let inside = TestRegistry::start_with(Backend::Sqlite, |settings| {
+        settings.check_allowed_networks = vec![
+            "127.0.0.0/8".parse().expect("cidr"),
+            "::1/128".parse().expect("cidr"),
+        ];
+    })
+    .await;
+    register_checked(&inside, "by-name", &name_url).await;
+    eventually(DEADLINE, "the check to pass", || async {
+        let instances = inside.api.service("checked", None).await.ok()?.instances;
+        instances.into_iter().find(|i| {
+            i.last_check
+                .as_ref()
+                .is_some_and(|c| c.status == Status::Passing)
+        })
+    })
+    .await;
+    inside.stop().await;
+}
+
+/// Runs the registry binary with secrets in its environment, for `work`, and answers
+/// everything it wrote.
+async fn run_with_secrets(args: &[&str], envs: &[(&str, &str)], stop_after: Duration) -> String {
+    let work = TempDir::new("secrets");
+    let log_path = work.0.join("registry.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(binary("registry"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REGISTRY_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the registry");
+    if tokio::time::timeout(stop_after, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    std::fs::read_to_string(&log_path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    const DB_PASSWORD: &str = "db-pass-7f3a91";
+    const TOKEN: &str = "write-token-5c2e77";
+    const READ_TOKEN: &str = "read-token-9b1d04";
+    // Nothing listens on port 9: the start fails on the database, with an error logged.
+    let unreachable = format!("postgres://registry:{DB_PASSWORD}@127.0.0.1:9/registry");
+    let envs = [
+        ("DATABASE_URL", unreachable.as_str()),
+        ("REGISTRY_TOKEN", TOKEN),
+        ("REGISTRY_READ_TOKEN", READ_TOKEN),
+    ];
+    let mut output = run_with_secrets(&["serve"], &envs, Duration::from_secs(30)).await;
+    output += &run_with_secrets(&["check-config"], &envs, DEADLINE).await;
+    output += &run_with_secrets(&["serve", "--help"], &envs, DEADLINE).await;
+    // A bad setting next to the secrets: the one-line error names the setting only.
+    let bad = [
+        ("DATABASE_URL", unreachable.as_str()),
+        ("REGISTRY_TOKEN", TOKEN),
+        ("REGISTRY_DEFAULT_TTL", "forever"),
+    ];
+    output += &run_with_secrets(&["serve"], &bad, DEADLINE).await;
+    assert!(
+        output.contains("configuration ok") && output.contains("REGISTRY_DEFAULT_TTL"),
+        "the runs happened:\n{output}"
+    );
+    for secret in [DB_PASSWORD, TOKEN, READ_TOKEN] {
+        assert!(
+            !output.contains(secret),
+            "a secret ({secret}) reached the output:\n{output}"
+        );
+    }
+}
