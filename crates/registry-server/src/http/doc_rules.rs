@@ -40,16 +40,13 @@ fn document_rate_limit(doc: &mut Value) {
         .filter(|(method, _)| matches!(method.as_str(), "put" | "post" | "delete"))
         .map(|(_, operation)| operation);
     for operation in operations {
-        set(
+        merge(
             operation,
             "/responses",
-            &[(
-                "429",
-                json!({
-                    "description": "Too many writes from this client (see Retry-After)",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-                }),
-            )],
+            json!({"429": {
+                "description": "Too many writes from this client (see Retry-After)",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+            }}),
         );
     }
 }
@@ -76,89 +73,70 @@ fn constrain_parameters(doc: &mut Value) {
                 Some("id" | "instance") => INSTANCE_ID_PATTERN,
                 _ => continue,
             };
-            set(parameter, "/schema", &[("pattern", json!(pattern))]);
+            merge(parameter, "/schema", json!({"pattern": pattern}));
         }
     }
 }
 
 fn constrain_bodies(schemas: &mut Value) {
-    let spec = "/InstanceSpec/properties";
-    set(
-        schemas,
-        &format!("{spec}/url"),
-        &[
-            ("minLength", json!(1)),
-            ("maxLength", json!(limits::MAX_URL_BYTES)),
-        ],
-    );
-    set(
-        schemas,
-        &format!("{spec}/tags"),
-        &[("maxItems", json!(limits::MAX_TAGS))],
-    );
-    set(
-        schemas,
-        &format!("{spec}/tags/items"),
-        &[
-            ("minLength", json!(1)),
-            ("maxLength", json!(limits::MAX_TAG_CHARS)),
-        ],
-    );
-    set(
-        schemas,
-        &format!("{spec}/metadata"),
-        &[("maxProperties", json!(limits::MAX_METADATA_PAIRS))],
-    );
-    set(
-        schemas,
-        &format!("{spec}/ttl_seconds"),
-        &[("maximum", json!(limits::MAX_TTL_SECONDS))],
-    );
-
+    let instance = "/InstanceSpec/properties";
     let check = "/CheckSpec/properties";
-    set(
-        schemas,
-        &format!("{check}/http"),
-        &[
-            ("pattern", json!("^/([^/].*)?$")),
-            ("maxLength", json!(limits::MAX_CHECK_PATH_BYTES)),
-        ],
-    );
-    for name in ["interval_seconds", "timeout_seconds"] {
-        set(
-            schemas,
-            &format!("{check}/{name}"),
-            &[
-                ("minimum", json!(1)),
-                ("maximum", json!(limits::MAX_INTERVAL_SECONDS)),
-            ],
-        );
+    let interval = json!({"minimum": 1, "maximum": limits::MAX_INTERVAL_SECONDS});
+    let rules = [
+        (
+            format!("{instance}/url"),
+            json!({"minLength": 1, "maxLength": limits::MAX_URL_BYTES}),
+        ),
+        (
+            format!("{instance}/tags"),
+            json!({"maxItems": limits::MAX_TAGS}),
+        ),
+        (
+            format!("{instance}/tags/items"),
+            json!({"minLength": 1, "maxLength": limits::MAX_TAG_CHARS}),
+        ),
+        (
+            format!("{instance}/metadata"),
+            json!({"maxProperties": limits::MAX_METADATA_PAIRS}),
+        ),
+        (
+            format!("{instance}/ttl_seconds"),
+            json!({"maximum": limits::MAX_TTL_SECONDS}),
+        ),
+        (
+            format!("{check}/http"),
+            json!({"pattern": "^/([^/].*)?$", "maxLength": limits::MAX_CHECK_PATH_BYTES}),
+        ),
+        (format!("{check}/interval_seconds"), interval.clone()),
+        (format!("{check}/timeout_seconds"), interval),
+        (
+            format!("{check}/expect_json"),
+            json!({"maxProperties": limits::MAX_EXPECT_JSON_PAIRS}),
+        ),
+        (
+            "/SeedServiceSpec/properties/name".to_owned(),
+            json!({"pattern": SERVICE_NAME_PATTERN}),
+        ),
+    ];
+    for (pointer, rule) in rules {
+        merge(schemas, &pointer, rule);
     }
-    set(
-        schemas,
-        &format!("{check}/expect_json"),
-        &[("maxProperties", json!(limits::MAX_EXPECT_JSON_PAIRS))],
-    );
-
     // Health comes from leases and checks: a client sets only these two.
     if let Some(status) = schemas.pointer_mut("/StatusChange/properties/status") {
         *status = json!({"type": "string", "enum": ["maintenance", "passing"]});
     }
-    set(
-        schemas,
-        "/SeedServiceSpec/properties/name",
-        &[("pattern", json!(SERVICE_NAME_PATTERN))],
-    );
 }
 
-/// Adds `rules` to the schema at `pointer` when it exists, so a renamed field is skipped
-/// rather than invented; the tests below notice it.
-fn set(root: &mut Value, pointer: &str, rules: &[(&str, Value)]) {
-    if let Some(schema) = root.pointer_mut(pointer).and_then(Value::as_object_mut) {
-        for (key, value) in rules {
-            schema.insert((*key).to_owned(), value.clone());
-        }
-    }
+/// Adds the fields of `rule` (an object) to the schema at `pointer` when it exists, so a
+/// renamed field is skipped rather than invented; the tests below notice it.
+fn merge(root: &mut Value, pointer: &str, rule: Value) {
+    let (Some(schema), Value::Object(rule)) = (
+        root.pointer_mut(pointer).and_then(Value::as_object_mut),
+        rule,
+    ) else {
+        return;
+    };
+    schema.extend(rule);
 }
 
 /// A registration's answer links to the heartbeat, status, deregistration and lookup of
@@ -179,7 +157,7 @@ fn link_registration(doc: &mut Value) {
     for code in ["200", "201"] {
         let pointer =
             format!("/paths/~1v1~1services~1{{service}}~1instances~1{{id}}/put/responses/{code}");
-        set(doc, &pointer, &[("links", links.clone())]);
+        merge(doc, &pointer, json!({"links": links}));
     }
 }
 
