@@ -72,6 +72,18 @@ end
     )
 }
 
+/// `GET /healthz`: the registry's whole HTTP stack (middleware, tracing, metrics) around
+/// a handler that does nothing, the floor under every lookup.
+pub fn healthz_script() -> String {
+    format!(
+        r#"
+request = function()
+  return wrk.format("GET", "/healthz")
+end
+{DONE}"#
+    )
+}
+
 /// Heartbeats of a random one of the seeded instances (see `seed_path`).
 pub fn heartbeat_script(services: usize, per_service: usize) -> String {
     format!(
@@ -161,24 +173,22 @@ pub async fn wrk(
     })
 }
 
-/// Runs the same load on `first` and `second` in turns, `rounds` times `each`, so that
-/// whatever else the machine does at the time weighs on both alike; answers the two
-/// totals (latency percentiles: the median of the rounds').
+/// Runs wrk on each `(base, script)` target in turns, `rounds` times `each`, so that
+/// whatever else the machine does at the time weighs on all alike; answers one total per
+/// target (latency percentiles: the median of its rounds').
 pub async fn in_turns(
-    first: &str,
-    second: &str,
-    script: &str,
+    targets: &[(&str, &str)],
     connections: usize,
     rounds: u32,
     each: Duration,
-) -> anyhow::Result<(WrkResult, WrkResult)> {
-    let mut firsts = Vec::new();
-    let mut seconds = Vec::new();
+) -> anyhow::Result<Vec<WrkResult>> {
+    let mut runs = vec![Vec::new(); targets.len()];
     for _ in 0..rounds {
-        seconds.push(wrk(second, script, connections, each).await?);
-        firsts.push(wrk(first, script, connections, each).await?);
+        for ((base, script), results) in targets.iter().zip(runs.iter_mut()) {
+            results.push(wrk(base, script, connections, each).await?);
+        }
     }
-    Ok((combine(&firsts), combine(&seconds)))
+    Ok(runs.iter().map(|results| combine(results)).collect())
 }
 
 fn combine(runs: &[WrkResult]) -> WrkResult {

@@ -30,8 +30,9 @@ struct Plan {
     per_service: usize,
     load_seconds: u64,
     lookup_connections: usize,
-    /// Lookups and the ceiling take turns this many times, `load_seconds` each.
+    /// Lookups and the ceilings take turns this many times, `lookup_seconds` each.
     lookup_rounds: u32,
+    lookup_seconds: u64,
     heartbeat_connections: usize,
     writers: usize,
     watchers: usize,
@@ -53,6 +54,7 @@ impl Plan {
             load_seconds: 8,
             lookup_connections: 32,
             lookup_rounds: 3,
+            lookup_seconds: 4,
             heartbeat_connections: 32,
             writers: 64,
             watchers: 10_000,
@@ -80,6 +82,7 @@ impl Plan {
             per_service: 3,
             load_seconds: 1,
             lookup_rounds: 1,
+            lookup_seconds: 1,
             watchers: 100,
             detection_instances: 1,
             propagation_writes: 10,
@@ -269,7 +272,7 @@ async fn one_backend(
 ) -> anyhow::Result<()> {
     let name = backend.name();
     let load_for = Duration::from_secs(plan.load_seconds);
-    let mut registry = Registry::start(&database.url, &[]).await?;
+    let registry = Registry::start(&database.url, &[]).await?;
     let seeded = plan.services * plan.per_service;
     let seed_rate = scenarios::seed(
         http,
@@ -282,114 +285,8 @@ async fn one_backend(
     .await?;
     scenarios::check_seeded(http, &registry, plan.per_service).await?;
 
-    let lookups = load::lookup_script("", plan.services);
     if plan.runs("lookups") {
-        scenarios::phase("lookups and the no-op ceiling, in turns (wrk, 1 thread)");
-        let (served, ceiling) = load::in_turns(
-            &registry.base,
-            &side.base(),
-            &lookups,
-            plan.lookup_connections,
-            plan.lookup_rounds,
-            load_for,
-        )
-        .await?;
-        let ratio = served.per_second / ceiling.per_second.max(1.0);
-        report.add(
-            format!("{name}: lookups/s, {} conns", plan.lookup_connections),
-            format!(
-                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-                served.per_second, served.p50_ms, served.p99_ms
-            ),
-            "",
-            (!clean(&served)).then_some(false),
-            wrk_json(&served),
-        );
-        report.add(
-            format!("{name}: no-op axum ceiling/s"),
-            format!(
-                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-                ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms
-            ),
-            "",
-            None,
-            wrk_json(&ceiling),
-        );
-        report.add(
-            format!("{name}: lookups / ceiling"),
-            format!("{ratio:.2}"),
-            ">= 0.60",
-            Some(ratio >= 0.6),
-            json!({ "ratio": ratio }),
-        );
-        // The ceiling again, answering the bytes of a real lookup.
-        let answer = http
-            .get(registry.url("/v1/services/svc-0?status=passing"))
-            .send()
-            .await?
-            .bytes()
-            .await?;
-        let answer_size = answer.len();
-        *side
-            .sized_body
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = answer;
-        scenarios::phase("no-op ceiling answering a lookup's bytes (wrk, 1 thread)");
-        let sized = load::wrk(
-            &side.base(),
-            &load::lookup_script("/sized", plan.services),
-            plan.lookup_connections,
-            load_for,
-        )
-        .await?;
-        report.add(
-            format!("{name}: no-op ceiling with a lookup's {answer_size} B body/s"),
-            format!(
-                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms); lookups / this: {:.2}",
-                sized.per_second,
-                sized.p50_ms,
-                sized.p99_ms,
-                served.per_second / sized.per_second.max(1.0)
-            ),
-            "",
-            None,
-            wrk_json(&sized),
-        );
-
-        if backend == Backend::Sqlite && plan.runs("tracing") {
-            // Same data, same load, with the OTLP export on (a sink that accepts every batch).
-            registry.stop().await?;
-            let traced = Registry::start(
-                &database.url,
-                &[(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    format!("http://{}", side.addr),
-                )],
-            )
-            .await?;
-            scenarios::phase("lookups with OTLP tracing on (wrk, 1 thread)");
-            let on = load::wrk(
-                &traced.base,
-                &lookups,
-                plan.lookup_connections,
-                load_for * plan.lookup_rounds,
-            )
-            .await?;
-            traced.stop().await?;
-            report.add(
-                format!("{name}: lookups/s, tracing off / on"),
-                format!(
-                    "{:.0}/s / {:.0}/s ({:+.0}% with OTLP export)",
-                    served.per_second,
-                    on.per_second,
-                    (on.per_second / served.per_second.max(1.0) - 1.0) * 100.0
-                ),
-                "off costs nothing",
-                None,
-                json!({ "off": wrk_json(&served), "on": wrk_json(&on) }),
-            );
-            registry = Registry::start(&database.url, &[]).await?;
-        }
+        lookups(plan, backend, database, &registry, side, http, report).await?;
     }
 
     if plan.runs("heartbeats") {
@@ -479,6 +376,151 @@ async fn one_backend(
         );
     }
     registry.stop().await?;
+    Ok(())
+}
+
+/// Lookups at 32 connections, in turns with the no-op ceiling, the ceiling answering a
+/// lookup's bytes and (on SQLite) a second registry on the same database exporting traces
+/// over OTLP to a sink that accepts them: every figure of one round is taken within
+/// seconds of the others, so the load the rest of the machine adds weighs on all alike.
+async fn lookups(
+    plan: &Plan,
+    backend: Backend,
+    database: &Database,
+    registry: &Registry,
+    side: &SideServer,
+    http: &reqwest::Client,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let name = backend.name();
+    let answer = http
+        .get(registry.url("/v1/services/svc-0?status=passing"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let answer_size = answer.len();
+    *side
+        .sized_body
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = answer;
+    let traced = if backend == Backend::Sqlite && plan.runs("tracing") {
+        Some(
+            Registry::start(
+                &database.url,
+                &[(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://{}", side.addr),
+                )],
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let script = load::lookup_script("", plan.services);
+    let sized_script = load::lookup_script("/sized", plan.services);
+    let healthz_script = load::healthz_script();
+    let side_base = side.base();
+    let mut targets = vec![
+        (registry.base.as_str(), script.as_str()),
+        (side_base.as_str(), script.as_str()),
+        (side_base.as_str(), sized_script.as_str()),
+        (registry.base.as_str(), healthz_script.as_str()),
+    ];
+    if let Some(traced) = &traced {
+        targets.push((traced.base.as_str(), script.as_str()));
+    }
+    scenarios::phase(&format!(
+        "lookups, in turns with {} (wrk, 1 thread, {} rounds of {} s)",
+        if traced.is_some() {
+            "the ceilings and a traced registry"
+        } else {
+            "the ceilings"
+        },
+        plan.lookup_rounds,
+        plan.lookup_seconds
+    ));
+    let results = load::in_turns(
+        &targets,
+        plan.lookup_connections,
+        plan.lookup_rounds,
+        Duration::from_secs(plan.lookup_seconds),
+    )
+    .await;
+    if let Some(traced) = traced {
+        traced.stop().await?;
+    }
+    let results = results?;
+    let (served, ceiling, sized, healthz) = (results[0], results[1], results[2], results[3]);
+    let ratio = served.per_second / ceiling.per_second.max(1.0);
+    report.add(
+        format!("{name}: lookups/s, {} conns", plan.lookup_connections),
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            served.per_second, served.p50_ms, served.p99_ms
+        ),
+        "",
+        (!clean(&served)).then_some(false),
+        wrk_json(&served),
+    );
+    report.add(
+        format!("{name}: no-op axum ceiling/s"),
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms
+        ),
+        "",
+        None,
+        wrk_json(&ceiling),
+    );
+    report.add(
+        format!("{name}: lookups / ceiling"),
+        format!("{ratio:.2}"),
+        ">= 0.60",
+        Some(ratio >= 0.6),
+        json!({ "ratio": ratio }),
+    );
+    report.add(
+        format!("{name}: no-op ceiling answering a lookup's {answer_size} B"),
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms); lookups / this: {:.2}",
+            sized.per_second,
+            sized.p50_ms,
+            sized.p99_ms,
+            served.per_second / sized.per_second.max(1.0)
+        ),
+        "",
+        None,
+        wrk_json(&sized),
+    );
+    report.add(
+        format!("{name}: registry GET /healthz/s"),
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms); / ceiling: {:.2}",
+            healthz.per_second,
+            healthz.p50_ms,
+            healthz.p99_ms,
+            healthz.per_second / ceiling.per_second.max(1.0)
+        ),
+        "",
+        None,
+        wrk_json(&healthz),
+    );
+    if let Some(on) = results.get(4) {
+        report.add(
+            format!("{name}: lookups/s, tracing off / on"),
+            format!(
+                "{:.0}/s / {:.0}/s ({:+.0}% with OTLP export)",
+                served.per_second,
+                on.per_second,
+                (on.per_second / served.per_second.max(1.0) - 1.0) * 100.0
+            ),
+            "off costs nothing",
+            None,
+            json!({ "off": wrk_json(&served), "on": wrk_json(on) }),
+        );
+    }
     Ok(())
 }
 
