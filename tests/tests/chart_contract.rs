@@ -928,13 +928,12 @@ async fn run_scenario_live(scenario: &str) {
 
     // A demo pod going away leaves the registry itself: SIGTERM (no preStop hook) sets it in
     // maintenance, drains and deregisters it within the pod's grace period. The pod is a
-    // `sum` one: nothing holds a connection to it once the client is done, whereas `sum` and
-    // `mult` keep idle keep-alive connections to `concat`, with which demo-service today
-    // skips its graceful leave (its registration is still shared when serving ends).
+    // `concat` one: `sum` and `mult` still hold idle keep-alive connections to it, which
+    // must not keep it from leaving.
     let index = services
         .iter()
-        .position(|(pod, _, _)| expected["sum"].contains(pod))
-        .expect("a sum pod");
+        .position(|(pod, _, _)| expected["concat"].contains(pod))
+        .expect("a concat pod");
     let (pod, mut process, grace) = services.remove(index);
     let status = process.terminate(grace, &format!("{scenario} {pod}")).await;
     assert!(

@@ -3,7 +3,7 @@
 //! can answer they still answer, with `"string": null` (a partial result, as in the seed).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::extract::{MatchedPath, Query, Request, State};
@@ -87,7 +87,9 @@ struct AppState {
     role: Role,
     client: ServiceClient,
     fault: FaultSwitch,
-    registration: Arc<Registration>,
+    /// Taken out at shutdown to leave the registry, whatever connections (and with them
+    /// clones of this state) are still open then.
+    registration: Arc<Mutex<Option<Registration>>>,
 }
 
 /// Runs the service until `shutdown` completes, then leaves the registry gracefully
@@ -119,15 +121,16 @@ pub async fn run(
     spec.ttl_seconds = Some(args.ttl_seconds);
     spec.tags = vec!["demo".into()];
     spec.metadata.insert("role".into(), args.role.name().into());
-    let registration = Arc::new(Registration::start(
+    let registration = Registration::start(
         api.clone(),
         name.clone(),
         id.clone(),
         spec,
         RegistrationOptions::default(),
-    ));
-    let switch = FaultSwitch::new(fault.clone());
+    );
     registration.pause_heartbeats(fault.down);
+    let registration = Arc::new(Mutex::new(Some(registration)));
+    let switch = FaultSwitch::new(fault.clone());
     let state = AppState {
         role: args.role,
         client: ServiceClient::new(Discovery::new(api), CallerOptions::default()),
@@ -140,7 +143,11 @@ pub async fn run(
         .await
         .context("server error")?;
     tracing::info!("leaving the registry");
-    if let Ok(registration) = Arc::try_unwrap(registration) {
+    let leaving = registration
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(registration) = leaving {
         registration.shutdown().await;
     }
     Ok(())
@@ -335,7 +342,14 @@ async fn put_fault(State(state): State<AppState>, body: axum::body::Bytes) -> Re
     if let Err(message) = fault.validate() {
         return error(StatusCode::BAD_REQUEST, &message);
     }
-    state.registration.pause_heartbeats(fault.down);
+    if let Some(registration) = state
+        .registration
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
+        registration.pause_heartbeats(fault.down);
+    }
     tracing::warn!(?fault, "fault injected");
     state.fault.set(fault.clone());
     Json(fault).into_response()
