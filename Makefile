@@ -6,12 +6,12 @@ CARGO ?= cargo
 .PHONY: help build test lint fmt demo run clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
 
 build: ## Build every binary (debug)
 	$(CARGO) build --workspace --bins
 
-test: ## Run every test (finds or starts Postgres, installs Prometheus; SQLite is embedded)
+test: ## Run every test (finds or starts Postgres, installs the tools the tests use; SQLite is embedded)
 	@scripts/ensure-tools.sh && \
 	  DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
 	  echo "tests use Postgres at $${DATABASE_URL%%@*}@..." && \

@@ -29,36 +29,7 @@ quietly() {
   fi
 }
 
-python=$(command -v python3 || true)
-if [ -z "$python" ]; then
-  echo "ensure-k8s-tools: python3 is needed (apt-get install python3 python3-venv)." >&2
-  exit 1
-fi
-
-if [ ! -x "$venv/bin/pip" ]; then
-  echo "ensure-k8s-tools: creating $venv..." >&2
-  if ! "$python" -m venv "$venv" >"$log" 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      export DEBIAN_FRONTEND=noninteractive
-      quietly apt-get update -qq
-      quietly apt-get install -y -qq --no-install-recommends python3-venv
-      quietly "$python" -m venv "$venv"
-    else
-      cat "$log" >&2
-      echo "ensure-k8s-tools: python3 -m venv failed: install python3-venv." >&2
-      exit 1
-    fi
-  fi
-fi
-
-missing=()
-for tool in kubernetes-validate yamllint hadolint; do
-  [ -x "$venv/bin/$tool" ] || missing+=("$tool")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "ensure-k8s-tools: installing ${python_tools[*]} into .venv..." >&2
-  quietly "$venv/bin/pip" install -q --disable-pip-version-check "${python_tools[@]}"
-fi
+"$root/scripts/ensure-venv.sh" "${python_tools[@]}"
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "$tools/$1" ]; }
 if ! have helm || ! have kubectl; then

@@ -7,7 +7,9 @@
 #   tests/browser (playwright-core, pinned by its package-lock.json) in
 #   tests/browser/node_modules, for the browser test of the dashboard at `/`.
 # - schemathesis in .venv/ (scripts/ensure-venv.sh), for the API fuzz test against
-#   /openapi.json.
+#   /openapi.json;
+# - helm and the Kubernetes lint tools (scripts/ensure-k8s-tools.sh), for the chart
+#   contract test.
 # As root with apt-get it installs whatever is missing; otherwise it prints one line
 # saying what to install and exits 1. Quiet when everything is already there.
 set -euo pipefail
@@ -48,6 +50,7 @@ need_npm_ci=false
 [ -d "$browser_dir/node_modules/playwright-core" ] || need_npm_ci=true
 
 scripts/ensure-venv.sh schemathesis==4.32.5
+scripts/ensure-k8s-tools.sh
 
 if [ "${#packages[@]}" -eq 0 ] && ! $need_npm_ci; then
   exit 0
