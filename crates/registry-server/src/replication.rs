@@ -198,10 +198,11 @@ impl Replication {
                 self.catch_up().await;
             }
         }
-        for heartbeat in renewed {
-            self.view
-                .renew(&heartbeat.service, &heartbeat.id, heartbeat.at);
-        }
+        self.view.renew(
+            renewed
+                .iter()
+                .map(|h| (h.service.as_str(), h.id.as_str(), h.at)),
+        );
     }
 
     /// Waits `how_long` (false if shutdown came first), catching up periodically meanwhile.

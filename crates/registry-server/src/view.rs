@@ -211,25 +211,28 @@ impl View {
         }
     }
 
-    /// Records a lease renewal another replica wrote (announced by the change feed): the
-    /// instance's heartbeat at `at` and its lease to `at + ttl` of the instance held here
-    /// (none with `ttl_seconds` 0). As [`Self::touch`], only a newer observation counts,
-    /// so renewals announced late or twice change nothing; an unknown instance is ignored.
-    pub fn renew(&self, service: &str, id: &str, at: DateTime<Utc>) {
+    /// Records lease renewals announced by the change feed (another replica's, or this
+    /// one's own coming back): each instance's heartbeat at `at` and its lease to
+    /// `at + ttl` (none with `ttl_seconds` 0). As [`Self::touch`], only a newer observation
+    /// counts, so renewals announced late or twice (an echo of a heartbeat this replica
+    /// already shows) change nothing; unknown instances are ignored. One lock for the
+    /// whole batch: a flush announces thousands.
+    pub fn renew<'a>(&self, renewals: impl IntoIterator<Item = (&'a str, &'a str, DateTime<Utc>)>) {
         let mut state = self.write();
-        if let Some(known) = state
-            .services
-            .get_mut(service)
-            .and_then(|s| s.instances.get_mut(id))
-        {
-            let mut renewed = known.clone();
-            renewed.last_heartbeat_at = at;
-            renewed.lease_expires_at = (renewed.ttl_seconds > 0)
-                .then(|| at + chrono::Duration::seconds(i64::from(renewed.ttl_seconds)));
-            keep_newest_observations(known, &renewed);
-        }
-        if let Some(service) = state.services.get_mut(service) {
-            service.changed();
+        for (service, id, at) in renewals {
+            let Some(view) = state.services.get_mut(service) else {
+                continue;
+            };
+            let Some(known) = view.instances.get_mut(id) else {
+                continue;
+            };
+            if at <= known.last_heartbeat_at {
+                continue;
+            }
+            known.last_heartbeat_at = at;
+            known.lease_expires_at = (known.ttl_seconds > 0)
+                .then(|| at + chrono::Duration::seconds(i64::from(known.ttl_seconds)));
+            view.changed();
         }
     }
 
