@@ -205,10 +205,14 @@ async fn a_partitioned_instance_turns_critical_breakers_open_calls_fail_over_and
         (one == Status::Passing && two == Status::Passing).then_some(())
     })
     .await;
-    let client = Arc::new(ServiceClient::new(
-        Discovery::new(api.clone()),
-        CallerOptions::default(),
-    ));
+    // A call of sum that went to concat-1 just as the link went down waits out sum's own
+    // call timeout (2 s: packets on an open connection vanish) before it is retried on
+    // concat-2; the caller of sum gives it that long and more.
+    let options = CallerOptions {
+        call_timeout: Duration::from_secs(6),
+        ..CallerOptions::default()
+    };
+    let client = Arc::new(ServiceClient::new(Discovery::new(api.clone()), options));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
