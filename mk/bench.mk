@@ -4,7 +4,7 @@
 
 .PHONY: bench bench-quick
 
-bench: ## Measure speed and memory (release build, SQLite and Postgres; about 6 minutes)
+bench: ## Measure speed and memory (release build, SQLite and Postgres; about 5 minutes)
 	@$(MAKE) --no-print-directory bench-run BENCH_ARGS=
 
 bench-quick: ## Smoke run of the benchmark with small counts (figures mean nothing)
@@ -24,4 +24,4 @@ bench-run:
 	fi
 	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench
 	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
-	  target/release/registry-bench $(BENCH_ARGS)
+	  "$${CARGO_TARGET_DIR:-target}/release/registry-bench" $(BENCH_ARGS)
