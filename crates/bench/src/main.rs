@@ -238,7 +238,7 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
 
     let table = report.table();
     println!("{table}");
-    let path = output_path()?;
+    let path = output_path(plan.quick)?;
     let document = json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
         "seconds": started.elapsed().as_secs(),
@@ -639,14 +639,16 @@ fn postgres_admin_url() -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// `target/bench/latest.json` of the target folder this program was built in.
-fn output_path() -> anyhow::Result<PathBuf> {
+/// `target/bench/latest.json` of the target folder this program was built in
+/// (`quick.json` for a quick run, so a smoke run never replaces the real figures).
+fn output_path(quick: bool) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let target = exe
         .parent()
         .and_then(|profile| profile.parent())
         .context("target folder")?;
-    Ok(target.join("bench").join("latest.json"))
+    let name = if quick { "quick.json" } else { "latest.json" };
+    Ok(target.join("bench").join(name))
 }
 
 /// Raises this process's open-files limit to its hard limit with `prlimit` (util-linux;
