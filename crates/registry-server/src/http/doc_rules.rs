@@ -28,18 +28,22 @@ pub fn document() -> Value {
     doc
 }
 
-/// Every write may answer 429 when `REGISTRY_WRITE_RATE_LIMIT` is set.
-fn document_rate_limit(doc: &mut Value) {
-    let operations = doc
-        .get_mut("paths")
+/// Every operation of the document, with its method.
+fn operations(doc: &mut Value) -> impl Iterator<Item = (&String, &mut Value)> {
+    doc.get_mut("paths")
         .and_then(Value::as_object_mut)
         .into_iter()
         .flat_map(|paths| paths.values_mut())
         .filter_map(Value::as_object_mut)
         .flat_map(|item| item.iter_mut())
+}
+
+/// Every write may answer 429 when `REGISTRY_WRITE_RATE_LIMIT` is set.
+fn document_rate_limit(doc: &mut Value) {
+    let writes = operations(doc)
         .filter(|(method, _)| matches!(method.as_str(), "put" | "post" | "delete"))
         .map(|(_, operation)| operation);
-    for operation in operations {
+    for operation in writes {
         merge(
             operation,
             "/responses",
@@ -54,14 +58,7 @@ fn document_rate_limit(doc: &mut Value) {
 /// Path and query parameters named `service`, `id` or `instance` take the name and id
 /// patterns.
 fn constrain_parameters(doc: &mut Value) {
-    let operations = doc
-        .get_mut("paths")
-        .and_then(Value::as_object_mut)
-        .into_iter()
-        .flat_map(|paths| paths.values_mut())
-        .filter_map(Value::as_object_mut)
-        .flat_map(|item| item.values_mut());
-    for operation in operations {
+    for (_, operation) in operations(doc) {
         let parameters = operation
             .get_mut("parameters")
             .and_then(Value::as_array_mut)
