@@ -2,7 +2,9 @@
 //!
 //! `RUST_LOG` filters the log lines, `LOG_FORMAT` (`json` or `pretty`) picks their format
 //! (without it: pretty on a terminal, JSON lines otherwise), always on stderr. JSON lines
-//! carry a `trace_id` field when they are written inside a trace.
+//! carry a `trace_id` field when they are written inside a trace. Log lines are made of
+//! events only: spans go to traces, not into log lines, so that a request whose handling
+//! logs nothing costs no span bookkeeping at all when traces are not exported.
 //!
 //! Traces are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; otherwise no exporter is created.
@@ -18,6 +20,7 @@ use std::io::IsTerminal;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::{FilterExt as _, filter_fn};
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -124,6 +127,7 @@ pub fn init(options: TelemetryOptions) -> TelemetryGuard {
                 LogFormat::Json
             });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let filter = filter.and(filter_fn(|metadata| metadata.is_event()));
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Json => fmt
             .json()
