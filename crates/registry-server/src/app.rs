@@ -66,7 +66,7 @@ impl Application {
             write_limit: crate::rate_limit::WriteRateLimit::new(settings.write_rate_limit)
                 .map(Arc::new),
             settings: Arc::new(settings),
-            shutdown: CancellationToken::new(),
+            shutdown: Arc::new(CancellationToken::new()),
         };
         Ok(Self { listener, state })
     }
@@ -81,7 +81,7 @@ impl Application {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let shutdown = self.state.shutdown.clone();
+        let shutdown = CancellationToken::clone(&self.state.shutdown);
         let workers = Workers {
             store: self.state.store.clone(),
             view: self.state.view.clone(),

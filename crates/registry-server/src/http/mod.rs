@@ -43,8 +43,10 @@ pub struct AppState {
     /// Heartbeats on live leases, written in batches.
     pub heartbeats: Arc<crate::heartbeats::Heartbeats>,
     pub settings: Arc<Settings>,
-    /// Cancelled at shutdown so long polls and streams end and let the server stop.
-    pub shutdown: CancellationToken,
+    /// Cancelled at shutdown so long polls and streams end and let the server stop. In an
+    /// `Arc`: the state is cloned several times per request, and cloning the token itself
+    /// takes a lock.
+    pub shutdown: Arc<CancellationToken>,
     /// `REGISTRY_WRITE_RATE_LIMIT`, when set.
     pub write_limit: Option<Arc<crate::rate_limit::WriteRateLimit>>,
 }
