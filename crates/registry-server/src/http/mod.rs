@@ -14,6 +14,7 @@ mod services;
 mod status;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -90,7 +91,7 @@ pub fn router(state: AppState) -> Router {
     let long_lived = Router::new()
         .merge(services::long_poll_router())
         .merge(events::router());
-    Router::new()
+    let mut router = Router::new()
         .merge(bounded)
         .merge(long_lived)
         .fallback(not_found)
@@ -98,10 +99,12 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(note_route))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(middleware::from_fn(limit_size))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn_with_state(state.clone(), limit_writes))
-        .layer(middleware::from_fn(observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    // Only when a limit is set: a layer costs every request, lookups included.
+    if let Some(limit) = state.write_limit.clone() {
+        router = router.layer(middleware::from_fn_with_state(limit, limit_writes));
+    }
+    router.layer(middleware::from_fn(observe)).with_state(state)
 }
 
 /// The route template a request matched, filled in once routing has happened: `observe`
@@ -204,13 +207,16 @@ async fn limit_size(request: Request, next: Next) -> Response {
 
 /// 429 (with `Retry-After`) for a write beyond the client's `REGISTRY_WRITE_RATE_LIMIT`.
 /// Checked before the token, so guessing tokens is limited too.
-async fn limit_writes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn limit_writes(
+    State(limit): State<Arc<crate::rate_limit::WriteRateLimit>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let is_write = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    if let (true, Some(limit), Some(peer)) =
-        (is_write, &state.write_limit, crate::serve::peer(&request))
+    if let (true, Some(peer)) = (is_write, crate::serve::peer(&request))
         && let Err(wait) = limit.admit(peer.ip(), std::time::Instant::now())
     {
         let mut response = ApiError::new(
@@ -268,8 +274,32 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
     if accepted {
         next.run(request).await
     } else {
+        drain(request.into_body()).await;
         ApiError::unauthorized().into_response()
     }
+}
+
+/// Most of a refused request's body that is read (and dropped) before the answer.
+const DRAIN_LIMIT: usize = 256 * 1024;
+/// Longest a refused request's body is read before the answer.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Reads and drops a refused request's body, bounded by [`DRAIN_LIMIT`] and
+/// [`DRAIN_TIME`]: a connection closed with unread data in it is reset by the kernel, and
+/// the reset can reach the client before the answer does.
+async fn drain(body: axum::body::Body) {
+    use futures::StreamExt as _;
+    let mut chunks = body.into_data_stream();
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            read += chunk.len();
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn bearer_token(request: &Request) -> Option<String> {
