@@ -13,23 +13,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use support::{Backend, TempDir, TestRegistry};
+use support::{Backend, TempDir, TestRegistry, repository};
 use tokio::process::Command;
 
 /// Fewest generated cases a run must reach.
 const MIN_CASES: u64 = 1_000;
 /// Longest a run may take.
 const DEADLINE: Duration = Duration::from_secs(600);
-
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository root")
-        .to_path_buf()
-}
 
 fn schemathesis() -> PathBuf {
     let path = repository().join(".venv/bin/schemathesis");

@@ -31,13 +31,13 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use registry_client::RegistryApi;
 use serde_json::Value;
-use support::{Backend, binary, eventually};
+use support::{Backend, binary, eventually, repository};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -67,15 +67,8 @@ const LIVE_SCENARIOS: &[&str] = &[
     "observability-values",
 ];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace holds tests/")
-        .to_path_buf()
-}
-
 fn chart() -> PathBuf {
-    root().join("helm/central-registry")
+    repository().join("helm/central-registry")
 }
 
 /// `helm` from PATH, else the one scripts/ensure-k8s-tools.sh put in `.tools/bin`.
@@ -85,7 +78,7 @@ fn helm() -> PathBuf {
             .map(|dir| dir.join("helm"))
             .find(|candidate| candidate.is_file())
     });
-    let local = root().join(".tools/bin/helm");
+    let local = repository().join(".tools/bin/helm");
     on_path.or_else(|| local.is_file().then_some(local)).expect(
         "helm is missing: run scripts/ensure-k8s-tools.sh (make lint-k8s runs it) to install \
          helm into .tools/bin",
@@ -93,7 +86,7 @@ fn helm() -> PathBuf {
 }
 
 fn python() -> PathBuf {
-    let python = root().join(".venv/bin/python");
+    let python = repository().join(".venv/bin/python");
     assert!(
         python.is_file(),
         "{} is missing: run scripts/ensure-k8s-tools.sh (make lint-k8s runs it)",
