@@ -121,9 +121,28 @@ impl View {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Makes sure the view holds `index` (a write's own event): nothing to do when it
+    /// already does, which is the common case when writes commit in groups (the first
+    /// writer of a group to catch up reads the events of all of them).
+    pub async fn catch_up_to(&self, index: u64, store: &dyn Store) -> StoreResult<()> {
+        if self.index() >= index {
+            return Ok(());
+        }
+        let _guard = self.catching_up.lock().await;
+        if self.index() >= index {
+            return Ok(());
+        }
+        self.catch_up_locked(store).await
+    }
+
     /// Reads every event after the view's index from the store and applies it.
     pub async fn catch_up(&self, store: &dyn Store) -> StoreResult<()> {
         let _guard = self.catching_up.lock().await;
+        self.catch_up_locked(store).await
+    }
+
+    /// [`Self::catch_up`] for a caller holding `catching_up`.
+    async fn catch_up_locked(&self, store: &dyn Store) -> StoreResult<()> {
         loop {
             let from = self.index();
             let events = store.events_after(from, None, CATCH_UP_BATCH).await?;

@@ -306,10 +306,10 @@ impl Checker {
             ),
         )
         .await?;
-        if applied.event.is_some() {
+        if let Some(event) = &applied.event {
             self.workers
                 .view
-                .catch_up(self.workers.store.as_ref())
+                .catch_up_to(event.index, self.workers.store.as_ref())
                 .await?;
         } else if let Some(record) = applied.record {
             self.workers.view.touch(record.to_instance());

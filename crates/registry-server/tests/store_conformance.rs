@@ -91,6 +91,8 @@ conformance!(
     data_survives_reconnecting,
     concurrent_changes_get_gap_free_indexes_in_commit_order,
     concurrent_registrations_of_one_new_instance_append_one_event,
+    two_processes_registering_one_new_instance_append_one_event,
+    a_change_that_cannot_be_written_fails_alone,
     renew_leases_renews_live_leases_in_one_call_without_events,
     renew_leases_answers_back_lapsed_and_unknown_instances,
     renew_leases_keeps_ttl_0_instances_without_a_lease,
@@ -143,14 +145,14 @@ async fn on_existing(
     service: &str,
     id: &str,
     now: DateTime<Utc>,
-    change: impl FnOnce(&InstanceRecord) -> Mutation + Send + 'static,
+    change: impl Fn(&InstanceRecord) -> Mutation + Send + Sync + 'static,
 ) -> Applied {
     store
         .apply(
             service,
             id,
             now,
-            Box::new(move |old: Option<&InstanceRecord>| old.map_or(Mutation::Unchanged, change)),
+            Box::new(move |old: Option<&InstanceRecord>| old.map_or(Mutation::Unchanged, &change)),
         )
         .await
         .expect("apply")
@@ -1011,6 +1013,93 @@ async fn concurrent_registrations_of_one_new_instance_append_one_event(backend: 
     }
     assert_eq!((created, events), (1, 1));
     assert_eq!(store.current_index().await.expect("index"), 1);
+}
+
+async fn two_processes_registering_one_new_instance_append_one_event(backend: Backend) {
+    // Two stores on one database, as two replicas are: each writes its own groups, so
+    // only the database's locks keep them from both creating the instance.
+    let url = backend.fresh_url().await;
+    let stores = [backend.open(&url).await, backend.open(&url).await];
+    let now = clock::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..10 {
+        let store = Arc::clone(&stores[task % 2]);
+        tasks.spawn(async move {
+            let spec = spec("sum", "a", 10);
+            let transition = move |old: Option<&InstanceRecord>| {
+                if old.is_none() {
+                    // Widens the window between finding no instance and creating it.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                lifecycle::register(old, &spec, now)
+            };
+            store
+                .apply("sum", "a", now, Box::new(transition))
+                .await
+                .expect("apply")
+        });
+    }
+    let mut created = 0;
+    let mut events = 0;
+    while let Some(result) = tasks.join_next().await {
+        let applied = result.expect("task");
+        created += usize::from(!applied.existed);
+        events += usize::from(applied.event.is_some());
+    }
+    assert_eq!((created, events), (1, 1));
+    assert_eq!(stores[0].current_index().await.expect("index"), 1);
+}
+
+async fn a_change_that_cannot_be_written_fails_alone(backend: Backend) {
+    const WRITERS: usize = 40;
+    let store = backend.fresh().await;
+    let now = clock::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..WRITERS {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let id = format!("i{n}");
+            let spec = spec("sum", &id, 10);
+            let transition = move |old: Option<&InstanceRecord>| match n {
+                // Postgres cannot store NUL in JSON (the API refuses it before any store
+                // sees it; this record comes from a transition that skipped the checks).
+                7 => match lifecycle::register(old, &spec, now) {
+                    Mutation::Save {
+                        mut record,
+                        change,
+                        reschedule_check,
+                    } => {
+                        record.tags = vec!["a\u{0}b".into()];
+                        Mutation::Save {
+                            record,
+                            change,
+                            reschedule_check,
+                        }
+                    }
+                    other => other,
+                },
+                // A transition answering another instance's record is refused.
+                13 => lifecycle::register(old, &self::spec("sum", "elsewhere", 10), now),
+                _ => lifecycle::register(old, &spec, now),
+            };
+            let applied = store.apply("sum", &id, now, Box::new(transition)).await;
+            (n, applied)
+        });
+    }
+    let mut written = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (n, applied) = result.expect("task");
+        match (n, backend) {
+            (7, Backend::Postgres) | (13, _) => assert!(applied.is_err(), "change {n}"),
+            _ => {
+                assert!(applied.expect("written").event.is_some(), "change {n}");
+                written += 1;
+            }
+        }
+    }
+    assert_eq!(store.current_index().await.expect("index"), written);
+    let snapshot = store.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.records.len() as u64, written);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -65,8 +65,12 @@ impl AppState {
     ) -> Result<Applied, ApiError> {
         let applied =
             crate::metrics::timed("apply", self.store.apply(service, id, now, transition)).await?;
-        if applied.event.is_some() {
-            if let Err(error) = self.view.catch_up(self.store.as_ref()).await {
+        if let Some(event) = &applied.event {
+            if let Err(error) = self
+                .view
+                .catch_up_to(event.index, self.store.as_ref())
+                .await
+            {
                 tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
             }
         } else if let Some(record) = &applied.record {

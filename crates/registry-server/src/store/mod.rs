@@ -1,10 +1,12 @@
 //! Storage: one `Store` trait with a Postgres and an embedded SQLite implementation.
 //!
-//! The store is the truth. Every change runs in one transaction that locks the instance,
+//! The store is the truth. Every change runs in a transaction that locks the instance,
 //! applies a pure transition from [`crate::lifecycle`], writes the record and appends the
-//! event with the next global index. Commits happen in index order (the index counter row
-//! is locked until commit), so a reader that follows events by index never skips one.
+//! event with the next global index; changes queued together share one transaction
+//! ([`group_commit`]). Commits happen in index order (the index counter row is locked
+//! until commit), so a reader that follows events by index never skips one.
 
+mod group_commit;
 mod postgres;
 mod sqlite;
 
@@ -67,7 +69,8 @@ impl From<serde_json::Error> for StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A transition to apply under the instance's lock: receives the current record (if any).
-pub type Transition = Box<dyn FnOnce(Option<&InstanceRecord>) -> Mutation + Send>;
+/// `Fn`, not `FnOnce`: a change whose group failed is tried again alone.
+pub type Transition = Box<dyn Fn(Option<&InstanceRecord>) -> Mutation + Send + Sync>;
 
 /// The result of [`Store::apply`].
 #[derive(Debug, Clone, PartialEq)]
@@ -372,6 +375,11 @@ pub(crate) fn parse_events(rows: &[String]) -> StoreResult<Vec<Event>> {
 
 pub(crate) fn to_index(value: i64) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("index {value}")))
+}
+
+/// An index as the `bigint` columns hold it.
+pub(crate) fn index_column(index: u64) -> StoreResult<i64> {
+    i64::try_from(index).map_err(|_| StoreError::Corrupt(format!("index {index}")))
 }
 
 /// `after` comes from callers (a client's `?index=`): one beyond any stored index simply

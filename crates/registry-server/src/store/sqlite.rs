@@ -6,6 +6,7 @@
 //! (no `SQLITE_BUSY` between our own writers) and indexes are committed in order. Reads use
 //! a separate pool; in WAL mode they see the last commit and never wait for the writer.
 
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,12 +18,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, RowWrite};
 use super::{
     Applied, ClaimedCheck, HistoryStart, IndexedColumns, Snapshot, Store, StoreResult, Transition,
-    after_column, ensure_key, from_millis, kind_str, make_event, millis, missing_meta,
-    parse_events, parse_record, to_index,
+    after_column, from_millis, index_column, kind_str, millis, missing_meta, parse_events,
+    parse_record, to_index,
 };
-use crate::lifecycle::{Change, Mutation};
 use crate::record::InstanceRecord;
 
 /// How long a statement waits for a lock held by another process (or a checkpoint).
@@ -41,6 +42,8 @@ const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Changes are written in groups (see [`group_commit`]).
+    writes: GroupCommit,
 }
 
 impl SqliteStore {
@@ -74,7 +77,14 @@ impl SqliteStore {
                 .connect_with(options)
                 .await?
         };
-        Ok(Self { writer, reader })
+        let writes = GroupCommit::start(SqliteGroupWriter {
+            writer: writer.clone(),
+        });
+        Ok(Self {
+            writer,
+            reader,
+            writes,
+        })
     }
 }
 
@@ -99,62 +109,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
-        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        let old: Option<String> =
-            sqlx::query_scalar("SELECT record FROM instances WHERE service = ?1 AND id = ?2")
-                .bind(service)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let old = old.as_deref().map(parse_record).transpose()?;
-        let existed = old.is_some();
-        let applied = match transition(old.as_ref()) {
-            Mutation::Unchanged => Applied {
-                existed,
-                record: old,
-                event: None,
-            },
-            Mutation::Save {
-                record,
-                change,
-                reschedule_check,
-            } => {
-                ensure_key(&record, service, id)?;
-                save(&mut tx, &record, now, reschedule_check).await?;
-                let event = match change {
-                    Some(change) => Some(append_event(&mut tx, now, &change, &record).await?),
-                    None => None,
-                };
-                Applied {
-                    existed,
-                    record: Some(record),
-                    event,
-                }
-            }
-            Mutation::Delete { change } => match old {
-                // Nothing to remove: a removal of an unknown instance is no change.
-                None => Applied {
-                    existed,
-                    record: None,
-                    event: None,
-                },
-                Some(old) => {
-                    sqlx::query("DELETE FROM instances WHERE service = ?1 AND id = ?2")
-                        .bind(service)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    let event = append_event(&mut tx, now, &change, &old).await?;
-                    Applied {
-                        existed,
-                        record: None,
-                        event: Some(event),
-                    }
-                }
-            },
-        };
-        tx.commit().await?;
-        Ok(applied)
+        self.writes.apply(service, id, now, transition).await
     }
 
     async fn snapshot(&self) -> StoreResult<Snapshot> {
@@ -450,6 +405,54 @@ impl Store for SqliteStore {
     }
 }
 
+/// Writes groups of changes, each in one transaction (see [`group_commit`]): with one
+/// writer and a flush per commit, the commit is the cost worth sharing.
+struct SqliteGroupWriter {
+    writer: SqlitePool,
+}
+
+#[async_trait]
+impl GroupWriter for SqliteGroupWriter {
+    async fn write(&self, group: &[Pending]) -> StoreResult<Vec<StoreResult<Applied>>> {
+        let keys: BTreeSet<Key> = group.iter().map(Pending::key).collect();
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let mut loaded = HashMap::new();
+        for (service, id) in keys {
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT record FROM instances WHERE service = ?1 AND id = ?2")
+                    .bind(&service)
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(stored) = stored {
+                let record = parse_record(&stored).map_err(|error| error.to_string());
+                loaded.insert((service, id), record);
+            }
+        }
+        let plan = group_commit::plan(group, loaded);
+        for row in &plan.rows {
+            match &row.write {
+                RowWrite::Insert { record, now } => save(&mut tx, record, *now, true).await?,
+                RowWrite::Update {
+                    record,
+                    reschedule_check,
+                    now,
+                } => save(&mut tx, record, *now, *reschedule_check).await?,
+                RowWrite::Delete => {
+                    sqlx::query("DELETE FROM instances WHERE service = ?1 AND id = ?2")
+                        .bind(&row.key.0)
+                        .bind(&row.key.1)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        let events = append_events(&mut tx, &plan).await?;
+        tx.commit().await?;
+        Ok(plan.answers(&events))
+    }
+}
+
 /// Writes the record and the columns derived from it.
 async fn save(
     conn: &mut SqliteConnection,
@@ -489,34 +492,36 @@ async fn save(
     Ok(())
 }
 
-/// Takes the next index and appends the event, in the caller's write transaction.
-async fn append_event(
-    conn: &mut SqliteConnection,
-    now: DateTime<Utc>,
-    change: &Change,
-    snapshot: &InstanceRecord,
-) -> StoreResult<Event> {
-    let index: Option<i64> = sqlx::query_scalar(
-        "UPDATE registry_meta SET current_index = current_index + 1 WHERE id = 1 \
+/// Takes the group's indexes and appends its events, in the caller's write transaction.
+async fn append_events(conn: &mut SqliteConnection, plan: &Plan) -> StoreResult<Vec<Event>> {
+    let count = plan.event_count();
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let last: Option<i64> = sqlx::query_scalar(
+        "UPDATE registry_meta SET current_index = current_index + ?1 WHERE id = 1 \
          RETURNING current_index",
     )
+    .bind(count)
     .fetch_optional(&mut *conn)
     .await?;
-    let index = index.ok_or_else(missing_meta)?;
-    let event = make_event(to_index(index)?, now, change, snapshot);
-    sqlx::query(
-        "INSERT INTO events (idx, at_ms, service, instance, kind, body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .bind(index)
-    .bind(millis(now))
-    .bind(&event.service)
-    .bind(&event.instance)
-    .bind(kind_str(event.kind))
-    .bind(serde_json::to_string(&event)?)
-    .execute(conn)
-    .await?;
-    Ok(event)
+    let last = last.ok_or_else(missing_meta)?;
+    let events = plan.events(to_index(last - count + 1)?);
+    for event in &events {
+        sqlx::query(
+            "INSERT INTO events (idx, at_ms, service, instance, kind, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(index_column(event.index)?)
+        .bind(millis(event.at))
+        .bind(&event.service)
+        .bind(&event.instance)
+        .bind(kind_str(event.kind))
+        .bind(serde_json::to_string(event)?)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(events)
 }
 
 async fn read_current_index(conn: &mut SqliteConnection) -> StoreResult<u64> {
