@@ -984,10 +984,20 @@ async fn concurrent_registrations_of_one_new_instance_append_one_event(backend: 
     let store = backend.fresh().await;
     // Opens several connections now, so that the writers below start at the same time.
     futures::future::join_all((0..10).map(|_| store.current_index())).await;
+    assert_eq!(
+        race_to_create(std::slice::from_ref(&store), 20).await,
+        (1, 1)
+    );
+    assert_eq!(store.current_index().await.expect("index"), 1);
+}
+
+/// `writers` concurrent registrations of one new instance, spread over `stores`: answers
+/// how many found it new and how many appended an event.
+async fn race_to_create(stores: &[Arc<dyn Store>], writers: usize) -> (usize, usize) {
     let now = clock::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..20 {
-        let store = Arc::clone(&store);
+    for writer in 0..writers {
+        let store = Arc::clone(&stores[writer % stores.len()]);
         tasks.spawn(async move {
             let spec = spec("sum", "a", 10);
             let transition = move |old: Option<&InstanceRecord>| {
@@ -1011,8 +1021,7 @@ async fn concurrent_registrations_of_one_new_instance_append_one_event(backend: 
         created += usize::from(!applied.existed);
         events += usize::from(applied.event.is_some());
     }
-    assert_eq!((created, events), (1, 1));
-    assert_eq!(store.current_index().await.expect("index"), 1);
+    (created, events)
 }
 
 async fn two_processes_registering_one_new_instance_append_one_event(backend: Backend) {
@@ -1020,33 +1029,7 @@ async fn two_processes_registering_one_new_instance_append_one_event(backend: Ba
     // only the database's locks keep them from both creating the instance.
     let url = backend.fresh_url().await;
     let stores = [backend.open(&url).await, backend.open(&url).await];
-    let now = clock::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..10 {
-        let store = Arc::clone(&stores[task % 2]);
-        tasks.spawn(async move {
-            let spec = spec("sum", "a", 10);
-            let transition = move |old: Option<&InstanceRecord>| {
-                if old.is_none() {
-                    // Widens the window between finding no instance and creating it.
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                lifecycle::register(old, &spec, now)
-            };
-            store
-                .apply("sum", "a", now, Box::new(transition))
-                .await
-                .expect("apply")
-        });
-    }
-    let mut created = 0;
-    let mut events = 0;
-    while let Some(result) = tasks.join_next().await {
-        let applied = result.expect("task");
-        created += usize::from(!applied.existed);
-        events += usize::from(applied.event.is_some());
-    }
-    assert_eq!((created, events), (1, 1));
+    assert_eq!(race_to_create(&stores, 10).await, (1, 1));
     assert_eq!(stores[0].current_index().await.expect("index"), 1);
 }
 
