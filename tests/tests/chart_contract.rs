@@ -647,26 +647,17 @@ impl Process {
         });
         (Self { child, log }, fields)
     }
-}
 
-impl Process {
-    /// SIGTERM, as the kubelet sends after the preStop hook; answers how the process exited,
-    /// panicking if it is still running after `grace` (when the kubelet would SIGKILL it).
     /// The last lines it logged.
     fn log_tail(&self) -> String {
         let log = self.log.lock().expect("log");
         log[log.len().saturating_sub(20)..].join("\n")
     }
 
+    /// SIGTERM, as the kubelet sends after the preStop hook; answers how the process exited,
+    /// panicking if it is still running after `grace` (when the kubelet would SIGKILL it).
     async fn terminate(&mut self, grace: Duration, what: &str) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("still running");
-        // `kill` the command: sending a signal from Rust needs `libc` or `nix`.
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("run kill -TERM");
-        assert!(sent.success(), "kill -TERM {pid} failed");
+        support::sigterm(&self.child).await;
         tokio::time::timeout(grace, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{what} still runs {grace:?} after SIGTERM"))
@@ -933,14 +924,9 @@ async fn run_scenario_live(scenario: &str) {
         status.success(),
         "{scenario}: {pod} exits cleanly on SIGTERM: {status}"
     );
-    let role = expected
-        .iter()
-        .find(|(_, pods)| pods.contains(&pod))
-        .map(|(role, _)| role.clone())
-        .expect("the pod's role");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let found = api.service(&role, None).await.expect("read the service");
+        let found = api.service("concat", None).await.expect("read the service");
         if !found.instances.iter().any(|i| i.id == pod) {
             break;
         }

@@ -165,6 +165,7 @@ async fn ten_sigkills_mid_stream_lose_no_acknowledged_registration(backend: Back
         // More than a round can acknowledge: the kill always comes mid-stream.
         let batch = next..next + PER_ROUND * 4;
         next = batch.end;
+        let before = acknowledged.lock().expect("lock").len();
         let writer = {
             let (api, acknowledged) = (registry.api.clone(), acknowledged.clone());
             tokio::spawn(async move {
@@ -184,7 +185,6 @@ async fn ten_sigkills_mid_stream_lose_no_acknowledged_registration(backend: Back
                     .await;
             })
         };
-        let before = acknowledged.lock().expect("lock").len();
         eventually(
             Duration::from_secs(60),
             "a round of acknowledged registrations",

@@ -79,11 +79,11 @@ async fn writes_beyond_the_rate_limit_get_429_and_reads_are_not_limited() {
         settings.write_rate_limit = 5;
     })
     .await;
-    let http = reqwest::Client::new();
     let mut statuses = Vec::new();
     let mut limited = None;
     for n in 0..15 {
-        let response = http
+        let response = registry
+            .http
             .put(registry.url(&format!("/v1/services/s/instances/i-{n}")))
             .json(&InstanceSpec::new("http://10.0.0.1:8080"))
             .send()
@@ -112,7 +112,8 @@ async fn writes_beyond_the_rate_limit_get_429_and_reads_are_not_limited() {
         "Retry-After: {retry_after:?}"
     );
     for _ in 0..20 {
-        let read = http
+        let read = registry
+            .http
             .get(registry.url("/v1/services/s"))
             .send()
             .await

@@ -18,7 +18,7 @@ use registry_api::{
 };
 use tokio::sync::watch;
 
-use crate::store::{Store, StoreResult};
+use crate::store::{Applied, Store, StoreResult};
 
 /// How many recent events the view keeps for event streams (older ones come from the store).
 const RECENT_EVENTS: usize = 4_096;
@@ -121,10 +121,24 @@ impl View {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Shows a change this process has just written, so that its writer reads it at once:
+    /// the event it appended, by catching up to it, or else (a heartbeat or check result
+    /// that changed no status) the record as written.
+    pub async fn show_write(&self, applied: &Applied, store: &dyn Store) -> StoreResult<()> {
+        match (&applied.event, &applied.record) {
+            (Some(event), _) => self.catch_up_to(event.index, store).await,
+            (None, Some(record)) => {
+                self.touch(record.to_instance());
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
     /// Makes sure the view holds `index` (a write's own event): nothing to do when it
     /// already does, which is the common case when writes commit in groups (the first
     /// writer of a group to catch up reads the events of all of them).
-    pub async fn catch_up_to(&self, index: u64, store: &dyn Store) -> StoreResult<()> {
+    async fn catch_up_to(&self, index: u64, store: &dyn Store) -> StoreResult<()> {
         if self.index() >= index {
             return Ok(());
         }

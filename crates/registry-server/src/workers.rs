@@ -306,15 +306,10 @@ impl Checker {
             ),
         )
         .await?;
-        if let Some(event) = &applied.event {
-            self.workers
-                .view
-                .catch_up_to(event.index, self.workers.store.as_ref())
-                .await?;
-        } else if let Some(record) = applied.record {
-            self.workers.view.touch(record.to_instance());
-        }
-        Ok(())
+        self.workers
+            .view
+            .show_write(&applied, self.workers.store.as_ref())
+            .await
     }
 
     /// One check: GET the check URL within its timeout; 2xx passes (and, with

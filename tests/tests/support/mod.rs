@@ -152,6 +152,18 @@ where
     }
 }
 
+/// Sends SIGTERM (what Kubernetes sends before a pod goes) to a running child process.
+pub async fn sigterm(child: &Child) {
+    let pid = child.id().expect("the process is still running");
+    // `kill` the command: sending a signal from Rust needs `libc` or `nix`.
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("run kill -TERM");
+    assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+}
+
 /// The repository's root folder (the workspace holds `tests/`).
 pub fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -239,14 +251,7 @@ impl RegistryProcess {
     /// SIGTERM (what Kubernetes sends before a pod goes), then waits at most 30 s for the
     /// process to finish its graceful shutdown; answers how it exited.
     pub async fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().expect("the registry is still running");
-        // `kill` the command: sending a signal from Rust needs `libc` or `nix`.
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("run kill -TERM");
-        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        sigterm(&self.child).await;
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("the registry stops within 30 s of SIGTERM")

@@ -65,16 +65,8 @@ impl AppState {
     ) -> Result<Applied, ApiError> {
         let applied =
             crate::metrics::timed("apply", self.store.apply(service, id, now, transition)).await?;
-        if let Some(event) = &applied.event {
-            if let Err(error) = self
-                .view
-                .catch_up_to(event.index, self.store.as_ref())
-                .await
-            {
-                tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
-            }
-        } else if let Some(record) = &applied.record {
-            self.view.touch(record.to_instance());
+        if let Err(error) = self.view.show_write(&applied, self.store.as_ref()).await {
+            tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
         }
         Ok(applied)
     }
