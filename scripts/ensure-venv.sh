@@ -42,10 +42,11 @@ if [ ! -x "$venv/bin/pip" ]; then
   fi
 fi
 
+# One `pip freeze` for all of them (a `pip show` each cost about a second apiece).
+installed=$("$venv/bin/pip" freeze --disable-pip-version-check 2>/dev/null || true)
 missing=()
 for requirement in "$@"; do
-  installed=$("$venv/bin/pip" show "${requirement%%==*}" 2>/dev/null | sed -n 's/^Version: //p' || true)
-  [ "$installed" = "${requirement#*==}" ] || missing+=("$requirement")
+  grep -qixF -- "$requirement" <<<"$installed" || missing+=("$requirement")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "ensure-venv: installing ${missing[*]} into .venv..." >&2

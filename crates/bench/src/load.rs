@@ -35,6 +35,25 @@ pub struct WrkResult {
     pub bad_status: u64,
 }
 
+impl WrkResult {
+    /// Throughput and latency as the report's table shows them.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+            self.per_second, self.p50_ms, self.p99_ms
+        )
+    }
+}
+
+/// Requests per second (0 for a run that took no time).
+fn rate(requests: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        requests as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
 #[derive(Deserialize)]
 struct WrkSummary {
     requests: u64,
@@ -161,11 +180,7 @@ pub async fn wrk(
     Ok(WrkResult {
         requests: summary.requests,
         seconds,
-        per_second: if seconds > 0.0 {
-            summary.requests as f64 / seconds
-        } else {
-            0.0
-        },
+        per_second: rate(summary.requests, seconds),
         p50_ms: summary.p50_us / 1e3,
         p99_ms: summary.p99_us / 1e3,
         errors: summary.connect + summary.read + summary.write + summary.timeout,
@@ -202,11 +217,7 @@ fn combine(runs: &[WrkResult]) -> WrkResult {
     WrkResult {
         requests,
         seconds,
-        per_second: if seconds > 0.0 {
-            requests as f64 / seconds
-        } else {
-            0.0
-        },
+        per_second: rate(requests, seconds),
         p50_ms: median(|r| r.p50_ms),
         p99_ms: median(|r| r.p99_ms),
         errors: runs.iter().map(|r| r.errors).sum(),

@@ -301,10 +301,7 @@ async fn one_backend(
         .await?;
         report.add(
             format!("{name}: heartbeats/s"),
-            format!(
-                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-                beats.per_second, beats.p50_ms, beats.p99_ms
-            ),
+            beats.summary(),
             ">= 30000/s",
             Some(beats.per_second >= 30_000.0 && clean(&beats)),
             wrk_json(&beats),
@@ -456,20 +453,14 @@ async fn lookups(
     let ratio = served.per_second / ceiling.per_second.max(1.0);
     report.add(
         format!("{name}: lookups/s, {} conns", plan.lookup_connections),
-        format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-            served.per_second, served.p50_ms, served.p99_ms
-        ),
+        served.summary(),
         "",
         (!clean(&served)).then_some(false),
         wrk_json(&served),
     );
     report.add(
         format!("{name}: no-op axum ceiling/s"),
-        format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-            ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms
-        ),
+        ceiling.summary(),
         "",
         None,
         wrk_json(&ceiling),
@@ -484,10 +475,8 @@ async fn lookups(
     report.add(
         format!("{name}: no-op ceiling answering a lookup's {answer_size} B"),
         format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms); lookups / this: {:.2}",
-            sized.per_second,
-            sized.p50_ms,
-            sized.p99_ms,
+            "{}; lookups / this: {:.2}",
+            sized.summary(),
             served.per_second / sized.per_second.max(1.0)
         ),
         "",
@@ -497,10 +486,8 @@ async fn lookups(
     report.add(
         format!("{name}: registry GET /healthz/s"),
         format!(
-            "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms); / ceiling: {:.2}",
-            healthz.per_second,
-            healthz.p50_ms,
-            healthz.p99_ms,
+            "{}; / ceiling: {:.2}",
+            healthz.summary(),
             healthz.per_second / ceiling.per_second.max(1.0)
         ),
         "",
