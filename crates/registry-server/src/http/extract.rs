@@ -29,10 +29,10 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let json = is_json(req.headers().get(CONTENT_TYPE));
         // Size is judged before content, also for bodies of undeclared length.
-        let bytes = read_body(req, state).await?;
+        let bytes = read_body(req).await?;
         if !json {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
@@ -54,15 +54,19 @@ fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
         })
 }
 
-/// Reads the whole body within [`MAX_BODY_BYTES`].
-pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|rejection| {
-        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            ApiError::invalid("body", format!("could not read the body: {rejection}"))
-        }
-    })
+/// Reads the whole body within [`MAX_BODY_BYTES`] (413 beyond it, also for a chunked body
+/// that declared no length).
+pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(ApiError::invalid(
+            "body",
+            format!("could not read the body: {error}"),
+        )),
+    }
 }
 
 pub fn too_large() -> ApiError {
@@ -182,8 +186,8 @@ pub struct RawBody(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        read_body(req, state).await.map(RawBody)
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        read_body(req).await.map(RawBody)
     }
 }
 

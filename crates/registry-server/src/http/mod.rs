@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -87,27 +87,16 @@ pub fn router(state: AppState) -> Router {
     let long_lived = Router::new()
         .merge(services::long_poll_router())
         .merge(events::router());
-    let mut router = Router::new()
+    Router::new()
         .merge(bounded)
         .merge(long_lived)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(note_route))
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
-        .layer(middleware::from_fn(limit_size))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize));
-    // Only when a limit is set: a layer costs every request, lookups included.
-    if let Some(limit) = state.write_limit.clone() {
-        router = router.layer(middleware::from_fn_with_state(limit, limit_writes));
-    }
-    router.layer(middleware::from_fn(observe)).with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
 }
-
-/// The route template a request matched, filled in once routing has happened: `observe`
-/// runs outside the router (so that refused and unknown requests are timed too), where
-/// axum's `MatchedPath` is not known yet.
-#[derive(Clone, Default)]
-struct RouteSlot(Arc<std::sync::OnceLock<String>>);
 
 /// Times every request into `registry_http_request_duration_seconds`, labelled with the
 /// route template (never the raw path, whose ids would make one series per instance) or
@@ -115,9 +104,9 @@ struct RouteSlot(Arc<std::sync::OnceLock<String>>);
 ///
 /// Each request runs in a server span, a child of the `traceparent` received, named by
 /// method and route template once routing has happened.
-async fn observe(mut request: Request, next: Next) -> Response {
+async fn observe(request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = request.method().clone();
     let span = tracing::info_span!(
         "request",
         otel.name = %method,
@@ -127,34 +116,32 @@ async fn observe(mut request: Request, next: Next) -> Response {
         http.response.status_code = tracing::field::Empty,
     );
     registry_client::trace::continue_from(&span, request.headers());
-    let slot = RouteSlot::default();
-    request.extensions_mut().insert(slot.clone());
     let response = next.run(request).instrument(span.clone()).await;
-    let route = slot.0.get().map_or("unmatched", String::as_str);
-    // The span has started: its OpenTelemetry name is set on the span itself.
-    span.context()
-        .span()
-        .update_name(format!("{method} {route}"));
-    span.record("http.route", route);
-    span.record("http.response.status_code", response.status().as_u16());
-    crate::metrics::http_request(
-        &method,
-        route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let route = response
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let status = response.status();
+    // Spans are off unless traces are exported: then naming one costs nothing either.
+    if !span.is_disabled() {
+        // The span has started: its OpenTelemetry name is set on the span itself.
+        span.context()
+            .span()
+            .update_name(format!("{method} {route}"));
+        span.record("http.route", route);
+        span.record("http.response.status_code", status.as_u16());
+    }
+    crate::metrics::http_request(method.as_str(), route, status.as_str(), started.elapsed());
     response
 }
 
-/// Tells `observe` which route template matched.
-async fn note_route(request: Request, next: Next) -> Response {
-    if let (Some(path), Some(slot)) = (
-        request.extensions().get::<MatchedPath>(),
-        request.extensions().get::<RouteSlot>(),
-    ) {
-        let _ = slot.0.set(path.as_str().to_owned());
-    }
-    next.run(request).await
+/// Tells `observe` which route template matched: `observe` runs outside the router (so
+/// that refused and unknown requests are timed too), where axum's `MatchedPath` is not
+/// known, so the route's answer carries it out.
+async fn note_route(matched: MatchedPath, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(matched);
+    response
 }
 
 /// 503 in our error shape (with `Retry-After`) for a request that takes longer than
@@ -177,8 +164,20 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// 413 before reading a body whose declared length is too large.
-async fn limit_size(request: Request, next: Next) -> Response {
+/// Admission, in one middleware and in this order: the write rate limit (when set, so
+/// that guessing tokens is limited too), the token, then the declared size (DESIGN
+/// section 4: auth, then size, then content). One layer rather than one per check:
+/// every layer costs every request, lookups included, a clone of what is beneath it.
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(limit) = &state.write_limit
+        && let Some(refused) = rate_limited(limit, &request)
+    {
+        return refused;
+    }
+    if !authorized(&state.settings, &request) {
+        drain(request.into_body()).await;
+        return ApiError::unauthorized().into_response();
+    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -187,6 +186,7 @@ async fn limit_size(request: Request, next: Next) -> Response {
     let has_body = declared.is_some_and(|len| len > 0)
         || request.headers().contains_key(header::TRANSFER_ENCODING);
     let mut response = if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
+        // 413 before reading a body whose declared length is too large.
         extract::too_large().into_response()
     } else {
         next.run(request).await
@@ -202,31 +202,23 @@ async fn limit_size(request: Request, next: Next) -> Response {
 }
 
 /// 429 (with `Retry-After`) for a write beyond the client's `REGISTRY_WRITE_RATE_LIMIT`.
-/// Checked before the token, so guessing tokens is limited too.
-async fn limit_writes(
-    State(limit): State<Arc<crate::rate_limit::WriteRateLimit>>,
-    request: Request,
-    next: Next,
-) -> Response {
+fn rate_limited(limit: &crate::rate_limit::WriteRateLimit, request: &Request) -> Option<Response> {
     let is_write = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    if let (true, Some(peer)) = (is_write, crate::serve::peer(&request))
-        && let Err(wait) = limit.admit(peer.ip(), std::time::Instant::now())
-    {
-        let mut response = ApiError::new(
-            ErrorCode::RateLimited,
-            "too many writes from this client; retry after the time in Retry-After",
-        )
-        .into_response();
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        return response;
-    }
-    next.run(request).await
+    let peer = crate::serve::peer(request).filter(|_| is_write)?;
+    let wait = limit.admit(peer.ip(), std::time::Instant::now()).err()?;
+    let mut response = ApiError::new(
+        ErrorCode::RateLimited,
+        "too many writes from this client; retry after the time in Retry-After",
+    )
+    .into_response();
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    Some(response)
 }
 
 /// Routes anyone may reach, also when tokens are set.
@@ -237,8 +229,7 @@ fn is_open(path: &str) -> bool {
 
 /// DESIGN section 4: writes need the write token; reads need the read or the write
 /// token when a read token is set. Compared in constant time.
-async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let settings = &state.settings;
+fn authorized(settings: &Settings, request: &Request) -> bool {
     let is_read = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -255,24 +246,18 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         settings.token.iter().map(String::as_str).collect()
     };
     if required.is_empty() {
-        return next.run(request).await;
+        return true;
     }
-    let presented = bearer_token(&request).or_else(|| {
+    let presented = bearer_token(request).or_else(|| {
         (request.uri().path() == "/v1/events")
-            .then(|| query_token(&request))
+            .then(|| query_token(request))
             .flatten()
     });
-    let accepted = presented.is_some_and(|given| {
+    presented.is_some_and(|given| {
         required.iter().fold(false, |ok, want| {
             ok | bool::from(given.as_bytes().ct_eq(want.as_bytes()))
         })
-    });
-    if accepted {
-        next.run(request).await
-    } else {
-        drain(request.into_body()).await;
-        ApiError::unauthorized().into_response()
-    }
+    })
 }
 
 /// Most of a refused request's body that is read (and dropped) before the answer.
