@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ChangeFeed, Heartbeat, Notification, Store, StoreError};
+use crate::store::{ChangeFeed, Heartbeat, Notification, Store, StoreError, StoreResult};
 use crate::view::View;
 
 /// How often the view catches up and how a broken feed is retried.
@@ -174,10 +174,7 @@ impl Replication {
                         });
                     }
                     let index = *announced.borrow_and_update();
-                    // 0: the notification did not say which index; look anyway.
-                    if index == 0 || index > self.view.index() {
-                        self.catch_up().await;
-                    }
+                    self.catch_up_to(index).await;
                 }
                 Some(renewed) = renewals.recv() => {
                     self.renew(&mut announced, renewed).await;
@@ -194,9 +191,7 @@ impl Replication {
     async fn renew(&mut self, announced: &mut watch::Receiver<u64>, renewed: Vec<Heartbeat>) {
         if announced.has_changed().unwrap_or(false) {
             let index = *announced.borrow_and_update();
-            if index == 0 || index > self.view.index() {
-                self.catch_up().await;
-            }
+            self.catch_up_to(index).await;
         }
         self.view.renew(
             renewed
@@ -237,7 +232,24 @@ impl Replication {
     }
 
     async fn catch_up(&mut self) {
-        match self.view.catch_up(self.store.as_ref()).await {
+        let result = self.view.catch_up(self.store.as_ref()).await;
+        self.note_catch_up(result);
+    }
+
+    /// Catches up to an announced index, which the view often holds already (this
+    /// replica's own writes are announced to it too); 0: the announcement did not say
+    /// which index, so look anyway.
+    async fn catch_up_to(&mut self, index: u64) {
+        if index == 0 {
+            return self.catch_up().await;
+        }
+        let result = self.view.catch_up_to(index, self.store.as_ref()).await;
+        self.note_catch_up(result);
+    }
+
+    /// Logs when catching up starts failing and when it recovers, not every failure.
+    fn note_catch_up(&mut self, result: StoreResult<()>) {
+        match result {
             Ok(()) if self.catch_up_failing => {
                 tracing::info!("view catch-up recovered");
                 self.catch_up_failing = false;

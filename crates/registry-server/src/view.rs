@@ -122,11 +122,11 @@ impl View {
     }
 
     /// Shows a change this process has just written, so that its writer reads it at once:
-    /// the event it appended, by catching up to it, or else (a heartbeat or check result
-    /// that changed no status) the record as written.
+    /// the event it appended, or else (a heartbeat or check result that changed no status)
+    /// the record as written.
     pub async fn show_write(&self, applied: &Applied, store: &dyn Store) -> StoreResult<()> {
         match (&applied.event, &applied.record) {
-            (Some(event), _) => self.catch_up_to(event.index, store).await,
+            (Some(event), _) => self.reach(event.index, &applied.committed, store).await,
             (None, Some(record)) => {
                 self.touch(record.to_instance());
                 Ok(())
@@ -135,15 +135,31 @@ impl View {
         }
     }
 
-    /// Makes sure the view holds `index` (a write's own event): nothing to do when it
-    /// already does, which is the common case when writes commit in groups (the first
-    /// writer of a group to catch up reads the events of all of them).
-    async fn catch_up_to(&self, index: u64, store: &dyn Store) -> StoreResult<()> {
+    /// Makes sure the view holds `index`, reading what it lacks from the store.
+    pub async fn catch_up_to(&self, index: u64, store: &dyn Store) -> StoreResult<()> {
+        self.reach(index, &[], store).await
+    }
+
+    /// Makes sure the view holds `index`: nothing to do when it already does (the common
+    /// case when writes commit in groups: the first writer of a group to get here applies
+    /// the events of all of them). `committed`, the events of one transaction of this
+    /// process, are applied as they are when they follow on from the view; otherwise (other
+    /// processes' events came in between) the view reads from the store.
+    async fn reach(&self, index: u64, committed: &[Event], store: &dyn Store) -> StoreResult<()> {
         if self.index() >= index {
             return Ok(());
         }
         let _guard = self.catching_up.lock().await;
-        if self.index() >= index {
+        let held = self.index();
+        if held >= index {
+            return Ok(());
+        }
+        let follows_on = committed
+            .first()
+            .zip(committed.last())
+            .is_some_and(|(first, last)| first.index <= held + 1 && last.index >= index);
+        if follows_on {
+            self.apply_all(committed.iter().cloned());
             return Ok(());
         }
         self.catch_up_locked(store).await
@@ -197,7 +213,8 @@ impl View {
         Ok(())
     }
 
-    fn apply_all(&self, events: Vec<Event>) {
+    /// Applies events in index order; those the view already holds are skipped.
+    fn apply_all(&self, events: impl IntoIterator<Item = Event>) {
         let index = {
             let mut state = self.write();
             for event in events {
@@ -478,5 +495,92 @@ pub fn system_status(
         index,
         at,
         services,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle;
+    use crate::store::SqliteStore;
+    use registry_api::{InstanceId, InstanceSpec, ServiceName};
+
+    async fn store() -> SqliteStore {
+        let store = SqliteStore::connect("sqlite::memory:")
+            .await
+            .expect("store");
+        Store::migrate(&store).await.expect("migrate");
+        store
+    }
+
+    async fn register(store: &dyn Store, id: &str) -> Applied {
+        let spec = InstanceSpec::new("http://10.0.0.1:4040")
+            .validate(
+                ServiceName::parse("sum").expect("name"),
+                InstanceId::parse(id).expect("id"),
+                10,
+            )
+            .expect("valid");
+        let now = crate::clock::now();
+        store
+            .apply(
+                "sum",
+                id,
+                now,
+                Box::new(move |old| lifecycle::register(old, &spec, now)),
+            )
+            .await
+            .expect("apply")
+    }
+
+    /// The events of the transaction, with each snapshot's URL marked: what the view
+    /// shows then tells whether it took them or read the store.
+    fn marked(applied: &Applied) -> Applied {
+        let committed: Vec<Event> = applied
+            .committed
+            .iter()
+            .cloned()
+            .map(|mut event| {
+                event.snapshot.url = "http://marked:1".into();
+                event
+            })
+            .collect();
+        Applied {
+            event: committed.last().cloned(),
+            committed: committed.into(),
+            ..applied.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_follows_on_from_the_view_is_shown_without_reading_the_store() {
+        let store = store().await;
+        let view = View::load(&store).await.expect("view");
+        let applied = marked(&register(&store, "a").await);
+
+        view.show_write(&applied, &store).await.expect("shown");
+
+        assert_eq!(view.index(), 1);
+        let shown = view.instance("sum", "a").expect("shown at once");
+        assert_eq!(
+            shown.url, "http://marked:1",
+            "taken from the write's answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_after_changes_the_view_lacks_reads_them_from_the_store() {
+        let store = store().await;
+        let view = View::load(&store).await.expect("view");
+        // Another process's change, which this view has not seen.
+        register(&store, "a").await;
+        let applied = marked(&register(&store, "b").await);
+
+        view.show_write(&applied, &store).await.expect("shown");
+
+        assert_eq!(view.index(), 2);
+        assert!(view.instance("sum", "a").is_some(), "the other change too");
+        let shown = view.instance("sum", "b").expect("shown at once");
+        assert_eq!(shown.url, "http://10.0.0.1:4040", "read from the store");
     }
 }

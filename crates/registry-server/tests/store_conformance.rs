@@ -321,7 +321,8 @@ async fn heartbeat_of_an_unknown_instance_changes_nothing(backend: Backend) {
         Applied {
             existed: false,
             record: None,
-            event: None
+            event: None,
+            committed: Arc::new([]),
         }
     );
     assert_eq!(store.current_index().await.expect("index"), 0);
@@ -463,7 +464,8 @@ async fn deregistering_appends_removed_and_forgets_the_instance(backend: Backend
         Applied {
             existed: false,
             record: None,
-            event: None
+            event: None,
+            committed: Arc::new([]),
         }
     );
     let back = put(s, &spec("sum", "a", 10), t0 + secs(4)).await;
@@ -937,15 +939,18 @@ async fn concurrent_changes_get_gap_free_indexes_in_commit_order(backend: Backen
                     lifecycle::set_maintenance(r, !r.maintenance, now)
                 })
                 .await;
-                appended.push(index_of(&applied));
+                appended.push(applied);
             }
             appended
         });
     }
-    let mut appended: Vec<u64> = (1..=INSTANCES as u64).collect();
+    let mut answers = Vec::new();
     while let Some(result) = tasks.join_next().await {
-        appended.extend(result.expect("task"));
+        answers.extend(result.expect("task"));
     }
+    let mut appended: Vec<u64> = (1..=INSTANCES as u64)
+        .chain(answers.iter().map(index_of))
+        .collect();
     appended.sort_unstable();
 
     assert_eq!(
@@ -957,6 +962,23 @@ async fn concurrent_changes_get_gap_free_indexes_in_commit_order(backend: Backen
     let events = store.events_after(0, None, 1000).await.expect("events");
     assert_eq!(indexes(&events), (1..=TOTAL).collect::<Vec<_>>());
     assert_eq!(follower.await.expect("follower"), TOTAL);
+
+    // What a write answers as its transaction's events is what was stored, its own among
+    // them (a view applies them without reading them back).
+    for applied in &answers {
+        let first = applied
+            .committed
+            .first()
+            .expect("the transaction's events")
+            .index;
+        let stored = &events[(first - 1) as usize..][..applied.committed.len()];
+        assert_eq!(&applied.committed[..], stored, "from index {first}");
+        assert!(
+            applied
+                .committed
+                .contains(applied.event.as_ref().expect("an event"))
+        );
+    }
 
     // No lost update: per instance, each change starts from the previous one's result.
     let mut last: BTreeMap<&str, Status> = BTreeMap::new();

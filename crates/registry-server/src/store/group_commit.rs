@@ -14,6 +14,7 @@
 //! [`plan`], which turns a group and the records it found into rows and events.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -329,7 +330,8 @@ impl Plan {
     }
 
     /// Each change's answer, given the events as appended.
-    pub fn answers(self, events: &[Event]) -> Vec<StoreResult<Applied>> {
+    pub fn answers(self, events: Vec<Event>) -> Vec<StoreResult<Applied>> {
+        let committed: Arc<[Event]> = events.into();
         self.outcomes
             .into_iter()
             .map(|outcome| {
@@ -338,7 +340,8 @@ impl Plan {
                     record: outcome.record,
                     event: outcome
                         .event
-                        .and_then(|position| events.get(position).cloned()),
+                        .and_then(|position| committed.get(position).cloned()),
+                    committed: Arc::clone(&committed),
                 })
             })
             .collect()
@@ -437,7 +440,7 @@ mod tests {
                 (8, EventKind::Status, t(2))
             ]
         );
-        let answers = plan.answers(&events);
+        let answers = plan.answers(events.clone());
         let first = applied(&answers[0]);
         let second = applied(&answers[1]);
         assert!(
@@ -447,6 +450,10 @@ mod tests {
         assert_eq!(first.event.as_ref().map(|e| e.index), Some(7));
         assert_eq!(second.event.as_ref().map(|e| e.index), Some(8));
         assert!(second.record.as_ref().is_some_and(|r| r.maintenance));
+        assert!(
+            first.committed[..] == events[..] && second.committed[..] == events[..],
+            "each change carries every event of its transaction"
+        );
     }
 
     #[test]
@@ -467,7 +474,7 @@ mod tests {
         let events = plan.events(1);
         let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, [EventKind::Removed, EventKind::Registered]);
-        let answers = plan.answers(&events);
+        let answers = plan.answers(events.clone());
         assert!(applied(&answers[0]).existed && applied(&answers[0]).record.is_none());
         assert!(!applied(&answers[1]).existed);
     }
@@ -482,7 +489,7 @@ mod tests {
         let plan = plan(&group, HashMap::new());
         assert!(plan.rows.is_empty());
         let events = plan.events(1);
-        let answers = plan.answers(&events);
+        let answers = plan.answers(events.clone());
         assert_eq!(events.len(), 2, "the third removal finds nothing to remove");
         assert!(applied(&answers[2]).event.is_none());
     }
@@ -518,7 +525,7 @@ mod tests {
         let rows: Vec<&Key> = plan.rows.iter().map(|row| &row.key).collect();
         assert_eq!(rows, [&key("a"), &key("c")]);
         let events = plan.events(1);
-        let answers = plan.answers(&events);
+        let answers = plan.answers(events.clone());
         assert!(matches!(answers[0], Err(StoreError::Corrupt(_))));
         assert!(matches!(answers[2], Err(StoreError::Corrupt(_))));
         assert!(

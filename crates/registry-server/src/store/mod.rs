@@ -10,6 +10,8 @@ mod group_commit;
 mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use registry_api::{Event, Instance};
@@ -81,6 +83,10 @@ pub struct Applied {
     pub record: Option<InstanceRecord>,
     /// The event appended, if the change appended one.
     pub event: Option<Event>,
+    /// Every event the change's transaction appended, `event` among them, in index order
+    /// (changes written as a group share one transaction), so that this process's view
+    /// can take them without reading them back.
+    pub committed: Arc<[Event]>,
 }
 
 /// The whole current state, consistent with `index`.

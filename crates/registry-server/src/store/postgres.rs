@@ -517,7 +517,7 @@ impl GroupWriter for PgGroupWriter {
         write_rows(&mut tx, &plan.rows).await?;
         let events = append_events(&mut tx, &plan).await?;
         tx.commit().await?;
-        Ok(plan.answers(&events))
+        Ok(plan.answers(events))
     }
 }
 

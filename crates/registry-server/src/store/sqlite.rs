@@ -449,7 +449,7 @@ impl GroupWriter for SqliteGroupWriter {
         }
         let events = append_events(&mut tx, &plan).await?;
         tx.commit().await?;
-        Ok(plan.answers(&events))
+        Ok(plan.answers(events))
     }
 }
 
