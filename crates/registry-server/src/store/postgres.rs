@@ -525,9 +525,16 @@ impl GroupWriter for PgGroupWriter {
 /// or the socket's send buffer (both 16 KiB, the buffer at first) leaves in two writes,
 /// and Nagle's algorithm holds the second until the server acknowledges the first, which
 /// it may delay by 40 ms: a group of 40 registrations written in one statement took 42 ms
-/// instead of 1. Statements that carry many rows are therefore cut into parts of about
-/// this size.
-const STATEMENT_BYTES: usize = 8 * 1024;
+/// instead of 1. Statements that carry many rows are therefore cut so that each stays
+/// under this size (a single row larger than this goes alone), which leaves room for the
+/// statement's text and the protocol's framing within 16 KiB.
+const STATEMENT_BYTES: usize = 15 * 1024;
+
+/// Whether `columns`, already `bytes` big, must be written before a row of `more` bytes
+/// joins them: it would take the statement over [`STATEMENT_BYTES`].
+fn full(rows: usize, bytes: usize, more: usize) -> bool {
+    rows > 0 && bytes + more > STATEMENT_BYTES
+}
 
 /// Rows of `instances` as columns, the shape `UNNEST` takes; `bytes` is about what they
 /// weigh in a statement.
@@ -583,15 +590,23 @@ const UPDATE_ROWS: &str = concat!(
 );
 
 impl RowColumns {
-    fn push(
+    /// Takes one row, written first if the statement would grow too large with it.
+    async fn add(
         &mut self,
+        conn: &mut PgConnection,
+        statement: &'static str,
         record: &InstanceRecord,
         now: DateTime<Utc>,
         reschedule_check: bool,
     ) -> StoreResult<()> {
-        let columns = IndexedColumns::of(record);
         let json = serde_json::to_string(record)?;
-        self.bytes += json.len() + record.service.len() + record.id.len() + 64;
+        // Each row also carries its lengths, status and five numbers in binary arrays.
+        let bytes = json.len() + record.service.len() + record.id.len() + 96;
+        if full(self.service.len(), self.bytes, bytes) {
+            self.execute(&mut *conn, statement).await?;
+        }
+        let columns = IndexedColumns::of(record);
+        self.bytes += bytes;
         self.service.push(record.service.clone());
         self.id.push(record.id.clone());
         self.record.push(json);
@@ -640,20 +655,18 @@ async fn write_rows(conn: &mut PgConnection, rows: &[Row]) -> StoreResult<()> {
     for row in rows {
         match &row.write {
             RowWrite::Insert { record, now } => {
-                inserts.push(record, *now, true)?;
-                if inserts.bytes >= STATEMENT_BYTES {
-                    inserts.execute(&mut *conn, INSERT_ROWS).await?;
-                }
+                inserts
+                    .add(&mut *conn, INSERT_ROWS, record, *now, true)
+                    .await?;
             }
             RowWrite::Update {
                 record,
                 reschedule_check,
                 now,
             } => {
-                updates.push(record, *now, *reschedule_check)?;
-                if updates.bytes >= STATEMENT_BYTES {
-                    updates.execute(&mut *conn, UPDATE_ROWS).await?;
-                }
+                updates
+                    .add(&mut *conn, UPDATE_ROWS, record, *now, *reschedule_check)
+                    .await?;
             }
             RowWrite::Delete => {
                 deleted_services.push(row.key.0.clone());
@@ -689,9 +702,15 @@ struct EventColumns {
 }
 
 impl EventColumns {
-    fn push(&mut self, event: &Event) -> StoreResult<()> {
+    /// Takes one event, written first if the statement would grow too large with it.
+    async fn add(&mut self, conn: &mut PgConnection, event: &Event) -> StoreResult<()> {
         let body = serde_json::to_string(event)?;
-        self.bytes += body.len() + event.service.len() + event.instance.len() + 48;
+        // Each event also carries its lengths, kind and two numbers in binary arrays.
+        let bytes = body.len() + event.service.len() + event.instance.len() + 64;
+        if full(self.idx.len(), self.bytes, bytes) {
+            self.insert(&mut *conn).await?;
+        }
+        self.bytes += bytes;
         self.idx.push(index_column(event.index)?);
         self.at_ms.push(millis(event.at));
         self.service.push(event.service.clone());
@@ -742,10 +761,7 @@ async fn append_events(conn: &mut PgConnection, plan: &Plan) -> StoreResult<Vec<
     let events = plan.events(to_index(last - count + 1)?);
     let mut columns = EventColumns::default();
     for event in &events {
-        columns.push(event)?;
-        if columns.bytes >= STATEMENT_BYTES {
-            columns.insert(&mut *conn).await?;
-        }
+        columns.add(&mut *conn, event).await?;
     }
     columns.insert(conn).await?;
     Ok(events)
