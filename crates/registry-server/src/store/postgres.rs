@@ -484,28 +484,14 @@ impl GroupWriter for PgGroupWriter {
         let keys: BTreeSet<Key> = group.iter().map(Pending::key).collect();
         let (services, ids): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
         let mut tx = self.pool.begin().await?;
-        // Two writers creating the same instance both find no row to lock. An advisory
-        // lock per key, held until commit, makes the second one wait; its read (after the
-        // lock) then sees the first one's row. Taken in one order (the lock keys sorted),
-        // so two groups cannot deadlock; the subquery's order is the order they are taken.
-        sqlx::query(
-            "SELECT count(pg_advisory_xact_lock(k)) FROM ( \
-               SELECT DISTINCT hashtextextended(s || '/' || i, 0) AS k \
-               FROM UNNEST($1::text[], $2::text[]) AS t(s, i) ORDER BY k) AS keys",
-        )
-        .bind(&services)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-        let stored: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT service, id, record::text FROM instances \
-             WHERE (service, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) \
-             ORDER BY service, id FOR UPDATE",
-        )
-        .bind(&services)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
+        // Locks every key of the group, then reads the rows that exist (migration 0004
+        // says why this takes a function).
+        let stored: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT service, id, record::text FROM registry_lock_instances($1, $2)")
+                .bind(&services)
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
         let loaded = stored
             .into_iter()
             .map(|(service, id, record)| {
