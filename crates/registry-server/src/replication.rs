@@ -298,11 +298,10 @@ mod tests {
 
     use async_trait::async_trait;
     use chrono::{DateTime, Utc};
-    use registry_api::{Event, Instance, InstanceId, InstanceSpec, ServiceName};
+    use registry_api::{Event, Instance};
     use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::lifecycle;
     use crate::store::{
         Applied, ClaimedCheck, HistoryStart, Snapshot, SqliteStore, StoreResult, Transition,
     };
@@ -376,24 +375,7 @@ mod tests {
 
         /// Registers an instance behind the view's back, as another replica would.
         async fn write(&self, id: &str) -> u64 {
-            let spec = InstanceSpec::new("http://10.0.0.1:4040")
-                .validate(
-                    ServiceName::parse("sum").expect("name"),
-                    InstanceId::parse(id).expect("id"),
-                    10,
-                )
-                .expect("valid");
-            let now = crate::clock::now();
-            let applied = self
-                .inner
-                .apply(
-                    "sum",
-                    id,
-                    now,
-                    Box::new(move |old| lifecycle::register(old, &spec, now)),
-                )
-                .await
-                .expect("apply");
+            let applied = crate::testing::register_in(&self.inner, id).await;
             applied.event.expect("an event").index
         }
     }

@@ -501,9 +501,8 @@ pub fn system_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle;
     use crate::store::SqliteStore;
-    use registry_api::{InstanceId, InstanceSpec, ServiceName};
+    use crate::testing::register_in;
 
     async fn store() -> SqliteStore {
         let store = SqliteStore::connect("sqlite::memory:")
@@ -511,26 +510,6 @@ mod tests {
             .expect("store");
         Store::migrate(&store).await.expect("migrate");
         store
-    }
-
-    async fn register(store: &dyn Store, id: &str) -> Applied {
-        let spec = InstanceSpec::new("http://10.0.0.1:4040")
-            .validate(
-                ServiceName::parse("sum").expect("name"),
-                InstanceId::parse(id).expect("id"),
-                10,
-            )
-            .expect("valid");
-        let now = crate::clock::now();
-        store
-            .apply(
-                "sum",
-                id,
-                now,
-                Box::new(move |old| lifecycle::register(old, &spec, now)),
-            )
-            .await
-            .expect("apply")
     }
 
     /// The events of the transaction, with each snapshot's URL marked: what the view
@@ -556,7 +535,7 @@ mod tests {
     async fn a_write_that_follows_on_from_the_view_is_shown_without_reading_the_store() {
         let store = store().await;
         let view = View::load(&store).await.expect("view");
-        let applied = marked(&register(&store, "a").await);
+        let applied = marked(&register_in(&store, "a").await);
 
         view.show_write(&applied, &store).await.expect("shown");
 
@@ -573,8 +552,8 @@ mod tests {
         let store = store().await;
         let view = View::load(&store).await.expect("view");
         // Another process's change, which this view has not seen.
-        register(&store, "a").await;
-        let applied = marked(&register(&store, "b").await);
+        register_in(&store, "a").await;
+        let applied = marked(&register_in(&store, "b").await);
 
         view.show_write(&applied, &store).await.expect("shown");
 

@@ -516,8 +516,8 @@ impl GroupWriter for PgGroupWriter {
 /// statement's text and the protocol's framing within 16 KiB.
 const STATEMENT_BYTES: usize = 15 * 1024;
 
-/// Whether `columns`, already `bytes` big, must be written before a row of `more` bytes
-/// joins them: it would take the statement over [`STATEMENT_BYTES`].
+/// Whether a statement holding `rows` rows of `bytes` in all must be written before a row
+/// of `more` bytes joins it: it would go over [`STATEMENT_BYTES`].
 fn full(rows: usize, bytes: usize, more: usize) -> bool {
     rows > 0 && bytes + more > STATEMENT_BYTES
 }
