@@ -697,10 +697,11 @@ both_stores!(
                 .headers()
                 .get(INDEX_HEADER)
                 .and_then(|v| v.to_str().ok()),
-            Some("0")
+            Some("4"),
+            "a service with no event answers the global index"
         );
         let body: Value = response.json().await.expect("JSON");
-        assert_eq!(body, json!({"index": 0, "name": "nobody", "instances": []}));
+        assert_eq!(body, json!({"index": 4, "name": "nobody", "instances": []}));
 
         let (status, body) = call(registry.http.get(registry.url("/v1/services/Bad_Name"))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -861,6 +862,64 @@ both_stores!(
                 "index {index} answered at once: {elapsed:?}"
             );
         }
+        registry.stop().await;
+    }
+);
+
+// `index=0` never blocks, also on a fresh registry whose index is 0; a service with no
+// event yet answers the global index, and a query with it waits for that service's
+// first change (no busy poll while it does not exist).
+both_stores!(
+    index_zero_never_blocks_and_an_unknown_service_waits_for_its_first_change,
+    |backend: Backend| async move {
+        let registry = TestRegistry::start(backend).await;
+        let api = &registry.api;
+        let started = Instant::now();
+        let fresh = api
+            .watch_service("sum", None, 0, Duration::from_secs(20))
+            .await
+            .expect("blocking query");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "index=0 on a fresh registry answered at once: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(fresh.index, 0);
+        assert!(fresh.instances.is_empty());
+
+        api.register("other", "o-1", &spec("http://10.0.0.9:80"))
+            .await
+            .expect("register");
+        let unknown = api.service("sum", None).await.expect("read");
+        assert_eq!(unknown.index, 1, "the global index, not 0");
+
+        let mut watcher = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                api.watch_service("sum", None, unknown.index, Duration::from_secs(20))
+                    .await
+            })
+        };
+        // The watch holds while other services change.
+        api.register("other", "o-2", &spec("http://10.0.0.8:80"))
+            .await
+            .expect("register");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut watcher)
+                .await
+                .is_err(),
+            "the watch of an unknown service answered before the service changed"
+        );
+        api.register("sum", "sum-1", &spec("http://10.0.0.1:4040"))
+            .await
+            .expect("register");
+        let answer = tokio::time::timeout(Duration::from_secs(10), watcher)
+            .await
+            .expect("woken by the service's first change")
+            .expect("joined")
+            .expect("blocking query");
+        assert_eq!(answer.index, 3);
+        assert_eq!(answer.instances.len(), 1);
         registry.stop().await;
     }
 );

@@ -330,13 +330,17 @@ impl View {
         }
     }
 
-    /// `GET /v1/services/{service}`, optionally only instances with one status.
+    /// `GET /v1/services/{service}`, optionally only instances with one status. A service
+    /// with no event yet answers the global index: a blocking query with it then waits for
+    /// the service's first change instead of polling with index 0.
     pub fn service(&self, name: &str, only: Option<Status>) -> ServiceInstances {
         let state = self.read();
         let (index, instances) = state
             .services
             .get(name)
-            .map_or((0, Vec::new()), |s| (s.index, s.instances_with(only)));
+            .map_or((state.index, Vec::new()), |s| {
+                (s.index, s.instances_with(only))
+            });
         ServiceInstances {
             index,
             name: name.to_owned(),
@@ -355,11 +359,11 @@ impl View {
         let state = self.read();
         let Some(service) = state.services.get(name) else {
             let empty = ServiceInstances {
-                index: 0,
+                index: state.index,
                 name: name.to_owned(),
                 instances: Vec::new(),
             };
-            return Ok((0, Bytes::from(serde_json::to_vec(&empty)?)));
+            return Ok((state.index, Bytes::from(serde_json::to_vec(&empty)?)));
         };
         let slot = &service.answers.0[answer_slot(only)];
         if let Some(body) = slot.get() {

@@ -58,7 +58,7 @@ pub fn parse_status(raw: &str) -> Result<Status, String> {
     params(
         ("service" = String, Path, description = "Service name"),
         ("status" = Option<registry_api::Status>, Query, description = "Only instances with this status"),
-        ("index" = Option<u64>, Query, description = "Hold until the service's index passes this"),
+        ("index" = Option<u64>, Query, description = "Hold until the service's index passes this; 0 answers at once"),
         ("wait" = Option<String>, Query, description = "Longest hold: 500ms, 30s, 1m30s or whole seconds; default 30s, at most 5m"),
     ),
     responses(
@@ -79,7 +79,8 @@ async fn one(
         .parse("wait", registry_api::parse_duration)?
         .unwrap_or(DEFAULT_WAIT)
         .min(MAX_WAIT);
-    if let Some(known) = index {
+    // `index=0` never blocks: the caller has seen nothing yet and learns the index now.
+    if let Some(known) = index.filter(|&known| known > 0) {
         wait_for_change(&state, service.as_str(), known, wait).await;
     }
     // Served from the view's serialized answer: no copy of the instances per lookup.
