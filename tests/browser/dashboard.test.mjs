@@ -58,11 +58,11 @@ async function liveAndStructure(browser) {
   const problems = [];
   page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
   page.on('console', (msg) => {
-    // The browser logs every non-2xx answer; the page asks for a moment before the kept
-    // history on purpose (the 400 names where history starts). Script errors still count.
-    if (msg.type() === 'error' && !/^Failed to load resource: the server responded with a status of 400/.test(msg.text())) {
-      problems.push(`console error: ${msg.text()}`);
-    }
+    if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
+  });
+  // The page makes no request that fails (the kept history's start comes with the status).
+  page.on('response', (answer) => {
+    if (answer.status() >= 400) problems.push(`failed request: ${answer.status()} ${answer.url()}`);
   });
 
   log(`open ${REGISTRY_URL}/`);

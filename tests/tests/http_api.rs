@@ -981,6 +981,23 @@ both_stores!(
         let (code, body) = call(registry.http.get(registry.url("/v1/status?at=yesterday"))).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
         assert_error(&body, "invalid_argument", Some("at"));
+
+        // `history_starts_at` is exactly the oldest moment `at` answers for.
+        let start = status.history_starts_at.expect("history_starts_at");
+        assert!(start <= status.at);
+        let at = |moment: DateTime<Utc>| {
+            let query = format!(
+                "/v1/status?at={}",
+                moment.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
+            call(registry.http.get(registry.url(&query)))
+        };
+        let (code, body) = at(start).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["history_starts_at"], json!(start));
+        let (code, body) = at(start - chrono::Duration::milliseconds(1)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+        assert_error(&body, "invalid_argument", Some("at"));
         registry.stop().await;
     }
 );

@@ -37,6 +37,10 @@ pub struct ServiceInstances {
 pub struct SystemStatus {
     pub index: u64,
     pub at: DateTime<Utc>,
+    /// The oldest moment `GET /v1/status?at=` answers for (where the kept history
+    /// starts); absent when the database could not be asked.
+    #[serde(default)]
+    pub history_starts_at: Option<DateTime<Utc>>,
     pub services: Vec<ServiceStatus>,
 }
 

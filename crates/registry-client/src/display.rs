@@ -38,6 +38,7 @@ use serde::Serialize;
 /// let status = SystemStatus {
 ///     index: 42,
 ///     at,
+///     history_starts_at: None,
 ///     services: vec![ServiceStatus {
 ///         name: "sum".into(),
 ///         status: Status::Warning,

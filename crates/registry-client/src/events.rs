@@ -533,6 +533,7 @@ mod tests {
                 .with_ymd_and_hms(2026, 5, 1, 10, 0, 0)
                 .single()
                 .expect("valid"),
+            history_starts_at: None,
             services: vec![ServiceStatus {
                 name: "sum".into(),
                 status: Status::Passing,

@@ -19,7 +19,6 @@
   const REFRESH_MS = 15000;
   const RETRY_MIN_MS = 1000;
   const RETRY_MAX_MS = 8000;
-  const HISTORY_START_REFRESH_MS = 10 * 60 * 1000;
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -62,7 +61,6 @@
     retryTimer: null,
     refreshTimer: null,
     historyStart: null,
-    historyStartLoadedAt: 0,
     scrubbing: false,
     scrubTimer: null,
     renderQueued: false,
@@ -114,7 +112,6 @@
       hideTokenForm();
       openStream(Math.max(0, body.index - FEED_BACKLOG));
       scheduleRefresh();
-      loadHistoryStart();
     } catch (err) {
       failed(err);
     }
@@ -153,6 +150,7 @@
     state.live = live;
     state.liveIndex = body.index;
     state.loaded = true;
+    noteHistoryStart(body);
     queueRender();
   }
 
@@ -251,19 +249,11 @@
     }, REFRESH_MS);
   }
 
-  // The kept history's start, for the scrubber's range: a moment before it is refused
-  // with a message that names it. Without it, the earliest moment the page knows of.
-  async function loadHistoryStart() {
-    if (Date.now() - state.historyStartLoadedAt < HISTORY_START_REFRESH_MS) return;
-    state.historyStartLoadedAt = Date.now();
-    try {
-      await api('/v1/status?at=1970-01-01T00:00:00Z');
-    } catch (err) {
-      const match = err.status === 400 && /(\d{4}-\d\d-\d\dT[^\s]+)/.exec(err.message);
-      const start = match ? new Date(match[1]) : null;
-      if (start && !Number.isNaN(start.getTime())) state.historyStart = start;
-    }
-    updateScrubber();
+  // The kept history's start, for the scrubber's range: every live answer of /v1/status
+  // carries it (absent while the registry cannot ask its database: the last one stays).
+  function noteHistoryStart(body) {
+    const start = body.history_starts_at ? new Date(body.history_starts_at) : null;
+    if (start && !Number.isNaN(start.getTime())) state.historyStart = start;
   }
 
   // ---- Time travel -------------------------------------------------------------------
@@ -756,7 +746,6 @@
     state.token = el.token.value.trim();
     if (state.token) sessionStorage.setItem(TOKEN_KEY, state.token);
     el.token.value = '';
-    state.historyStartLoadedAt = 0;
     connect();
   });
 

@@ -345,6 +345,7 @@ mod tests {
         SystemStatus {
             index: 42,
             at: t(0),
+            history_starts_at: None,
             services: vec![
                 ServiceStatus {
                     name: "concat".into(),
@@ -379,6 +380,7 @@ sum         warning      2 instances
         let empty = SystemStatus {
             index: 0,
             at: t(0),
+            history_starts_at: None,
             services: vec![],
         };
         assert_eq!(

@@ -498,6 +498,7 @@ pub fn system_status(
     SystemStatus {
         index,
         at,
+        history_starts_at: None,
         services,
     }
 }

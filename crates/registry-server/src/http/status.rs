@@ -1,8 +1,11 @@
 //! The whole system now or at a past moment, and the history of one service.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use registry_api::{History, SystemStatus};
 
 use super::extract::{QueryParams, parse_service, rfc3339};
@@ -46,7 +49,9 @@ async fn system_status(
     let only = service.as_ref().map(|s| s.as_str());
     let now = crate::clock::now();
     let Some(at) = at.filter(|at| *at < now) else {
-        return Ok(Json(state.view.system_status(only, now)));
+        let mut status = state.view.system_status(only, now);
+        status.history_starts_at = history_starts_at(&state).await;
+        return Ok(Json(status));
     };
     let start = state.store.history_start().await?;
     if at < start.at {
@@ -62,7 +67,25 @@ async fn system_status(
     let instances = instances
         .into_iter()
         .filter(|i| only.is_none_or(|s| s == i.service));
-    Ok(Json(crate::view::system_status(index, at, instances)))
+    let mut status = crate::view::system_status(index, at, instances);
+    status.history_starts_at = Some(start.at);
+    Ok(Json(status))
+}
+
+/// Longest the live answer waits for the history's start before leaving it out.
+const HISTORY_START_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where the kept history starts, for the live answer: read from the database, which
+/// every replica prunes, and left out (the rest is served from memory) when the database
+/// is unreachable or slow.
+async fn history_starts_at(state: &AppState) -> Option<DateTime<Utc>> {
+    if state.heartbeats.database_unreachable() {
+        return None;
+    }
+    match tokio::time::timeout(HISTORY_START_TIMEOUT, state.store.history_start()).await {
+        Ok(Ok(start)) => Some(start.at),
+        _ => None,
+    }
 }
 
 /// `GET /v1/history?service=S[&instance=I][&since=&until=]`: oldest first, `[since, until)`.
