@@ -31,7 +31,9 @@ use registry_api::{CheckSpec, ErrorBody, ErrorCode, InstanceSpec, Reason, Status
 use registry_client::{
     ClientError, Registration, RegistrationOptions, RegistrationState, RegistryApi,
 };
-use support::{Backend, RegistryProcess, TcpProxy, TestRegistry, eventually};
+use support::{
+    Backend, RegistryProcess, TcpProxy, TestRegistry, eventually, postgres_addr, through,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -559,32 +561,6 @@ async fn a_rolling_restart_under_load_costs_no_lookup_and_lapses_no_lease() {
 const OUTAGE: Duration = Duration::from_secs(30);
 /// Longest a replica may take to be ready again once the database is back.
 const RECOVERY: Duration = Duration::from_secs(5);
-
-/// The address Postgres listens on, from a database URL.
-async fn postgres_addr(database_url: &str) -> SocketAddr {
-    let url = reqwest::Url::parse(database_url).expect("database URL");
-    let host = url.host_str().expect("database host").to_owned();
-    let port = url.port().unwrap_or(5432);
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .expect("resolve the database host")
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .expect("the database host has an address")
-}
-
-/// `database_url` with its host and port replaced by the proxy's.
-fn through(database_url: &str, proxy: &TcpProxy) -> String {
-    let mut url = reqwest::Url::parse(database_url).expect("database URL");
-    url.set_host(Some(&proxy.addr.ip().to_string()))
-        .expect("set host");
-    url.set_port(Some(proxy.addr.port())).expect("set port");
-    url.to_string()
-}
 
 /// One answer seen by the probes: when it was sent, by which replica, to what, and the
 /// status (or the transport error).

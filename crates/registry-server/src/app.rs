@@ -75,8 +75,12 @@ impl Application {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Serves until `signal` completes, then ends long polls and streams, lets requests
-    /// in flight finish, and stops the background work.
+    /// Serves until `signal` completes, then stops within `REGISTRY_SHUTDOWN_TIMEOUT`:
+    /// ends long polls and streams, lets requests in flight finish, writes the queued
+    /// heartbeats and stops the background work, each step with what is left of the
+    /// time. Work still unfinished at the deadline is logged (as counts) and the stop
+    /// answers an error, so the process exits non-zero rather than hang: a database that
+    /// holds every commit (a synchronous standby gone) must not keep it alive.
     pub async fn run_until_stopped(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
@@ -98,28 +102,70 @@ impl Application {
         .spawn();
         let heartbeats = self.state.heartbeats.clone();
         let header_read_timeout = self.state.settings.header_read_timeout;
+        let shutdown_timeout = self.state.settings.shutdown_timeout;
         let router = http::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "registry listening");
+        let open = crate::serve::OpenConnections::default();
         let stop = shutdown.clone();
-        crate::serve::serve(self.listener, router, header_read_timeout, async move {
-            tokio::select! {
-                () = signal => {}
-                () = stop.cancelled() => {}
-            }
-            tracing::info!("shutting down");
-            stop.cancel();
-        })
-        .await;
+        let serving = crate::serve::serve(
+            self.listener,
+            router,
+            header_read_timeout,
+            open.clone(),
+            async move {
+                tokio::select! {
+                    () = signal => {}
+                    () = stop.cancelled() => {}
+                }
+                tracing::info!("shutting down");
+                stop.cancel();
+            },
+        );
+        tokio::pin!(serving);
+        tokio::select! {
+            () = &mut serving => {}
+            () = shutdown.cancelled() => {}
+        }
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        let drained = tokio::time::timeout_at(deadline, serving).await.is_ok();
         // No request runs any more: write the heartbeats acknowledged but still queued.
-        if let Err(error) = heartbeats.flush().await {
-            tracing::warn!(%error, "could not write the last queued heartbeats");
+        match tokio::time::timeout_at(deadline, heartbeats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not write the last queued heartbeats");
+            }
+            Err(_) => {}
         }
         shutdown.cancel();
-        for worker in workers {
-            let _ = worker.await;
+        let mut background = workers;
+        background.push(replication);
+        let mut running = background.len();
+        let stopped = tokio::time::timeout_at(deadline, async {
+            for task in &mut background {
+                let _ = task.await;
+                running -= 1;
+            }
+        })
+        .await
+        .is_ok();
+        let unwritten_heartbeats = heartbeats.queued();
+        if drained && stopped && unwritten_heartbeats == 0 {
+            return Ok(());
         }
-        let _ = replication.await;
-        Ok(())
+        for task in &background {
+            task.abort();
+        }
+        let open_connections = if drained { 0 } else { open.count() };
+        tracing::error!(
+            open_connections,
+            unwritten_heartbeats,
+            background_tasks_running = running,
+            timeout = ?shutdown_timeout,
+            "stopped at the shutdown timeout with work unfinished"
+        );
+        anyhow::bail!(
+            "stopped at the shutdown timeout ({shutdown_timeout:?}): {open_connections} connection(s) still open, {unwritten_heartbeats} heartbeat(s) not written, {running} background task(s) still running"
+        )
     }
 }
 

@@ -115,6 +115,11 @@ pub struct ServeArgs {
     /// queries and event streams have their own limits); then 503.
     #[arg(long, env = "REGISTRY_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub request_timeout: Duration,
+    /// Longest the whole stop after SIGTERM may take (draining requests, writing queued
+    /// heartbeats, stopping background work); then the registry logs what it could not
+    /// finish and exits with status 1. Keep it under Kubernetes' grace period (30s).
+    #[arg(long, env = "REGISTRY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
     /// Writes per second allowed to each client address (bursts of as many); then 429.
     /// 0 = no limit.
     #[arg(long, env = "REGISTRY_WRITE_RATE_LIMIT", default_value_t = 0)]
@@ -185,6 +190,8 @@ pub struct Settings {
     pub history_retention: Duration,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
+    /// Bound on the whole stop after SIGTERM.
+    pub shutdown_timeout: Duration,
     /// Writes per second per client address; 0 = no limit.
     pub write_rate_limit: u32,
     /// Where active checks may connect; empty = anywhere.
@@ -209,6 +216,7 @@ impl std::fmt::Debug for Settings {
             .field("history_retention", &self.history_retention)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
             .field("write_rate_limit", &self.write_rate_limit)
             .field("check_allowed_networks", &self.check_allowed_networks)
             .finish()
@@ -265,6 +273,7 @@ impl ServeArgs {
         for (name, timeout) in [
             ("REGISTRY_HEADER_READ_TIMEOUT", self.header_read_timeout),
             ("REGISTRY_REQUEST_TIMEOUT", self.request_timeout),
+            ("REGISTRY_SHUTDOWN_TIMEOUT", self.shutdown_timeout),
         ] {
             if timeout < TIMEOUT_BOUNDS.0 || timeout > TIMEOUT_BOUNDS.1 {
                 return Err(format!("{name} must be from 100ms to 10m"));
@@ -288,6 +297,7 @@ impl ServeArgs {
             history_retention: self.history_retention,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
+            shutdown_timeout: self.shutdown_timeout,
             write_rate_limit: self.write_rate_limit,
             check_allowed_networks: self.check_allowed_networks.clone(),
         })
@@ -307,6 +317,7 @@ impl Settings {
             history_retention: Duration::from_secs(7 * 86_400),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
             write_rate_limit: 0,
             check_allowed_networks: Vec::new(),
         }

@@ -92,7 +92,13 @@ impl Workers {
                 _ = ticker.tick() => {}
                 () = self.shutdown.cancelled() => return,
             }
-            match work(self.clone()).await {
+            // Work waiting on the database stops at shutdown too: a database that holds
+            // every commit must not hold the registry's stop.
+            let outcome = tokio::select! {
+                outcome = work(self.clone()) => outcome,
+                () = self.shutdown.cancelled() => return,
+            };
+            match outcome {
                 Ok(()) if failing => {
                     tracing::info!(what, "recovered");
                     failing = false;

@@ -196,6 +196,8 @@ pub struct RegistryProcess {
     pub api: RegistryApi,
     /// The log lines written before it listened (start-up messages).
     pub startup_log: Vec<String>,
+    /// The log lines written since.
+    log: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 impl RegistryProcess {
@@ -230,8 +232,14 @@ impl RegistryProcess {
         })
         .await
         .expect("the registry did not start listening within 60 s");
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep reading its log so it never blocks on a full pipe.
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().expect("log lock").push(line);
+            }
+        });
         let base_url = format!("http://{addr}");
         let api = RegistryApi::new(&base_url).expect("client");
         Self {
@@ -240,7 +248,19 @@ impl RegistryProcess {
             base_url,
             api,
             startup_log,
+            log,
         }
+    }
+
+    /// The log lines written since it listened that contain `text`.
+    pub fn log_lines_with(&self, text: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|line| line.contains(text))
+            .cloned()
+            .collect()
     }
 
     /// SIGKILL: no chance to clean up.
@@ -598,4 +618,159 @@ impl DemoService {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self { url, _child: child }
     }
+}
+
+/// A Postgres cluster of the test's own (initdb into a temporary folder, a free port on
+/// 127.0.0.1), for faults that change server-wide settings. Needs root (the server runs
+/// as the `postgres` user) and the server binaries under /usr/lib/postgresql, as
+/// `scripts/ensure-postgres.sh` installs them; stopped (immediate) when dropped.
+pub struct PrivatePostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let bin = postgres_bin_dir();
+        let made = run_as_postgres("mktemp", &["-d", "/tmp/registry-test-pg-XXXXXX"]).await;
+        let dir = PathBuf::from(made.trim());
+        let data = dir.join("data");
+        run_as_postgres(
+            &bin.join("initdb").to_string_lossy(),
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        )
+        .await;
+        let port = free_port();
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            dir.display()
+        );
+        run_as_postgres(
+            &bin.join("pg_ctl").to_string_lossy(),
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-o",
+                &options,
+                "-l",
+                &dir.join("server.log").to_string_lossy(),
+                "-w",
+                "start",
+            ],
+        )
+        .await;
+        Self { bin, dir, port }
+    }
+
+    /// A URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs `sql` (one statement) as the superuser.
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url())
+            .await
+            .expect("connect to the private Postgres");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The newest server binaries folder under /usr/lib/postgresql.
+fn postgres_bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    found.sort_by_key(|bin| {
+        bin.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+    });
+    found.pop().unwrap_or_else(|| {
+        panic!("no Postgres server binaries under /usr/lib/postgresql (scripts/ensure-postgres.sh installs them)")
+    })
+}
+
+/// Runs a program as the `postgres` user (root only) and answers its standard output.
+async fn run_as_postgres(program: &str, args: &[&str]) -> String {
+    let output = Command::new("runuser")
+        .args(["-u", "postgres", "--", program])
+        .args(args)
+        .current_dir("/tmp")
+        .output()
+        .await
+        .expect("run runuser");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} as postgres failed (this test needs root): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A port free on 127.0.0.1 now (for a server that cannot be told to take port 0).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// The address Postgres listens on, from a database URL.
+pub async fn postgres_addr(database_url: &str) -> SocketAddr {
+    let url = reqwest::Url::parse(database_url).expect("database URL");
+    let host = url.host_str().expect("database host").to_owned();
+    let port = url.port().unwrap_or(5432);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .expect("resolve the database host")
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .expect("the database host has an address")
+}
+
+/// `database_url` with its host and port replaced by the proxy's.
+pub fn through(database_url: &str, proxy: &TcpProxy) -> String {
+    let mut url = reqwest::Url::parse(database_url).expect("database URL");
+    url.set_host(Some(&proxy.addr.ip().to_string()))
+        .expect("set host");
+    url.set_port(Some(proxy.addr.port())).expect("set port");
+    url.to_string()
 }
