@@ -17,7 +17,7 @@ const SHUTDOWN_TIMEOUT: &str = "3s";
 const STOPPED_WITHIN: Duration = Duration::from_secs(6);
 
 fn spec(port: u16) -> InstanceSpec {
-    let mut spec = InstanceSpec::new(&format!("http://10.0.0.1:{port}"));
+    let mut spec = InstanceSpec::new(format!("http://10.0.0.1:{port}"));
     spec.ttl_seconds = Some(30);
     spec
 }
