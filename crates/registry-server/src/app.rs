@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::check_targets::AllowedNetworks;
 use crate::config::Settings;
 use crate::heartbeats::Heartbeats;
 use crate::http::{self, AppState};
@@ -47,10 +48,15 @@ pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn St
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    check_client: reqwest::Client,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let check_client = crate::workers::check_client(&AllowedNetworks::new(
+            settings.check_allowed_networks.clone(),
+        ))
+        .context("cannot build the HTTP client of active checks")?;
         let store = open_store(settings.database_url.as_deref()).await?;
         let view = View::load(store.as_ref())
             .await
@@ -68,7 +74,11 @@ impl Application {
             settings: Arc::new(settings),
             shutdown: Arc::new(CancellationToken::new()),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            check_client,
+        })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -92,6 +102,7 @@ impl Application {
             heartbeats: self.state.heartbeats.clone(),
             settings: self.state.settings.clone(),
             shutdown: shutdown.clone(),
+            check_client: self.check_client,
         }
         .spawn();
         let replication = crate::replication::Replication::new(

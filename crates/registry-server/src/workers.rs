@@ -41,6 +41,8 @@ pub struct Workers {
     pub heartbeats: Arc<Heartbeats>,
     pub settings: Arc<Settings>,
     pub shutdown: CancellationToken,
+    /// Built at start-up by [`check_client`].
+    pub check_client: reqwest::Client,
 }
 
 impl Workers {
@@ -219,21 +221,28 @@ struct Checker {
     slots: Arc<Semaphore>,
 }
 
+/// The HTTP client of active checks: no redirects (they could lead a check away from
+/// the instance's own host), no proxy, and, when `allowed` is restricted, a resolver that
+/// refuses other networks. Built at start-up: a registry that cannot build it must not
+/// start (a default client would follow redirects, honour proxy variables and connect
+/// anywhere).
+pub fn check_client(allowed: &AllowedNetworks) -> Result<reqwest::Client, reqwest::Error> {
+    let mut http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent("central-registry-check");
+    if allowed.is_restricted() {
+        http = http.dns_resolver(allowed.clone());
+    }
+    http.build()
+}
+
 impl Checker {
     fn new(workers: Workers) -> Self {
         let allowed = AllowedNetworks::new(workers.settings.check_allowed_networks.clone());
-        let mut http = reqwest::Client::builder()
-            // A redirect could lead the check away from the instance's own host.
-            .redirect(reqwest::redirect::Policy::none())
-            // Checks go straight to the instance, never through an HTTP_PROXY.
-            .no_proxy()
-            .user_agent("central-registry-check");
-        if allowed.is_restricted() {
-            http = http.dns_resolver(allowed.clone());
-        }
         Self {
+            http: workers.check_client.clone(),
             workers,
-            http: http.build().unwrap_or_default(),
             allowed,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
@@ -421,6 +430,13 @@ mod tests {
             timeout_seconds: 2,
             expect_json: expect.map(|(k, v)| BTreeMap::from([(k.to_owned(), v.to_owned())])),
         }
+    }
+
+    #[test]
+    fn the_check_client_builds_with_and_without_network_limits() {
+        let allowed = AllowedNetworks::new(vec!["10.0.0.0/8".parse().expect("cidr")]);
+        assert!(check_client(&allowed).is_ok());
+        assert!(check_client(&AllowedNetworks::new(Vec::new())).is_ok());
     }
 
     #[test]
