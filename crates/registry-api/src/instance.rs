@@ -264,7 +264,34 @@ fn has_control(text: &str) -> bool {
     text.chars().any(char::is_control)
 }
 
-/// An absolute http(s) URL with a host and no user info, at most 2048 bytes.
+/// [`validate_url`] as a regular expression (the OpenAPI document states it): `http://` or
+/// `https://`; a host that is a name (labels of letters, digits and `-`, the last one
+/// starting with a letter: a name ending in a number would be read as an IPv4 address),
+/// an IPv4 address, or an IPv6 address in brackets (hex groups, no embedded IPv4); an
+/// optional port up to 65535; then a path, query or fragment without spaces or control
+/// characters (those of Rust's `char::is_control` and `char::is_whitespace`, as a class
+/// that JSON Schema, Python and the `regex` crate read alike).
+pub const URL_PATTERN: &str = concat!(
+    r"^https?://(",
+    r"([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*",
+    r"|((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    r"|\[(",
+    r"([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
+    r"|([0-9A-Fa-f]{1,4}:){1,7}:",
+    r"|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}",
+    r"|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}",
+    r"|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}",
+    r"|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}",
+    r"|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}",
+    r"|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}",
+    r"|:((:[0-9A-Fa-f]{1,4}){1,7}|:)",
+    r")\]",
+    r")(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?",
+    r"([/?#][^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*)?$",
+);
+
+/// An absolute http(s) URL with a host and no user info, at most 2048 bytes, as
+/// [`URL_PATTERN`] states it (checked here by hand, then parsed).
 pub fn validate_url(raw: &str) -> Result<Url, String> {
     if raw.len() > limits::MAX_URL_BYTES {
         return Err(format!("must be at most {} bytes", limits::MAX_URL_BYTES));
@@ -273,17 +300,66 @@ pub fn validate_url(raw: &str) -> Result<Url, String> {
         // The URL is stored as given, and the parser would silently drop such characters.
         return Err("must not contain spaces or control characters".into());
     }
-    let url = Url::parse(raw).map_err(|e| format!("is not an absolute URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("must use http or https".into());
+    let rest = raw
+        .strip_prefix("http://")
+        .or_else(|| raw.strip_prefix("https://"))
+        .ok_or("must be an absolute URL starting with http:// or https://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('@') {
+        return Err("must not contain user info".into());
     }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.starts_with('[') || host.ends_with(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    if !is_url_host(host) {
+        return Err(
+            "must have a host: a name whose last label starts with a letter, an IPv4 address or a bracketed IPv6 address".into(),
+        );
+    }
+    if let Some(port) = port {
+        let digits_ok = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        let in_range = port.len() <= 4
+            || (port.len() == 5
+                && !port.starts_with('0')
+                && port.parse::<u32>().is_ok_and(|p| p <= 65_535));
+        if !(digits_ok && in_range) {
+            return Err("must have a port from 0 to 65535".into());
+        }
+    }
+    let url = Url::parse(raw).map_err(|e| format!("is not an absolute URL: {e}"))?;
     if url.host_str().is_none_or(str::is_empty) {
         return Err("must have a host".into());
     }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not contain user info".into());
-    }
     Ok(url)
+}
+
+/// The host rule of [`URL_PATTERN`].
+fn is_url_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return !inner.contains('.') && inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let is_octet = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 3
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && (part == "0" || !part.starts_with('0'))
+            && part.parse::<u16>().is_ok_and(|n| n <= 255)
+    };
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() == 4 && parts.iter().all(|p| is_octet(p)) {
+        return true;
+    }
+    let label_ok = |label: &&str| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    parts.iter().all(label_ok)
+        && parts
+            .last()
+            .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_alphabetic()))
 }
 
 fn validate_check(spec: CheckSpec) -> Result<Check, FieldError> {

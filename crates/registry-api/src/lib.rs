@@ -15,8 +15,8 @@ pub use duration::{format_duration, parse_duration};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 pub use event::{Event, EventKind, Reason};
 pub use instance::{
-    Check, CheckResult, CheckSpec, Instance, InstanceSpec, Status, StatusChange, Validated, limits,
-    validate_url,
+    Check, CheckResult, CheckSpec, Instance, InstanceSpec, Status, StatusChange, URL_PATTERN,
+    Validated, limits, validate_url,
 };
 pub use names::{InstanceId, ServiceName};
 pub use responses::{

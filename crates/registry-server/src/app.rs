@@ -53,14 +53,14 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let check_client = crate::workers::check_client(&AllowedNetworks::new(
-            settings.check_allowed_networks.clone(),
-        ))
-        .context("cannot build the HTTP client of active checks")?;
         let store = open_store(settings.database_url.as_deref()).await?;
         let view = View::load(store.as_ref())
             .await
             .context("cannot load the current state from the database")?;
+        let check_client = crate::workers::check_client(&AllowedNetworks::new(
+            settings.check_allowed_networks.clone(),
+        ))
+        .context("cannot build the HTTP client of active checks")?;
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
@@ -133,12 +133,16 @@ impl Application {
             },
         );
         tokio::pin!(serving);
-        tokio::select! {
-            () = &mut serving => {}
-            () = shutdown.cancelled() => {}
-        }
+        // Serving ends by itself only after the stop began (it may finish draining at once).
+        let drained_at_once = tokio::select! {
+            () = &mut serving => true,
+            () = shutdown.cancelled() => false,
+        };
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
-        let drained = tokio::time::timeout_at(deadline, serving).await.is_ok();
+        let drained = drained_at_once
+            || tokio::time::timeout_at(deadline, &mut serving)
+                .await
+                .is_ok();
         // No request runs any more: write the heartbeats acknowledged but still queued.
         match tokio::time::timeout_at(deadline, heartbeats.flush()).await {
             Ok(Ok(())) => {}

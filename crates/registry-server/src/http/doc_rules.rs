@@ -55,8 +55,19 @@ fn document_rate_limit(doc: &mut Value) {
     }
 }
 
-/// Path and query parameters named `service`, `id` or `instance` take the name and id
-/// patterns.
+/// `registry_api::parse_duration` within the range it accepts: whole seconds, or up to six
+/// parts such as `1m30s` of at most nine digits each (so no sum overflows).
+pub const DURATION_PATTERN: &str = "^([0-9]{1,18}|([0-9]{1,9}(ms|s|m|h|d)){1,6})$";
+
+/// Text without control characters (`char::is_control`), as tags and metadata must be.
+pub const NO_CONTROL_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// An event index as text (`Last-Event-ID`): what `parse_index` accepts, 0 to `i64::MAX`.
+pub const INDEX_TEXT_PATTERN: &str = "^[0-9]{1,18}$";
+
+/// Parameters take the rules of the parsers behind them: `service`, `id` and `instance`
+/// the name and id patterns, moments RFC 3339 (`format: date-time`), `wait` the duration
+/// pattern, indexes the range `parse_index` accepts.
 fn constrain_parameters(doc: &mut Value) {
     for (_, operation) in operations(doc) {
         let parameters = operation
@@ -65,12 +76,22 @@ fn constrain_parameters(doc: &mut Value) {
             .into_iter()
             .flatten();
         for parameter in parameters {
-            let pattern = match parameter.get("name").and_then(Value::as_str) {
-                Some("service") => SERVICE_NAME_PATTERN,
-                Some("id" | "instance") => INSTANCE_ID_PATTERN,
+            let is_moment = parameter.pointer("/schema/type") == Some(&json!("string"));
+            let rule = match parameter.get("name").and_then(Value::as_str) {
+                Some("service") => json!({"pattern": SERVICE_NAME_PATTERN}),
+                Some("id" | "instance") => json!({"pattern": INSTANCE_ID_PATTERN}),
+                Some("at" | "since" | "until") if is_moment => json!({"format": "date-time"}),
+                Some("wait") => json!({"pattern": DURATION_PATTERN}),
+                Some("index" | "since") => json!({"minimum": 0, "maximum": i64::MAX}),
+                Some("Last-Event-ID") => {
+                    json!({"type": "string", "pattern": INDEX_TEXT_PATTERN, "format": null})
+                }
                 _ => continue,
             };
-            merge(parameter, "/schema", json!({"pattern": pattern}));
+            merge(parameter, "/schema", rule);
+            if let Some(schema) = parameter.get_mut("schema").and_then(Value::as_object_mut) {
+                schema.retain(|_, value| !value.is_null());
+            }
         }
     }
 }
@@ -79,10 +100,24 @@ fn constrain_bodies(schemas: &mut Value) {
     let instance = "/InstanceSpec/properties";
     let check = "/CheckSpec/properties";
     let interval = json!({"minimum": 1, "maximum": limits::MAX_INTERVAL_SECONDS});
+    let metadata_key = json!({
+        "minLength": 1,
+        "maxLength": limits::MAX_METADATA_KEY_CHARS,
+        "pattern": NO_CONTROL_PATTERN,
+    });
+    let metadata_value = json!({
+        "type": "string",
+        "maxLength": limits::MAX_METADATA_VALUE_CHARS,
+        "pattern": NO_CONTROL_PATTERN,
+    });
     let rules = [
         (
             format!("{instance}/url"),
-            json!({"minLength": 1, "maxLength": limits::MAX_URL_BYTES}),
+            json!({"pattern": registry_api::URL_PATTERN, "maxLength": limits::MAX_URL_BYTES}),
+        ),
+        (
+            "/SeedServiceSpec/properties/uri".to_owned(),
+            json!({"pattern": registry_api::URL_PATTERN, "maxLength": limits::MAX_URL_BYTES}),
         ),
         (
             format!("{instance}/tags"),
@@ -90,11 +125,15 @@ fn constrain_bodies(schemas: &mut Value) {
         ),
         (
             format!("{instance}/tags/items"),
-            json!({"minLength": 1, "maxLength": limits::MAX_TAG_CHARS}),
+            json!({"minLength": 1, "maxLength": limits::MAX_TAG_CHARS, "pattern": NO_CONTROL_PATTERN}),
         ),
         (
             format!("{instance}/metadata"),
-            json!({"maxProperties": limits::MAX_METADATA_PAIRS}),
+            json!({
+                "maxProperties": limits::MAX_METADATA_PAIRS,
+                "propertyNames": metadata_key.clone(),
+                "additionalProperties": metadata_value.clone(),
+            }),
         ),
         (
             format!("{instance}/ttl_seconds"),
@@ -108,7 +147,12 @@ fn constrain_bodies(schemas: &mut Value) {
         (format!("{check}/timeout_seconds"), interval),
         (
             format!("{check}/expect_json"),
-            json!({"maxProperties": limits::MAX_EXPECT_JSON_PAIRS}),
+            json!({
+                "minProperties": 1,
+                "maxProperties": limits::MAX_EXPECT_JSON_PAIRS,
+                "propertyNames": metadata_key,
+                "additionalProperties": metadata_value,
+            }),
         ),
         (
             "/SeedServiceSpec/properties/name".to_owned(),
@@ -177,6 +221,78 @@ mod tests {
         };
         assert_eq!(pattern("service"), Some(SERVICE_NAME_PATTERN.into()));
         assert_eq!(pattern("id"), Some(INSTANCE_ID_PATTERN.into()));
+    }
+
+    /// Each pattern accepts only what its parser accepts (a pattern may leave some
+    /// accepted values out, never let a refused one in).
+    #[test]
+    fn patterns_accept_only_what_the_parsers_accept() {
+        let url = regex::Regex::new(registry_api::URL_PATTERN).expect("URL pattern");
+        for raw in [
+            "http://10.0.0.7:8080",
+            "https://concat.default.svc:443/api?x=1#top",
+            "http://a",
+            "http://A-b.c0/",
+            "http://localhost:65535/",
+            "http://localhost:0080",
+            "https://[::1]:8443/api",
+            "http://[2001:db8::7]/",
+            "http://[::ffff:1.2.3.4]/",
+            "http://[1::2::3]/",
+            "http://my-host.example.com/path with",
+            "http://host/\u{feff}",
+            "http://host/\u{85}",
+            "http://host/\u{a0}",
+            "http://host/é?q=ü",
+            "http://user@host/",
+            "http://host:65536/",
+            "http://host:08080/",
+            "http://host:/",
+            "http://1.2.3.4.5/",
+            "http://1.2.3.04/",
+            "http://a.1/",
+            "http://256.0.0.1/",
+            "http://host./",
+            "http://host*/",
+            "http://ho_st/",
+            "http://host\\path",
+            "HTTP://host/",
+            "ftp://host/",
+            "http:///path",
+            "",
+        ] {
+            assert_eq!(
+                url.is_match(raw),
+                registry_api::validate_url(raw).is_ok(),
+                "pattern and validate_url disagree on {raw:?}"
+            );
+        }
+
+        let duration = regex::Regex::new(DURATION_PATTERN).expect("duration pattern");
+        for raw in [
+            "500ms",
+            "30s",
+            "1m30s",
+            "999999999999999999",
+            "999999999d999999999d999999999d999999999d999999999d999999999d",
+            "",
+            "1x",
+            "s",
+        ] {
+            assert_eq!(
+                duration.is_match(raw),
+                registry_api::parse_duration(raw).is_ok(),
+                "{raw:?}"
+            );
+        }
+        let index = regex::Regex::new(INDEX_TEXT_PATTERN).expect("index pattern");
+        for raw in ["0", "42", "999999999999999999", "", "null", "-1"] {
+            assert_eq!(
+                index.is_match(raw),
+                super::super::extract::parse_index(raw).is_ok(),
+                "{raw:?}"
+            );
+        }
     }
 
     #[test]
