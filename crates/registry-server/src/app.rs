@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check_targets::AllowedNetworks;
 use crate::config::Settings;
-use crate::heartbeats::Heartbeats;
 use crate::http::{self, AppState};
-use crate::store::{PostgresStore, SqliteStore, Store};
+use crate::store::{PostgresStore, SqliteStore, Store, Timed};
 use crate::view::View;
 use crate::workers::Workers;
+use crate::writer::Writer;
 
 /// The embedded database used when `DATABASE_URL` is unset.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://registry.db";
@@ -25,17 +25,15 @@ pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn St
     let url = database_url.unwrap_or(DEFAULT_SQLITE_URL);
     let store: Arc<dyn Store> =
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Arc::new(
+            Arc::new(Timed(
                 PostgresStore::connect(url)
                     .await
                     .context("cannot connect to Postgres (DATABASE_URL)")?,
-            )
+            ))
         } else if url.starts_with("sqlite:") {
-            Arc::new(
-                SqliteStore::connect(url)
-                    .await
-                    .with_context(|| format!("cannot open the SQLite database {url}"))?,
-            )
+            Arc::new(Timed(SqliteStore::connect(url).await.with_context(
+                || format!("cannot open the SQLite database {url}"),
+            )?))
         } else {
             anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:");
         };
@@ -66,7 +64,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
         let view = Arc::new(view);
         let state = AppState {
-            heartbeats: Arc::new(Heartbeats::new(store.clone(), view.clone())),
+            writer: Arc::new(Writer::new(store.clone(), view.clone())),
             store,
             view,
             write_limit: crate::rate_limit::WriteRateLimit::new(settings.write_rate_limit)
@@ -97,9 +95,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let shutdown = CancellationToken::clone(&self.state.shutdown);
         let workers = Workers {
-            store: self.state.store.clone(),
-            view: self.state.view.clone(),
-            heartbeats: self.state.heartbeats.clone(),
+            writer: self.state.writer.clone(),
             settings: self.state.settings.clone(),
             shutdown: shutdown.clone(),
             check_client: self.check_client,
@@ -111,7 +107,7 @@ impl Application {
             shutdown.clone(),
         )
         .spawn();
-        let heartbeats = self.state.heartbeats.clone();
+        let writer = self.state.writer.clone();
         let header_read_timeout = self.state.settings.header_read_timeout;
         let shutdown_timeout = self.state.settings.shutdown_timeout;
         let router = http::router(self.state);
@@ -144,7 +140,7 @@ impl Application {
                 .await
                 .is_ok();
         // No request runs any more: write the heartbeats acknowledged but still queued.
-        match tokio::time::timeout_at(deadline, heartbeats.flush()).await {
+        match tokio::time::timeout_at(deadline, writer.flush_heartbeats()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, "could not write the last queued heartbeats");
@@ -163,7 +159,7 @@ impl Application {
         })
         .await
         .is_ok();
-        let unwritten_heartbeats = heartbeats.queued();
+        let unwritten_heartbeats = writer.queued_heartbeats();
         if drained && stopped && unwritten_heartbeats == 0 {
             return Ok(());
         }

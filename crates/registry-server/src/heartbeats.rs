@@ -39,7 +39,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use registry_api::{HeartbeatResponse, Instance};
 
-use crate::lifecycle::{self, Mutation};
 use crate::store::{Heartbeat, Store, StoreResult};
 use crate::view::View;
 
@@ -146,10 +145,11 @@ impl Heartbeats {
         self.queue().len()
     }
 
-    /// Writes every queued heartbeat with one `renew_leases` call, then replays those it
-    /// did not apply through the full transition. On failure the heartbeats not written
+    /// Writes every queued heartbeat with one `renew_leases` call and answers those it did
+    /// not apply (lapsed meanwhile, or gone): the caller replays them through the full
+    /// transition ([`crate::writer::Writer::flush_heartbeats`]). On failure the heartbeats
     /// stay queued (newer ones win) for the next flush.
-    pub async fn flush(&self) -> StoreResult<()> {
+    pub async fn write_batch(&self) -> StoreResult<Vec<Heartbeat>> {
         let _one_at_a_time = self.flushing.lock().await;
         let batch = self.queue().take();
         if batch.is_empty() {
@@ -158,65 +158,24 @@ impl Heartbeats {
             within_flush_timeout(self.store.ping()).await?;
             self.reached();
             self.writing.store(true, Ordering::Release);
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let not_applied = match within_flush_timeout(crate::metrics::timed(
-            "renew_leases",
-            self.store.renew_leases(&batch),
-        ))
-        .await
-        {
-            Ok(not_applied) => not_applied,
+        match within_flush_timeout(self.store.renew_leases(&batch)).await {
+            Ok(not_applied) => {
+                self.reached();
+                self.writing.store(true, Ordering::Release);
+                Ok(not_applied)
+            }
             Err(error) => {
                 self.keep(batch);
-                return Err(error);
-            }
-        };
-        self.reached();
-        self.writing.store(true, Ordering::Release);
-        self.replay(not_applied).await
-    }
-
-    async fn replay(&self, heartbeats: Vec<Heartbeat>) -> StoreResult<()> {
-        let mut revived = false;
-        let mut left = heartbeats.into_iter();
-        while let Some(heartbeat) = left.next() {
-            // Dated now, not when received: a revival must not come before the expiry it
-            // undoes.
-            let now = crate::clock::now().max(heartbeat.at);
-            let applied = self
-                .store
-                .apply(
-                    &heartbeat.service,
-                    &heartbeat.id,
-                    now,
-                    Box::new(move |old| {
-                        old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))
-                    }),
-                )
-                .await;
-            match applied {
-                Ok(applied) if applied.event.is_some() => revived = true,
-                Ok(applied) => {
-                    if let Some(record) = applied.record {
-                        self.view.touch(record.to_instance());
-                    }
-                }
-                Err(error) => {
-                    self.keep(std::iter::once(heartbeat).chain(left).collect());
-                    return Err(error);
-                }
+                Err(error)
             }
         }
-        if revived {
-            self.view.catch_up(self.store.as_ref()).await?;
-        }
-        Ok(())
     }
 
-    /// Puts back a batch that could not be written, and sends heartbeats to the full path
-    /// until a flush succeeds.
-    fn keep(&self, batch: Vec<Heartbeat>) {
+    /// Puts back heartbeats that could not be written, and sends heartbeats to the full
+    /// path until a flush succeeds.
+    pub fn keep(&self, batch: Vec<Heartbeat>) {
         self.writing.store(false, Ordering::Release);
         let dropped = self.queue().put_back(batch);
         if dropped > 0 {
@@ -306,14 +265,12 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
 
-    use async_trait::async_trait;
-    use registry_api::{Event, InstanceId, InstanceSpec, Reason, ServiceName, Status};
+    use registry_api::{InstanceId, InstanceSpec, Reason, ServiceName, Status};
 
-    use crate::store::{
-        Applied, ClaimedCheck, HistoryStart, Snapshot, SqliteStore, StoreError, Transition,
-    };
+    use crate::lifecycle::{self, Mutation};
+    use crate::store::test_store::TestStore;
+    use crate::writer::Writer;
 
     fn t(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_800_000_000_000 + ms).expect("valid time")
@@ -418,128 +375,14 @@ mod tests {
         assert_eq!(renewed_lease(&instance(0, None), t(1)), None, "no lease");
     }
 
-    /// An SQLite store whose writes can be made to fail as in a database outage, and
-    /// that counts `renew_leases` calls.
-    struct Flaky {
-        inner: SqliteStore,
-        down: AtomicBool,
-        renewals: AtomicUsize,
-    }
-
-    impl Flaky {
-        fn check(&self) -> StoreResult<()> {
-            if self.down.load(Ordering::SeqCst) {
-                Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    #[async_trait]
-    impl Store for Flaky {
-        async fn migrate(&self) -> StoreResult<()> {
-            self.inner.migrate().await
-        }
-        async fn ping(&self) -> StoreResult<()> {
-            self.inner.ping().await
-        }
-        async fn apply(
-            &self,
-            service: &str,
-            id: &str,
-            now: DateTime<Utc>,
-            transition: Transition,
-        ) -> StoreResult<Applied> {
-            self.check()?;
-            self.inner.apply(service, id, now, transition).await
-        }
-        async fn snapshot(&self) -> StoreResult<Snapshot> {
-            self.inner.snapshot().await
-        }
-        async fn current_index(&self) -> StoreResult<u64> {
-            self.inner.current_index().await
-        }
-        async fn events_after(
-            &self,
-            after: u64,
-            service: Option<&str>,
-            limit: u32,
-        ) -> StoreResult<Vec<Event>> {
-            self.inner.events_after(after, service, limit).await
-        }
-        async fn history(
-            &self,
-            service: &str,
-            instance: Option<&str>,
-            since: Option<DateTime<Utc>>,
-            until: Option<DateTime<Utc>>,
-            limit: u32,
-        ) -> StoreResult<Vec<Event>> {
-            self.inner
-                .history(service, instance, since, until, limit)
-                .await
-        }
-        async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
-            self.inner.state_at(at).await
-        }
-        async fn history_start(&self) -> StoreResult<HistoryStart> {
-            self.inner.history_start().await
-        }
-        async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-            self.inner.prune_history(before).await
-        }
-        async fn mark_alive(
-            &self,
-            now: DateTime<Utc>,
-            max_gap: chrono::Duration,
-        ) -> StoreResult<bool> {
-            self.inner.mark_alive(now, max_gap).await
-        }
-        async fn expired_leases(
-            &self,
-            now: DateTime<Utc>,
-            limit: u32,
-        ) -> StoreResult<Vec<(String, String)>> {
-            self.inner.expired_leases(now, limit).await
-        }
-        async fn reapable(
-            &self,
-            critical_since: DateTime<Utc>,
-            limit: u32,
-        ) -> StoreResult<Vec<(String, String)>> {
-            self.inner.reapable(critical_since, limit).await
-        }
-        async fn claim_due_checks(
-            &self,
-            now: DateTime<Utc>,
-            limit: u32,
-        ) -> StoreResult<Vec<ClaimedCheck>> {
-            self.inner.claim_due_checks(now, limit).await
-        }
-        async fn renew_leases(&self, heartbeats: &[Heartbeat]) -> StoreResult<Vec<Heartbeat>> {
-            self.renewals.fetch_add(1, Ordering::SeqCst);
-            self.check()?;
-            self.inner.renew_leases(heartbeats).await
-        }
-    }
-
     /// A registry's store and view with instances `i0..i{count}` registered with `ttl` at
     /// `now`.
     async fn setup_at(
         count: usize,
         ttl: u32,
         now: DateTime<Utc>,
-    ) -> (Arc<Flaky>, Arc<View>, Heartbeats) {
-        let inner = SqliteStore::connect("sqlite::memory:")
-            .await
-            .expect("in-memory SQLite");
-        inner.migrate().await.expect("migrate");
-        let store = Arc::new(Flaky {
-            inner,
-            down: AtomicBool::new(false),
-            renewals: AtomicUsize::new(0),
-        });
+    ) -> (Arc<TestStore>, Arc<View>, Writer) {
+        let store = Arc::new(TestStore::new().await);
         for i in 0..count {
             let mut raw = InstanceSpec::new("http://10.0.0.1:4040");
             raw.ttl_seconds = Some(ttl);
@@ -561,15 +404,15 @@ mod tests {
                 .expect("register");
         }
         let view = Arc::new(View::load(store.as_ref()).await.expect("view"));
-        let heartbeats = Heartbeats::new(store.clone(), view.clone());
-        (store, view, heartbeats)
+        let writer = Writer::new(store.clone(), view.clone());
+        (store, view, writer)
     }
 
-    async fn setup(count: usize, ttl: u32) -> (Arc<Flaky>, Arc<View>, Heartbeats) {
+    async fn setup(count: usize, ttl: u32) -> (Arc<TestStore>, Arc<View>, Writer) {
         setup_at(count, ttl, crate::clock::now()).await
     }
 
-    async fn stored(store: &Flaky, id: &str) -> crate::record::InstanceRecord {
+    async fn stored(store: &TestStore, id: &str) -> crate::record::InstanceRecord {
         store
             .snapshot()
             .await
@@ -589,7 +432,7 @@ mod tests {
         for round in 0..3 {
             for i in 0..50 {
                 let answer = heartbeats
-                    .try_queue(
+                    .queue_heartbeat(
                         "sum",
                         &format!("i{i}"),
                         at + chrono::Duration::milliseconds(round),
@@ -598,7 +441,7 @@ mod tests {
                 assert_eq!(answer.status, Status::Passing);
             }
         }
-        assert_eq!(heartbeats.queued(), 50, "one per instance");
+        assert_eq!(heartbeats.queued_heartbeats(), 50, "one per instance");
         let latest = at + chrono::Duration::milliseconds(2);
         let shown = view.instance("sum", "i7").expect("known");
         assert_eq!(shown.last_heartbeat_at, latest, "reads see it at once");
@@ -612,10 +455,10 @@ mod tests {
             "not written yet"
         );
 
-        heartbeats.flush().await.expect("flush");
+        heartbeats.flush_heartbeats().await.expect("flush");
 
-        assert_eq!(store.renewals.load(Ordering::SeqCst), 1);
-        assert_eq!(heartbeats.queued(), 0);
+        assert_eq!(store.renewals(), 1);
+        assert_eq!(heartbeats.queued_heartbeats(), 0);
         let written = stored(&store, "i7").await;
         assert_eq!(written.last_heartbeat_at, latest);
         assert_eq!(written.to_instance(), shown);
@@ -626,17 +469,17 @@ mod tests {
     async fn unknown_lapsed_and_leaseless_instances_take_the_full_path() {
         let (store, view, heartbeats) = setup(1, 1).await;
         let now = crate::clock::now();
-        assert_eq!(heartbeats.try_queue("sum", "ghost", now), None);
+        assert_eq!(heartbeats.queue_heartbeat("sum", "ghost", now), None);
         let deadline = view
             .instance("sum", "i0")
             .and_then(|i| i.lease_expires_at)
             .expect("a lease");
-        assert_eq!(heartbeats.try_queue("sum", "i0", deadline), None);
+        assert_eq!(heartbeats.queue_heartbeat("sum", "i0", deadline), None);
         drop(store);
 
         let (_, _, leaseless) = setup(1, 0).await;
-        assert_eq!(leaseless.try_queue("sum", "i0", now), None);
-        assert_eq!(leaseless.queued(), 0);
+        assert_eq!(leaseless.queue_heartbeat("sum", "i0", now), None);
+        assert_eq!(leaseless.queued_heartbeats(), 0);
     }
 
     #[tokio::test]
@@ -646,7 +489,9 @@ mod tests {
         let registered = crate::clock::now() - chrono::Duration::seconds(30);
         let (store, view, heartbeats) = setup_at(1, 10, registered).await;
         let received = registered + chrono::Duration::seconds(9);
-        heartbeats.try_queue("sum", "i0", received).expect("queued");
+        heartbeats
+            .queue_heartbeat("sum", "i0", received)
+            .expect("queued");
         let later = registered + chrono::Duration::seconds(11);
         let expired = store
             .apply(
@@ -661,7 +506,7 @@ mod tests {
             .expect("expire");
         assert_eq!(expired.event.map(|e| e.reason), Some(Reason::LeaseExpired));
 
-        heartbeats.flush().await.expect("flush");
+        heartbeats.flush_heartbeats().await.expect("flush");
 
         let record = stored(&store, "i0").await;
         assert_eq!(record.status, Status::Passing);
@@ -683,25 +528,27 @@ mod tests {
     async fn a_batch_survives_an_outage_and_heartbeats_meanwhile_take_the_full_path() {
         let (store, _view, heartbeats) = setup(2, 10).await;
         let now = crate::clock::now();
-        heartbeats.try_queue("sum", "i0", now).expect("queued");
+        heartbeats
+            .queue_heartbeat("sum", "i0", now)
+            .expect("queued");
         store.down.store(true, Ordering::SeqCst);
 
-        assert!(heartbeats.flush().await.is_err());
-        assert_eq!(heartbeats.queued(), 1, "the batch is kept");
+        assert!(heartbeats.flush_heartbeats().await.is_err());
+        assert_eq!(heartbeats.queued_heartbeats(), 1, "the batch is kept");
         assert_eq!(
-            heartbeats.try_queue("sum", "i1", now),
+            heartbeats.queue_heartbeat("sum", "i1", now),
             None,
             "while the store cannot be written, callers must see it"
         );
-        assert!(heartbeats.flush().await.is_err());
-        assert_eq!(heartbeats.queued(), 1);
+        assert!(heartbeats.flush_heartbeats().await.is_err());
+        assert_eq!(heartbeats.queued_heartbeats(), 1);
 
         store.down.store(false, Ordering::SeqCst);
-        heartbeats.flush().await.expect("flush");
-        assert_eq!(heartbeats.queued(), 0);
+        heartbeats.flush_heartbeats().await.expect("flush");
+        assert_eq!(heartbeats.queued_heartbeats(), 0);
         assert_eq!(stored(&store, "i0").await.last_heartbeat_at, now);
         assert!(
-            heartbeats.try_queue("sum", "i1", now).is_some(),
+            heartbeats.queue_heartbeat("sum", "i1", now).is_some(),
             "the fast path is back"
         );
     }

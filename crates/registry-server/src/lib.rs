@@ -19,6 +19,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod view;
 pub mod workers;
+pub mod writer;
 
 pub use app::Application;
 pub use config::Settings;

@@ -292,188 +292,12 @@ mod tests {
 
     #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-    use std::collections::VecDeque;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use async_trait::async_trait;
-    use chrono::{DateTime, Utc};
-    use registry_api::{Event, Instance};
     use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::store::{
-        Applied, ClaimedCheck, HistoryStart, Snapshot, SqliteStore, StoreResult, Transition,
-    };
+    use crate::store::test_store::TestStore;
 
     const DEADLINE: Duration = Duration::from_secs(5);
-
-    /// A feed fed by the test; dropping the sender breaks it.
-    struct ScriptedFeed(mpsc::UnboundedReceiver<u64>);
-
-    #[async_trait]
-    impl ChangeFeed for ScriptedFeed {
-        async fn next(&mut self) -> StoreResult<Notification> {
-            self.0
-                .recv()
-                .await
-                .map(Notification::Events)
-                .ok_or_else(broken)
-        }
-    }
-
-    fn broken() -> StoreError {
-        StoreError::Unavailable(sqlx::Error::PoolClosed)
-    }
-
-    /// An SQLite store whose `change_feed` answers what the test scripted (an error when
-    /// nothing is left, `None` when `feedless`), and whose reads can be held after
-    /// reading, before answering.
-    struct FedStore {
-        inner: SqliteStore,
-        feedless: bool,
-        feeds: Mutex<VecDeque<StoreResult<Box<dyn ChangeFeed>>>>,
-        subscriptions: AtomicUsize,
-        /// `events_after` calls that have read (counted before the gate).
-        reads: AtomicUsize,
-        gate: Option<Arc<Semaphore>>,
-    }
-
-    impl FedStore {
-        async fn new() -> Self {
-            let inner = SqliteStore::connect(&crate::testing::fresh_sqlite_url())
-                .await
-                .expect("sqlite");
-            inner.migrate().await.expect("migrate");
-            Self {
-                inner,
-                feedless: false,
-                feeds: Mutex::new(VecDeque::new()),
-                subscriptions: AtomicUsize::new(0),
-                reads: AtomicUsize::new(0),
-                gate: None,
-            }
-        }
-
-        /// Scripts the next subscription to succeed; answers the feed's sender.
-        fn offer_feed(&self) -> mpsc::UnboundedSender<u64> {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            self.feeds
-                .lock()
-                .unwrap()
-                .push_back(Ok(Box::new(ScriptedFeed(receiver))));
-            sender
-        }
-
-        fn subscriptions(&self) -> usize {
-            self.subscriptions.load(Ordering::SeqCst)
-        }
-
-        fn reads(&self) -> usize {
-            self.reads.load(Ordering::SeqCst)
-        }
-
-        /// Registers an instance behind the view's back, as another replica would.
-        async fn write(&self, id: &str) -> u64 {
-            let applied = crate::testing::register_in(&self.inner, id).await;
-            applied.event.expect("an event").index
-        }
-    }
-
-    #[async_trait]
-    impl Store for FedStore {
-        async fn migrate(&self) -> StoreResult<()> {
-            self.inner.migrate().await
-        }
-        async fn ping(&self) -> StoreResult<()> {
-            self.inner.ping().await
-        }
-        async fn apply(
-            &self,
-            service: &str,
-            id: &str,
-            now: DateTime<Utc>,
-            transition: Transition,
-        ) -> StoreResult<Applied> {
-            self.inner.apply(service, id, now, transition).await
-        }
-        async fn snapshot(&self) -> StoreResult<Snapshot> {
-            self.inner.snapshot().await
-        }
-        async fn current_index(&self) -> StoreResult<u64> {
-            self.inner.current_index().await
-        }
-        async fn events_after(
-            &self,
-            after: u64,
-            service: Option<&str>,
-            limit: u32,
-        ) -> StoreResult<Vec<Event>> {
-            let events = self.inner.events_after(after, service, limit).await;
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            if let Some(gate) = &self.gate {
-                gate.acquire().await.expect("gate").forget();
-            }
-            events
-        }
-        async fn history(
-            &self,
-            service: &str,
-            instance: Option<&str>,
-            since: Option<DateTime<Utc>>,
-            until: Option<DateTime<Utc>>,
-            limit: u32,
-        ) -> StoreResult<Vec<Event>> {
-            self.inner
-                .history(service, instance, since, until, limit)
-                .await
-        }
-        async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
-            self.inner.state_at(at).await
-        }
-        async fn history_start(&self) -> StoreResult<HistoryStart> {
-            self.inner.history_start().await
-        }
-        async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-            self.inner.prune_history(before).await
-        }
-        async fn mark_alive(
-            &self,
-            now: DateTime<Utc>,
-            max_gap: chrono::Duration,
-        ) -> StoreResult<bool> {
-            self.inner.mark_alive(now, max_gap).await
-        }
-        async fn expired_leases(
-            &self,
-            now: DateTime<Utc>,
-            limit: u32,
-        ) -> StoreResult<Vec<(String, String)>> {
-            self.inner.expired_leases(now, limit).await
-        }
-        async fn reapable(
-            &self,
-            critical_since: DateTime<Utc>,
-            limit: u32,
-        ) -> StoreResult<Vec<(String, String)>> {
-            self.inner.reapable(critical_since, limit).await
-        }
-        async fn claim_due_checks(
-            &self,
-            now: DateTime<Utc>,
-            limit: u32,
-        ) -> StoreResult<Vec<ClaimedCheck>> {
-            self.inner.claim_due_checks(now, limit).await
-        }
-        async fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
-            self.subscriptions.fetch_add(1, Ordering::SeqCst);
-            if self.feedless {
-                return Ok(None);
-            }
-            let next = self.feeds.lock().unwrap().pop_front();
-            next.unwrap_or_else(|| Err(broken())).map(Some)
-        }
-    }
 
     fn rare_polling() -> Timing {
         Timing {
@@ -493,7 +317,7 @@ mod tests {
     }
 
     struct Running {
-        store: Arc<FedStore>,
+        store: Arc<TestStore>,
         view: Arc<View>,
         shutdown: CancellationToken,
         task: JoinHandle<()>,
@@ -501,13 +325,13 @@ mod tests {
 
     impl Running {
         /// Loads the view, then starts the loop with `timing`.
-        async fn start(store: FedStore, timing: Timing) -> Self {
+        async fn start(store: TestStore, timing: Timing) -> Self {
             let store = Arc::new(store);
             let view = Arc::new(View::load(store.as_ref()).await.expect("view"));
             Self::spawn(store, view, timing)
         }
 
-        fn spawn(store: Arc<FedStore>, view: Arc<View>, timing: Timing) -> Self {
+        fn spawn(store: Arc<TestStore>, view: Arc<View>, timing: Timing) -> Self {
             let shutdown = CancellationToken::new();
             let task = Replication::new(store.clone(), view.clone(), shutdown.clone())
                 .with_timing(timing)
@@ -535,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_notification_catches_the_view_up() {
-        let store = FedStore::new().await;
+        let store = TestStore::new().await;
         let notify = store.offer_feed();
         let running = Running::start(store, rare_polling()).await;
         wait_until("the catch-up after subscribing", || {
@@ -550,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_was_committed_before_subscribing_is_read_by_index() {
-        let store = Arc::new(FedStore::new().await);
+        let store = Arc::new(TestStore::new().await);
         let _notify = store.offer_feed();
         let view = Arc::new(View::load(store.as_ref()).await.expect("view"));
         // After the view was loaded, before the loop subscribes: announced to nobody.
@@ -562,7 +386,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_index_the_view_already_has_is_not_read_again() {
-        let store = FedStore::new().await;
+        let store = TestStore::new().await;
         let notify = store.offer_feed();
         let running = Running::start(store, rare_polling()).await;
         wait_until("the catch-up after subscribing", || {
@@ -588,7 +412,7 @@ mod tests {
     #[tokio::test]
     async fn a_notification_during_a_catch_up_leads_to_another_catch_up() {
         let gate = Arc::new(Semaphore::new(0));
-        let mut store = FedStore::new().await;
+        let mut store = TestStore::new().await;
         store.gate = Some(gate.clone());
         let notify = store.offer_feed();
         let running = Running::start(store, rare_polling()).await;
@@ -617,10 +441,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_feed_is_replaced_and_the_gap_read_by_index() {
-        let store = FedStore::new().await;
+        let store = TestStore::new().await;
         let first = store.offer_feed();
         // The first attempt to subscribe again fails: the loop keeps trying.
-        store.feeds.lock().unwrap().push_back(Err(broken()));
+        store.refuse_feed();
         let second = store.offer_feed();
         let running = Running::start(store, rare_polling()).await;
         wait_until("the catch-up after subscribing", || {
@@ -646,7 +470,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_feed_the_view_is_caught_up_periodically() {
-        let mut store = FedStore::new().await;
+        let mut store = TestStore::new().await;
         store.feedless = true;
         let timing = Timing {
             poll_every: Duration::from_millis(20),

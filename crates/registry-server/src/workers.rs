@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check_targets::AllowedNetworks;
 use crate::config::Settings;
-use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY, Heartbeats};
+use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
-use crate::store::{Store, StoreResult};
-use crate::view::View;
+use crate::store::StoreResult;
+use crate::writer::Writer;
 
 /// How often leases, reaping and due checks are looked at.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -36,9 +36,7 @@ const MAX_CHECK_BODY: usize = 64 * 1024;
 /// Everything the workers share.
 #[derive(Clone)]
 pub struct Workers {
-    pub store: Arc<dyn Store>,
-    pub view: Arc<View>,
-    pub heartbeats: Arc<Heartbeats>,
+    pub writer: Arc<Writer>,
     pub settings: Arc<Settings>,
     pub shutdown: CancellationToken,
     /// Built at start-up by [`check_client`].
@@ -65,7 +63,7 @@ impl Workers {
             tokio::spawn(
                 self.clone()
                     .every(FLUSH_EVERY, "heartbeat flush", |w| async move {
-                        w.heartbeats.flush().await
+                        w.writer.flush_heartbeats().await
                     }),
             ),
             tokio::spawn(
@@ -122,10 +120,10 @@ impl Workers {
         // The time is read once the database answers: a call that waited for it through
         // an outage (up to the pool's acquire timeout) must date the return when it
         // happened, or leases get back less than the full TTL promised.
-        crate::metrics::timed("ping", self.store.ping()).await?;
+        self.writer.store().ping().await?;
         let now = crate::clock::now();
         let max_gap = chrono::Duration::from_std(OUTAGE_AFTER).unwrap_or(chrono::Duration::MAX);
-        if crate::metrics::timed("mark_alive", self.store.mark_alive(now, max_gap)).await? {
+        if self.writer.store().mark_alive(now, max_gap).await? {
             tracing::info!(
                 "the registry recorded no sign of life for a while (it or its database was down): every lease gets one full TTL"
             );
@@ -143,18 +141,12 @@ impl Workers {
         let now = self.mark_alive().await?;
         // Heartbeats queued here are written first; those queued on another replica are
         // written within the grace (crate::heartbeats), so only leases past it expire.
-        self.heartbeats.flush().await?;
+        self.writer.flush_heartbeats().await?;
         let cutoff = now - chrono::Duration::from_std(EXPIRY_GRACE).unwrap_or_default();
-        let mut changed = false;
-        let expired = crate::metrics::timed(
-            "expired_leases",
-            self.store.expired_leases(cutoff, SWEEP_BATCH),
-        )
-        .await?;
-        for (service, id) in expired {
-            let applied = crate::metrics::timed(
-                "apply",
-                self.store.apply(
+        let store = self.writer.store();
+        for (service, id) in store.expired_leases(cutoff, SWEEP_BATCH).await? {
+            self.writer
+                .change(
                     &service,
                     &id,
                     now,
@@ -164,35 +156,24 @@ impl Workers {
                         }
                         _ => Mutation::Unchanged,
                     }),
-                ),
-            )
-            .await?;
-            changed |= applied.event.is_some();
+                )
+                .await?;
         }
         let after = self.settings.deregister_critical_after;
         if !after.is_zero() {
             let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-            let reapable =
-                crate::metrics::timed("reapable", self.store.reapable(now - after, SWEEP_BATCH))
-                    .await?;
-            for (service, id) in reapable {
-                let applied = crate::metrics::timed(
-                    "apply",
-                    self.store.apply(
+            for (service, id) in store.reapable(now - after, SWEEP_BATCH).await? {
+                self.writer
+                    .change(
                         &service,
                         &id,
                         now,
                         Box::new(move |old| {
                             old.map_or(Mutation::Unchanged, |o| lifecycle::reap(o, now, after))
                         }),
-                    ),
-                )
-                .await?;
-                changed |= applied.event.is_some();
+                    )
+                    .await?;
             }
-        }
-        if changed {
-            self.view.catch_up(self.store.as_ref()).await?;
         }
         Ok(())
     }
@@ -201,8 +182,7 @@ impl Workers {
         let retention = chrono::Duration::from_std(self.settings.history_retention)
             .unwrap_or(chrono::Duration::MAX);
         let before = crate::clock::now() - retention;
-        let pruned =
-            crate::metrics::timed("prune_history", self.store.prune_history(before)).await?;
+        let pruned = self.writer.store().prune_history(before).await?;
         if pruned > 0 {
             tracing::info!(pruned, "pruned history older than the retention");
         }
@@ -255,11 +235,12 @@ impl Checker {
         if available == 0 {
             return Ok(());
         }
-        let claimed = crate::metrics::timed(
-            "claim_due_checks",
-            self.workers.store.claim_due_checks(now, available),
-        )
-        .await?;
+        let claimed = self
+            .workers
+            .writer
+            .store()
+            .claim_due_checks(now, available)
+            .await?;
         for claimed in claimed {
             let record = claimed.record;
             let Some(check) = record.check.clone() else {
@@ -307,9 +288,9 @@ impl Checker {
     ) -> StoreResult<()> {
         let now = crate::clock::now();
         let check = check.clone();
-        let applied = crate::metrics::timed(
-            "apply",
-            self.workers.store.apply(
+        self.workers
+            .writer
+            .change(
                 &key.0,
                 &key.1,
                 now,
@@ -318,13 +299,9 @@ impl Checker {
                         lifecycle::record_check(o, &check, &outcome, now)
                     })
                 }),
-            ),
-        )
-        .await?;
-        self.workers
-            .view
-            .show_write(&applied, self.workers.store.as_ref())
+            )
             .await
+            .map(|_| ())
     }
 
     /// One check: GET the check URL within its timeout; 2xx passes (and, with

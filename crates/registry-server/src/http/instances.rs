@@ -112,6 +112,7 @@ async fn register(
     )?;
     let now = crate::clock::now();
     let applied = state
+        .writer
         .change(
             path.service.as_str(),
             path.id.as_str(),
@@ -154,7 +155,7 @@ async fn heartbeat(
     refuse_body(&headers)?;
     crate::metrics::heartbeat();
     let now = crate::clock::now();
-    if state.heartbeats.database_unreachable() {
+    if state.writer.database_unreachable() {
         // Fail fast: the client retries on another replica before its lease runs out.
         return Err(ApiError::unavailable(
             "the registry's database is unreachable; retry on another replica",
@@ -162,13 +163,15 @@ async fn heartbeat(
     }
     // A live lease is renewed in memory and written with others (crate::heartbeats);
     // anything else goes through the store now.
-    if let Some(renewed) = state
-        .heartbeats
-        .try_queue(path.service.as_str(), path.id.as_str(), now)
+    if let Some(renewed) =
+        state
+            .writer
+            .queue_heartbeat(path.service.as_str(), path.id.as_str(), now)
     {
         return Ok(Json(renewed));
     }
     let applied = state
+        .writer
         .change(
             path.service.as_str(),
             path.id.as_str(),
@@ -223,6 +226,7 @@ async fn set_status(
     };
     let now = crate::clock::now();
     let applied = state
+        .writer
         .change(
             path.service.as_str(),
             path.id.as_str(),
@@ -262,6 +266,7 @@ async fn deregister(
 ) -> Result<StatusCode, ApiError> {
     refuse_body(&headers)?;
     let applied = state
+        .writer
         .change(
             path.service.as_str(),
             path.id.as_str(),

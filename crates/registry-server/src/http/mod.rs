@@ -21,7 +21,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use opentelemetry::trace::TraceContextExt as _;
 use registry_api::ErrorCode;
 use subtle::ConstantTimeEq;
@@ -33,16 +32,19 @@ pub use error::ApiError;
 pub use ops::ApiDoc;
 
 use crate::config::Settings;
-use crate::store::{Applied, Store, Transition};
+use crate::store::Store;
 use crate::view::View;
+use crate::writer::Writer;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// Reads that the view cannot answer (history, time travel).
     pub store: Arc<dyn Store>,
+    /// Reads.
     pub view: Arc<View>,
-    /// Heartbeats on live leases, written in batches.
-    pub heartbeats: Arc<crate::heartbeats::Heartbeats>,
+    /// Every write.
+    pub writer: Arc<Writer>,
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown so long polls and streams end and let the server stop. In an
     /// `Arc`: the state is cloned several times per request, and cloning the token itself
@@ -50,26 +52,6 @@ pub struct AppState {
     pub shutdown: Arc<CancellationToken>,
     /// `REGISTRY_WRITE_RATE_LIMIT`, when set.
     pub write_limit: Option<Arc<crate::rate_limit::WriteRateLimit>>,
-}
-
-impl AppState {
-    /// Applies a change made at `now` to one instance and brings this process's view up to date, so
-    /// the writer reads its own write at once.
-    #[tracing::instrument(name = "store change", skip(self, now, transition))]
-    pub async fn change(
-        &self,
-        service: &str,
-        id: &str,
-        now: DateTime<Utc>,
-        transition: Transition,
-    ) -> Result<Applied, ApiError> {
-        let applied =
-            crate::metrics::timed("apply", self.store.apply(service, id, now, transition)).await?;
-        if let Err(error) = self.view.show_write(&applied, self.store.as_ref()).await {
-            tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
-        }
-        Ok(applied)
-    }
 }
 
 /// The whole API.

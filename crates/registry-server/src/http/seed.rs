@@ -73,6 +73,7 @@ async fn register(
     };
     let now = crate::clock::now();
     let applied = state
+        .writer
         .change(
             name.as_str(),
             id.as_str(),

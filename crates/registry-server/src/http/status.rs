@@ -79,7 +79,7 @@ const HISTORY_START_TIMEOUT: Duration = Duration::from_millis(500);
 /// every replica prunes, and left out (the rest is served from memory) when the database
 /// is unreachable or slow.
 async fn history_starts_at(state: &AppState) -> Option<DateTime<Utc>> {
-    if state.heartbeats.database_unreachable() {
+    if state.writer.database_unreachable() {
         return None;
     }
     match tokio::time::timeout(HISTORY_START_TIMEOUT, state.store.history_start()).await {

@@ -9,6 +9,9 @@
 mod group_commit;
 mod postgres;
 mod sqlite;
+#[cfg(test)]
+pub mod test_store;
+mod timed;
 
 use std::sync::Arc;
 
@@ -21,6 +24,7 @@ use crate::record::InstanceRecord;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use timed::Timed;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,116 @@
+//! A [`Store`] that times every call of the store it wraps into
+//! `registry_db_query_duration_seconds` (by operation), so call sites do not time
+//! themselves. [`crate::app::open_store`] wraps the store it opens.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use registry_api::{Event, Instance};
+
+use super::{
+    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, Snapshot, Store, StoreResult,
+    Transition,
+};
+use crate::metrics::timed;
+
+pub struct Timed<S>(pub S);
+
+#[async_trait]
+impl<S: Store> Store for Timed<S> {
+    async fn migrate(&self) -> StoreResult<()> {
+        timed("migrate", self.0.migrate()).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        timed("ping", self.0.ping()).await
+    }
+
+    async fn apply(
+        &self,
+        service: &str,
+        id: &str,
+        now: DateTime<Utc>,
+        transition: Transition,
+    ) -> StoreResult<Applied> {
+        timed("apply", self.0.apply(service, id, now, transition)).await
+    }
+
+    async fn snapshot(&self) -> StoreResult<Snapshot> {
+        timed("snapshot", self.0.snapshot()).await
+    }
+
+    async fn current_index(&self) -> StoreResult<u64> {
+        timed("current_index", self.0.current_index()).await
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        service: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        timed("events_after", self.0.events_after(after, service, limit)).await
+    }
+
+    async fn history(
+        &self,
+        service: &str,
+        instance: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        timed(
+            "history",
+            self.0.history(service, instance, since, until, limit),
+        )
+        .await
+    }
+
+    async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
+        timed("state_at", self.0.state_at(at)).await
+    }
+
+    async fn history_start(&self) -> StoreResult<HistoryStart> {
+        timed("history_start", self.0.history_start()).await
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        timed("prune_history", self.0.prune_history(before)).await
+    }
+
+    async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {
+        timed("mark_alive", self.0.mark_alive(now, max_gap)).await
+    }
+
+    async fn expired_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>> {
+        timed("expired_leases", self.0.expired_leases(now, limit)).await
+    }
+
+    async fn reapable(
+        &self,
+        critical_since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>> {
+        timed("reapable", self.0.reapable(critical_since, limit)).await
+    }
+
+    async fn claim_due_checks(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<ClaimedCheck>> {
+        timed("claim_due_checks", self.0.claim_due_checks(now, limit)).await
+    }
+
+    async fn renew_leases(&self, heartbeats: &[Heartbeat]) -> StoreResult<Vec<Heartbeat>> {
+        timed("renew_leases", self.0.renew_leases(heartbeats)).await
+    }
+
+    async fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>> {
+        timed("change_feed", self.0.change_feed()).await
+    }
+}

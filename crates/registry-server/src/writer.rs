@@ -1,0 +1,111 @@
+//! The one write path. Every change to an instance (an HTTP write, a check result, a
+//! lease expiry or reap, a heartbeat replayed after its batch) goes through
+//! [`Writer::change`]: the store applies it in a transaction and this process's view
+//! shows it before the writer goes on, so a writer always reads its own write. Heartbeats
+//! on live leases take the short way: queued in memory and written in batches
+//! ([`crate::heartbeats`]); those a batch could not apply come back here.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use registry_api::HeartbeatResponse;
+
+use crate::heartbeats::Heartbeats;
+use crate::lifecycle::{self, Mutation};
+use crate::store::{Applied, Store, StoreResult, Transition};
+use crate::view::View;
+
+/// Owns the store, the view and the heartbeat queue for every writer of this process.
+pub struct Writer {
+    store: Arc<dyn Store>,
+    view: Arc<View>,
+    heartbeats: Heartbeats,
+}
+
+impl Writer {
+    pub fn new(store: Arc<dyn Store>, view: Arc<View>) -> Self {
+        Self {
+            heartbeats: Heartbeats::new(store.clone(), view.clone()),
+            store,
+            view,
+        }
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// This process's view, for reads.
+    pub fn view(&self) -> &Arc<View> {
+        &self.view
+    }
+
+    /// Applies a change made at `now` to one instance and shows it in the view. The
+    /// change is durable once this answers `Ok`; a view that cannot catch up now is
+    /// brought up to date by replication in the background.
+    #[tracing::instrument(name = "store change", skip(self, now, transition))]
+    pub async fn change(
+        &self,
+        service: &str,
+        id: &str,
+        now: DateTime<Utc>,
+        transition: Transition,
+    ) -> StoreResult<Applied> {
+        let applied = self.store.apply(service, id, now, transition).await?;
+        if let Err(error) = self.view.show_write(&applied, self.store.as_ref()).await {
+            tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
+        }
+        Ok(applied)
+    }
+
+    /// A heartbeat received at `now` on a lease the view knows to be live: queued, shown
+    /// and answered at once. `None`: it must take the full path ([`Self::change`]).
+    pub fn queue_heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Option<HeartbeatResponse> {
+        self.heartbeats.try_queue(service, id, now)
+    }
+
+    /// Writes the queued heartbeats in one batch, then replays those the batch did not
+    /// apply (their lease lapsed meanwhile, so the revival appends an event) through
+    /// [`Self::change`]. What could not be written stays queued for the next flush.
+    pub async fn flush_heartbeats(&self) -> StoreResult<()> {
+        let mut left = self.heartbeats.write_batch().await?.into_iter();
+        while let Some(heartbeat) = left.next() {
+            // Dated now, not when received: a revival must not come before the expiry it
+            // undoes.
+            let now = crate::clock::now().max(heartbeat.at);
+            let replayed = self
+                .change(
+                    &heartbeat.service,
+                    &heartbeat.id,
+                    now,
+                    Box::new(move |old| {
+                        old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))
+                    }),
+                )
+                .await;
+            if let Err(error) = replayed {
+                self.heartbeats
+                    .keep(std::iter::once(heartbeat).chain(left).collect());
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many instances have a heartbeat waiting to be written.
+    pub fn queued_heartbeats(&self) -> usize {
+        self.heartbeats.queued()
+    }
+
+    /// Whether the database has not been reached for a while
+    /// ([`crate::heartbeats::UNREACHABLE_AFTER`]): writers answer 503 at once.
+    pub fn database_unreachable(&self) -> bool {
+        self.heartbeats.database_unreachable()
+    }
+}
