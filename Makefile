@@ -18,7 +18,8 @@ test: ## Run every test (finds or starts Postgres, installs the tools the tests 
 	  $(CARGO) build --workspace --bins && \
 	  $(CARGO) test --workspace --no-fail-fast
 
-lint: lint-k8s ## cargo fmt --check, clippy with warnings as errors, and the Kubernetes files (lint-k8s)
+lint: lint-k8s ## cargo fmt --check, clippy with warnings as errors, the Kubernetes files (lint-k8s), no file pointing outside the repository
+	scripts/check-self-contained.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

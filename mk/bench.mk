@@ -1,5 +1,5 @@
-# `make bench`: the registry's speed and memory against the targets of DESIGN section 10
-# (issue 8). Release build, wrk as the load generator (installed here as root), Postgres
+# `make bench`: the registry's speed and memory against its targets (docs/performance.md).
+# Release build, wrk as the load generator (installed here as root), Postgres
 # found or started by scripts/ensure-postgres.sh; writes target/bench/latest.json.
 
 .PHONY: bench bench-quick

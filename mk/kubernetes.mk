@@ -1,5 +1,5 @@
 # Kubernetes: the image, a kind (or minikube) cluster, the Helm chart, the observability
-# stack, and the checks CI runs on all of them without a cluster (DESIGN section 9).
+# stack, and the checks CI runs on all of them without a cluster (docs/operations.md).
 
 .PHONY: image kind-up kind-load helm-install demo-k8s observability-up k8s-down lint-k8s image-check
 

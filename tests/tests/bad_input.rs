@@ -1,6 +1,6 @@
 //! Malformed requests: each one gets the right 4xx and the JSON error
-//! `{"error":{"code","message","field"?}}` naming the field at fault (DESIGN sections 3
-//! and 4), none gets a 5xx, none changes any state, and the registry keeps serving.
+//! `{"error":{"code","message","field"?}}` naming the field at fault (docs/api.md,
+//! Errors), none gets a 5xx, none changes any state, and the registry keeps serving.
 //!
 //! The requests go out as exact bytes through plain reqwest, or through a raw TCP socket
 //! for the paths reqwest would normalise (`.` and `..` segments).

@@ -1,4 +1,4 @@
-//! Coalesced heartbeats (DESIGN section 5) seen from outside, on both stores: heartbeats
+//! Coalesced heartbeats (docs/architecture.md) seen from outside, on both stores: heartbeats
 //! on live leases are answered and shown in reads at once and written in batches, yet
 //! unknown instances still get 404, lapsed leases still revive with their event, short
 //! leases kept alive never expire, and a graceful stop writes what was still queued.

@@ -1,4 +1,4 @@
-//! The v1 HTTP API route by route, as DESIGN section 4 states it, on both stores: status
+//! The v1 HTTP API route by route, as docs/api.md states it, on both stores: status
 //! codes, bodies and headers, blocking queries, the event stream, auth and the open
 //! operational routes. Raw `reqwest` calls are used wherever the typed client would hide
 //! the status code or the wire format.
@@ -16,7 +16,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 use support::{Backend, TestRegistry, eventually};
 
-/// Every field an instance object carries (DESIGN section 4).
+/// Every field an instance object carries (docs/api.md, Instances).
 const INSTANCE_FIELDS: [&str; 13] = [
     "id",
     "service",
@@ -1560,8 +1560,8 @@ both_stores!(operational_routes_answer, |backend: Backend| async move {
     registry.stop().await;
 });
 
-// /openapi.json is "the OpenAPI 3 document of all of the above": every route of
-// DESIGN section 4 appears in `paths` with its method.
+// /openapi.json is the OpenAPI 3 document of the whole API: every route of docs/api.md
+// (Routes) appears in `paths` with its method.
 both_stores!(
     openapi_documents_every_v1_route,
     |backend: Backend| async move {

@@ -1,4 +1,4 @@
-//! The lifecycle of DESIGN section 3 with real time passing, on both stores: leases that
+//! The instance lifecycle (docs/api.md) with real time passing, on both stores: leases that
 //! lapse, revive and end in reaping, the history and time travel they leave behind, and
 //! active HTTP checks against a small server run by the test.
 

@@ -1,6 +1,6 @@
-//! DESIGN section 8: the registry's and the client library's Prometheus metrics, once
-//! every family has samples, pass `promtool check metrics` and name every metric the
-//! design lists. The registry runs in this process; the demo services are the real
+//! The registry's and the client library's Prometheus metrics, once every family has
+//! samples, pass `promtool check metrics` and name every metric docs/operations.md
+//! lists (Observability). The registry runs in this process; the demo services are the real
 //! binaries, so the client metrics are those a service actually serves.
 
 mod support;

@@ -1,4 +1,4 @@
-//! The registration handle of DESIGN section 6 against a real registry: heartbeats keep a
+//! The client library's registration handle against a real registry: heartbeats keep a
 //! lease alive, a registry restarted on an empty database gets the instance back within one
 //! heartbeat interval, an unreachable registry is retried until it answers, shutdown drains
 //! through maintenance before deregistering, paused heartbeats let the lease lapse, and a

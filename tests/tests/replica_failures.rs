@@ -1,7 +1,7 @@
-//! Replicas failing while clients keep calling them (DESIGN sections 5 and 6): several
+//! Replicas failing while clients keep calling them (docs/operations.md, Outages): several
 //! `registry` replicas share one Postgres, and whatever happens to one of them, or to the
 //! database under them, the clients (a `RegistryApi` over every replica's URL, and
-//! `Registration` handles on it) should not notice more than the design allows.
+//! `Registration` handles on it) should not notice more than docs/operations.md allows.
 //!
 //! - An active check is claimed by one replica per interval, not run by each, and goes on
 //!   when the replicas that ran it stop.
@@ -11,7 +11,7 @@
 //! - Postgres taken away for 30 s: writes and readiness answer 503, lookups keep answering
 //!   from the view, nothing answers 500, and no lease lapses because of the outage.
 //! - After such an outage every lease gets one full TTL from the database's return
-//!   (DESIGN section 3), even when its client stays quiet until just before it ends.
+//!   (the outage grace), even when its client stays quiet until just before it ends.
 //! - One replica cut off from Postgres while the other still reaches it hands its clients
 //!   over before their leases run out.
 //!
@@ -864,10 +864,10 @@ async fn postgres_going_away_costs_writes_but_not_lookups_nor_leases() {
     b.stop().await;
 }
 
-/// DESIGN section 3, "no mass expiry after our own outage": when the database comes back
-/// at R, every lease deadline becomes max(deadline, R + ttl). An instance whose lease ran
-/// out during the outage and whose client says nothing until just before R + ttl must
-/// still be passing then, with no `lease_expired` in its history.
+/// No mass expiry after our own outage (docs/operations.md, The outage grace): when the
+/// database comes back at R, every lease deadline becomes max(deadline, R + ttl). An
+/// instance whose lease ran out during the outage and whose client says nothing until just
+/// before R + ttl must still be passing then, with no `lease_expired` in its history.
 ///
 /// The outage lasts 4 s on purpose: a sweep that finds the database gone waits for the
 /// pool's 3 s acquire timeout, so the next sweep starts about 3 s into the outage and is

@@ -1,4 +1,4 @@
-//! Several registry processes (replicas) sharing one Postgres, as DESIGN section 5 runs
+//! Several registry processes (replicas) sharing one Postgres, as docs/operations.md runs
 //! them: a write accepted by one replica is visible there at once and on the others
 //! within 200 ms (LISTEN/NOTIFY plus catch-up by index), it wakes their blocking queries
 //! and event streams, the notification connection survives being cut, and replicas
@@ -23,8 +23,8 @@ use tokio::time::Instant;
 const DEADLINE: Duration = Duration::from_secs(2);
 /// Well below the 5 s safety net, well above the few milliseconds a notification takes.
 const NOTIFIED_WITHIN: Duration = Duration::from_secs(1);
-/// DESIGN section 5's promise, checked on the median of many writes: a periodic catch-up
-/// every second (no feed at all) would put it near 500 ms.
+/// The propagation target (docs/performance.md), checked on the median of many writes: a
+/// periodic catch-up every second (no feed at all) would put it near 500 ms.
 const PROMISED: Duration = Duration::from_millis(200);
 /// How often visibility is polled while measuring propagation.
 const POLL: Duration = Duration::from_millis(5);

@@ -1,5 +1,5 @@
 //! No mass expiry after our own outage: leases that ran out while the registry was down
-//! get one full TTL from the moment it is back (DESIGN section 3).
+//! get one full TTL from the moment it is back (docs/operations.md, The outage grace).
 
 mod support;
 

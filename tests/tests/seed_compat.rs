@@ -1,5 +1,5 @@
 //! The original registry's routes, driven with the exact requests its Node services and
-//! client send (DESIGN sections 1 and 4, "Seed compatibility"), against tiny HTTP servers
+//! client send (docs/api.md, The original API), against tiny HTTP servers
 //! in this process that stand in for `sum` and `concat` and answer `GET /status`.
 //!
 //! The seed check runs every 5 s and needs two failures to turn an instance critical, so
@@ -693,7 +693,7 @@ on_both_stores!(
     seed_post_needs_the_token
 );
 
-/// DESIGN section 4: instance objects carry `last_check`, the outcome of the latest check,
+/// Instance objects carry `last_check`, the outcome of the latest check,
 /// also when a check changes no status (a passing check on a passing instance), and it
 /// moves on with every check.
 async fn checked_instance_answers_its_last_check(backend: Backend) {

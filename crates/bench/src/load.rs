@@ -1,4 +1,4 @@
-//! Load generation with `wrk` (one thread, as in DESIGN section 10), and the side server
+//! Load generation with `wrk` (one thread), and the side server
 //! that gives the ceiling: a no-op axum JSON handler on a runtime of its own.
 //!
 //! wrk is C and epoll: on two cores shared with the server it takes less of the CPU than

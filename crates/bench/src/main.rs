@@ -1,5 +1,5 @@
-//! `registry-bench` (run by `make bench`): measures the registry against the targets of
-//! DESIGN section 10 and issue 8, prints a table and writes `target/bench/latest.json`.
+//! `registry-bench` (run by `make bench`): measures the registry against its targets
+//! (docs/performance.md), prints a table and writes `target/bench/latest.json`.
 //!
 //! Speed is a promise of the project, so it is measured on the real release binary, on
 //! SQLite and on Postgres, in one run: lookups against a no-op ceiling served in the same

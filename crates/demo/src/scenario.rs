@@ -242,7 +242,8 @@ async fn set_fault(http: &reqwest::Client, url: &str, fault: serde_json::Value) 
 }
 
 /// The resilience story of `make demo`: starts a local cluster in `work_dir`, breaks it
-/// in the ways DESIGN section 6 promises to survive, and checks each outcome. Ctrl-C
+/// in the ways the client library is built to survive (a failing instance, a whole
+/// service down, the registry killed), and checks each outcome. Ctrl-C
 /// stops the story and every process cleanly.
 pub async fn run_resilience(work_dir: &Path) -> anyhow::Result<bool> {
     let mut story = Story::default();

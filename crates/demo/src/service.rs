@@ -53,7 +53,7 @@ impl Role {
     }
 }
 
-/// Configuration of `demo-service`: flags with matching env vars (DESIGN section 7).
+/// Configuration of `demo-service`: flags with matching env vars (docs/operations.md).
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "demo-service",

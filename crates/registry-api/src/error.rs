@@ -1,4 +1,6 @@
-//! The one error shape of the API: `{"error":{"code","message","field"?}}`.
+//! The one error shape of the API: `{"error":{"code","message","field"?}}`, with one
+//! HTTP status per code, so a client handles every error the same way (docs/api.md,
+//! Errors).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

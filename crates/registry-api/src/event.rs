@@ -1,4 +1,6 @@
-//! Events: every change of state appends one, with the global index it was given.
+//! Events: every change of state appends one, with the global index it was given. They
+//! are the history, and what blocking queries, event streams and other replicas follow
+//! (docs/api.md, Index and events).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

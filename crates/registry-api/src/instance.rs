@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 
 use crate::{FieldError, InstanceId, ServiceName};
 
-/// Limits of DESIGN section 3, in one place so the docs, the validation and the tests agree.
+/// Limits of the API (docs/api.md, Limits), in one place so the docs, the validation and
+/// the tests agree.
 pub mod limits {
     pub const MAX_URL_BYTES: usize = 2048;
     pub const MAX_TAGS: usize = 64;
@@ -176,7 +177,7 @@ pub struct Validated {
 }
 
 impl InstanceSpec {
-    /// Checks every limit of DESIGN section 3; the error names the dotted body path.
+    /// Checks every limit (docs/api.md, Limits); the error names the dotted body path.
     pub fn validate(
         self,
         service: ServiceName,

@@ -1,4 +1,5 @@
-//! Response bodies of the read routes.
+//! Response bodies of the read routes, shared with the client so both sides decode the
+//! same types.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use registry_api::{Check, InstanceId, ServiceName, format_duration, parse_duration, validate_url};
 
-/// DESIGN section 3's service name rule, stated on its own.
+/// The service name rule (a DNS label, docs/api.md, Services), stated on its own.
 fn is_dns_label(s: &str) -> bool {
     let bytes = s.as_bytes();
     let inner_ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';

@@ -1,4 +1,4 @@
-//! [`RegistryApi`]: one typed async method per route of the v1 HTTP API (DESIGN section 4).
+//! [`RegistryApi`]: one typed async method per route of the v1 HTTP API (docs/api.md).
 //!
 //! This is the layer everything else in the client (and the server's own tests and
 //! operator commands) is built on: it knows URLs, query parameters, timeouts, the bearer
@@ -6,7 +6,7 @@
 //! layers above.
 //!
 //! It does own one kind of retry: failover between several registry URLs
-//! (`REGISTRY_URL=http://a:8000,http://b:8000`, DESIGN section 6). Replicas share one
+//! (`REGISTRY_URL=http://a:8000,http://b:8000`). Replicas share one
 //! database, so any of them can answer any call, and every write of the v1 API is an
 //! idempotent `PUT` or `DELETE`: sending the same call to the next replica when one does
 //! not answer is always safe. Doing it here, below every other layer, means the
@@ -155,7 +155,7 @@ impl RegistryApi {
         })
     }
 
-    /// A client configured the way services are (DESIGN section 7): the registry URL(s)
+    /// A client configured the way services are: the registry URL(s)
     /// from `REGISTRY_URL` (default `http://127.0.0.1:8000`; commas separate replicas) and
     /// the bearer token from `REGISTRY_TOKEN` when it is set. An empty variable counts as
     /// unset, as Kubernetes manifests often leave optional values empty.

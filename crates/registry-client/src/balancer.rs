@@ -1,4 +1,4 @@
-//! Load balancing: which instance of a service gets the next call (DESIGN section 6).
+//! Load balancing: which instance of a service gets the next call.
 //!
 //! Round robin rather than random or least-loaded: the registry already tells us which
 //! instances are healthy and the circuit breaker tells us which ones are failing for us, so

@@ -8,7 +8,7 @@
 //! caller's own results, per instance (failures are usually local to one process or host),
 //! and answers in microseconds.
 //!
-//! How it behaves (DESIGN section 6, after resilience4j):
+//! How it behaves (after resilience4j):
 //!
 //! - **Closed**: calls go through and their outcomes fill a sliding window, either the last
 //!   N calls ([`SlidingWindow::Count`]) or the calls of the last D
@@ -100,7 +100,7 @@ pub enum SlidingWindow {
 
 /// How a [`CircuitBreaker`] judges calls; build one with [`BreakerConfig::builder`].
 ///
-/// The [`Default`] is DESIGN section 6: a count window of 20 calls judged from 10 calls on,
+/// The [`Default`]: a count window of 20 calls judged from 10 calls on,
 /// open at 50% failures or when every call is slow (over 2 s), 5 s in open doubling up to
 /// 60 s while probes fail, 3 probe calls in half-open.
 ///
@@ -428,7 +428,7 @@ impl fmt::Display for BreakerState {
 
 /// How a call went, as the caller judges it.
 ///
-/// DESIGN section 6: connect errors, timeouts and 5xx answers are failures; 4xx answers
+/// Connect errors, timeouts and 5xx answers are failures; 4xx answers
 /// are the caller's own fault and are successes as far as the target's health goes.
 ///
 /// ```

@@ -1,5 +1,5 @@
-//! [`ServiceClient`]: one call to "an instance of service X", with everything DESIGN
-//! section 6 puts around it: discovery from the local cache, round robin over instances
+//! [`ServiceClient`]: one call to "an instance of service X", with everything a call
+//! needs around it: discovery from the local cache, round robin over instances
 //! whose breaker admits a call, a circuit breaker per instance, a timeout, one retry on
 //! another instance for idempotent calls, and the W3C `traceparent` header.
 //!
@@ -44,7 +44,7 @@ use crate::breaker::{BreakerConfig, Breakers, Outcome, Permit};
 use crate::discovery::Discovery;
 use crate::trace::{self, TraceParent};
 
-/// Settings of a [`ServiceClient`]; [`Default`] gives the values of DESIGN section 6.
+/// Settings of a [`ServiceClient`]; [`Default`] gives the default named on each field.
 ///
 /// ```
 /// use std::time::Duration;

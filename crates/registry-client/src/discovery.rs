@@ -1,5 +1,4 @@
-//! Discovery: where the instances of a service are, answered from a local view (DESIGN
-//! section 6).
+//! Discovery: where the instances of a service are, answered from a local view.
 //!
 //! Asking the registry on every outgoing call would put it on the path of every request of
 //! the whole system: its latency added to each call, and its outage an outage of
@@ -70,7 +69,7 @@ pub struct Resolved {
     pub registry_reachable: bool,
 }
 
-/// Tuning of [`Discovery`]; [`Default`] gives the values of DESIGN section 6.
+/// Tuning of [`Discovery`]; [`Default`] gives the default named on each field.
 ///
 /// ```
 /// use std::time::Duration;

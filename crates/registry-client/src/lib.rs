@@ -4,10 +4,10 @@
 //! HTTP so that every caller agrees with the server on routes, bodies and errors (the wire
 //! types come from [`registry_api`], shared with the server).
 //!
-//! Today it holds the low-level layer: [`RegistryApi`], one typed async method per route of
-//! the v1 API, and [`EventStream`], the parsed change feed of `GET /v1/events`. The
-//! registration handle, discovery cache, load balancer and circuit breaker of DESIGN
-//! section 6 are built on top of it.
+//! The low-level layer is [`RegistryApi`], one typed async method per route of the v1
+//! API, and [`EventStream`], the parsed change feed of `GET /v1/events`. The registration
+//! handle, discovery cache, load balancer, circuit breaker and service caller are built on
+//! top of it (docs/architecture.md, The client library).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), registry_client::ClientError> {

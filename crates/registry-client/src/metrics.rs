@@ -1,4 +1,4 @@
-//! Prometheus metrics of the client library (DESIGN section 8, prefix `registry_client_`).
+//! Prometheus metrics of the client library (prefix `registry_client_`).
 //!
 //! They live in a [`Registry`] of their own rather than in the `prometheus` crate's global
 //! default, so that an application decides whether and where to expose them (the demo

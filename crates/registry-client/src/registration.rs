@@ -1,5 +1,4 @@
-//! [`Registration`]: keeps one instance registered for as long as its service runs
-//! (DESIGN section 6).
+//! [`Registration`]: keeps one instance registered for as long as its service runs.
 //!
 //! Registering once at boot is not enough: the lease lapses unless heartbeats renew it, the
 //! registry may restart on an empty database or reap an instance it thought dead (it then

@@ -1,5 +1,6 @@
 //! Command line and environment: every setting is a flag with a matching env var
-//! (DESIGN section 7), parsed by clap so bad values fail at start with one clear line.
+//! (listed in docs/operations.md), parsed by clap so bad values fail at start with one
+//! clear line.
 
 use std::net::SocketAddr;
 use std::time::Duration;

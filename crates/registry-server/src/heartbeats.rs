@@ -1,5 +1,5 @@
-//! Coalesced heartbeats (DESIGN section 5: "flushed in batches, one statement per flush,
-//! at most 250 ms late").
+//! Coalesced heartbeats: a heartbeat on a live lease is answered from memory and written
+//! with the others, one statement per flush, at most 250 ms later.
 //!
 //! Heartbeats are by far the most frequent write (every instance, every third of its
 //! TTL), and one on a live lease changes no status and appends no event. Writing each in a
@@ -9,7 +9,7 @@
 //! task writes everything queued with one [`Store::renew_leases`] statement every
 //! [`FLUSH_EVERY`]. Several heartbeats of one instance between two flushes are one row.
 //!
-//! Everything else takes the full path through the store, as before: an instance the view
+//! Everything else takes the full path through the store: an instance the view
 //! does not know (the store, the truth, answers 404 or finds it), a lease that has run out
 //! (its revival appends an event), an instance without a lease, a full queue, and every
 //! heartbeat while the last flush failed, so that during a database outage clients see

@@ -1,4 +1,7 @@
 //! The central-registry server as a library; `main.rs` is a thin wrapper around it.
+//!
+//! How the modules fit together, from admission to the store, the view and the other
+//! replicas: docs/architecture.md.
 
 pub mod app;
 pub mod check_targets;

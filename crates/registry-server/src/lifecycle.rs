@@ -1,4 +1,4 @@
-//! The status rules of DESIGN section 3 as pure functions: given the stored record and
+//! The status rules (docs/api.md, Statuses) as pure functions: given the stored record and
 //! what happened, the new record and the event to append. Both stores call these inside
 //! their transactions, so the rules exist once and are unit-tested without a database.
 

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the registry (DESIGN section 8, prefix `registry_`).
+//! Prometheus metrics of the registry (prefix `registry_`; listed in docs/operations.md).
 //!
 //! One [`Registry`] of our own, not the `prometheus` crate's global default, so that only
 //! what this module declares is served at `/metrics` and a library linked in cannot add

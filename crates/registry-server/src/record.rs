@@ -35,8 +35,9 @@ pub struct InstanceRecord {
 }
 
 impl InstanceRecord {
-    /// DESIGN section 3: a lapsed lease or a failing check is `critical` (also in
-    /// maintenance: dead is dead); else `maintenance` if set; else the worse of the two.
+    /// A lapsed lease or a failing check is `critical` (also in maintenance: dead is
+    /// dead); else `maintenance` if set; else the worse of the two (docs/api.md, Combined
+    /// status).
     pub fn combined_status(&self) -> Status {
         let lease_lapsed = self.ttl_seconds > 0 && self.lease_expired;
         if lease_lapsed || self.check_status == Some(Status::Critical) {

@@ -5,7 +5,7 @@
 //! replicas' writes arrive through the store's change feed (Postgres: `LISTEN
 //! registry_events`, notified by a trigger on every committed event): each notification
 //! triggers an index catch-up, so a write is visible everywhere one round trip after its
-//! commit (DESIGN section 5 promises 200 ms). A notification only says "look"; events are
+//! commit (a few milliseconds). A notification only says "look"; events are
 //! always read by index, so a duplicated or late notification costs a query, never a
 //! wrong view, and one arriving while a catch-up runs leads to another catch-up after it.
 //!

@@ -115,7 +115,7 @@ impl Workers {
 
     /// Records that the registry is alive (answers the time recorded). If nobody did for
     /// [`OUTAGE_AFTER`], the registry or its database was down, and the store gives every
-    /// lease one full TTL from now (DESIGN section 3).
+    /// lease one full TTL from now (docs/operations.md, The outage grace).
     async fn mark_alive(&self) -> StoreResult<chrono::DateTime<chrono::Utc>> {
         // The time is read once the database answers: a call that waited for it through
         // an outage (up to the pool's acquire timeout) must date the return when it

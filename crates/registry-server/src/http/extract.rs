@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// Largest request body accepted (DESIGN section 4).
+/// Largest request body accepted (docs/api.md, Limits).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A JSON body: 415 without a JSON content type, 413 when too large, 400 naming the

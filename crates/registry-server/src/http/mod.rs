@@ -1,5 +1,5 @@
 //! The HTTP API: one router per resource, assembled here with auth, size limits and
-//! timeouts in the order DESIGN section 4 asks (auth, then size, then content).
+//! timeouts, checked in this order: auth, then size, then content (docs/api.md, Errors).
 
 mod dashboard;
 mod doc_rules;
@@ -147,8 +147,8 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Admission, in one middleware and in this order: the write rate limit (when set, so
-/// that guessing tokens is limited too), the token, then the declared size (DESIGN
-/// section 4: auth, then size, then content). One layer rather than one per check:
+/// that guessing tokens is limited too), the token, then the declared size (auth, then
+/// size, then content: docs/api.md, Errors). One layer rather than one per check:
 /// every layer costs every request, lookups included, a clone of what is beneath it.
 async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(limit) = &state.write_limit
@@ -209,8 +209,8 @@ fn is_open(path: &str) -> bool {
         || dashboard::is_open(path)
 }
 
-/// DESIGN section 4: writes need the write token; reads need the read or the write
-/// token when a read token is set. Compared in constant time.
+/// Writes need the write token; reads need the read or the write token when a read
+/// token is set (docs/api.md, Authentication). Compared in constant time.
 fn authorized(settings: &Settings, request: &Request) -> bool {
     let is_read = matches!(
         *request.method(),

@@ -67,10 +67,8 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the task that writes queued changes with `writer`, one group at a time.
-    /// (Two groups in flight, one preparing while the other commits, measured no faster:
-    /// slower when the machine's CPU was the limit, the same when it was not; and a
-    /// writer on a thread and runtime of its own measured slower.)
+    /// Starts the task that writes queued changes with `writer`, one group at a time
+    /// (docs/performance.md, Tried and not kept: why not more).
     pub fn start(writer: impl GroupWriter) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(drain(writer, receiver));

@@ -172,7 +172,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records that the registry is alive at `now`. If nobody recorded that within
     /// `max_gap`, the registry was down: leases then expire no earlier than `now + ttl`
-    /// (DESIGN section 3). Returns true when such a recovery was recorded.
+    /// (docs/operations.md, The outage grace). Returns true when such a recovery was recorded.
     async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool>;
 
     /// Instances whose lease deadline has passed at `now` and whose grace after the last

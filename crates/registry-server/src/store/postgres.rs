@@ -442,7 +442,7 @@ impl Store for PostgresStore {
         .bind(at_text)
         .fetch_all(&mut *tx)
         .await?;
-        // The other replicas show these renewals too (DESIGN section 5: within 200 ms).
+        // The other replicas show these renewals too (crate::replication).
         // The payload carries the heartbeat times, so receivers need no read; several
         // payloads when the batch is large. Delivered at commit, not at all on rollback.
         let moved: Vec<super::Heartbeat> = renewed

@@ -1,5 +1,5 @@
 //! SQLite implementation of [`Store`]: the embedded store, so that one binary runs with
-//! nothing else installed (DESIGN section 5).
+//! nothing else installed.
 //!
 //! SQLite allows one writer at a time, so every write goes through a pool of exactly one
 //! connection and starts with `BEGIN IMMEDIATE`: writes are serialized in the process
