@@ -2,14 +2,14 @@
 //! timeouts, checked in this order: auth, then size, then content (docs/api.md, Errors).
 
 mod dashboard;
-mod doc_rules;
 mod error;
 mod events;
 mod extract;
 mod instances;
+mod legacy;
+mod openapi;
 mod ops;
 mod sd;
-mod seed;
 mod services;
 mod status;
 
@@ -29,7 +29,7 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use error::ApiError;
-pub use ops::ApiDoc;
+pub use openapi::ApiDoc;
 
 use crate::config::Settings;
 use crate::store::Store;
@@ -61,8 +61,9 @@ pub fn router(state: AppState) -> Router {
         .merge(services::router())
         .merge(status::router())
         .merge(sd::router())
-        .merge(seed::router())
+        .merge(legacy::router())
         .merge(ops::router())
+        .merge(openapi::router())
         .merge(dashboard::router())
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     // Blocking queries and event streams set their own limits.

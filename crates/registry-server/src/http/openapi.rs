@@ -1,15 +1,85 @@
-//! The rules of the wire format that the derived OpenAPI schemas cannot state by
-//! themselves (name and id patterns, the limits of `registry_api::limits`, the statuses a
-//! client may set) and the links from a registration to what can be done with it,
-//! written into `/openapi.json` in one place so generated clients and API fuzzers
-//! (stateful ones included) know what the registry accepts.
+//! The OpenAPI document served at `/openapi.json`: derived from the wire types and the
+//! route annotations, then given the rules of the wire format the derived schemas cannot
+//! state by themselves (name, id, URL and duration patterns, the limits of
+//! `registry_api::limits`, the statuses a client may set) and the links from a
+//! registration to what can be done with it, so generated clients and API fuzzers
+//! (stateful ones included) know exactly what the registry accepts.
 //!
-//! They are applied to the document as JSON: utoipa's link type writes `operation_id`
-//! where OpenAPI wants `operationId`.
+//! The rules are applied to the document as JSON: utoipa's link type writes
+//! `operation_id` where OpenAPI wants `operationId`.
 
+use axum::routing::get;
+use axum::{Json, Router};
 use registry_api::limits;
 use serde_json::{Value, json};
-use utoipa::OpenApi as _;
+use utoipa::OpenApi;
+
+use super::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document, generated from the wire types and route annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "central-registry",
+        description = "Service registry for microservices."
+    ),
+    paths(
+        super::instances::register,
+        super::instances::heartbeat,
+        super::instances::set_status,
+        super::instances::deregister,
+        super::services::list,
+        super::services::one,
+        super::status::system_status,
+        super::status::history,
+        super::events::events,
+        super::legacy::register,
+        super::legacy::lookup,
+        super::sd::prometheus,
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::metrics,
+        openapi,
+        super::dashboard::index_page,
+    ),
+    components(schemas(
+        registry_api::InstanceSpec,
+        registry_api::CheckSpec,
+        registry_api::Check,
+        registry_api::CheckResult,
+        registry_api::Instance,
+        registry_api::Status,
+        registry_api::StatusChange,
+        registry_api::Event,
+        registry_api::EventKind,
+        registry_api::Reason,
+        registry_api::ServiceList,
+        registry_api::ServiceSummary,
+        registry_api::ServiceInstances,
+        registry_api::SystemStatus,
+        registry_api::ServiceStatus,
+        registry_api::HeartbeatResponse,
+        registry_api::History,
+        registry_api::ErrorBody,
+        registry_api::ErrorDetail,
+        registry_api::ErrorCode,
+        registry_api::SeedRegistration,
+        registry_api::SeedServiceSpec,
+        registry_api::SeedService,
+        registry_api::SeedLookup,
+    ))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")))]
+async fn openapi() -> Json<serde_json::Value> {
+    Json(document())
+}
 
 /// `ServiceName::parse` as a regular expression (a DNS label).
 pub const SERVICE_NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
@@ -18,7 +88,7 @@ pub const INSTANCE_ID_PATTERN: &str = r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$";
 
 /// The OpenAPI document served at `/openapi.json`.
 pub fn document() -> Value {
-    let mut doc = serde_json::to_value(super::ops::ApiDoc::openapi()).unwrap_or_default();
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     constrain_parameters(&mut doc);
     if let Some(schemas) = doc.pointer_mut("/components/schemas") {
         constrain_bodies(schemas);
@@ -359,5 +429,36 @@ mod tests {
                 assert!(ids.contains(target), "link to unknown operation {target}");
             }
         }
+    }
+
+    #[test]
+    fn the_document_describes_every_route() {
+        let doc = ApiDoc::openapi();
+        let documented: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        for path in [
+            "/v1/services/{service}/instances/{id}",
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            "/v1/services/{service}/instances/{id}/status",
+            "/v1/services",
+            "/v1/services/{service}",
+            "/v1/status",
+            "/v1/history",
+            "/v1/events",
+            "/v1/sd/prometheus",
+            "/service",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/",
+        ] {
+            assert!(documented.contains(&path), "{path} is not documented");
+        }
+        let json = serde_json::to_value(&doc).expect("serializes");
+        assert!(
+            json["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3."))
+        );
     }
 }
