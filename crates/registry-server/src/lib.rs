@@ -1,28 +1,29 @@
 //! The central-registry server as a library; `main.rs` is a thin wrapper around it.
 //!
-//! How the modules fit together, from admission to the store, the view and the other
-//! replicas: docs/architecture.md.
+//! Public: what the `registry` binary and the tests need (starting an [`Application`],
+//! its settings, and the store with its conformance suite's building blocks). The rest
+//! is private, so the compiler reports what nothing uses.
 
 pub mod app;
-pub mod check_targets;
+mod check_targets;
 pub mod clock;
 pub mod config;
-pub mod heartbeats;
-pub mod http;
+mod heartbeats;
+mod http;
 pub mod lifecycle;
-pub mod metrics;
+mod metrics;
 pub mod operator;
-pub mod rate_limit;
+mod rate_limit;
 pub mod record;
-pub mod replication;
-pub mod serve;
+mod replication;
+mod serve;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
-pub mod view;
-pub mod workers;
-pub mod writer;
+mod view;
+mod workers;
+mod writer;
 
 pub use app::Application;
 pub use config::Settings;

@@ -82,6 +82,8 @@ impl Replication {
         }
     }
 
+    /// Other timings than the defaults (the tests' own).
+    #[cfg(test)]
     #[must_use]
     pub fn with_timing(mut self, timing: Timing) -> Self {
         self.timing = timing;

@@ -29,7 +29,6 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use error::ApiError;
-pub use openapi::ApiDoc;
 
 use crate::config::Settings;
 use crate::store::Store;
