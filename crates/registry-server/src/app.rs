@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::check_targets::AllowedNetworks;
-use crate::config::Settings;
+use crate::config::{DatabaseKind, Settings};
 use crate::http::{self, AppState};
 use crate::store::{PostgresStore, SqliteStore, Store, Timed};
 use crate::view::View;
@@ -23,20 +23,18 @@ pub const DEFAULT_SQLITE_URL: &str = "sqlite://registry.db";
 /// Opens the store `database_url` names (SQLite file by default) and migrates it.
 pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
     let url = database_url.unwrap_or(DEFAULT_SQLITE_URL);
-    let store: Arc<dyn Store> =
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Arc::new(Timed(
-                PostgresStore::connect(url)
-                    .await
-                    .context("cannot connect to Postgres (DATABASE_URL)")?,
-            ))
-        } else if url.starts_with("sqlite:") {
+    let store: Arc<dyn Store> = match DatabaseKind::of(url).map_err(anyhow::Error::msg)? {
+        DatabaseKind::Postgres => Arc::new(Timed(
+            PostgresStore::connect(url)
+                .await
+                .context("cannot connect to Postgres (DATABASE_URL)")?,
+        )),
+        DatabaseKind::Sqlite => {
             Arc::new(Timed(SqliteStore::connect(url).await.with_context(
                 || format!("cannot open the SQLite database {url}"),
             )?))
-        } else {
-            anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:");
-        };
+        }
+    };
     store.migrate().await.context("database migration failed")?;
     Ok(store)
 }

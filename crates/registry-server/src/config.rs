@@ -157,11 +157,25 @@ const MAX_DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(365 * 86_400
 
 /// The database kinds the registry has a store for.
 pub fn check_database_url(url: &str) -> Result<(), String> {
-    let known = ["postgres://", "postgresql://", "sqlite:"];
-    if known.iter().any(|prefix| url.starts_with(prefix)) {
-        Ok(())
-    } else {
-        Err("DATABASE_URL must start with postgres://, postgresql:// or sqlite:".into())
+    DatabaseKind::of(url).map(|_| ())
+}
+
+/// Which store a `DATABASE_URL` names, read from its scheme (the one place that does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Postgres,
+    Sqlite,
+}
+
+impl DatabaseKind {
+    pub fn of(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            Err("DATABASE_URL must start with postgres://, postgresql:// or sqlite:".into())
+        }
     }
 }
 
