@@ -3,6 +3,7 @@
 //! Shared by the server and the client so that both sides agree on every field by
 //! construction. Nothing here does I/O.
 
+mod backoff;
 mod duration;
 mod error;
 mod event;
@@ -11,6 +12,7 @@ mod names;
 mod responses;
 mod seed;
 
+pub use backoff::{Backoff, Jitter};
 pub use duration::{format_duration, parse_duration};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 pub use event::{Event, EventKind, Reason};
