@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -29,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
-use registry_api::{Instance, ServiceInstances};
+use registry_api::{Backoff, Instance, Jitter, ServiceInstances};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -86,8 +85,9 @@ pub struct Resolved {
 pub struct DiscoveryOptions {
     /// How long each blocking query may be held by the registry (default 30 s).
     pub wait: Duration,
-    /// First delay before retrying after a failed query (default 100 ms); also the least
-    /// time between two queries that brought nothing new.
+    /// First backoff step after a failed query (default 100 ms): the step doubles with
+    /// each failure in a row and each retry waits between half its step and the step.
+    /// Also the least time between two queries that brought nothing new.
     pub backoff_min: Duration,
     /// Longest delay between retries (default 5 s); errors that repeating cannot fix (a
     /// refused token, an undecodable answer) wait this long at once.
@@ -569,7 +569,11 @@ impl Shared {
 /// unreachable meanwhile).
 async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
     let options = &shared.options;
-    let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
+    // A zero minimum would retry in a busy loop. Jittered so that clients cut off together
+    // do not retry together.
+    let least = options.backoff_min.max(Duration::from_millis(1));
+    let backoff = Backoff::new(least, options.backoff_max.max(least)).with_jitter(Jitter::Equal);
+    let mut failures = 0_u32;
     let mut held = from;
     let mut confirm_now = from.is_none();
     loop {
@@ -585,7 +589,7 @@ async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
         };
         match result {
             Ok(answer) => {
-                backoff.reset();
+                failures = 0;
                 shared.mark_reachable();
                 if let Some(index) = held
                     && answer.index < index
@@ -601,17 +605,18 @@ async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
                 held = Some(answer.index);
                 confirm_now = false;
                 shared.apply(&service, answer);
-                if !progressed && asked.elapsed() < backoff.min {
+                if !progressed && asked.elapsed() < least {
                     // An immediate answer without news (a registry that just lost its
                     // state, or a proxy that drops `index`) must not become a busy loop.
-                    tokio::time::sleep(backoff.min).await;
+                    tokio::time::sleep(least).await;
                 }
             }
             Err(error) => {
                 shared.mark_unreachable(&service, &error);
                 confirm_now = true;
+                failures = failures.saturating_add(1);
                 let delay = if error.is_transient() {
-                    backoff.next_delay()
+                    backoff.delay(failures)
                 } else {
                     options.backoff_max
                 };
@@ -619,49 +624,6 @@ async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
             }
         }
     }
-}
-
-/// Jittered exponential backoff: the ceiling doubles from `min` to `max` and each delay is
-/// drawn from its upper half, so that clients cut off together do not retry together.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    ceiling: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        // A zero minimum would retry in a busy loop.
-        let min = min.max(Duration::from_millis(1));
-        let max = max.max(min);
-        Self {
-            min,
-            max,
-            ceiling: min,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.ceiling = self.min;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling;
-        self.ceiling = ceiling.saturating_mul(2).min(self.max);
-        let half = ceiling / 2;
-        half.saturating_add(half.mul_f64(random_unit()))
-            .clamp(self.min, self.max)
-    }
-}
-
-/// A number in `[0, 1)`, random enough for jitter. `RandomState` is seeded per instance by
-/// the standard library, which spares a dependency for this one use.
-fn random_unit() -> f64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0x5eed);
-    // 53 bits fill the mantissa of an f64 exactly, so the division is exact.
-    (hasher.finish() >> 11) as f64 / (1_u64 << 53) as f64
 }
 
 /// The cache file: service name -> view, sorted so that the file diffs well.
@@ -793,7 +755,7 @@ mod tests {
                 "registry-client-discovery-{}-{}-{}",
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed),
-                random_unit().to_bits()
+                rand::random::<u64>()
             ));
             std::fs::create_dir_all(&dir).expect("create temp dir");
             Self(dir)
@@ -935,17 +897,5 @@ mod tests {
         let error = discovery.resolve("mult").await.expect_err("nothing known");
         assert!(matches!(error, ClientError::Transport(_)), "{error:?}");
         discovery.shutdown();
-    }
-
-    #[test]
-    fn backoff_grows_within_bounds_and_resets() {
-        let min = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        let mut backoff = Backoff::new(min, max);
-        let delays: Vec<Duration> = (0..20).map(|_| backoff.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d >= min && *d <= max), "{delays:?}");
-        assert!(delays[10..].iter().all(|d| *d >= max / 2), "{delays:?}");
-        backoff.reset();
-        assert!(backoff.next_delay() <= min);
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use registry_api::SystemStatus;
+use registry_api::{Backoff, SystemStatus};
 use registry_client::display::{format_event, format_services, format_status};
 use registry_client::{ClientError, RegistryApi, StreamItem};
 use serde::Serialize;
@@ -78,7 +78,15 @@ pub async fn watch(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let result = follow(api, service.as_deref(), since, json, out, &Backoff::DEFAULT).await;
+    let result = follow(
+        api,
+        service.as_deref(),
+        since,
+        json,
+        out,
+        &RECONNECT_BACKOFF,
+    )
+    .await;
     match result {
         Err(error) if is_broken_pipe(&error) => Ok(()),
         other => other,
@@ -93,25 +101,10 @@ pub const MAX_RECONNECTS: u32 = 10;
 /// quiet stream cut now and then by a proxy never exhausts [`MAX_RECONNECTS`].
 const HEALTHY_CONNECTION: Duration = Duration::from_secs(30);
 
-/// Delays between reconnections: doubling from `first`, capped at `max`.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    first: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const DEFAULT: Self = Self {
-        first: Duration::from_millis(500),
-        max: Duration::from_secs(10),
-    };
-
-    /// The delay before attempt number `failures` (1-based) of a run of failures.
-    fn delay(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(16);
-        self.first.saturating_mul(1 << doublings).min(self.max)
-    }
-}
+/// Delays between reconnections: doubling from half a second up to 10 s, without jitter
+/// (one operator at a terminal does not retry in step with anybody).
+const RECONNECT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
 
 async fn follow(
     api: &RegistryApi,
@@ -490,14 +483,15 @@ sum            12       12        0         0            0
     }
 
     #[test]
-    fn backoff_doubles_and_is_bounded() {
-        let b = Backoff::DEFAULT;
-        let delays: Vec<u64> = (1..=8).map(|n| b.delay(n).as_millis() as u64).collect();
+    fn reconnections_back_off_from_half_a_second_to_ten() {
+        let delays: Vec<u128> = (1..=8)
+            .map(|n| RECONNECT_BACKOFF.delay(n).as_millis())
+            .collect();
         assert_eq!(
             delays,
             [500, 1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000]
         );
-        assert_eq!(b.delay(u32::MAX), b.max);
+        assert_eq!(RECONNECT_BACKOFF.delay(u32::MAX), RECONNECT_BACKOFF.max());
     }
 
     // A canned registry: answers each connection with the next reply, records requests.
@@ -568,10 +562,7 @@ sum            12       12        0         0            0
         let (base, server) = canned(replies).await;
         let api = RegistryApi::new(&base).expect("api");
         let mut out = Vec::new();
-        let fast = Backoff {
-            first: Duration::from_millis(1),
-            max: Duration::from_millis(5),
-        };
+        let fast = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
         let error = follow(&api, Some("sum"), None, false, &mut out, &fast)
             .await
             .expect_err("the 401 ends the watch");
@@ -606,10 +597,7 @@ sum            12       12        0         0            0
         ))])
         .await;
         let api = RegistryApi::new(&base).expect("api");
-        let fast = Backoff {
-            first: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-        };
+        let fast = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
         let mut out = Vec::new();
         let error = follow(&api, None, Some(7), false, &mut out, &fast)
             .await
