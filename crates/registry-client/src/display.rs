@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use registry_api::{Event, Instance, ServiceList, SystemStatus};
-use serde::Serialize;
 
 /// The table of `registry status`: a header line, then each service with its rolled-up
 /// status, each instance indented under it with its status, URL, age of its last heartbeat
@@ -232,10 +231,10 @@ pub fn format_event(event: &Event) -> String {
         timestamp(event.at),
         clean(&event.service),
         clean(&event.instance),
-        wire_name(&event.kind),
+        event.kind.as_str(),
         status(event.from),
         status(event.to),
-        wire_name(&event.reason),
+        event.reason.as_str(),
     )
 }
 
@@ -278,14 +277,6 @@ pub fn format_age(elapsed: TimeDelta) -> String {
 
 fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// The name an enum has on the wire (`lease_expired`), so the CLI speaks the API's words.
-fn wire_name(value: &impl Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => "?".to_owned(),
-    }
 }
 
 /// Makes text safe for one terminal line: check details and names come from the network,
