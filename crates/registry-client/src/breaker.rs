@@ -38,7 +38,10 @@
 //! Every transition is logged (warn when opening, info otherwise), counted in
 //! [`BreakerSnapshot::transitions_total`] and broadcast as a [`Transition`] to
 //! [`CircuitBreaker::subscribe`]rs (and to [`Breakers::subscribe`]rs of the set the breaker
-//! belongs to), in the order they happen.
+//! belongs to), in the order they happen. A set can also be given a [`StateReport`], told
+//! the state of each of its breakers at creation and at every transition: that is how the
+//! `ServiceClient`'s breakers reach the `registry_client_breaker_state` metric, without
+//! this module knowing about metrics.
 //!
 //! All time is [`tokio::time::Instant`], so tests drive the breaker with paused time.
 //!
@@ -77,6 +80,21 @@ const TIME_WINDOW_BUCKETS: u128 = 20;
 
 /// Each half-open period whose probes fail multiplies the open wait by this.
 const OPEN_WAIT_MULTIPLIER: u32 = 2;
+
+/// A function told the state of a breaker (by name) when it is created and each time it
+/// changes, under the breaker's lock so that reports come in the order of the changes.
+/// It must be quick and must not use the breaker.
+///
+/// ```
+/// use registry_client::breaker::{BreakerConfig, BreakerState, Breakers};
+///
+/// fn print_state(breaker: &str, state: BreakerState) {
+///     println!("{breaker} is {state}");
+/// }
+/// let breakers = Breakers::new(BreakerConfig::default()).with_state_report(print_state);
+/// breakers.get("sum/sum-1"); // prints "sum/sum-1 is closed"
+/// ```
+pub type StateReport = fn(breaker: &str, state: BreakerState);
 
 /// Which calls the failure and slow-call rates are computed over while closed.
 ///
@@ -617,13 +635,14 @@ impl CircuitBreaker {
     /// assert_eq!(breaker.state(), BreakerState::Closed);
     /// ```
     pub fn new(name: impl Into<String>, config: BreakerConfig) -> Self {
-        Self::with_set(name.into(), config, None)
+        Self::with_set(name.into(), config, None, None)
     }
 
     fn with_set(
         name: String,
         config: BreakerConfig,
         set: Option<broadcast::Sender<Transition>>,
+        report: Option<StateReport>,
     ) -> Self {
         let now = Instant::now();
         let core = Core {
@@ -634,7 +653,9 @@ impl CircuitBreaker {
             transitions_total: 0,
         };
         let (own, _) = broadcast::channel(BREAKER_CHANNEL_CAPACITY);
-        crate::metrics::breaker_state(&name, BreakerState::Closed);
+        if let Some(report) = report {
+            report(&name, BreakerState::Closed);
+        }
         Self {
             shared: Arc::new(Shared {
                 name,
@@ -642,6 +663,7 @@ impl CircuitBreaker {
                 core: Mutex::new(core),
                 own,
                 set,
+                report,
             }),
         }
     }
@@ -863,6 +885,7 @@ pub struct Breakers {
     config: BreakerConfig,
     breakers: Mutex<BTreeMap<String, Arc<CircuitBreaker>>>,
     events: broadcast::Sender<Transition>,
+    report: Option<StateReport>,
 }
 
 impl Breakers {
@@ -880,7 +903,26 @@ impl Breakers {
             config,
             breakers: Mutex::new(BTreeMap::new()),
             events,
+            report: None,
         }
+    }
+
+    /// The same set, with `report` told the state of each breaker it creates from now on,
+    /// at creation and at every transition.
+    ///
+    /// ```
+    /// use registry_client::breaker::{BreakerConfig, BreakerState, Breakers};
+    ///
+    /// fn log_state(breaker: &str, state: BreakerState) {
+    ///     eprintln!("{breaker}: {state}");
+    /// }
+    /// let breakers = Breakers::new(BreakerConfig::default()).with_state_report(log_state);
+    /// # drop(breakers);
+    /// ```
+    #[must_use]
+    pub fn with_state_report(mut self, report: StateReport) -> Self {
+        self.report = Some(report);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<CircuitBreaker>>> {
@@ -906,6 +948,7 @@ impl Breakers {
             key.to_owned(),
             self.config.clone(),
             Some(self.events.clone()),
+            self.report,
         ));
         breakers.insert(key.to_owned(), Arc::clone(&breaker));
         breaker
@@ -980,6 +1023,8 @@ struct Shared {
     own: broadcast::Sender<Transition>,
     /// The channel of the [`Breakers`] set this breaker belongs to, if any.
     set: Option<broadcast::Sender<Transition>>,
+    /// The state report of that set, if it has one.
+    report: Option<StateReport>,
 }
 
 #[derive(Debug)]
@@ -1250,8 +1295,8 @@ impl Shared {
         }
     }
 
-    /// Moves to `phase`, then logs, counts and broadcasts the transition. Done under the
-    /// lock so that subscribers see transitions in the order they happened.
+    /// Moves to `phase`, then logs, counts, reports and broadcasts the transition. Done
+    /// under the lock so that subscribers see transitions in the order they happened.
     fn enter(&self, core: &mut Core, phase: Phase, (failure_rate, slow_call_rate): (f64, f64)) {
         let from = core.phase.state();
         core.phase = phase;
@@ -1286,7 +1331,9 @@ impl Shared {
                 "circuit breaker closed"
             ),
         }
-        crate::metrics::breaker_state(&self.name, to);
+        if let Some(report) = self.report {
+            report(&self.name, to);
+        }
         let transition = Transition {
             breaker: self.name.clone(),
             from,
@@ -1874,6 +1921,42 @@ mod tests {
         assert!(breakers.remove("http://a").is_some());
         assert!(breakers.remove("http://a").is_none());
         assert_eq!(breakers.get("http://a").state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_set_reports_the_state_of_its_breakers() {
+        static REPORTED: Mutex<Vec<(String, BreakerState)>> = Mutex::new(Vec::new());
+        fn report(breaker: &str, state: BreakerState) {
+            REPORTED
+                .lock()
+                .expect("not poisoned")
+                .push((breaker.to_owned(), state));
+        }
+        let config = config().minimum_calls(2).build().expect("valid");
+        let breakers = Breakers::new(config.clone()).with_state_report(report);
+        let breaker = breakers.get("sum/sum-1");
+        calls(&breaker, 2, Outcome::Failure, FAST);
+        advance(Duration::from_secs(5)).await;
+        drop(breaker.try_acquire().expect("a probe"));
+        // A breaker of no set reports nothing.
+        calls(
+            &CircuitBreaker::new("alone", config),
+            2,
+            Outcome::Failure,
+            FAST,
+        );
+
+        let reported = REPORTED.lock().expect("not poisoned").clone();
+        let states: Vec<BreakerState> = reported.iter().map(|(_, state)| *state).collect();
+        assert_eq!(
+            states,
+            [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen
+            ]
+        );
+        assert!(reported.iter().all(|(name, _)| name == "sum/sum-1"));
     }
 
     #[test]

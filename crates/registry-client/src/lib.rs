@@ -44,7 +44,7 @@ pub use events::{EventStream, StreamItem};
 pub use balancer::RoundRobin;
 pub use breaker::{
     BreakerConfig, BreakerConfigBuilder, BreakerSnapshot, BreakerState, Breakers, CircuitBreaker,
-    NotPermitted, Outcome, Permit, SlidingWindow, Transition,
+    NotPermitted, Outcome, Permit, SlidingWindow, StateReport, Transition,
 };
 pub use caller::{CallError, CallResponse, CallerOptions, ServiceClient};
 pub use discovery::{Discovery, DiscoveryOptions, Resolved};
