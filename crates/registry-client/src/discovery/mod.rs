@@ -19,9 +19,10 @@
 //! waiting for the old index to come back would leave the view frozen, so the new view is
 //! taken and the watch continues from its index.
 
-use std::collections::{BTreeMap, HashMap};
+mod cache_file;
+
+use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,10 +30,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use registry_api::{Backoff, Instance, Jitter, ServiceInstances};
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::{ClientError, RegistryApi};
+use cache_file::{CacheFile, CachedView};
 
 /// The instances of one service as this process knows them.
 ///
@@ -548,7 +549,7 @@ impl Shared {
             if generation <= *written {
                 return;
             }
-            match write_cache(&path, &snapshot) {
+            match cache_file::write(&path, &snapshot) {
                 Ok(()) => *written = generation,
                 Err(error) => tracing::warn!(
                     path = %path.display(),
@@ -626,34 +627,10 @@ async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
     }
 }
 
-/// The cache file: service name -> view, sorted so that the file diffs well.
-type CacheFile = BTreeMap<String, CachedView>;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct CachedView {
-    index: u64,
-    instances: Vec<Instance>,
-    /// When the view was received; optional so that a hand-written file still loads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    fetched_at: Option<DateTime<Utc>>,
-}
-
-/// Reads the cache file into unconfirmed views; a missing or unreadable file is logged
-/// and yields nothing (a cold start without a file is the normal first start).
+/// The views of the cache file, served unconfirmed until the registry answers.
 fn load_seed(path: &Path) -> HashMap<String, View> {
-    let file = match read_cache(path) {
-        Ok(Some(file)) => file,
-        Ok(None) => {
-            tracing::info!(path = %path.display(), "no discovery cache file yet");
-            return HashMap::new();
-        }
-        Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "ignoring the discovery cache file");
-            return HashMap::new();
-        }
-    };
     let now = SystemTime::now();
-    let views: HashMap<String, View> = file
+    cache_file::load(path)
         .into_iter()
         .map(|(name, cached)| {
             let fetched_at = cached.fetched_at.map_or(now, SystemTime::from);
@@ -668,65 +645,19 @@ fn load_seed(path: &Path) -> HashMap<String, View> {
             };
             (name, view)
         })
-        .collect();
-    tracing::info!(
-        path = %path.display(),
-        services = views.len(),
-        "loaded the discovery cache file"
-    );
-    views
-}
-
-/// `Ok(None)` when the file does not exist.
-fn read_cache(path: &Path) -> std::io::Result<Option<CacheFile>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Writes the file atomically: a temporary file in the same directory, flushed to disk,
-/// then renamed over the old one, so a crash leaves the old file or the new one, never
-/// half of one.
-fn write_cache(path: &Path, file: &CacheFile) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
-    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let written = write_then_rename(&temp, path, &json);
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written?;
-    // Make the rename itself durable; not every platform can open a directory.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-fn write_then_rename(temp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut out = std::fs::File::create(temp)?;
-    out.write_all(bytes)?;
-    out.sync_all()?;
-    std::fs::rename(temp, path)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::atomic::AtomicU32;
 
     use registry_api::Status;
 
     use super::*;
 
-    fn instance(id: &str, status: Status) -> Instance {
+    pub(super) fn instance(id: &str, status: Status) -> Instance {
         let now = Utc::now();
         Instance {
             id: id.to_owned(),
@@ -746,10 +677,10 @@ mod tests {
     }
 
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(super) struct TempDir(pub(super) PathBuf);
 
     impl TempDir {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             static NEXT: AtomicU32 = AtomicU32::new(0);
             let dir = std::env::temp_dir().join(format!(
                 "registry-client-discovery-{}-{}-{}",
@@ -787,7 +718,7 @@ mod tests {
     }
 
     #[test]
-    fn cache_file_round_trip() {
+    fn a_cache_file_seeds_unconfirmed_views() {
         let dir = TempDir::new();
         let path = dir.0.join("registry.json");
         let fetched_at = Utc::now() - chrono::Duration::seconds(90);
@@ -812,14 +743,7 @@ mod tests {
                 },
             ),
         ]);
-        write_cache(&path, &written).expect("write");
-        assert_eq!(read_cache(&path).expect("read"), Some(written.clone()));
-        let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
-            .expect("list")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(leftovers, ["registry.json"], "no temporary file is left");
+        cache_file::write(&path, &written).expect("write");
 
         let discovery = Discovery::with_options(dead_api(), options(path));
         let sum = discovery.cached("sum").expect("seeded from the file");
@@ -865,7 +789,6 @@ mod tests {
         ] {
             let path = dir.0.join("corrupt.json");
             std::fs::write(&path, garbage).expect("write");
-            assert!(read_cache(&path).is_err());
             let discovery = Discovery::with_options(dead_api(), options(path));
             assert!(discovery.cached("sum").is_none());
         }
@@ -883,7 +806,7 @@ mod tests {
                 fetched_at: None,
             },
         )]);
-        write_cache(&path, &file).expect("write");
+        cache_file::write(&path, &file).expect("write");
         let discovery = Discovery::with_options(dead_api(), options(path));
         let sum = discovery
             .resolve("sum")
