@@ -11,6 +11,7 @@ mod instance;
 mod names;
 mod responses;
 mod seed;
+mod trace_parent;
 
 pub use backoff::{Backoff, Jitter};
 pub use duration::{format_duration, parse_duration};
@@ -26,6 +27,7 @@ pub use responses::{
     SystemStatus,
 };
 pub use seed::{SeedLookup, SeedRegistration, SeedService, SeedServiceSpec};
+pub use trace_parent::TraceParent;
 
 /// Name of the response header carrying a service's index on `GET /v1/services/{service}`.
 pub const INDEX_HEADER: &str = "Registry-Index";

@@ -34,7 +34,6 @@ mod error;
 mod events;
 pub mod metrics;
 pub mod registration;
-pub mod telemetry;
 pub mod trace;
 
 pub use api::{Registered, RegistryApi};

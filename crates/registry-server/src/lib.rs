@@ -14,7 +14,6 @@ pub mod record;
 pub mod replication;
 pub mod serve;
 pub mod store;
-pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 pub mod view;

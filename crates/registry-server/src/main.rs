@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use registry_client::RegistryApi;
 use registry_server::config::{Cli, Command, RemoteArgs, ServeArgs};
-use registry_server::{Application, app, operator, telemetry};
+use registry_server::{Application, app, operator};
+use telemetry::{LogFormat, TelemetryGuard, TelemetryOptions};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,7 +28,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate(args) => {
-            let _telemetry = telemetry::init(None);
+            let _telemetry = init_telemetry(None);
             app::open_store(args.database_url.as_deref()).await?;
             println!("migrations applied");
             Ok(())
@@ -49,11 +50,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings().map_err(anyhow::Error::msg)?;
-    let mut telemetry = telemetry::init(args.log_format);
+    let mut telemetry = init_telemetry(args.log_format);
     let application = Application::build(settings).await?;
     let outcome = application.run_until_stopped(app::shutdown_signal()).await;
     telemetry.shutdown();
     outcome
+}
+
+/// Logging and tracing ([`telemetry::init`]) under the service name `registry`; without a
+/// format, `LOG_FORMAT`, else pretty on a terminal and JSON otherwise. Logs go to stderr so
+/// that command output on stdout stays clean. Keep the guard until exit: dropping it
+/// flushes the spans not exported yet.
+fn init_telemetry(format: Option<LogFormat>) -> TelemetryGuard {
+    telemetry::init(TelemetryOptions {
+        format,
+        ..TelemetryOptions::new("registry")
+    })
 }
 
 fn api(remote: &RemoteArgs) -> anyhow::Result<RegistryApi> {
