@@ -1,6 +1,7 @@
 //! The demo of central-registry: the seed's three services (`sum`, `mult`, `concat`) and
-//! the client that runs the seed's flow and the resilience story. Built only on
-//! `registry-client` and `registry-api`, like any service that uses the registry.
+//! the client that runs the seed's flow and the resilience story. Built on
+//! `registry-client` and `registry-api`, like any service that uses the registry (with
+//! `telemetry` for logs and traces, and `registry-cli` for the status table it prints).
 
 pub mod cluster;
 pub mod fault;

@@ -29,7 +29,6 @@ pub mod balancer;
 pub mod breaker;
 pub mod caller;
 pub mod discovery;
-pub mod display;
 mod error;
 mod events;
 pub mod metrics;

@@ -8,7 +8,6 @@ pub mod heartbeats;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
-pub mod operator;
 pub mod rate_limit;
 pub mod record;
 pub mod replication;

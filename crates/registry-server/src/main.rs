@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use registry_client::RegistryApi;
+use registry_cli::RegistryApi;
 use registry_server::config::{Cli, Command, RemoteArgs, ServeArgs};
-use registry_server::{Application, app, operator};
+use registry_server::{Application, app};
 use telemetry::{LogFormat, TelemetryGuard, TelemetryOptions};
 
 #[tokio::main]
@@ -34,17 +34,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { remote, at, json } => {
-            operator::print_status(&api(&remote)?, at, json, &mut std::io::stdout()).await
+            registry_cli::print_status(&connect(remote)?, at, json, &mut std::io::stdout()).await
         }
         Command::Services { remote, json } => {
-            operator::print_services(&api(&remote)?, json, &mut std::io::stdout()).await
+            registry_cli::print_services(&connect(remote)?, json, &mut std::io::stdout()).await
         }
         Command::Watch {
             remote,
             service,
             since,
             json,
-        } => operator::watch(&api(&remote)?, service, since, json, &mut std::io::stdout()).await,
+        } => {
+            registry_cli::watch(
+                &connect(remote)?,
+                service,
+                since,
+                json,
+                &mut std::io::stdout(),
+            )
+            .await
+        }
     }
 }
 
@@ -68,10 +77,7 @@ fn init_telemetry(format: Option<LogFormat>) -> TelemetryGuard {
     })
 }
 
-fn api(remote: &RemoteArgs) -> anyhow::Result<RegistryApi> {
-    let api = RegistryApi::new(&remote.url)?;
-    Ok(match &remote.token {
-        Some(token) => api.with_token(token.clone()),
-        None => api,
-    })
+/// The client of the registry an operator subcommand asks.
+fn connect(remote: RemoteArgs) -> anyhow::Result<RegistryApi> {
+    registry_cli::connect(&remote.url, remote.token)
 }
