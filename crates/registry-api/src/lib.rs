@@ -1,7 +1,9 @@
 //! Wire types and input validation of the central-registry HTTP API.
 //!
 //! Shared by the server and the client so that both sides agree on every field by
-//! construction. Nothing here does I/O.
+//! construction. Nothing here does I/O. Beside the wire types sits the little that every
+//! crate computes alike without I/O: the delays between retries ([`Backoff`]) and the W3C
+//! `traceparent` header ([`TraceParent`]).
 
 mod backoff;
 mod duration;
