@@ -42,7 +42,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Names read outside clap by the telemetry setup every binary shares
-/// (`registry_client::telemetry`, the OpenTelemetry SDK, tracing-subscriber's `RUST_LOG`).
+/// (the `telemetry` crate, the OpenTelemetry SDK, tracing-subscriber's `RUST_LOG`).
 const TELEMETRY_ENV: &[&str] = &[
     "RUST_LOG",
     "LOG_FORMAT",

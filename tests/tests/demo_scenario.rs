@@ -31,7 +31,7 @@ async fn the_resilience_story_holds_at_every_step() {
     let work_dir = std::env::temp_dir().join(format!(
         "registry-test-{}-{}-demo",
         std::process::id(),
-        rand_suffix()
+        rand::random::<u64>()
     ));
     let output = tokio::time::timeout(
         Duration::from_secs(300),
@@ -61,9 +61,4 @@ async fn the_resilience_story_holds_at_every_step() {
         work_dir.join("registry.log").exists() && work_dir.join("concat-1.log").exists(),
         "every process logs to the work folder"
     );
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
 }

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use registry_api::{Status, SystemStatus};
+use registry_cli::display;
+use registry_client::RegistryApi;
 use registry_client::caller::{CallerOptions, ServiceClient};
 use registry_client::discovery::Discovery;
-use registry_client::{RegistryApi, display};
 use serde_json::json;
 use tokio::time::Instant;
 

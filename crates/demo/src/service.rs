@@ -207,7 +207,7 @@ async fn continue_trace(request: Request, next: Next) -> Response {
         http.route = %route,
     );
     let parent =
-        trace::continue_from(&span, request.headers()).unwrap_or_else(TraceParent::new_root);
+        telemetry::continue_from(&span, request.headers()).unwrap_or_else(TraceParent::new_root);
     // The span inside the remote context: spans created while handling are its children.
     trace::in_trace(parent, next.run(request).instrument(span)).await
 }

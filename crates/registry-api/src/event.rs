@@ -17,6 +17,19 @@ pub enum EventKind {
     Removed,
 }
 
+impl EventKind {
+    /// The name on the wire (`registered`), also used in the CLI, metric labels and the
+    /// database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Updated => "updated",
+            Self::Status => "status",
+            Self::Removed => "removed",
+        }
+    }
+}
+
 /// Why a change happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -32,6 +45,25 @@ pub enum Reason {
     LeaseExpired,
     Reaped,
     Deregistered,
+}
+
+impl Reason {
+    /// The name on the wire (`lease_expired`), also used in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Updated => "updated",
+            Self::Heartbeat => "heartbeat",
+            Self::MaintenanceSet => "maintenance_set",
+            Self::MaintenanceCleared => "maintenance_cleared",
+            Self::CheckPassed => "check_passed",
+            Self::CheckFailed => "check_failed",
+            Self::CheckThrottled => "check_throttled",
+            Self::LeaseExpired => "lease_expired",
+            Self::Reaped => "reaped",
+            Self::Deregistered => "deregistered",
+        }
+    }
 }
 
 /// One change of state.
@@ -50,4 +82,44 @@ pub struct Event {
     pub reason: Reason,
     /// The instance after the change (its last state on removal).
     pub snapshot: Instance,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `as_str` and serde must never disagree: the CLI and the metrics speak the API's words.
+    fn wire(value: impl Serialize) -> String {
+        match serde_json::to_value(value) {
+            Ok(serde_json::Value::String(name)) => name,
+            other => panic!("not a string: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_are_the_wire_names() {
+        for kind in [
+            EventKind::Registered,
+            EventKind::Updated,
+            EventKind::Status,
+            EventKind::Removed,
+        ] {
+            assert_eq!(wire(kind), kind.as_str());
+        }
+        for reason in [
+            Reason::Registered,
+            Reason::Updated,
+            Reason::Heartbeat,
+            Reason::MaintenanceSet,
+            Reason::MaintenanceCleared,
+            Reason::CheckPassed,
+            Reason::CheckFailed,
+            Reason::CheckThrottled,
+            Reason::LeaseExpired,
+            Reason::Reaped,
+            Reason::Deregistered,
+        ] {
+            assert_eq!(wire(reason), reason.as_str());
+        }
+    }
 }

@@ -1,8 +1,11 @@
 //! Wire types and input validation of the central-registry HTTP API.
 //!
 //! Shared by the server and the client so that both sides agree on every field by
-//! construction. Nothing here does I/O.
+//! construction. Nothing here does I/O. Beside the wire types sits the little that every
+//! crate computes alike without I/O: the delays between retries ([`Backoff`]) and the W3C
+//! `traceparent` header ([`TraceParent`]).
 
+mod backoff;
 mod duration;
 mod error;
 mod event;
@@ -10,7 +13,9 @@ mod instance;
 mod names;
 mod responses;
 mod seed;
+mod trace_parent;
 
+pub use backoff::{Backoff, Jitter};
 pub use duration::{format_duration, parse_duration};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 pub use event::{Event, EventKind, Reason};
@@ -24,6 +29,7 @@ pub use responses::{
     SystemStatus,
 };
 pub use seed::{SeedLookup, SeedRegistration, SeedService, SeedServiceSpec};
+pub use trace_parent::TraceParent;
 
 /// Name of the response header carrying a service's index on `GET /v1/services/{service}`.
 pub const INDEX_HEADER: &str = "Registry-Index";

@@ -18,7 +18,6 @@
 //!   clients started together does not send its first calls to the same instance.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Mutex, PoisonError};
 
 use registry_api::{Instance, Status};
@@ -132,23 +131,13 @@ impl RoundRobin {
                 next
             }
             None => {
-                let start = candidates[random_below(candidates.len())];
+                let start = candidates[rand::random_range(0..candidates.len())];
                 last.insert(service.to_owned(), start.id.clone());
                 start
             }
         };
         Some(chosen)
     }
-}
-
-/// A random number in `0..n` (`n > 0`), good enough to spread first picks; not for
-/// anything that needs unpredictability. `RandomState` is seeded per instance by the
-/// standard library, which spares a dependency for this one use.
-fn random_below(n: usize) -> usize {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_usize(n);
-    let value = usize::try_from(hasher.finish() >> 32).unwrap_or(0);
-    value % n.max(1)
 }
 
 #[cfg(test)]

@@ -318,7 +318,10 @@ impl ServiceClient {
         Self {
             discovery,
             balancer: Arc::new(RoundRobin::new()),
-            breakers: Arc::new(Breakers::new(options.breaker.clone())),
+            breakers: Arc::new(
+                Breakers::new(options.breaker.clone())
+                    .with_state_report(crate::metrics::breaker_state),
+            ),
             http,
             options: Arc::new(options),
         }

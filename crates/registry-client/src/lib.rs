@@ -29,12 +29,10 @@ pub mod balancer;
 pub mod breaker;
 pub mod caller;
 pub mod discovery;
-pub mod display;
 mod error;
 mod events;
 pub mod metrics;
 pub mod registration;
-pub mod telemetry;
 pub mod trace;
 
 pub use api::{Registered, RegistryApi};
@@ -44,7 +42,7 @@ pub use events::{EventStream, StreamItem};
 pub use balancer::RoundRobin;
 pub use breaker::{
     BreakerConfig, BreakerConfigBuilder, BreakerSnapshot, BreakerState, Breakers, CircuitBreaker,
-    NotPermitted, Outcome, Permit, SlidingWindow, Transition,
+    NotPermitted, Outcome, Permit, SlidingWindow, StateReport, Transition,
 };
 pub use caller::{CallError, CallResponse, CallerOptions, ServiceClient};
 pub use discovery::{Discovery, DiscoveryOptions, Resolved};

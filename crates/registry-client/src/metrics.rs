@@ -4,7 +4,8 @@
 //! default, so that an application decides whether and where to expose them (the demo
 //! service serves them at `/metrics`) and its own metrics never collide with ours. The
 //! handles are process-wide because breakers, callers and discovery are created in many
-//! places and each is updated at one point: a state change of a breaker, the end of a
+//! places and each is updated at one point: the [state report](crate::breaker::StateReport)
+//! of a `ServiceClient`'s breakers, the end of a
 //! [`ServiceClient::call`](crate::caller::ServiceClient::call), a
 //! [`Discovery::resolve`](crate::discovery::Discovery::resolve).
 
@@ -108,6 +109,7 @@ pub fn render() -> String {
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
+/// The [`StateReport`](crate::breaker::StateReport) of the `ServiceClient`'s breakers.
 pub(crate) fn breaker_state(target: &str, state: BreakerState) {
     let value = match state {
         BreakerState::Closed => 0,

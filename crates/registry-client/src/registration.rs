@@ -16,11 +16,10 @@
 //! discovery caches to notice, then deregisters. Every step is bounded: a service being
 //! stopped must stop even when the registry is gone.
 
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use registry_api::{InstanceSpec, Status};
+use registry_api::{Backoff, InstanceSpec, Jitter, Status};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -67,6 +66,16 @@ impl Default for RegistrationOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
         }
+    }
+}
+
+impl RegistrationOptions {
+    /// The delays between retries: `backoff_min` doubling up to `backoff_max`, with equal
+    /// jitter (half of each step fixed, half random). The fixed half keeps a crowd of
+    /// instances from hammering a registry that comes back; the random half spreads them
+    /// out.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_min, self.backoff_max).with_jitter(Jitter::Equal)
     }
 }
 
@@ -458,8 +467,9 @@ impl Worker {
         });
     }
 
+    /// The wait before the next retry of the current run of failures.
     fn backoff(&self) -> Duration {
-        backoff_delay(&self.options, self.failures, random())
+        self.options.backoff().delay(self.failures)
     }
 
     /// Maintenance, drain, deregistration; each step bounded and best-effort.
@@ -509,40 +519,6 @@ fn heartbeat_interval(ttl_seconds: u32) -> Duration {
     } else {
         Duration::from_secs(u64::from(ttl_seconds)) / 3
     }
-}
-
-/// The delay before retry number `attempt` (1 for the first): `backoff_min` doubling up to
-/// `backoff_max`, with "equal jitter" (half the step fixed, half random). The fixed half
-/// keeps a crowd of instances from hammering a registry that comes back; the random half
-/// spreads them out.
-fn backoff_delay(options: &RegistrationOptions, attempt: u32, random: u64) -> Duration {
-    // Past 2^31 times the minimum every sane maximum has long been reached.
-    let doublings = attempt.saturating_sub(1).min(31);
-    let step = options
-        .backoff_min
-        .saturating_mul(1_u32 << doublings)
-        .min(options.backoff_max);
-    let half = step / 2;
-    let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-    let jitter = if spread == 0 {
-        0
-    } else {
-        random % (spread + 1)
-    };
-    half + Duration::from_nanos(jitter)
-}
-
-/// A random number for jitter. `RandomState` is seeded randomly per process and changes
-/// keys with every instance, which is all jitter needs, without a dependency on `rand`.
-fn random() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.finish()
 }
 
 /// Runs `call` unless the handle stops first (`None`): a call in flight when shutdown
@@ -629,46 +605,16 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_min_to_max_with_equal_jitter() {
-        let options = options(100, 5000);
-        // Lowest (random 0) and highest (random at the top of the range) for each attempt.
-        let bounds = |attempt| {
-            (
-                backoff_delay(&options, attempt, 0),
-                backoff_delay(&options, attempt, u64::MAX),
-            )
-        };
-        let ms = Duration::from_millis;
-        assert_eq!(backoff_delay(&options, 1, 0), ms(50));
-        for (attempt, step) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1600), (6, 3200)] {
-            let (low, high) = bounds(attempt);
-            assert_eq!(low, ms(step / 2), "attempt {attempt}");
-            assert!(
-                high <= ms(step) && high > ms(step / 2),
-                "attempt {attempt}: {high:?}"
-            );
-        }
-        for attempt in [7, 10, 31, 32, 33, 1000, u32::MAX] {
-            let (low, high) = bounds(attempt);
-            assert_eq!(low, ms(2500), "attempt {attempt}");
-            assert!(high <= ms(5000), "attempt {attempt}: {high:?}");
-        }
-        // Attempt 0 does not happen, but must not underflow.
-        assert_eq!(backoff_delay(&options, 0, 0), ms(50));
-    }
-
-    #[test]
-    fn jitter_spreads_delays() {
-        let options = options(100, 5000);
-        let delays: std::collections::BTreeSet<Duration> = (0..20)
-            .map(|_| backoff_delay(&options, 6, random()))
-            .collect();
-        assert!(delays.len() > 10, "{delays:?}");
-    }
-
-    #[test]
-    fn zero_backoff_is_allowed() {
-        assert_eq!(backoff_delay(&options(0, 0), 5, 12345), Duration::ZERO);
+    fn retries_back_off_from_min_to_max_with_equal_jitter() {
+        let backoff = options(100, 5000).backoff();
+        assert_eq!(
+            backoff,
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+                .with_jitter(Jitter::Equal)
+        );
+        let first = backoff.delay(1);
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        assert_eq!(options(0, 0).backoff().delay(5), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

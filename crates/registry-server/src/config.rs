@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
+use telemetry::LogFormat;
 
 /// central-registry: a service registry for microservices.
 #[derive(Debug, Parser)]
@@ -143,12 +144,6 @@ pub struct RemoteArgs {
     /// Token for a registry that requires one (the read or the write token).
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 /// Bounds that keep time arithmetic far from overflow.

@@ -12,13 +12,11 @@ mod heartbeats;
 mod http;
 pub mod lifecycle;
 mod metrics;
-pub mod operator;
 mod rate_limit;
 pub mod record;
 mod replication;
 mod serve;
 pub mod store;
-pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 mod view;

@@ -2,9 +2,10 @@
 
 use std::process::ExitCode;
 
-use registry_client::RegistryApi;
+use registry_cli::RegistryApi;
 use registry_server::config::{Cli, Command, RemoteArgs, ServeArgs};
-use registry_server::{Application, app, operator, telemetry};
+use registry_server::{Application, app};
+use telemetry::{LogFormat, TelemetryGuard, TelemetryOptions};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,39 +28,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate(args) => {
-            let _telemetry = telemetry::init(None);
+            let _telemetry = init_telemetry(None);
             app::open_store(args.database_url.as_deref()).await?;
             println!("migrations applied");
             Ok(())
         }
         Command::Status { remote, at, json } => {
-            operator::print_status(&api(&remote)?, at, json, &mut std::io::stdout()).await
+            registry_cli::print_status(&connect(remote)?, at, json, &mut std::io::stdout()).await
         }
         Command::Services { remote, json } => {
-            operator::print_services(&api(&remote)?, json, &mut std::io::stdout()).await
+            registry_cli::print_services(&connect(remote)?, json, &mut std::io::stdout()).await
         }
         Command::Watch {
             remote,
             service,
             since,
             json,
-        } => operator::watch(&api(&remote)?, service, since, json, &mut std::io::stdout()).await,
+        } => {
+            registry_cli::watch(
+                &connect(remote)?,
+                service,
+                since,
+                json,
+                &mut std::io::stdout(),
+            )
+            .await
+        }
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings().map_err(anyhow::Error::msg)?;
-    let mut telemetry = telemetry::init(args.log_format);
+    let mut telemetry = init_telemetry(args.log_format);
     let application = Application::build(settings).await?;
     let outcome = application.run_until_stopped(app::shutdown_signal()).await;
     telemetry.shutdown();
     outcome
 }
 
-fn api(remote: &RemoteArgs) -> anyhow::Result<RegistryApi> {
-    let api = RegistryApi::new(&remote.url)?;
-    Ok(match &remote.token {
-        Some(token) => api.with_token(token.clone()),
-        None => api,
+/// Logging and tracing ([`telemetry::init`]) under the service name `registry`; without a
+/// format, `LOG_FORMAT`, else pretty on a terminal and JSON otherwise. Logs go to stderr so
+/// that command output on stdout stays clean. Keep the guard until exit: dropping it
+/// flushes the spans not exported yet.
+fn init_telemetry(format: Option<LogFormat>) -> TelemetryGuard {
+    telemetry::init(TelemetryOptions {
+        format,
+        ..TelemetryOptions::new("registry")
     })
+}
+
+/// The client of the registry an operator subcommand asks.
+fn connect(remote: RemoteArgs) -> anyhow::Result<RegistryApi> {
+    registry_cli::connect(&remote.url, remote.token)
 }

@@ -173,13 +173,10 @@ pub fn render(services: &ServiceList, watchers: usize, index: u64) -> String {
 
 /// An event the view applied: counted by kind, and as a registration or an expiration.
 pub fn event_applied(event: &Event) {
-    let kind = match event.kind {
-        EventKind::Registered => "registered",
-        EventKind::Updated => "updated",
-        EventKind::Status => "status",
-        EventKind::Removed => "removed",
-    };
-    METRICS.events.with_label_values(&[kind]).inc();
+    METRICS
+        .events
+        .with_label_values(&[event.kind.as_str()])
+        .inc();
     if event.kind == EventKind::Registered {
         METRICS.registrations.inc();
     }

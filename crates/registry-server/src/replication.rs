@@ -27,6 +27,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use registry_api::Backoff;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -96,7 +97,9 @@ impl Replication {
     }
 
     async fn run(mut self) {
-        let mut backoff = self.timing.backoff_min;
+        let backoff = Backoff::new(self.timing.backoff_min, self.timing.backoff_max);
+        // Subscriptions in a row that failed or broke: the next wait grows with them.
+        let mut attempts = 0_u32;
         // The feed broke or could not be had: that is logged once, and so is its return.
         let mut down = false;
         loop {
@@ -129,7 +132,7 @@ impl Replication {
                     // Notifications sent from now until the next subscription are lost.
                     self.catch_up().await;
                     if started.elapsed() >= self.timing.backoff_max {
-                        backoff = self.timing.backoff_min;
+                        attempts = 0;
                     }
                 }
                 Err(error) if !down => {
@@ -143,10 +146,10 @@ impl Replication {
                     tracing::debug!(%error, "change feed still unavailable");
                 }
             }
-            if !self.pause(backoff).await {
+            attempts = attempts.saturating_add(1);
+            if !self.pause(backoff.delay(attempts)).await {
                 return;
             }
-            backoff = backoff.saturating_mul(2).min(self.timing.backoff_max);
         }
     }
 

@@ -97,7 +97,7 @@ async fn observe(request: Request, next: Next) -> Response {
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
-    registry_client::trace::continue_from(&span, request.headers());
+    telemetry::continue_from(&span, request.headers());
     let response = next.run(request).instrument(span.clone()).await;
     let route = response
         .extensions()

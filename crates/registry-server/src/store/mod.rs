@@ -456,16 +456,6 @@ pub(crate) fn make_event(
     }
 }
 
-/// The text stored in the `kind` column of events.
-pub(crate) fn kind_str(kind: registry_api::EventKind) -> &'static str {
-    match kind {
-        registry_api::EventKind::Registered => "registered",
-        registry_api::EventKind::Updated => "updated",
-        registry_api::EventKind::Status => "status",
-        registry_api::EventKind::Removed => "removed",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,8 +20,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, Row, RowWrite};
 use super::{
     Applied, ClaimedCheck, HistoryStart, IndexedColumns, Notification, Snapshot, Store, StoreError,
-    StoreResult, Transition, after_column, from_millis, index_column, kind_str, lease_payloads,
-    millis, missing_meta, parse_events, parse_lease_payload, parse_record, to_index,
+    StoreResult, Transition, after_column, from_millis, index_column, lease_payloads, millis,
+    missing_meta, parse_events, parse_lease_payload, parse_record, to_index,
 };
 use crate::record::InstanceRecord;
 
@@ -701,7 +701,7 @@ impl EventColumns {
         self.at_ms.push(millis(event.at));
         self.service.push(event.service.clone());
         self.instance.push(event.instance.clone());
-        self.kind.push(kind_str(event.kind));
+        self.kind.push(event.kind.as_str());
         self.body.push(body);
         Ok(())
     }

@@ -21,8 +21,8 @@ use sqlx::sqlite::{
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, RowWrite};
 use super::{
     Applied, ClaimedCheck, HistoryStart, IndexedColumns, Snapshot, Store, StoreResult, Transition,
-    after_column, from_millis, index_column, kind_str, millis, missing_meta, parse_events,
-    parse_record, to_index,
+    after_column, from_millis, index_column, millis, missing_meta, parse_events, parse_record,
+    to_index,
 };
 use crate::record::InstanceRecord;
 
@@ -516,7 +516,7 @@ async fn append_events(conn: &mut SqliteConnection, plan: &Plan) -> StoreResult<
         .bind(millis(event.at))
         .bind(&event.service)
         .bind(&event.instance)
-        .bind(kind_str(event.kind))
+        .bind(event.kind.as_str())
         .bind(serde_json::to_string(event)?)
         .execute(&mut *conn)
         .await?;

@@ -1,5 +1,11 @@
 //! Logging and tracing set up once per binary, shared by the registry and the demo.
 //!
+//! A crate of its own, apart from `registry-client`: a library that services embed must
+//! not install a global subscriber or an exporter behind their back, nor pull the
+//! OpenTelemetry SDK into every one of them. Binaries call [`init`] once at the start of
+//! `main`; servers make each request's span continue the caller's trace with
+//! [`continue_from`].
+//!
 //! `RUST_LOG` filters the log lines, `LOG_FORMAT` (`json` or `pretty`) picks their format
 //! (without it: pretty on a terminal, JSON lines otherwise), always on stderr. JSON lines
 //! carry a `trace_id` field when they are written inside a trace. Log lines are made of
@@ -13,6 +19,8 @@
 //! `OTEL_TRACES_SAMPLER` and `OTEL_BSP_*` are read by the OpenTelemetry SDK. Keep the
 //! returned [`TelemetryGuard`] alive until the end of `main`: dropping it flushes the
 //! spans still queued.
+
+mod incoming;
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -28,23 +36,23 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub use incoming::continue_from;
+
+/// How log lines are written (`LOG_FORMAT`, or `--log-format` of the registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
     /// Readable lines.
     Pretty,
+    /// One JSON object per line.
+    Json,
 }
 
 impl LogFormat {
     /// `LOG_FORMAT` when it is `json` or `pretty`.
     pub fn from_env() -> Option<Self> {
-        match std::env::var("LOG_FORMAT").ok()?.trim() {
-            "json" => Some(Self::Json),
-            "pretty" => Some(Self::Pretty),
-            _ => None,
-        }
+        let raw = std::env::var("LOG_FORMAT").ok()?;
+        // The names `--log-format` accepts, parsed the same way.
+        <Self as clap::ValueEnum>::from_str(raw.trim(), false).ok()
     }
 }
 
@@ -223,7 +231,8 @@ fn build_provider(default_name: &str) -> Result<SdkTracerProvider, String> {
 }
 
 /// The JSON format of `tracing-subscriber`, plus `trace_id` (the OpenTelemetry context
-/// current while the event is written: the span entered, or [`crate::trace::in_trace`]).
+/// current while the event is written: the span entered, or the context of
+/// `registry_client::trace::in_trace`).
 struct JsonWithTraceId(Format<Json>);
 
 impl<S, N> FormatEvent<S, N> for JsonWithTraceId

@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use registry_api::{Event, Instance, ServiceList, SystemStatus};
-use serde::Serialize;
 
 /// The table of `registry status`: a header line, then each service with its rolled-up
 /// status, each instance indented under it with its status, URL, age of its last heartbeat
@@ -14,11 +13,11 @@ use serde::Serialize;
 /// clock), so they are right for a past moment too and immune to local clock skew.
 ///
 /// ```
-/// use registry_client::display::format_status;
-/// use registry_client::registry_api::{CheckResult, ServiceStatus};
-/// use registry_client::SystemStatus;
+/// use registry_cli::display::format_status;
+/// use registry_api::{CheckResult, ServiceStatus};
+/// use registry_api::SystemStatus;
 /// # use chrono::{DateTime, Utc};
-/// # use registry_client::{Instance, Status};
+/// # use registry_api::{Instance, Status};
 /// # fn instance(id: &str, status: Status, ttl_seconds: u32, heartbeat: DateTime<Utc>) -> Instance {
 /// #     Instance {
 /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
@@ -111,9 +110,9 @@ fn instance_row(instance: &Instance, now: DateTime<Utc>) -> Vec<String> {
 /// counts right-aligned.
 ///
 /// ```
-/// use registry_client::display::format_services;
-/// use registry_client::ServiceList;
-/// use registry_client::registry_api::ServiceSummary;
+/// use registry_cli::display::format_services;
+/// use registry_api::ServiceList;
+/// use registry_api::ServiceSummary;
 ///
 /// let list = ServiceList {
 ///     index: 7,
@@ -181,10 +180,10 @@ pub fn format_services(list: &ServiceList) -> String {
 /// for the missing side of a registration (no `from`) or a removal (no `to`).
 ///
 /// ```
-/// use registry_client::display::format_event;
-/// use registry_client::{Event, EventKind, Reason};
+/// use registry_cli::display::format_event;
+/// use registry_api::{Event, EventKind, Reason};
 /// # use chrono::{DateTime, Utc};
-/// # use registry_client::{Instance, Status};
+/// # use registry_api::{Instance, Status};
 /// # fn instance(id: &str, status: Status, ttl_seconds: u32, heartbeat: DateTime<Utc>) -> Instance {
 /// #     Instance {
 /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
@@ -233,10 +232,10 @@ pub fn format_event(event: &Event) -> String {
         timestamp(event.at),
         clean(&event.service),
         clean(&event.instance),
-        wire_name(&event.kind),
+        event.kind.as_str(),
         status(event.from),
         status(event.to),
-        wire_name(&event.reason),
+        event.reason.as_str(),
     )
 }
 
@@ -245,7 +244,7 @@ pub fn format_event(event: &Event) -> String {
 ///
 /// ```
 /// use chrono::TimeDelta;
-/// use registry_client::display::format_age;
+/// use registry_cli::display::format_age;
 ///
 /// assert_eq!(format_age(TimeDelta::milliseconds(400)), "just now");
 /// assert_eq!(format_age(TimeDelta::seconds(-5)), "just now");
@@ -279,14 +278,6 @@ pub fn format_age(elapsed: TimeDelta) -> String {
 
 fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// The name an enum has on the wire (`lease_expired`), so the CLI speaks the API's words.
-fn wire_name(value: &impl Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => "?".to_owned(),
-    }
 }
 
 /// Makes text safe for one terminal line: check details and names come from the network,
@@ -339,4 +330,105 @@ fn align(rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
             line.trim_end().to_owned()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+    use registry_api::{EventKind, Reason, ServiceList, ServiceSummary, Status, SystemStatus};
+
+    use super::*;
+    use crate::fixtures::{event, system, t};
+
+    #[test]
+    fn status_table_shows_services_and_indented_instances() {
+        let expected = "\
+index 42 at 2026-05-01T10:00:00Z
+NAME        STATUS       URL                   HEARTBEAT  LAST CHECK
+concat      maintenance  1 instance
+  concat-1  maintenance  http://concat-1:4040  no lease   not run yet
+sum         warning      2 instances
+  sum-1     passing      http://sum-1:4040     3s ago     -
+  sum-2     critical     http://sum-2:4040     1m5s ago   timed out after 2s\\n\\u{1b}[2J
+";
+        assert_eq!(format_status(&system()), expected);
+    }
+
+    #[test]
+    fn empty_system_says_so() {
+        let empty = SystemStatus {
+            index: 0,
+            at: t(0),
+            history_starts_at: None,
+            services: vec![],
+        };
+        assert_eq!(
+            format_status(&empty),
+            "index 0 at 2026-05-01T10:00:00Z\nno service is registered\n"
+        );
+        let none = ServiceList {
+            index: 3,
+            services: vec![],
+        };
+        assert_eq!(
+            format_services(&none),
+            "no service is registered (index 3)\n"
+        );
+    }
+
+    #[test]
+    fn services_table_right_aligns_counts() {
+        let summary = |name: &str, n: u64| ServiceSummary {
+            name: name.into(),
+            instances: n,
+            passing: n,
+            warning: 0,
+            critical: 0,
+            maintenance: 0,
+        };
+        let list = ServiceList {
+            index: 9,
+            services: vec![summary("concat", 1), summary("sum", 12)],
+        };
+        let expected = "\
+NAME    INSTANCES  PASSING  WARNING  CRITICAL  MAINTENANCE
+concat          1        1        0         0            0
+sum            12       12        0         0            0
+";
+        assert_eq!(format_services(&list), expected);
+    }
+
+    #[test]
+    fn events_are_one_line_each() {
+        let change = event(
+            43,
+            EventKind::Status,
+            Some(Status::Passing),
+            Some(Status::Critical),
+        );
+        assert_eq!(
+            format_event(&change),
+            "#43 2026-05-01T10:00:00Z sum/sum-1 status passing -> critical (lease_expired)"
+        );
+        let mut new = event(44, EventKind::Registered, None, Some(Status::Passing));
+        new.reason = Reason::Registered;
+        assert_eq!(
+            format_event(&new),
+            "#44 2026-05-01T10:00:00Z sum/sum-1 registered - -> passing (registered)"
+        );
+        let mut gone = event(45, EventKind::Removed, Some(Status::Critical), None);
+        gone.reason = Reason::Reaped;
+        assert!(format_event(&gone).ends_with("removed critical -> - (reaped)"));
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        let age = |s| format_age(TimeDelta::seconds(s));
+        assert_eq!(age(-5), "just now");
+        assert_eq!(age(0), "just now");
+        assert_eq!(age(3), "3s ago");
+        assert_eq!(age(125), "2m5s ago");
+        assert_eq!(age(3_600 + 240), "1h4m ago");
+        assert_eq!(age(3 * 86_400 + 7_200), "3d2h ago");
+    }
 }

@@ -1,65 +1,17 @@
-//! What the operator subcommands (`registry status`, `registry services`, `registry watch`)
-//! print, for a person at a terminal or (`--json`) for a script.
-//!
-//! They talk to a running registry over HTTP through [`RegistryApi`], exactly as any other
-//! client does, so they work against a remote cluster and need no database access. The
-//! formatting lives in pure functions (data in, text out) so it is tested without a server;
-//! the async functions only fetch and write.
+//! `registry watch`: the change feed followed for as long as the operator wants, through
+//! dropped connections and registry restarts, one line per event.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use registry_api::SystemStatus;
-use registry_client::display::{format_event, format_services, format_status};
+use registry_api::{Backoff, SystemStatus};
 use registry_client::{ClientError, RegistryApi, StreamItem};
 use serde::Serialize;
 
-/// `registry status`: the whole system now (or `at` a past moment), as a table or, with
-/// `json`, as the pretty-printed body of `GET /v1/status`.
-pub async fn print_status(
-    api: &RegistryApi,
-    at: Option<DateTime<Utc>>,
-    json: bool,
-    out: &mut (dyn Write + Send),
-) -> anyhow::Result<()> {
-    let status = api
-        .status(at)
-        .await
-        .with_context(|| format!("could not read the status from {}", api.base_url()))?;
-    let text = if json {
-        pretty_json(&status)?
-    } else {
-        format_status(&status)
-    };
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
-}
-
-/// `registry services`: one line per service with its instance count per status, or, with
-/// `json`, the pretty-printed body of `GET /v1/services`.
-pub async fn print_services(
-    api: &RegistryApi,
-    json: bool,
-    out: &mut (dyn Write + Send),
-) -> anyhow::Result<()> {
-    let list = api
-        .services()
-        .await
-        .with_context(|| format!("could not list services at {}", api.base_url()))?;
-    let text = if json {
-        pretty_json(&list)?
-    } else {
-        format_services(&list)
-    };
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
-}
+use crate::display::format_event;
 
 /// `registry watch`: follows `GET /v1/events` and prints one line per event (one JSON
 /// object per line with `json`), and a line when the registry resynchronises the stream.
@@ -78,7 +30,15 @@ pub async fn watch(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let result = follow(api, service.as_deref(), since, json, out, &Backoff::DEFAULT).await;
+    let result = follow(
+        api,
+        service.as_deref(),
+        since,
+        json,
+        out,
+        &RECONNECT_BACKOFF,
+    )
+    .await;
     match result {
         Err(error) if is_broken_pipe(&error) => Ok(()),
         other => other,
@@ -93,25 +53,10 @@ pub const MAX_RECONNECTS: u32 = 10;
 /// quiet stream cut now and then by a proxy never exhausts [`MAX_RECONNECTS`].
 const HEALTHY_CONNECTION: Duration = Duration::from_secs(30);
 
-/// Delays between reconnections: doubling from `first`, capped at `max`.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    first: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const DEFAULT: Self = Self {
-        first: Duration::from_millis(500),
-        max: Duration::from_secs(10),
-    };
-
-    /// The delay before attempt number `failures` (1-based) of a run of failures.
-    fn delay(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(16);
-        self.first.saturating_mul(1 << doublings).min(self.max)
-    }
-}
+/// Delays between reconnections: doubling from half a second up to 10 s, without jitter
+/// (one operator at a terminal does not retry in step with anybody).
+const RECONNECT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
 
 async fn follow(
     api: &RegistryApi,
@@ -254,14 +199,8 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
         .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
 }
 
-fn pretty_json(value: &impl Serialize) -> anyhow::Result<String> {
-    let mut text = serde_json::to_string_pretty(value)?;
-    text.push('\n');
-    Ok(text)
-}
-
 /// The line printed when the stream starts over from a snapshot instead of replaying.
-pub fn format_reset(index: u64, status: &SystemStatus) -> String {
+fn format_reset(index: u64, status: &SystemStatus) -> String {
     let instances: usize = status.services.iter().map(|s| s.instances.len()).sum();
     format!(
         "-- resynchronised at index {index}: the events after the requested start are no \
@@ -272,7 +211,7 @@ pub fn format_reset(index: u64, status: &SystemStatus) -> String {
 
 /// The JSON line of a reset: `{"reset":{"index":N,"status":{...}}}`, told apart from event
 /// lines by its single `reset` key.
-pub fn reset_json(index: u64, status: &SystemStatus) -> anyhow::Result<String> {
+fn reset_json(index: u64, status: &SystemStatus) -> anyhow::Result<String> {
     #[derive(Serialize)]
     struct Reset<'a> {
         index: u64,
@@ -289,172 +228,11 @@ pub fn reset_json(index: u64, status: &SystemStatus) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use chrono::{TimeDelta, TimeZone};
-    use registry_api::{
-        Check, CheckResult, Event, EventKind, Instance, Reason, ServiceList, ServiceStatus,
-        ServiceSummary, Status,
-    };
-    use registry_client::display::format_age;
+    use registry_api::{Event, EventKind, Status};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-
-    fn t(secs: i64) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 5, 1, 10, 0, 0)
-            .single()
-            .expect("valid")
-            + TimeDelta::seconds(secs)
-    }
-
-    fn instance(id: &str, status: Status, heartbeat_age: i64) -> Instance {
-        Instance {
-            id: id.into(),
-            service: "sum".into(),
-            url: format!("http://{id}:4040"),
-            status,
-            tags: vec![],
-            metadata: BTreeMap::new(),
-            ttl_seconds: 10,
-            check: None,
-            registered_at: t(-1000),
-            last_heartbeat_at: t(-heartbeat_age),
-            lease_expires_at: Some(t(10 - heartbeat_age)),
-            status_changed_at: t(-1000),
-            last_check: None,
-        }
-    }
-
-    fn system() -> SystemStatus {
-        let mut checked = instance("sum-2", Status::Critical, 65);
-        checked.check = Some(Check {
-            http: "/status".into(),
-            interval_seconds: 5,
-            timeout_seconds: 2,
-            expect_json: None,
-        });
-        checked.last_check = Some(CheckResult {
-            at: t(-1),
-            status: Status::Critical,
-            detail: "timed out after 2s\n\x1b[2J".into(),
-        });
-        let mut unchecked = instance("concat-1", Status::Maintenance, 0);
-        unchecked.ttl_seconds = 0;
-        unchecked.check = checked.check.clone();
-        SystemStatus {
-            index: 42,
-            at: t(0),
-            history_starts_at: None,
-            services: vec![
-                ServiceStatus {
-                    name: "concat".into(),
-                    status: Status::Maintenance,
-                    instances: vec![unchecked],
-                },
-                ServiceStatus {
-                    name: "sum".into(),
-                    status: Status::Warning,
-                    instances: vec![instance("sum-1", Status::Passing, 3), checked],
-                },
-            ],
-        }
-    }
-
-    #[test]
-    fn status_table_shows_services_and_indented_instances() {
-        let expected = "\
-index 42 at 2026-05-01T10:00:00Z
-NAME        STATUS       URL                   HEARTBEAT  LAST CHECK
-concat      maintenance  1 instance
-  concat-1  maintenance  http://concat-1:4040  no lease   not run yet
-sum         warning      2 instances
-  sum-1     passing      http://sum-1:4040     3s ago     -
-  sum-2     critical     http://sum-2:4040     1m5s ago   timed out after 2s\\n\\u{1b}[2J
-";
-        assert_eq!(format_status(&system()), expected);
-    }
-
-    #[test]
-    fn empty_system_says_so() {
-        let empty = SystemStatus {
-            index: 0,
-            at: t(0),
-            history_starts_at: None,
-            services: vec![],
-        };
-        assert_eq!(
-            format_status(&empty),
-            "index 0 at 2026-05-01T10:00:00Z\nno service is registered\n"
-        );
-        let none = ServiceList {
-            index: 3,
-            services: vec![],
-        };
-        assert_eq!(
-            format_services(&none),
-            "no service is registered (index 3)\n"
-        );
-    }
-
-    #[test]
-    fn services_table_right_aligns_counts() {
-        let summary = |name: &str, n: u64| ServiceSummary {
-            name: name.into(),
-            instances: n,
-            passing: n,
-            warning: 0,
-            critical: 0,
-            maintenance: 0,
-        };
-        let list = ServiceList {
-            index: 9,
-            services: vec![summary("concat", 1), summary("sum", 12)],
-        };
-        let expected = "\
-NAME    INSTANCES  PASSING  WARNING  CRITICAL  MAINTENANCE
-concat          1        1        0         0            0
-sum            12       12        0         0            0
-";
-        assert_eq!(format_services(&list), expected);
-    }
-
-    fn event(index: u64, kind: EventKind, from: Option<Status>, to: Option<Status>) -> Event {
-        Event {
-            index,
-            at: t(0),
-            service: "sum".into(),
-            instance: "sum-1".into(),
-            kind,
-            from,
-            to,
-            reason: Reason::LeaseExpired,
-            snapshot: instance("sum-1", Status::Critical, 12),
-        }
-    }
-
-    #[test]
-    fn events_are_one_line_each() {
-        let change = event(
-            43,
-            EventKind::Status,
-            Some(Status::Passing),
-            Some(Status::Critical),
-        );
-        assert_eq!(
-            format_event(&change),
-            "#43 2026-05-01T10:00:00Z sum/sum-1 status passing -> critical (lease_expired)"
-        );
-        let mut new = event(44, EventKind::Registered, None, Some(Status::Passing));
-        new.reason = Reason::Registered;
-        assert_eq!(
-            format_event(&new),
-            "#44 2026-05-01T10:00:00Z sum/sum-1 registered - -> passing (registered)"
-        );
-        let mut gone = event(45, EventKind::Removed, Some(Status::Critical), None);
-        gone.reason = Reason::Reaped;
-        assert!(format_event(&gone).ends_with("removed critical -> - (reaped)"));
-    }
+    use crate::fixtures::{event, system};
 
     #[test]
     fn json_lines_round_trip() {
@@ -481,25 +259,15 @@ sum            12       12        0         0            0
     }
 
     #[test]
-    fn ages_read_naturally() {
-        let age = |s| format_age(TimeDelta::seconds(s));
-        assert_eq!(age(-5), "just now");
-        assert_eq!(age(0), "just now");
-        assert_eq!(age(3), "3s ago");
-        assert_eq!(age(125), "2m5s ago");
-        assert_eq!(age(3_600 + 240), "1h4m ago");
-        assert_eq!(age(3 * 86_400 + 7_200), "3d2h ago");
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_bounded() {
-        let b = Backoff::DEFAULT;
-        let delays: Vec<u64> = (1..=8).map(|n| b.delay(n).as_millis() as u64).collect();
+    fn reconnections_back_off_from_half_a_second_to_ten() {
+        let delays: Vec<u128> = (1..=8)
+            .map(|n| RECONNECT_BACKOFF.delay(n).as_millis())
+            .collect();
         assert_eq!(
             delays,
             [500, 1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000]
         );
-        assert_eq!(b.delay(u32::MAX), b.max);
+        assert_eq!(RECONNECT_BACKOFF.delay(u32::MAX), RECONNECT_BACKOFF.max());
     }
 
     // A canned registry: answers each connection with the next reply, records requests.
@@ -570,10 +338,7 @@ sum            12       12        0         0            0
         let (base, server) = canned(replies).await;
         let api = RegistryApi::new(&base).expect("api");
         let mut out = Vec::new();
-        let fast = Backoff {
-            first: Duration::from_millis(1),
-            max: Duration::from_millis(5),
-        };
+        let fast = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
         let error = follow(&api, Some("sum"), None, false, &mut out, &fast)
             .await
             .expect_err("the 401 ends the watch");
@@ -608,10 +373,7 @@ sum            12       12        0         0            0
         ))])
         .await;
         let api = RegistryApi::new(&base).expect("api");
-        let fast = Backoff {
-            first: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-        };
+        let fast = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
         let mut out = Vec::new();
         let error = follow(&api, None, Some(7), false, &mut out, &fast)
             .await

@@ -18,21 +18,21 @@
 //! waiting for the old index to come back would leave the view frozen, so the new view is
 //! taken and the watch continues from its index.
 
-use std::collections::{BTreeMap, HashMap};
+mod cache_file;
+
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
-use registry_api::{Instance, ServiceInstances};
-use serde::{Deserialize, Serialize};
+use registry_api::{Backoff, Instance, Jitter, ServiceInstances};
 use tokio::task::JoinHandle;
 
 use crate::{ClientError, RegistryApi};
+use cache_file::{CacheFile, CachedView};
 
 /// The instances of one service as this process knows them.
 ///
@@ -85,8 +85,9 @@ pub struct Resolved {
 pub struct DiscoveryOptions {
     /// How long each blocking query may be held by the registry (default 30 s).
     pub wait: Duration,
-    /// First delay before retrying after a failed query (default 100 ms); also the least
-    /// time between two queries that brought nothing new.
+    /// First backoff step after a failed query (default 100 ms): the step doubles with
+    /// each failure in a row and each retry waits between half its step and the step.
+    /// Also the least time between two queries that brought nothing new.
     pub backoff_min: Duration,
     /// Longest delay between retries (default 5 s); errors that repeating cannot fix (a
     /// refused token, an undecodable answer) wait this long at once.
@@ -547,7 +548,7 @@ impl Shared {
             if generation <= *written {
                 return;
             }
-            match write_cache(&path, &snapshot) {
+            match cache_file::write(&path, &snapshot) {
                 Ok(()) => *written = generation,
                 Err(error) => tracing::warn!(
                     path = %path.display(),
@@ -568,7 +569,11 @@ impl Shared {
 /// unreachable meanwhile).
 async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
     let options = &shared.options;
-    let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
+    // A zero minimum would retry in a busy loop. Jittered so that clients cut off together
+    // do not retry together.
+    let least = options.backoff_min.max(Duration::from_millis(1));
+    let backoff = Backoff::new(least, options.backoff_max.max(least)).with_jitter(Jitter::Equal);
+    let mut failures = 0_u32;
     let mut held = from;
     let mut confirm_now = from.is_none();
     loop {
@@ -584,7 +589,7 @@ async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
         };
         match result {
             Ok(answer) => {
-                backoff.reset();
+                failures = 0;
                 shared.mark_reachable();
                 if let Some(index) = held
                     && answer.index < index
@@ -600,17 +605,18 @@ async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
                 held = Some(answer.index);
                 confirm_now = false;
                 shared.apply(&service, answer);
-                if !progressed && asked.elapsed() < backoff.min {
+                if !progressed && asked.elapsed() < least {
                     // An immediate answer without news (a registry that just lost its
                     // state, or a proxy that drops `index`) must not become a busy loop.
-                    tokio::time::sleep(backoff.min).await;
+                    tokio::time::sleep(least).await;
                 }
             }
             Err(error) => {
                 shared.mark_unreachable(&service, &error);
                 confirm_now = true;
+                failures = failures.saturating_add(1);
                 let delay = if error.is_transient() {
-                    backoff.next_delay()
+                    backoff.delay(failures)
                 } else {
                     options.backoff_max
                 };
@@ -620,77 +626,10 @@ async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
     }
 }
 
-/// Jittered exponential backoff: the ceiling doubles from `min` to `max` and each delay is
-/// drawn from its upper half, so that clients cut off together do not retry together.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    ceiling: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        // A zero minimum would retry in a busy loop.
-        let min = min.max(Duration::from_millis(1));
-        let max = max.max(min);
-        Self {
-            min,
-            max,
-            ceiling: min,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.ceiling = self.min;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling;
-        self.ceiling = ceiling.saturating_mul(2).min(self.max);
-        let half = ceiling / 2;
-        half.saturating_add(half.mul_f64(random_unit()))
-            .clamp(self.min, self.max)
-    }
-}
-
-/// A number in `[0, 1)`, random enough for jitter. `RandomState` is seeded per instance by
-/// the standard library, which spares a dependency for this one use.
-fn random_unit() -> f64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0x5eed);
-    // 53 bits fill the mantissa of an f64 exactly, so the division is exact.
-    (hasher.finish() >> 11) as f64 / (1_u64 << 53) as f64
-}
-
-/// The cache file: service name -> view, sorted so that the file diffs well.
-type CacheFile = BTreeMap<String, CachedView>;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct CachedView {
-    index: u64,
-    instances: Vec<Instance>,
-    /// When the view was received; optional so that a hand-written file still loads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    fetched_at: Option<DateTime<Utc>>,
-}
-
-/// Reads the cache file into unconfirmed views; a missing or unreadable file is logged
-/// and yields nothing (a cold start without a file is the normal first start).
+/// The views of the cache file, served unconfirmed until the registry answers.
 fn load_seed(path: &Path) -> HashMap<String, View> {
-    let file = match read_cache(path) {
-        Ok(Some(file)) => file,
-        Ok(None) => {
-            tracing::info!(path = %path.display(), "no discovery cache file yet");
-            return HashMap::new();
-        }
-        Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "ignoring the discovery cache file");
-            return HashMap::new();
-        }
-    };
     let now = SystemTime::now();
-    let views: HashMap<String, View> = file
+    cache_file::load(path)
         .into_iter()
         .map(|(name, cached)| {
             let fetched_at = cached.fetched_at.map_or(now, SystemTime::from);
@@ -705,65 +644,19 @@ fn load_seed(path: &Path) -> HashMap<String, View> {
             };
             (name, view)
         })
-        .collect();
-    tracing::info!(
-        path = %path.display(),
-        services = views.len(),
-        "loaded the discovery cache file"
-    );
-    views
-}
-
-/// `Ok(None)` when the file does not exist.
-fn read_cache(path: &Path) -> std::io::Result<Option<CacheFile>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Writes the file atomically: a temporary file in the same directory, flushed to disk,
-/// then renamed over the old one, so a crash leaves the old file or the new one, never
-/// half of one.
-fn write_cache(path: &Path, file: &CacheFile) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
-    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let written = write_then_rename(&temp, path, &json);
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written?;
-    // Make the rename itself durable; not every platform can open a directory.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-fn write_then_rename(temp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut out = std::fs::File::create(temp)?;
-    out.write_all(bytes)?;
-    out.sync_all()?;
-    std::fs::rename(temp, path)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::atomic::AtomicU32;
 
     use registry_api::Status;
 
     use super::*;
 
-    fn instance(id: &str, status: Status) -> Instance {
+    pub(super) fn instance(id: &str, status: Status) -> Instance {
         let now = Utc::now();
         Instance {
             id: id.to_owned(),
@@ -783,16 +676,16 @@ mod tests {
     }
 
     /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(super) struct TempDir(pub(super) PathBuf);
 
     impl TempDir {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             static NEXT: AtomicU32 = AtomicU32::new(0);
             let dir = std::env::temp_dir().join(format!(
                 "registry-client-discovery-{}-{}-{}",
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed),
-                random_unit().to_bits()
+                rand::random::<u64>()
             ));
             std::fs::create_dir_all(&dir).expect("create temp dir");
             Self(dir)
@@ -824,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn cache_file_round_trip() {
+    fn a_cache_file_seeds_unconfirmed_views() {
         let dir = TempDir::new();
         let path = dir.0.join("registry.json");
         let fetched_at = Utc::now() - chrono::Duration::seconds(90);
@@ -849,14 +742,7 @@ mod tests {
                 },
             ),
         ]);
-        write_cache(&path, &written).expect("write");
-        assert_eq!(read_cache(&path).expect("read"), Some(written.clone()));
-        let leftovers: Vec<_> = std::fs::read_dir(&dir.0)
-            .expect("list")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(leftovers, ["registry.json"], "no temporary file is left");
+        cache_file::write(&path, &written).expect("write");
 
         let discovery = Discovery::with_options(dead_api(), options(path));
         let sum = discovery.cached("sum").expect("seeded from the file");
@@ -902,7 +788,6 @@ mod tests {
         ] {
             let path = dir.0.join("corrupt.json");
             std::fs::write(&path, garbage).expect("write");
-            assert!(read_cache(&path).is_err());
             let discovery = Discovery::with_options(dead_api(), options(path));
             assert!(discovery.cached("sum").is_none());
         }
@@ -920,7 +805,7 @@ mod tests {
                 fetched_at: None,
             },
         )]);
-        write_cache(&path, &file).expect("write");
+        cache_file::write(&path, &file).expect("write");
         let discovery = Discovery::with_options(dead_api(), options(path));
         let sum = discovery
             .resolve("sum")
@@ -934,17 +819,5 @@ mod tests {
         let error = discovery.resolve("mult").await.expect_err("nothing known");
         assert!(matches!(error, ClientError::Transport(_)), "{error:?}");
         discovery.shutdown();
-    }
-
-    #[test]
-    fn backoff_grows_within_bounds_and_resets() {
-        let min = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        let mut backoff = Backoff::new(min, max);
-        let delays: Vec<Duration> = (0..20).map(|_| backoff.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d >= min && *d <= max), "{delays:?}");
-        assert!(delays[10..].iter().all(|d| *d >= max / 2), "{delays:?}");
-        backoff.reset();
-        assert!(backoff.next_delay() <= min);
     }
 }

@@ -38,7 +38,10 @@
 //! Every transition is logged (warn when opening, info otherwise), counted in
 //! [`BreakerSnapshot::transitions_total`] and broadcast as a [`Transition`] to
 //! [`CircuitBreaker::subscribe`]rs (and to [`Breakers::subscribe`]rs of the set the breaker
-//! belongs to), in the order they happen.
+//! belongs to), in the order they happen. A set can also be given a [`StateReport`], told
+//! the state of each of its breakers at creation and at every transition: that is how the
+//! `ServiceClient`'s breakers reach the `registry_client_breaker_state` metric, without
+//! this module knowing about metrics.
 //!
 //! All time is [`tokio::time::Instant`], so tests drive the breaker with paused time.
 //!
@@ -57,7 +60,12 @@
 //! assert!(refused.retry_in.is_some_and(|wait| wait <= Duration::from_secs(5)));
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+// This file is the state machine; the settings, the window and the set of breakers each
+// have a file of their own.
+mod config;
+mod set;
+mod window;
+
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -65,325 +73,31 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+pub use config::{BreakerConfig, BreakerConfigBuilder, SlidingWindow};
+pub use set::Breakers;
+use window::{Tally, Window};
+
 /// How many transitions a slow subscriber of one breaker may fall behind before it misses
 /// some (it then gets `RecvError::Lagged` and can read a snapshot instead).
 const BREAKER_CHANNEL_CAPACITY: usize = 64;
 
-/// The same for a whole [`Breakers`] set, which carries the transitions of many breakers.
-const SET_CHANNEL_CAPACITY: usize = 1024;
-
-/// Buckets per time window: the window's resolution is a twentieth of its span.
-const TIME_WINDOW_BUCKETS: u128 = 20;
-
 /// Each half-open period whose probes fail multiplies the open wait by this.
 const OPEN_WAIT_MULTIPLIER: u32 = 2;
 
-/// Which calls the failure and slow-call rates are computed over while closed.
+/// A function told the state of a breaker (by name) when it is created and each time it
+/// changes, under the breaker's lock so that reports come in the order of the changes.
+/// It must be quick and must not use the breaker.
 ///
 /// ```
-/// use std::time::Duration;
-/// use registry_client::breaker::{BreakerConfig, SlidingWindow};
+/// use registry_client::breaker::{BreakerConfig, BreakerState, Breakers};
 ///
-/// let by_count = BreakerConfig::builder().sliding_window(SlidingWindow::Count(50)).build();
-/// let by_time = BreakerConfig::builder()
-///     .sliding_window(SlidingWindow::Time(Duration::from_secs(10)))
-///     .build();
-/// assert!(by_count.is_ok() && by_time.is_ok());
+/// fn print_state(breaker: &str, state: BreakerState) {
+///     println!("{breaker} is {state}");
+/// }
+/// let breakers = Breakers::new(BreakerConfig::default()).with_state_report(print_state);
+/// breakers.get("sum/sum-1"); // prints "sum/sum-1 is closed"
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlidingWindow {
-    /// The last N calls recorded.
-    Count(u32),
-    /// The calls recorded during the last D (to a resolution of D/20, see the module docs).
-    Time(Duration),
-}
-
-/// How a [`CircuitBreaker`] judges calls; build one with [`BreakerConfig::builder`].
-///
-/// The [`Default`]: a count window of 20 calls judged from 10 calls on,
-/// open at 50% failures or when every call is slow (over 2 s), 5 s in open doubling up to
-/// 60 s while probes fail, 3 probe calls in half-open.
-///
-/// ```
-/// use std::time::Duration;
-/// use registry_client::breaker::BreakerConfig;
-///
-/// let config = BreakerConfig::builder()
-///     .failure_rate_threshold(0.25)
-///     .wait_in_open(Duration::from_secs(1))
-///     .build()
-///     .expect("a valid configuration");
-/// assert_ne!(config, BreakerConfig::default());
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    sliding_window: SlidingWindow,
-    minimum_calls: u32,
-    failure_rate_threshold: f64,
-    slow_call_rate_threshold: f64,
-    slow_call_duration: Duration,
-    wait_in_open: Duration,
-    max_wait_in_open: Duration,
-    permitted_calls_in_half_open: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self {
-            sliding_window: SlidingWindow::Count(20),
-            minimum_calls: 10,
-            failure_rate_threshold: 0.5,
-            slow_call_rate_threshold: 1.0,
-            slow_call_duration: Duration::from_secs(2),
-            wait_in_open: Duration::from_secs(5),
-            max_wait_in_open: Duration::from_secs(60),
-            permitted_calls_in_half_open: 3,
-        }
-    }
-}
-
-impl BreakerConfig {
-    /// A builder starting from the defaults.
-    ///
-    /// ```
-    /// use registry_client::breaker::BreakerConfig;
-    ///
-    /// let config = BreakerConfig::builder().build().expect("the defaults are valid");
-    /// assert_eq!(config, BreakerConfig::default());
-    /// ```
-    pub fn builder() -> BreakerConfigBuilder {
-        BreakerConfigBuilder {
-            config: Self::default(),
-        }
-    }
-
-    /// The number of calls the window must hold before its rates mean anything: a count
-    /// window smaller than `minimum_calls` is judged as soon as it is full.
-    fn effective_minimum(&self) -> u64 {
-        let minimum = match self.sliding_window {
-            SlidingWindow::Count(size) => self.minimum_calls.min(size),
-            SlidingWindow::Time(_) => self.minimum_calls,
-        };
-        u64::from(minimum)
-    }
-
-    fn is_slow(&self, duration: Duration) -> bool {
-        duration > self.slow_call_duration
-    }
-
-    /// Whether these counts call for opening.
-    fn trips(&self, tally: Tally) -> bool {
-        let (failure_rate, slow_call_rate) = tally.rates();
-        failure_rate >= self.failure_rate_threshold
-            || slow_call_rate >= self.slow_call_rate_threshold
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        fn check_rate(name: &str, rate: f64) -> Result<(), String> {
-            // Written so that NaN fails too.
-            if rate > 0.0 && rate <= 1.0 {
-                Ok(())
-            } else {
-                Err(format!("{name} must be in (0, 1], got {rate}"))
-            }
-        }
-        match self.sliding_window {
-            SlidingWindow::Count(0) => {
-                return Err("a count sliding window must hold at least 1 call".to_owned());
-            }
-            SlidingWindow::Time(span) if span.is_zero() => {
-                return Err("a time sliding window must span more than zero".to_owned());
-            }
-            _ => {}
-        }
-        if self.minimum_calls == 0 {
-            return Err("minimum_calls must be at least 1".to_owned());
-        }
-        check_rate("failure_rate_threshold", self.failure_rate_threshold)?;
-        check_rate("slow_call_rate_threshold", self.slow_call_rate_threshold)?;
-        if self.wait_in_open.is_zero() {
-            return Err("wait_in_open must be more than zero".to_owned());
-        }
-        if self.max_wait_in_open < self.wait_in_open {
-            return Err(format!(
-                "max_wait_in_open ({:?}) must be at least wait_in_open ({:?})",
-                self.max_wait_in_open, self.wait_in_open
-            ));
-        }
-        if self.permitted_calls_in_half_open == 0 {
-            return Err("permitted_calls_in_half_open must be at least 1".to_owned());
-        }
-        Ok(())
-    }
-}
-
-/// Builds a [`BreakerConfig`]; every setting left alone keeps its default.
-///
-/// ```
-/// use std::time::Duration;
-/// use registry_client::breaker::{BreakerConfig, SlidingWindow};
-///
-/// let config = BreakerConfig::builder()
-///     .sliding_window(SlidingWindow::Time(Duration::from_secs(10)))
-///     .minimum_calls(5)
-///     .failure_rate_threshold(0.5)
-///     .slow_call_rate_threshold(0.8)
-///     .slow_call_duration(Duration::from_secs(1))
-///     .wait_in_open(Duration::from_secs(5))
-///     .max_wait_in_open(Duration::from_secs(60))
-///     .permitted_calls_in_half_open(3)
-///     .build();
-/// assert!(config.is_ok());
-/// ```
-#[derive(Debug, Clone)]
-pub struct BreakerConfigBuilder {
-    config: BreakerConfig,
-}
-
-impl BreakerConfigBuilder {
-    /// Which calls the rates are computed over (default: the last 20).
-    ///
-    /// ```
-    /// use registry_client::breaker::{BreakerConfig, SlidingWindow};
-    ///
-    /// let config = BreakerConfig::builder().sliding_window(SlidingWindow::Count(100)).build();
-    /// assert!(config.is_ok());
-    /// ```
-    #[must_use]
-    pub fn sliding_window(mut self, window: SlidingWindow) -> Self {
-        self.config.sliding_window = window;
-        self
-    }
-
-    /// How many calls the window must hold before the rates are judged (default 10; a
-    /// count window smaller than this is judged once full).
-    ///
-    /// ```
-    /// use registry_client::breaker::BreakerConfig;
-    ///
-    /// assert!(BreakerConfig::builder().minimum_calls(0).build().is_err());
-    /// assert!(BreakerConfig::builder().minimum_calls(5).build().is_ok());
-    /// ```
-    #[must_use]
-    pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.config.minimum_calls = calls;
-        self
-    }
-
-    /// The failure rate, as a fraction in (0, 1], at or above which the breaker opens
-    /// (default 0.5).
-    ///
-    /// ```
-    /// use registry_client::breaker::BreakerConfig;
-    ///
-    /// assert!(BreakerConfig::builder().failure_rate_threshold(0.3).build().is_ok());
-    /// assert!(BreakerConfig::builder().failure_rate_threshold(50.0).build().is_err());
-    /// ```
-    #[must_use]
-    pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
-        self.config.failure_rate_threshold = rate;
-        self
-    }
-
-    /// The slow-call rate, as a fraction in (0, 1], at or above which the breaker opens
-    /// (default 1.0: only when every call in the window is slow).
-    ///
-    /// ```
-    /// use registry_client::breaker::BreakerConfig;
-    ///
-    /// assert!(BreakerConfig::builder().slow_call_rate_threshold(0.8).build().is_ok());
-    /// assert!(BreakerConfig::builder().slow_call_rate_threshold(0.0).build().is_err());
-    /// ```
-    #[must_use]
-    pub fn slow_call_rate_threshold(mut self, rate: f64) -> Self {
-        self.config.slow_call_rate_threshold = rate;
-        self
-    }
-
-    /// A call that took longer than this is slow (default 2 s). A slow call counts as slow
-    /// whatever its outcome, and a slow failure counts as a failure too.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use registry_client::breaker::BreakerConfig;
-    ///
-    /// let config = BreakerConfig::builder().slow_call_duration(Duration::from_millis(500)).build();
-    /// assert!(config.is_ok());
-    /// ```
-    #[must_use]
-    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
-        self.config.slow_call_duration = duration;
-        self
-    }
-
-    /// How long the breaker first stays open before it lets probes through (default 5 s;
-    /// must be more than zero).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use registry_client::breaker::BreakerConfig;
-    ///
-    /// assert!(BreakerConfig::builder().wait_in_open(Duration::from_secs(1)).build().is_ok());
-    /// assert!(BreakerConfig::builder().wait_in_open(Duration::ZERO).build().is_err());
-    /// ```
-    #[must_use]
-    pub fn wait_in_open(mut self, wait: Duration) -> Self {
-        self.config.wait_in_open = wait;
-        self
-    }
-
-    /// The cap on the open wait as it doubles while probes keep failing (default 60 s; must
-    /// be at least [`wait_in_open`](Self::wait_in_open)).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use registry_client::breaker::BreakerConfig;
-    ///
-    /// let config = BreakerConfig::builder()
-    ///     .wait_in_open(Duration::from_secs(10))
-    ///     .max_wait_in_open(Duration::from_secs(5))
-    ///     .build();
-    /// assert!(config.is_err());
-    /// ```
-    #[must_use]
-    pub fn max_wait_in_open(mut self, wait: Duration) -> Self {
-        self.config.max_wait_in_open = wait;
-        self
-    }
-
-    /// How many probe calls half-open lets through before it judges them (default 3).
-    ///
-    /// ```
-    /// use registry_client::breaker::BreakerConfig;
-    ///
-    /// assert!(BreakerConfig::builder().permitted_calls_in_half_open(1).build().is_ok());
-    /// assert!(BreakerConfig::builder().permitted_calls_in_half_open(0).build().is_err());
-    /// ```
-    #[must_use]
-    pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
-        self.config.permitted_calls_in_half_open = calls;
-        self
-    }
-
-    /// The configuration, or a message naming the first setting out of range: thresholds
-    /// must be in (0, 1], the window, `minimum_calls` and `permitted_calls_in_half_open` at
-    /// least 1 (a time window more than zero), `wait_in_open` more than zero and
-    /// `max_wait_in_open` at least `wait_in_open`.
-    ///
-    /// ```
-    /// use registry_client::breaker::{BreakerConfig, SlidingWindow};
-    ///
-    /// let error = BreakerConfig::builder()
-    ///     .sliding_window(SlidingWindow::Count(0))
-    ///     .build()
-    ///     .expect_err("an empty window is refused");
-    /// assert!(error.contains("window"));
-    /// ```
-    pub fn build(self) -> Result<BreakerConfig, String> {
-        self.config.validate()?;
-        Ok(self.config)
-    }
-}
+pub type StateReport = fn(breaker: &str, state: BreakerState);
 
 /// The state of a [`CircuitBreaker`].
 ///
@@ -617,13 +331,14 @@ impl CircuitBreaker {
     /// assert_eq!(breaker.state(), BreakerState::Closed);
     /// ```
     pub fn new(name: impl Into<String>, config: BreakerConfig) -> Self {
-        Self::with_set(name.into(), config, None)
+        Self::with_set(name.into(), config, None, None)
     }
 
-    fn with_set(
+    pub(super) fn with_set(
         name: String,
         config: BreakerConfig,
         set: Option<broadcast::Sender<Transition>>,
+        report: Option<StateReport>,
     ) -> Self {
         let now = Instant::now();
         let core = Core {
@@ -634,7 +349,9 @@ impl CircuitBreaker {
             transitions_total: 0,
         };
         let (own, _) = broadcast::channel(BREAKER_CHANNEL_CAPACITY);
-        crate::metrics::breaker_state(&name, BreakerState::Closed);
+        if let Some(report) = report {
+            report(&name, BreakerState::Closed);
+        }
         Self {
             shared: Arc::new(Shared {
                 name,
@@ -642,6 +359,7 @@ impl CircuitBreaker {
                 core: Mutex::new(core),
                 own,
                 set,
+                report,
             }),
         }
     }
@@ -844,133 +562,6 @@ impl Drop for Permit {
     }
 }
 
-/// One breaker per target, created on first use with a shared configuration.
-///
-/// Keys are whatever identifies a target to the caller (an instance URL, or
-/// `service/instance-id`); each breaker is named after its key.
-///
-/// ```
-/// use std::sync::Arc;
-/// use registry_client::breaker::{BreakerConfig, Breakers};
-///
-/// let breakers = Breakers::new(BreakerConfig::default());
-/// let a = breakers.get("http://10.0.0.7:4040");
-/// assert!(Arc::ptr_eq(&a, &breakers.get("http://10.0.0.7:4040")));
-/// assert_eq!(a.name(), "http://10.0.0.7:4040");
-/// ```
-#[derive(Debug)]
-pub struct Breakers {
-    config: BreakerConfig,
-    breakers: Mutex<BTreeMap<String, Arc<CircuitBreaker>>>,
-    events: broadcast::Sender<Transition>,
-}
-
-impl Breakers {
-    /// An empty set whose breakers will all use `config`.
-    ///
-    /// ```
-    /// use registry_client::breaker::{BreakerConfig, Breakers};
-    ///
-    /// let breakers = Breakers::new(BreakerConfig::default());
-    /// assert!(breakers.snapshot().is_empty());
-    /// ```
-    pub fn new(config: BreakerConfig) -> Self {
-        let (events, _) = broadcast::channel(SET_CHANNEL_CAPACITY);
-        Self {
-            config,
-            breakers: Mutex::new(BTreeMap::new()),
-            events,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<CircuitBreaker>>> {
-        // Nothing panics while the map is held, so a poisoned lock still guards a sound map.
-        self.breakers.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The breaker of `key`, created closed on first use.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use registry_client::breaker::{BreakerConfig, Breakers};
-    ///
-    /// let breakers = Breakers::new(BreakerConfig::default());
-    /// assert!(!Arc::ptr_eq(&breakers.get("sum/sum-1"), &breakers.get("sum/sum-2")));
-    /// ```
-    pub fn get(&self, key: &str) -> Arc<CircuitBreaker> {
-        let mut breakers = self.lock();
-        if let Some(breaker) = breakers.get(key) {
-            return Arc::clone(breaker);
-        }
-        let breaker = Arc::new(CircuitBreaker::with_set(
-            key.to_owned(),
-            self.config.clone(),
-            Some(self.events.clone()),
-        ));
-        breakers.insert(key.to_owned(), Arc::clone(&breaker));
-        breaker
-    }
-
-    /// Forgets the breaker of `key` (e.g. when its instance has left the registry), so
-    /// the set does not grow without bound as instances come and go. Holders of the
-    /// breaker keep using it; a later [`get`](Self::get) starts a fresh one.
-    ///
-    /// ```
-    /// use registry_client::breaker::{BreakerConfig, Breakers};
-    ///
-    /// let breakers = Breakers::new(BreakerConfig::default());
-    /// breakers.get("sum/sum-1");
-    /// assert!(breakers.remove("sum/sum-1").is_some());
-    /// assert!(breakers.snapshot().is_empty());
-    /// ```
-    pub fn remove(&self, key: &str) -> Option<Arc<CircuitBreaker>> {
-        self.lock().remove(key)
-    }
-
-    /// Every breaker's snapshot, sorted by key.
-    ///
-    /// ```
-    /// use registry_client::breaker::{BreakerConfig, Breakers};
-    ///
-    /// let breakers = Breakers::new(BreakerConfig::default());
-    /// breakers.get("b");
-    /// breakers.get("a");
-    /// let keys: Vec<String> = breakers.snapshot().into_iter().map(|(key, _)| key).collect();
-    /// assert_eq!(keys, ["a", "b"]);
-    /// ```
-    pub fn snapshot(&self) -> Vec<(String, BreakerSnapshot)> {
-        // Clone the breakers out first so that no breaker lock is taken under the map's.
-        let breakers: Vec<(String, Arc<CircuitBreaker>)> = self
-            .lock()
-            .iter()
-            .map(|(key, breaker)| (key.clone(), Arc::clone(breaker)))
-            .collect();
-        breakers
-            .into_iter()
-            .map(|(key, breaker)| (key, breaker.snapshot()))
-            .collect()
-    }
-
-    /// A receiver of the transitions of every breaker in the set (present and future) from
-    /// now on.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use registry_client::breaker::{BreakerConfig, Breakers, Outcome};
-    ///
-    /// let breakers = Breakers::new(BreakerConfig::default());
-    /// let mut transitions = breakers.subscribe();
-    /// let breaker = breakers.get("sum/sum-1");
-    /// for _ in 0..10 {
-    ///     breaker.try_acquire().expect("closed").record(Outcome::Failure, Duration::ZERO);
-    /// }
-    /// assert_eq!(transitions.try_recv().expect("opened").breaker, "sum/sum-1");
-    /// ```
-    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
-        self.events.subscribe()
-    }
-}
-
 /// What a breaker and its permits share.
 #[derive(Debug)]
 struct Shared {
@@ -980,6 +571,8 @@ struct Shared {
     own: broadcast::Sender<Transition>,
     /// The channel of the [`Breakers`] set this breaker belongs to, if any.
     set: Option<broadcast::Sender<Transition>>,
+    /// The state report of that set, if it has one.
+    report: Option<StateReport>,
 }
 
 #[derive(Debug)]
@@ -1015,165 +608,6 @@ impl Phase {
             Self::Closed => BreakerState::Closed,
             Self::Open { .. } => BreakerState::Open,
             Self::HalfOpen { .. } => BreakerState::HalfOpen,
-        }
-    }
-}
-
-/// Counted calls, failed ones and slow ones.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Tally {
-    calls: u64,
-    failed: u64,
-    slow: u64,
-}
-
-impl Tally {
-    fn add(&mut self, other: Tally) {
-        self.calls += other.calls;
-        self.failed += other.failed;
-        self.slow += other.slow;
-    }
-
-    fn remove(&mut self, other: Tally) {
-        self.calls -= other.calls;
-        self.failed -= other.failed;
-        self.slow -= other.slow;
-    }
-
-    fn one(failed: bool, slow: bool) -> Self {
-        Self {
-            calls: 1,
-            failed: u64::from(failed),
-            slow: u64::from(slow),
-        }
-    }
-
-    /// Failure and slow-call rates; zero for no calls (never judged then anyway).
-    fn rates(self) -> (f64, f64) {
-        if self.calls == 0 {
-            return (0.0, 0.0);
-        }
-        let calls = self.calls as f64;
-        (self.failed as f64 / calls, self.slow as f64 / calls)
-    }
-}
-
-#[derive(Debug)]
-enum Window {
-    Count {
-        size: usize,
-        calls: VecDeque<Tally>,
-        total: Tally,
-    },
-    Time {
-        span_nanos: u128,
-        bucket_nanos: u128,
-        /// Bucket `i` covers `[origin + i * bucket, origin + (i + 1) * bucket)`.
-        origin: Instant,
-        /// Oldest first, only buckets that received calls.
-        buckets: VecDeque<(u128, Tally)>,
-        total: Tally,
-    },
-}
-
-impl Window {
-    fn new(kind: SlidingWindow, now: Instant) -> Self {
-        match kind {
-            SlidingWindow::Count(size) => Self::Count {
-                size: size as usize,
-                calls: VecDeque::new(),
-                total: Tally::default(),
-            },
-            SlidingWindow::Time(span) => {
-                let span_nanos = span.as_nanos();
-                Self::Time {
-                    span_nanos,
-                    bucket_nanos: (span_nanos / TIME_WINDOW_BUCKETS).max(1),
-                    origin: now,
-                    buckets: VecDeque::new(),
-                    total: Tally::default(),
-                }
-            }
-        }
-    }
-
-    fn reset(&mut self, now: Instant) {
-        *self = match self {
-            Self::Count { size, .. } => Self::Count {
-                size: *size,
-                calls: VecDeque::new(),
-                total: Tally::default(),
-            },
-            Self::Time {
-                span_nanos,
-                bucket_nanos,
-                ..
-            } => Self::Time {
-                span_nanos: *span_nanos,
-                bucket_nanos: *bucket_nanos,
-                origin: now,
-                buckets: VecDeque::new(),
-                total: Tally::default(),
-            },
-        };
-    }
-
-    fn record(&mut self, now: Instant, call: Tally) {
-        match self {
-            Self::Count { size, calls, total } => {
-                if calls.len() >= *size
-                    && let Some(oldest) = calls.pop_front()
-                {
-                    total.remove(oldest);
-                }
-                calls.push_back(call);
-                total.add(call);
-            }
-            Self::Time {
-                bucket_nanos,
-                origin,
-                buckets,
-                total,
-                ..
-            } => {
-                let index = now.saturating_duration_since(*origin).as_nanos() / *bucket_nanos;
-                match buckets.back_mut() {
-                    Some((last, tally)) if *last == index => tally.add(call),
-                    _ => buckets.push_back((index, call)),
-                }
-                total.add(call);
-                self.evict(now);
-            }
-        }
-    }
-
-    /// The counts of the calls still in the window at `now`.
-    fn tally(&mut self, now: Instant) -> Tally {
-        self.evict(now);
-        match self {
-            Self::Count { total, .. } | Self::Time { total, .. } => *total,
-        }
-    }
-
-    /// Drops the buckets that started a whole span ago or more: every call left is younger
-    /// than the span.
-    fn evict(&mut self, now: Instant) {
-        if let Self::Time {
-            span_nanos,
-            bucket_nanos,
-            origin,
-            buckets,
-            total,
-        } = self
-        {
-            let elapsed = now.saturating_duration_since(*origin).as_nanos();
-            while let Some(&(index, tally)) = buckets.front() {
-                if index * *bucket_nanos + *span_nanos > elapsed {
-                    break;
-                }
-                total.remove(tally);
-                buckets.pop_front();
-            }
         }
     }
 }
@@ -1250,8 +684,8 @@ impl Shared {
         }
     }
 
-    /// Moves to `phase`, then logs, counts and broadcasts the transition. Done under the
-    /// lock so that subscribers see transitions in the order they happened.
+    /// Moves to `phase`, then logs, counts, reports and broadcasts the transition. Done
+    /// under the lock so that subscribers see transitions in the order they happened.
     fn enter(&self, core: &mut Core, phase: Phase, (failure_rate, slow_call_rate): (f64, f64)) {
         let from = core.phase.state();
         core.phase = phase;
@@ -1286,7 +720,9 @@ impl Shared {
                 "circuit breaker closed"
             ),
         }
-        crate::metrics::breaker_state(&self.name, to);
+        if let Some(report) = self.report {
+            report(&self.name, to);
+        }
         let transition = Transition {
             breaker: self.name.clone(),
             from,
@@ -1702,21 +1138,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_time_window_has_no_size_cap() {
-        let config = config()
-            .sliding_window(SlidingWindow::Time(Duration::from_secs(1)))
-            .minimum_calls(10)
-            .build()
-            .expect("valid");
-        let breaker = CircuitBreaker::new("target", config);
-        for _ in 0..100 {
-            call(&breaker, Outcome::Success, FAST);
-            advance(Duration::from_millis(5)).await;
-        }
-        assert_eq!(breaker.snapshot().buffered_calls, 100);
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn a_dropped_permit_releases_its_half_open_slot() {
         let breaker = breaker();
         trip(&breaker);
@@ -1832,89 +1253,6 @@ mod tests {
             task.await.expect("the task ran");
         }
         assert_eq!(breaker.state(), BreakerState::Open);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn breakers_keep_one_breaker_per_key_with_the_shared_config() {
-        let config = config().minimum_calls(2).build().expect("valid");
-        let breakers = Breakers::new(config);
-        let mut transitions = breakers.subscribe();
-        let a = breakers.get("http://a");
-        assert!(Arc::ptr_eq(&a, &breakers.get("http://a")));
-        let b = breakers.get("http://b");
-        assert!(!Arc::ptr_eq(&a, &b));
-        assert_eq!((a.name(), b.name()), ("http://a", "http://b"));
-
-        // Both use minimum_calls 2; tripping one leaves the other alone.
-        calls(&b, 2, Outcome::Failure, FAST);
-        assert_eq!(
-            (a.state(), b.state()),
-            (BreakerState::Closed, BreakerState::Open)
-        );
-        calls(&a, 2, Outcome::Failure, FAST);
-        assert_eq!(a.state(), BreakerState::Open);
-
-        let names: Vec<String> = std::iter::from_fn(|| transitions.try_recv().ok())
-            .map(|t| t.breaker)
-            .collect();
-        assert_eq!(names, ["http://b", "http://a"]);
-        // A breaker's own subscribers are served too.
-        let mut own = a.subscribe();
-        advance(Duration::from_secs(5)).await;
-        drop(a.try_acquire().expect("a probe"));
-        assert_eq!(next(&mut own), (BreakerState::Open, BreakerState::HalfOpen));
-
-        breakers.get("http://0");
-        let snapshot = breakers.snapshot();
-        let keys: Vec<&str> = snapshot.iter().map(|(key, _)| key.as_str()).collect();
-        assert_eq!(keys, ["http://0", "http://a", "http://b"]);
-        assert_eq!(snapshot[1].1.state, BreakerState::HalfOpen);
-        assert_eq!(snapshot[2].1.state, BreakerState::Open);
-
-        assert!(breakers.remove("http://a").is_some());
-        assert!(breakers.remove("http://a").is_none());
-        assert_eq!(breakers.get("http://a").state(), BreakerState::Closed);
-    }
-
-    #[test]
-    fn builder_validates_ranges() {
-        let error = |builder: BreakerConfigBuilder| builder.build().expect_err("invalid");
-        assert!(error(config().sliding_window(SlidingWindow::Count(0))).contains("window"));
-        assert!(
-            error(config().sliding_window(SlidingWindow::Time(Duration::ZERO))).contains("window")
-        );
-        assert!(error(config().minimum_calls(0)).contains("minimum_calls"));
-        for rate in [0.0, -0.1, 1.01, f64::NAN] {
-            assert!(
-                error(config().failure_rate_threshold(rate)).contains("failure_rate_threshold")
-            );
-            assert!(
-                error(config().slow_call_rate_threshold(rate)).contains("slow_call_rate_threshold")
-            );
-        }
-        assert!(error(config().wait_in_open(Duration::ZERO)).contains("wait_in_open"));
-        assert!(
-            error(config().max_wait_in_open(Duration::from_secs(4))).contains("max_wait_in_open")
-        );
-        assert!(
-            error(config().permitted_calls_in_half_open(0))
-                .contains("permitted_calls_in_half_open")
-        );
-
-        let edge = config()
-            .failure_rate_threshold(1.0)
-            .slow_call_rate_threshold(f64::MIN_POSITIVE)
-            .wait_in_open(Duration::from_secs(7))
-            .max_wait_in_open(Duration::from_secs(7))
-            .sliding_window(SlidingWindow::Count(1))
-            .minimum_calls(1)
-            .permitted_calls_in_half_open(1)
-            .build();
-        assert!(edge.is_ok());
-        assert_eq!(
-            config().build().expect("the defaults are valid"),
-            BreakerConfig::default()
-        );
     }
 
     #[test]
