@@ -49,14 +49,14 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store = open_store(settings.database_url.as_deref()).await?;
-        let view = View::load(store.as_ref())
-            .await
-            .context("cannot load the current state from the database")?;
         let check_client = crate::workers::check_client(&AllowedNetworks::new(
             settings.check_allowed_networks.clone(),
         ))
         .context("cannot build the HTTP client of active checks")?;
+        let store = open_store(settings.database_url.as_deref()).await?;
+        let view = View::load(store.as_ref())
+            .await
+            .context("cannot load the current state from the database")?;
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.addr))?;

@@ -21,6 +21,7 @@
 //! spans still queued.
 
 mod incoming;
+mod per_event;
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -29,6 +30,8 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+
+use per_event::DecidedPerEvent;
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -120,6 +123,28 @@ pub fn otlp_configured() -> bool {
     .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
 }
 
+/// The layer that writes log lines (events only: spans go to traces) in `format` to
+/// `writer`, as `filter` keeps them.
+fn log_lines<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let filter = DecidedPerEvent(filter.and(filter_fn(|metadata| metadata.is_event())));
+    match format {
+        LogFormat::Json => fmt
+            .json()
+            .event_format(JsonWithTraceId(Format::default().json()))
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => fmt.with_filter(filter).boxed(),
+    }
+}
+
 /// Installs the global subscriber (logs, and spans to OTLP when configured) and the W3C
 /// TraceContext propagator. A second call installs nothing and returns an idle guard.
 pub fn init(options: TelemetryOptions) -> TelemetryGuard {
@@ -134,17 +159,7 @@ pub fn init(options: TelemetryOptions) -> TelemetryGuard {
             } else {
                 LogFormat::Json
             });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let filter = filter.and(filter_fn(|metadata| metadata.is_event()));
-    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
-        LogFormat::Json => fmt
-            .json()
-            .event_format(JsonWithTraceId(Format::default().json()))
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Pretty => fmt.with_filter(filter).boxed(),
-    };
-    let mut layers = vec![fmt];
+    let mut layers = vec![log_lines(format, filter, std::io::stderr)];
     let mut setup_error = None;
     let provider = if otlp_configured() {
         match build_provider(&options.service_name) {
@@ -162,7 +177,9 @@ pub fn init(options: TelemetryOptions) -> TelemetryGuard {
         // Spans go out from `info` on, whatever `RUST_LOG` keeps in the logs.
         let otel = tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_filter(DecidedPerEvent(
+                tracing_subscriber::filter::LevelFilter::INFO,
+            ))
             .boxed();
         layers.push(otel);
     }
