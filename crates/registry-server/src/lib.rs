@@ -15,6 +15,9 @@ pub mod replication;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+// Test databases; only in test builds (the `testing` feature, which the workspace's tests
+// enable from their dev-dependencies).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod view;
