@@ -1,5 +1,5 @@
 // The registry's dashboard in headless Chromium (Debian's /usr/bin/chromium, driven by
-// playwright-core). Run by tests/tests/browser_dashboard.rs, which starts the registries,
+// playwright-core). Run by tests/tests/tools/browser_dashboard.rs, which starts the registries,
 // registers the instances and reads this script's standard output: the line
 // `stop-heartbeats` tells it to stop renewing the lease of LAPSE_SERVICE/LAPSE_INSTANCE.
 //
@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 
 const env = (name) => {
   const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run this script through tests/tests/browser_dashboard.rs`);
+  if (!value) throw new Error(`${name} is not set: run this script through tests/tests/tools/browser_dashboard.rs`);
   return value;
 };
 

@@ -17,6 +17,9 @@ pub mod record;
 mod replication;
 mod serve;
 pub mod store;
+// Test databases; only in test builds (the `testing` feature, which the workspace's tests
+// enable from their dev-dependencies).
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
 mod view;

@@ -8,7 +8,7 @@
 //! index) are set from the view when scraped, so they can never drift from it.
 
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus::{
@@ -144,6 +144,11 @@ impl Metrics {
 /// Every registry metric in the Prometheus text format, with the gauges set from the
 /// state given (the view's, as of now).
 pub fn render(services: &ServiceList, watchers: usize, index: u64) -> String {
+    // The gauges are shared by every view in the process (tests run several registries in
+    // one process): one render at a time, so that a scrape reads the values it just set
+    // and not those of another view's scrape in between.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _rendering = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let metrics = &*METRICS;
     // Services and statuses that are gone must not linger at their last value.
     metrics.instances.reset();

@@ -2,19 +2,17 @@
 //! lapse, revive and end in reaping, the history and time travel they leave behind, and
 //! active HTTP checks against a small server run by the test.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{Backend, TestRegistry, eventually};
 use chrono::{DateTime, Utc};
 use registry_api::{
     CheckSpec, Event, EventKind, Instance, InstanceSpec, Reason, Status, SystemStatus,
 };
 use registry_client::RegistryApi;
-use support::{Backend, TestRegistry, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

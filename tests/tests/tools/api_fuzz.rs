@@ -6,16 +6,14 @@
 //! accepted, so the document states exactly what the server takes.
 //!
 //! `GET /v1/events` is left out too: a server-sent event stream never ends, so it cannot
-//! be judged as one answer (tests/http_api.rs and tests/bad_input.rs cover it).
+//! be judged as one answer (the e2e tests http_api and bad_input cover it).
 //! Settings: tests/fuzz/schemathesis.toml; the tool: `.venv/bin/schemathesis`
 //! (scripts/ensure-tools.sh installs it). The seed is fixed so a failure replays.
-
-mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::{Backend, TempDir, TestRegistry, repository};
+use crate::support::{Backend, TempDir, TestRegistry, repository};
 use tokio::process::Command;
 
 /// Fewest generated cases a run must reach.

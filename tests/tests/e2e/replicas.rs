@@ -7,16 +7,14 @@
 //! The periodic catch-up runs every 5 s while a replica's feed is healthy, so a write seen
 //! within [`NOTIFIED_WITHIN`] came through a notification, not through the safety net.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Backend, TestRegistry, eventually};
 use futures::StreamExt;
 use registry_api::{Instance, InstanceSpec};
 use registry_client::StreamItem;
 use registry_server::{Application, Settings};
 use sqlx::Connection;
-use support::{Backend, TestRegistry, eventually};
 use tokio::time::Instant;
 
 /// How long a test waits for a write to reach another replica before failing.

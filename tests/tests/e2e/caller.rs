@@ -5,12 +5,11 @@
 //! registry's active check uses) and keeps their `traceparent` headers, so the tests can
 //! tell which instance a call reached, or that it reached none.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{Backend, TestRegistry, eventually};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -22,7 +21,6 @@ use registry_client::caller::{CallError, CallResponse, CallerOptions, ServiceCli
 use registry_client::discovery::{Discovery, DiscoveryOptions};
 use registry_client::trace::{self, TraceParent};
 use registry_client::{Instance, RegistryApi};
-use support::{Backend, TestRegistry, eventually};
 use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(15);

@@ -5,16 +5,14 @@
 //! The seed check runs every 5 s and needs two failures to turn an instance critical, so
 //! the tests that wait for a check outcome poll with deadlines of 20 s or more.
 
-mod support;
-
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::{Backend, TestRegistry, eventually};
 use registry_api::Status;
 use serde_json::{Value, json};
-use support::{Backend, TestRegistry, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};

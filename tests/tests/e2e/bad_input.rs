@@ -5,13 +5,11 @@
 //! The requests go out as exact bytes through plain reqwest, or through a raw TCP socket
 //! for the paths reqwest would normalise (`.` and `..` segments).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Backend, TestRegistry};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Backend, TestRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "s3cret-write-token";

@@ -28,16 +28,14 @@
 //! PyYAML in `.venv/`; `scripts/ensure-k8s-tools.sh` installs both (`make lint` runs it).
 //! Without them these tests fail and say so.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{Backend, binary, eventually, repository};
 use registry_client::RegistryApi;
 use serde_json::Value;
-use support::{Backend, binary, eventually, repository};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -657,7 +655,7 @@ impl Process {
     /// SIGTERM, as the kubelet sends after the preStop hook; answers how the process exited,
     /// panicking if it is still running after `grace` (when the kubelet would SIGKILL it).
     async fn terminate(&mut self, grace: Duration, what: &str) -> std::process::ExitStatus {
-        support::sigterm(&self.child).await;
+        crate::support::sigterm(&self.child).await;
         tokio::time::timeout(grace, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{what} still runs {grace:?} after SIGTERM"))

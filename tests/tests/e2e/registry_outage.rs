@@ -12,15 +12,13 @@
 //! Postgres only (replicas need a shared database). The outage lasts its full length on
 //! purpose, and calls are paced; readiness is always polled with a deadline.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Backend, DemoService, RegistryProcess, eventually};
 use registry_api::{Instance, Status};
 use registry_client::RegistryApi;
 use registry_client::caller::{CallerOptions, ServiceClient};
 use registry_client::discovery::Discovery;
-use support::{Backend, DemoService, RegistryProcess, eventually};
 use tokio::time::Instant;
 
 /// How long every replica stays down.

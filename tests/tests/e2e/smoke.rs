@@ -1,9 +1,7 @@
 //! A first end-to-end pass over the main write and read routes on both stores.
 
-mod support;
-
+use crate::support::{Backend, TestRegistry};
 use registry_api::{InstanceSpec, Status};
-use support::{Backend, TestRegistry};
 
 both_stores!(
     register_heartbeat_list_deregister,

@@ -8,14 +8,12 @@
 //! `prometheus` binary (`scripts/ensure-tools.sh`); without it the test fails rather than
 //! skips.
 
-mod support;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{Prometheus, TempDir, binary, eventually, prometheus_binary};
 use serde_json::Value;
-use support::{Prometheus, TempDir, binary, eventually, prometheus_binary};
 use tokio::process::Command;
 
 /// Longest wait for the scenario's registry or for Prometheus to start.

@@ -3,13 +3,13 @@
 //! that holds every commit (a synchronous standby that went away). Kubernetes would
 //! otherwise kill the pod at the end of its grace period.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use registry_api::InstanceSpec;
 use reqwest::StatusCode;
-use support::{Backend, PrivatePostgres, RegistryProcess, TcpProxy, postgres_addr, through};
+use crate::support::{
+    self, Backend, PrivatePostgres, RegistryProcess, TcpProxy, postgres_addr, through,
+};
 
 /// The bound the tests give the stop.
 const SHUTDOWN_TIMEOUT: &str = "3s";

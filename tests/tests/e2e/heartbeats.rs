@@ -3,14 +3,12 @@
 //! unknown instances still get 404, lapsed leases still revive with their event, short
 //! leases kept alive never expire, and a graceful stop writes what was still queued.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Backend, TestRegistry, eventually};
 use futures::future::join_all;
 use registry_api::{Instance, InstanceSpec, Reason, Status};
 use registry_client::RegistryApi;
-use support::{Backend, TestRegistry, eventually};
 
 /// How long a test waits for a state the registry reaches by itself.
 const DEADLINE: Duration = Duration::from_secs(10);

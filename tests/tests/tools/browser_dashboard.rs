@@ -11,17 +11,15 @@
 //! watch the page reconnect by itself and catch up. Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules`
 //! (`scripts/ensure-tools.sh` installs them); without them the test fails, saying so.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{Backend, TcpProxy, TestRegistry};
 use registry_api::{CheckSpec, InstanceSpec, Status};
 use registry_client::RegistryApi;
-use support::{Backend, TcpProxy, TestRegistry};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

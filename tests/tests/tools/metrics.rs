@@ -3,13 +3,11 @@
 //! lists (Observability). The registry runs in this process; the demo services are the real
 //! binaries, so the client metrics are those a service actually serves.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::{Backend, DemoService, TestRegistry, eventually};
 use registry_api::{CheckSpec, InstanceSpec};
-use support::{Backend, DemoService, TestRegistry, eventually};
 
 /// How long a test waits for something the registry or a service does by itself.
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -11,19 +11,17 @@
 //! Needs root (CAP_NET_ADMIN) and `ip` (iproute2), as CI has; without them it fails
 //! with a line saying so.
 
-mod support;
-
 use std::net::Ipv4Addr;
 use std::process::Command as StdCommand;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::support::{Backend, DemoService, RegistryProcess, binary, eventually};
 use registry_api::Status;
 use registry_client::RegistryApi;
 use registry_client::caller::{CallerOptions, ServiceClient};
 use registry_client::discovery::Discovery;
-use support::{Backend, DemoService, RegistryProcess, binary, eventually};
 use tokio::process::Command;
 use tokio::time::Instant;
 

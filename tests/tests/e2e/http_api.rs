@@ -3,10 +3,9 @@
 //! operational routes. Raw `reqwest` calls are used wherever the typed client would hide
 //! the status code or the wire format.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{Backend, TestRegistry, eventually};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use registry_api::{EventKind, INDEX_HEADER, InstanceSpec, Reason, Status};
@@ -14,7 +13,6 @@ use registry_client::{EventStream, RegistryApi, StreamItem};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
-use support::{Backend, TestRegistry, eventually};
 
 /// Every field an instance object carries (docs/api.md, Instances).
 const INSTANCE_FIELDS: [&str; 13] = [

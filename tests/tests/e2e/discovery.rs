@@ -7,18 +7,16 @@
 //! TCP proxy on a port of its own that the test switches to the new address, as a
 //! Kubernetes Service would.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::{Backend, TestRegistry, eventually};
 use registry_api::InstanceSpec;
 use registry_client::RegistryApi;
 use registry_client::discovery::{Discovery, DiscoveryOptions, Resolved};
-use support::{Backend, TestRegistry, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

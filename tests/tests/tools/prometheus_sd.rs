@@ -7,14 +7,12 @@
 //! `scripts/ensure-tools.sh`, which `make test` runs, installs it). Without it the test
 //! fails rather than skips, so a missing install cannot pass for a green run.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::{Backend, Prometheus, TestRegistry, prometheus_binary};
 use registry_api::{InstanceSpec, Status};
 use serde_json::Value;
-use support::{Backend, Prometheus, TestRegistry, prometheus_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

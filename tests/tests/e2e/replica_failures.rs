@@ -20,19 +20,17 @@
 //! predecessor got). Sleeps appear only where time has to pass on purpose (a measured
 //! window, an outage, a lease length); readiness is always polled with a deadline.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{
+    Backend, RegistryProcess, TcpProxy, TestRegistry, eventually, postgres_addr, through,
+};
 use registry_api::{CheckSpec, ErrorBody, ErrorCode, InstanceSpec, Reason, Status};
 use registry_client::{
     ClientError, Registration, RegistrationOptions, RegistrationState, RegistryApi,
-};
-use support::{
-    Backend, RegistryProcess, TcpProxy, TestRegistry, eventually, postgres_addr, through,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -2,8 +2,6 @@
 //! registry and sample services, breaks them, and checks each step; this test runs it
 //! and asserts every step's outcome from its output.
 
-mod support;
-
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -35,7 +33,7 @@ async fn the_resilience_story_holds_at_every_step() {
     ));
     let output = tokio::time::timeout(
         Duration::from_secs(300),
-        Command::new(support::binary("demo-client"))
+        Command::new(crate::support::binary("demo-client"))
             .args(["--scenario", "resilience", "--work-dir"])
             .arg(&work_dir)
             .kill_on_drop(true)

@@ -6,17 +6,15 @@
 //!
 //! Restarting "the same registry" on a new database cannot keep its port (every test
 //! registry listens on port 0), so the handle talks to the test's TCP proxy
-//! ([`support::TcpProxy`]), which is switched from one registry to another the way a
+//! ([`crate::support::TcpProxy`]), which is switched from one registry to another the way a
 //! Service address outlives the pods behind it.
-
-mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::{Backend, TcpProxy, TestRegistry, eventually};
 use registry_api::{EventKind, Instance, InstanceSpec, Reason, Status};
 use registry_client::{Registration, RegistrationOptions, RegistrationState, RegistryApi};
-use support::{Backend, TcpProxy, TestRegistry, eventually};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 

@@ -4,14 +4,12 @@
 //!
 //! Needs the binary: `cargo build --workspace --bins` first (`make test` does).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{Backend, RegistryProcess, eventually};
 use futures::StreamExt;
 use registry_api::{InstanceSpec, Status};
-use support::{Backend, RegistryProcess, eventually};
 
 /// Registrations acknowledged before the kill.
 const REGISTRATIONS: usize = 500;

@@ -1,12 +1,10 @@
 //! No mass expiry after our own outage: leases that ran out while the registry was down
 //! get one full TTL from the moment it is back (docs/operations.md, The outage grace).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Backend, TestRegistry, eventually};
 use registry_api::{InstanceSpec, Status};
-use support::{Backend, TestRegistry, eventually};
 
 both_stores!(
     leases_get_a_full_ttl_after_a_registry_outage,

@@ -2,15 +2,13 @@
 //! are cut off, a client over its write rate gets 429, active checks reach only the
 //! networks allowed, and no secret (a token, the database password) reaches the logs.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{Backend, TempDir, TestRegistry, binary, eventually};
 use axum::Router;
 use axum::routing::get;
 use registry_api::{CheckSpec, ErrorBody, ErrorCode, InstanceSpec, Status};
-use support::{Backend, TempDir, TestRegistry, binary, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;

@@ -3,13 +3,12 @@
 //! reads as one trace with the right parent links; the registry exports over OTLP/gRPC
 //! too; without `OTEL_*` no exporter is set up and the registry serves as usual.
 
-mod support;
-
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{Backend, RegistryProcess};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,7 +23,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
-use support::{Backend, RegistryProcess};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -138,7 +136,7 @@ fn otel_env(endpoint: &str, service: &str) -> Vec<(String, String)> {
 }
 
 fn demo_command(binary: &str, registry: &str, envs: Vec<(String, String)>) -> Command {
-    let mut command = Command::new(support::binary(binary));
+    let mut command = Command::new(crate::support::binary(binary));
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -275,7 +273,7 @@ async fn the_registry_exports_over_grpc_and_continues_the_incoming_trace() {
     assert_eq!(answer.status(), 200);
 
     let (trace_id, parent_id) = (bytes_of_hex(trace_id), bytes_of_hex(parent_id));
-    support::eventually(
+    crate::support::eventually(
         Duration::from_secs(30),
         "the registry's server span over gRPC",
         || {

@@ -1,0 +1,30 @@
+//! End-to-end tests that need nothing beyond Rust and Postgres: the HTTP API, the client
+//! library, replicas, crashes and outages, tracing and the demo's story, against a
+//! registry in this process or the real binaries.
+//!
+//! One test binary rather than one per file, since linking each one dominates the build
+//! of the tests; the tests that drive an outside tool are in `tools/` (the other binary).
+//! Run one file's tests with a filter: `cargo test -p registry-tests --test e2e replicas::`.
+
+#[macro_use]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bad_input;
+mod caller;
+mod crash_safety;
+mod demo_scenario;
+mod discovery;
+mod heartbeats;
+mod http_api;
+mod lifecycle;
+mod registration;
+mod registry_outage;
+mod replica_failures;
+mod replicas;
+mod restart_grace;
+mod security;
+mod seed_compat;
+mod shutdown;
+mod smoke;
+mod tracing;
