@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use registry_api::InstanceSpec;
-use reqwest::StatusCode;
 use crate::support::{
     self, Backend, PrivatePostgres, RegistryProcess, TcpProxy, postgres_addr, through,
 };
+use registry_api::InstanceSpec;
+use reqwest::StatusCode;
 
 /// The bound the tests give the stop.
 const SHUTDOWN_TIMEOUT: &str = "3s";
