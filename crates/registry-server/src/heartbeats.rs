@@ -160,17 +160,17 @@ impl Heartbeats {
             self.writing.store(true, Ordering::Release);
             return Ok(Vec::new());
         }
-        match within_flush_timeout(self.store.renew_leases(&batch)).await {
-            Ok(not_applied) => {
-                self.reached();
-                self.writing.store(true, Ordering::Release);
-                Ok(not_applied)
-            }
-            Err(error) => {
-                self.keep(batch);
-                Err(error)
-            }
-        }
+        // Put back unless written, also when this future is dropped halfway (the flush
+        // loop stops at shutdown): the last flush must still find them.
+        let mut unwritten = Unwritten {
+            heartbeats: self,
+            batch,
+        };
+        let written = within_flush_timeout(self.store.renew_leases(&unwritten.batch)).await?;
+        unwritten.batch = Vec::new();
+        self.reached();
+        self.writing.store(true, Ordering::Release);
+        Ok(written)
     }
 
     /// Puts back heartbeats that could not be written, and sends heartbeats to the full
@@ -183,6 +183,20 @@ impl Heartbeats {
                 dropped,
                 "heartbeat queue full: dropped the oldest unwritten heartbeats"
             );
+        }
+    }
+}
+
+/// A batch being written: put back into the queue when dropped unless emptied first.
+struct Unwritten<'a> {
+    heartbeats: &'a Heartbeats,
+    batch: Vec<Heartbeat>,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if !self.batch.is_empty() {
+            self.heartbeats.keep(std::mem::take(&mut self.batch));
         }
     }
 }
@@ -522,6 +536,28 @@ mod tests {
             view.instance("sum", "i0").map(|i| i.status),
             Some(Status::Passing)
         );
+    }
+
+    #[tokio::test]
+    async fn a_flush_stopped_halfway_keeps_its_batch_for_the_next() {
+        let (store, _view, heartbeats) = setup(1, 10).await;
+        let now = crate::clock::now();
+        heartbeats
+            .queue_heartbeat("sum", "i0", now)
+            .expect("queued");
+        let gate = store.hold_renewals();
+        let stopped = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            heartbeats.flush_heartbeats(),
+        )
+        .await;
+        assert!(stopped.is_err(), "the flush was held");
+        assert_eq!(heartbeats.queued_heartbeats(), 1, "the batch is back");
+
+        gate.add_permits(1);
+        heartbeats.flush_heartbeats().await.expect("flush");
+        assert_eq!(heartbeats.queued_heartbeats(), 0);
+        assert_eq!(stored(&store, "i0").await.last_heartbeat_at, now);
     }
 
     #[tokio::test]

@@ -24,6 +24,8 @@ pub struct TestStore {
     pub feedless: bool,
     /// When set, each `events_after` waits for a permit after reading, before answering.
     pub gate: Option<Arc<Semaphore>>,
+    /// When set, each `renew_leases` waits for a permit before writing.
+    renewal_gate: std::sync::OnceLock<Arc<Semaphore>>,
     feeds: Mutex<VecDeque<StoreResult<Box<dyn ChangeFeed>>>>,
     subscriptions: AtomicUsize,
     reads: AtomicUsize,
@@ -41,6 +43,7 @@ impl TestStore {
             down: AtomicBool::new(false),
             feedless: false,
             gate: None,
+            renewal_gate: std::sync::OnceLock::new(),
             feeds: Mutex::new(VecDeque::new()),
             subscriptions: AtomicUsize::new(0),
             reads: AtomicUsize::new(0),
@@ -65,6 +68,13 @@ impl TestStore {
             .lock()
             .expect("feeds")
             .push_back(Err(unavailable()));
+    }
+
+    /// Holds every `renew_leases` until the answered semaphore gives it a permit.
+    pub fn hold_renewals(&self) -> Arc<Semaphore> {
+        self.renewal_gate
+            .get_or_init(|| Arc::new(Semaphore::new(0)))
+            .clone()
     }
 
     pub fn subscriptions(&self) -> usize {
@@ -198,6 +208,9 @@ impl Store for TestStore {
     }
     async fn renew_leases(&self, heartbeats: &[Heartbeat]) -> StoreResult<Vec<Heartbeat>> {
         self.renewals.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = self.renewal_gate.get() {
+            gate.acquire().await.expect("gate").forget();
+        }
         self.writable()?;
         self.inner.renew_leases(heartbeats).await
     }
