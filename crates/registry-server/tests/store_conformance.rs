@@ -1417,3 +1417,22 @@ async fn concurrent_renewals_of_overlapping_batches_all_succeed(backend: Backend
     );
     assert_eq!(snapshot.index, INSTANCES as u64);
 }
+
+/// A database that applied migration 2 before its comment was reworded (another checksum)
+/// still migrates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_accepts_the_reworded_migration_2() {
+    use sqlx::Connection as _;
+    let url = Backend::Postgres.fresh_url().await;
+    Backend::Postgres.open(&url).await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea WHERE version = 2")
+        .execute(&mut conn)
+        .await
+        .expect("the old checksum");
+    let store = PostgresStore::connect(&url).await.expect("connect");
+    store
+        .migrate()
+        .await
+        .expect("migrates over the old checksum");
+}

@@ -1,4 +1,4 @@
--- Every committed event tells the other replicas to catch up (DESIGN section 5): each
+-- Every committed event tells the other replicas to catch up (docs/architecture.md): each
 -- replica LISTENs on `registry_events` and reads the events after its view's index when
 -- told. The payload is the new index, so a replica that already has it (its own write)
 -- skips the read.

@@ -115,14 +115,40 @@ impl super::ChangeFeed for PgChangeFeed {
     }
 }
 
+/// Migration 2 was reworded in a comment only after it shipped; sqlx refuses a database
+/// where an applied migration's text changed, so such a database takes the new checksum.
+const REWORDED_MIGRATION: i64 = 2;
+
+async fn accept_reworded_migration(
+    pool: &PgPool,
+    migrator: &sqlx::migrate::Migrator,
+) -> StoreResult<()> {
+    let applied: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let Some(migration) = migrator
+        .iter()
+        .find(|m| m.version == REWORDED_MIGRATION)
+        .filter(|_| applied)
+    else {
+        return Ok(());
+    };
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2")
+        .bind(migration.checksum.as_ref())
+        .bind(REWORDED_MIGRATION)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> StoreResult<()> {
         // The migrator holds an advisory lock while it runs: replicas starting together
         // wait for each other instead of applying a migration twice.
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        accept_reworded_migration(&self.pool, &migrator).await?;
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 
