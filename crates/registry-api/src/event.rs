@@ -15,6 +15,9 @@ pub enum EventKind {
     Updated,
     Status,
     Removed,
+    /// A kind this client does not know (sent by a newer registry): skip it.
+    #[serde(other)]
+    Unknown,
 }
 
 impl EventKind {
@@ -26,6 +29,7 @@ impl EventKind {
             Self::Updated => "updated",
             Self::Status => "status",
             Self::Removed => "removed",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -43,8 +47,13 @@ pub enum Reason {
     CheckFailed,
     CheckThrottled,
     LeaseExpired,
+    /// The lease ran out during self-preservation: the lapse is held, the status kept.
+    LeaseHeld,
     Reaped,
     Deregistered,
+    /// A reason this client does not know (sent by a newer registry).
+    #[serde(other)]
+    Unknown,
 }
 
 impl Reason {
@@ -60,8 +69,10 @@ impl Reason {
             Self::CheckFailed => "check_failed",
             Self::CheckThrottled => "check_throttled",
             Self::LeaseExpired => "lease_expired",
+            Self::LeaseHeld => "lease_held",
             Self::Reaped => "reaped",
             Self::Deregistered => "deregistered",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -116,10 +127,19 @@ mod tests {
             Reason::CheckFailed,
             Reason::CheckThrottled,
             Reason::LeaseExpired,
+            Reason::LeaseHeld,
             Reason::Reaped,
             Reason::Deregistered,
         ] {
             assert_eq!(wire(reason), reason.as_str());
         }
+    }
+
+    #[test]
+    fn kinds_and_reasons_of_a_newer_registry_read_as_unknown() {
+        let kind: EventKind = serde_json::from_str("\"renamed\"").expect("kind");
+        assert_eq!(kind, EventKind::Unknown);
+        let reason: Reason = serde_json::from_str("\"moved_zone\"").expect("reason");
+        assert_eq!(reason, Reason::Unknown);
     }
 }

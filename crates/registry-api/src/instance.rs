@@ -155,6 +155,10 @@ pub struct Instance {
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub status_changed_at: DateTime<Utc>,
     pub last_check: Option<CheckResult>,
+    /// The lease ran out while the registry was in self-preservation: the lapse is held,
+    /// the status kept (docs/operations.md, Self-preservation). Shown only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lease_held: bool,
 }
 
 /// The body of `PUT .../status`: `maintenance` to drain, `passing` to clear it.

@@ -25,8 +25,8 @@ pub use instance::{
 };
 pub use names::{InstanceId, ServiceName};
 pub use responses::{
-    HeartbeatResponse, History, ServiceInstances, ServiceList, ServiceStatus, ServiceSummary,
-    SystemStatus,
+    HeartbeatResponse, History, SelfPreservation, ServiceInstances, ServiceList, ServiceStatus,
+    ServiceSummary, SystemStatus,
 };
 pub use seed::{SeedLookup, SeedRegistration, SeedService, SeedServiceSpec};
 pub use trace_parent::TraceParent;

@@ -42,7 +42,21 @@ pub struct SystemStatus {
     /// starts); absent when the database could not be asked.
     #[serde(default)]
     pub history_starts_at: Option<DateTime<Utc>>,
+    /// Whether the registry held lease lapses at that moment (docs/operations.md,
+    /// Self-preservation).
+    #[serde(default)]
+    pub self_preservation: SelfPreservation,
     pub services: Vec<ServiceStatus>,
+}
+
+/// The registry's self-preservation: while `active`, lease lapses are held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SelfPreservation {
+    pub active: bool,
+    /// When it began; `null` when not active.
+    pub since: Option<DateTime<Utc>>,
+    /// Instances whose lapse is held now (`lease_held: true`).
+    pub held: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -23,7 +23,7 @@ use registry_api::{Event, Instance, ServiceList, SystemStatus};
 /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds, check: None,
 /// #         registered_at: heartbeat, last_heartbeat_at: heartbeat, lease_expires_at: None,
-/// #         status_changed_at: heartbeat, last_check: None,
+/// #         status_changed_at: heartbeat, last_check: None, lease_held: false,
 /// #     }
 /// # }
 ///
@@ -38,6 +38,7 @@ use registry_api::{Event, Instance, ServiceList, SystemStatus};
 ///     index: 42,
 ///     at,
 ///     history_starts_at: None,
+///     self_preservation: Default::default(),
 ///     services: vec![ServiceStatus {
 ///         name: "sum".into(),
 ///         status: Status::Warning,
@@ -59,6 +60,14 @@ use registry_api::{Event, Instance, ServiceList, SystemStatus};
 /// ```
 pub fn format_status(status: &SystemStatus) -> String {
     let mut text = format!("index {} at {}\n", status.index, timestamp(status.at));
+    let preservation = &status.self_preservation;
+    if preservation.active {
+        let since = preservation.since.map_or_else(|| "-".to_owned(), timestamp);
+        text.push_str(&format!(
+            "SELF-PRESERVATION since {since}: lease lapses are held ({} held)\n",
+            preservation.held
+        ));
+    }
     if status.services.is_empty() {
         text.push_str("no service is registered\n");
         return text;
@@ -89,6 +98,8 @@ fn instance_row(instance: &Instance, now: DateTime<Utc>) -> Vec<String> {
     let heartbeat = if instance.ttl_seconds == 0 {
         // Without a lease heartbeats mean nothing; the active check decides.
         "no lease".to_owned()
+    } else if instance.lease_held {
+        format!("{} (held)", format_age(now - instance.last_heartbeat_at))
     } else {
         format_age(now - instance.last_heartbeat_at)
     };
@@ -189,7 +200,7 @@ pub fn format_services(list: &ServiceList) -> String {
 /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds, check: None,
 /// #         registered_at: heartbeat, last_heartbeat_at: heartbeat, lease_expires_at: None,
-/// #         status_changed_at: heartbeat, last_check: None,
+/// #         status_changed_at: heartbeat, last_check: None, lease_held: false,
 /// #     }
 /// # }
 ///
@@ -355,11 +366,30 @@ sum         warning      2 instances
     }
 
     #[test]
+    fn self_preservation_is_the_first_thing_said() {
+        let mut status = system();
+        status.self_preservation = registry_api::SelfPreservation {
+            active: true,
+            since: Some(t(-30)),
+            held: 1,
+        };
+        status.services[1].instances[0].lease_held = true;
+        let text = format_status(&status);
+        let mut lines = text.lines().skip(1);
+        assert_eq!(
+            lines.next(),
+            Some("SELF-PRESERVATION since 2026-05-01T09:59:30Z: lease lapses are held (1 held)")
+        );
+        assert!(text.contains("3s ago (held)"), "{text}");
+    }
+
+    #[test]
     fn empty_system_says_so() {
         let empty = SystemStatus {
             index: 0,
             at: t(0),
             history_starts_at: None,
+            self_preservation: Default::default(),
             services: vec![],
         };
         assert_eq!(

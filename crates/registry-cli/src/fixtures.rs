@@ -30,6 +30,7 @@ pub(crate) fn instance(id: &str, status: Status, heartbeat_age: i64) -> Instance
         lease_expires_at: Some(t(10 - heartbeat_age)),
         status_changed_at: t(-1000),
         last_check: None,
+        lease_held: false,
     }
 }
 
@@ -53,6 +54,7 @@ pub(crate) fn system() -> SystemStatus {
         index: 42,
         at: t(0),
         history_starts_at: None,
+        self_preservation: Default::default(),
         services: vec![
             ServiceStatus {
                 name: "concat".into(),

@@ -37,7 +37,7 @@ use registry_api::{Instance, Status};
 /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
 /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
-/// #         status_changed_at: now, last_check: None,
+/// #         status_changed_at: now, last_check: None, lease_held: false,
 /// #     }
 /// # }
 ///
@@ -85,7 +85,7 @@ impl RoundRobin {
     /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
     /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
     /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
-    /// #         status_changed_at: now, last_check: None,
+    /// #         status_changed_at: now, last_check: None, lease_held: false,
     /// #     }
     /// # }
     ///
@@ -164,6 +164,7 @@ mod tests {
             lease_expires_at: None,
             status_changed_at: now,
             last_check: None,
+            lease_held: false,
         }
     }
 

@@ -189,7 +189,7 @@ pub enum CallError {
 /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"),
 /// #         status: Status::Passing, tags: vec![], metadata: Default::default(),
 /// #         ttl_seconds: 10, check: None, registered_at: now, last_heartbeat_at: now,
-/// #         lease_expires_at: None, status_changed_at: now, last_check: None,
+/// #         lease_expires_at: None, status_changed_at: now, last_check: None, lease_held: false,
 /// #     }
 /// # }
 ///
@@ -230,7 +230,7 @@ impl CallResponse {
     /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"),
     /// #         status: Status::Passing, tags: vec![], metadata: Default::default(),
     /// #         ttl_seconds: 10, check: None, registered_at: now, last_heartbeat_at: now,
-    /// #         lease_expires_at: None, status_changed_at: now, last_check: None,
+    /// #         lease_expires_at: None, status_changed_at: now, last_check: None, lease_held: false,
     /// #     }
     /// # }
     ///
@@ -638,7 +638,7 @@ impl ServiceClient {
 /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"),
 /// #         status: Status::Passing, tags: vec![], metadata: Default::default(),
 /// #         ttl_seconds: 10, check: None, registered_at: now, last_heartbeat_at: now,
-/// #         lease_expires_at: None, status_changed_at: now, last_check: None,
+/// #         lease_expires_at: None, status_changed_at: now, last_check: None, lease_held: false,
 /// #     }
 /// # }
 ///

@@ -506,6 +506,7 @@ mod tests {
             lease_expires_at: Some(at),
             status_changed_at: at,
             last_check: None,
+            lease_held: false,
         }
     }
 
@@ -534,6 +535,7 @@ mod tests {
                 .single()
                 .expect("valid"),
             history_starts_at: None,
+            self_preservation: Default::default(),
             services: vec![ServiceStatus {
                 name: "sum".into(),
                 status: Status::Passing,

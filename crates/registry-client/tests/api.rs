@@ -103,6 +103,7 @@ fn instance(status: Status) -> Instance {
         lease_expires_at: Some(at),
         status_changed_at: at,
         last_check: None,
+        lease_held: false,
     }
 }
 

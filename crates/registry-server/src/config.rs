@@ -130,6 +130,20 @@ pub struct ServeArgs {
     /// may connect to; a check whose target resolves elsewhere fails. Empty = anywhere.
     #[arg(long, env = "REGISTRY_CHECK_ALLOWED_NETWORKS", value_delimiter = ',', value_parser = network)]
     pub check_allowed_networks: Vec<IpNet>,
+    /// Share of live leases that, gone silent at once (no sign of life for half their
+    /// TTL), makes the registry suspect its own network and hold lease lapses. 0 = off.
+    #[arg(
+        long,
+        env = "REGISTRY_SELF_PRESERVATION_THRESHOLD",
+        default_value_t = 0.5
+    )]
+    pub self_preservation_threshold: f64,
+    /// Fewest silent leases that can start self-preservation.
+    #[arg(long, env = "REGISTRY_SELF_PRESERVATION_MIN", default_value_t = 5)]
+    pub self_preservation_min: u64,
+    /// Longest self-preservation lasts; then the held lapses apply.
+    #[arg(long, env = "REGISTRY_SELF_PRESERVATION_MAX", default_value = "15m", value_parser = duration)]
+    pub self_preservation_max: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -206,6 +220,7 @@ pub struct Settings {
     pub write_rate_limit: u32,
     /// Where active checks may connect; empty = anywhere.
     pub check_allowed_networks: Vec<IpNet>,
+    pub self_preservation: crate::self_preservation::Limits,
 }
 
 /// Secrets stay out of logs and panics: tokens are shown as set or not, the database
@@ -229,6 +244,7 @@ impl std::fmt::Debug for Settings {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("write_rate_limit", &self.write_rate_limit)
             .field("check_allowed_networks", &self.check_allowed_networks)
+            .field("self_preservation", &self.self_preservation)
             .finish()
     }
 }
@@ -289,6 +305,16 @@ impl ServeArgs {
                 return Err(format!("{name} must be from 100ms to 10m"));
             }
         }
+        if !(0.0..1.0).contains(&self.self_preservation_threshold) {
+            return Err(
+                "REGISTRY_SELF_PRESERVATION_THRESHOLD must be a share from 0 (off) to below 1, e.g. 0.5".into(),
+            );
+        }
+        if self.self_preservation_max.is_zero()
+            || self.self_preservation_max > MAX_DEREGISTER_CRITICAL_AFTER
+        {
+            return Err("REGISTRY_SELF_PRESERVATION_MAX must be from 1s to 365d".into());
+        }
         for (name, token) in [
             ("REGISTRY_TOKEN", &self.token),
             ("REGISTRY_READ_TOKEN", &self.read_token),
@@ -310,6 +336,11 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             write_rate_limit: self.write_rate_limit,
             check_allowed_networks: self.check_allowed_networks.clone(),
+            self_preservation: crate::self_preservation::Limits {
+                threshold: self.self_preservation_threshold,
+                min: self.self_preservation_min,
+                max: self.self_preservation_max,
+            },
         })
     }
 }
@@ -330,6 +361,7 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(10),
             write_rate_limit: 0,
             check_allowed_networks: Vec::new(),
+            self_preservation: crate::self_preservation::Limits::DEFAULT,
         }
     }
 

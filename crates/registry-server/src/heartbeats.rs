@@ -377,6 +377,7 @@ mod tests {
             lease_expires_at,
             status_changed_at: t(0),
             last_check: None,
+            lease_held: false,
         };
         assert_eq!(
             renewed_lease(&instance(10, Some(t(10_000))), t(4_000)),

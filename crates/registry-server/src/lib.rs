@@ -15,6 +15,7 @@ mod metrics;
 mod rate_limit;
 pub mod record;
 mod replication;
+pub mod self_preservation;
 mod serve;
 pub mod store;
 // Test databases; only in test builds (the `testing` feature, which the workspace's tests

@@ -86,6 +86,7 @@ pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Ut
             last_heartbeat_at: now,
             lease_expires_at: lease_until(now, spec.ttl_seconds),
             lease_expired: false,
+            lease_held: false,
             maintenance: false,
             check_status: None,
             check_failures: 0,
@@ -120,6 +121,7 @@ pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Ut
     record.last_heartbeat_at = now;
     record.lease_expires_at = lease_until(now, spec.ttl_seconds);
     record.lease_expired = false;
+    record.lease_held = false;
     if check_changed {
         reset_check_state(&mut record);
     }
@@ -133,13 +135,24 @@ pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Ut
             to: Some(record.status),
         })
     } else {
-        status_change
+        status_change.or_else(|| released(old, &record))
     };
     Mutation::Save {
         record,
         change,
         reschedule_check: check_changed && spec.check.is_some(),
     }
+}
+
+/// The event for a held lease that a sign of life renewed without changing the status:
+/// other replicas and the history must see `lease_held` go.
+fn released(old: &InstanceRecord, new: &InstanceRecord) -> Option<Change> {
+    (old.lease_held && !new.lease_held).then_some(Change {
+        kind: EventKind::Updated,
+        reason: Reason::Heartbeat,
+        from: Some(old.status),
+        to: Some(new.status),
+    })
 }
 
 fn reset_check_state(record: &mut InstanceRecord) {
@@ -154,7 +167,9 @@ pub fn heartbeat(old: &InstanceRecord, now: DateTime<Utc>) -> Mutation {
     record.last_heartbeat_at = now;
     record.lease_expires_at = lease_until(now, old.ttl_seconds);
     record.lease_expired = false;
+    record.lease_held = false;
     let (record, change) = settle(record, old.status, now, Reason::Heartbeat);
+    let change = change.or_else(|| released(old, &record));
     Mutation::Save {
         record,
         change,
@@ -182,14 +197,14 @@ pub fn set_maintenance(old: &InstanceRecord, on: bool, now: DateTime<Utc>) -> Mu
     }
 }
 
-/// The expiry sweep: the lease ran out with no heartbeat.
+/// The expiry sweep: the lease ran out with no heartbeat (also a lapse that was held).
 pub fn expire_lease(old: &InstanceRecord, now: DateTime<Utc>) -> Mutation {
-    let due = old.lease_deadline().is_some_and(|deadline| deadline <= now);
-    if !due {
+    if !old.lease_ran_out(now) {
         return Mutation::Unchanged;
     }
     let mut record = old.clone();
     record.lease_expired = true;
+    record.lease_held = false;
     let (record, change) = settle(record, old.status, now, Reason::LeaseExpired);
     Mutation::Save {
         record,
@@ -238,6 +253,26 @@ pub fn record_check(
     Mutation::Save {
         record,
         change,
+        reschedule_check: false,
+    }
+}
+
+/// The expiry sweep in self-preservation: the lease ran out, but the registry suspects
+/// itself rather than the instance, so the lapse is held and the status kept.
+pub fn hold_lease(old: &InstanceRecord, now: DateTime<Utc>) -> Mutation {
+    if old.lease_deadline().is_none_or(|deadline| deadline > now) {
+        return Mutation::Unchanged;
+    }
+    let mut record = old.clone();
+    record.lease_held = true;
+    Mutation::Save {
+        change: Some(Change {
+            kind: EventKind::Updated,
+            reason: Reason::LeaseHeld,
+            from: Some(old.status),
+            to: Some(old.status),
+        }),
+        record,
         reschedule_check: false,
     }
 }
@@ -382,6 +417,38 @@ mod tests {
             Mutation::Unchanged,
             "0 = never"
         );
+    }
+
+    #[test]
+    fn a_held_lapse_keeps_the_status_until_a_heartbeat_or_the_expiry() {
+        let (r, _) = saved(register(None, &spec(10), t(0)));
+        assert_eq!(hold_lease(&r, t(9)), Mutation::Unchanged, "not due yet");
+        let (held, change) = saved(hold_lease(&r, t(10)));
+        assert_eq!(held.status, Status::Passing);
+        assert!(held.lease_held);
+        assert_eq!(
+            held.lease_deadline(),
+            None,
+            "the sweep no longer expires it"
+        );
+        assert_eq!(held.held_lease_deadline(), Some(t(10)));
+        assert_eq!(change.map(|c| c.reason), Some(Reason::LeaseHeld));
+        assert_eq!(hold_lease(&held, t(11)), Mutation::Unchanged, "held once");
+
+        // A heartbeat renews it, and says so in an event although the status is the same.
+        let (renewed, change) = saved(heartbeat(&held, t(12)));
+        assert!(!renewed.lease_held);
+        assert_eq!(renewed.lease_deadline(), Some(t(22)));
+        assert_eq!(change.map(|c| c.kind), Some(EventKind::Updated));
+        let (reregistered, change) = saved(register(Some(&held), &spec(10), t(12)));
+        assert!(!reregistered.lease_held);
+        assert_eq!(change.map(|c| c.kind), Some(EventKind::Updated));
+
+        // Left unrenewed, the lapse applies when self-preservation ends.
+        let (expired, change) = saved(expire_lease(&held, t(30)));
+        assert_eq!(expired.status, Status::Critical);
+        assert!(!expired.lease_held);
+        assert_eq!(change.map(|c| c.reason), Some(Reason::LeaseExpired));
     }
 
     #[test]

@@ -30,6 +30,8 @@ struct Metrics {
     events: IntCounterVec,
     watchers: IntGauge,
     index: IntGauge,
+    self_preservation: IntGauge,
+    held_lapses: IntCounter,
     http_duration: HistogramVec,
     db_duration: HistogramVec,
 }
@@ -90,6 +92,16 @@ impl Metrics {
         .expect("valid metric");
         let index =
             IntGauge::new("registry_index", "The latest global index.").expect("valid metric");
+        let self_preservation = IntGauge::new(
+            "registry_self_preservation",
+            "1 while the registry is in self-preservation (lease lapses held), else 0.",
+        )
+        .expect("valid metric");
+        let held_lapses = IntCounter::new(
+            "registry_self_preservation_held_total",
+            "Lease lapses this replica held in self-preservation (once per lapse).",
+        )
+        .expect("valid metric");
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "registry_http_request_duration_seconds",
@@ -120,6 +132,8 @@ impl Metrics {
             Box::new(events.clone()),
             Box::new(watchers.clone()),
             Box::new(index.clone()),
+            Box::new(self_preservation.clone()),
+            Box::new(held_lapses.clone()),
             Box::new(http_duration.clone()),
             Box::new(db_duration.clone()),
         ] {
@@ -135,6 +149,8 @@ impl Metrics {
             events,
             watchers,
             index,
+            self_preservation,
+            held_lapses,
             http_duration,
             db_duration,
         }
@@ -143,7 +159,12 @@ impl Metrics {
 
 /// Every registry metric in the Prometheus text format, with the gauges set from the
 /// state given (the view's, as of now).
-pub fn render(services: &ServiceList, watchers: usize, index: u64) -> String {
+pub fn render(
+    services: &ServiceList,
+    watchers: usize,
+    index: u64,
+    self_preservation: bool,
+) -> String {
     // The gauges are shared by every view in the process (tests run several registries in
     // one process): one render at a time, so that a scrape reads the values it just set
     // and not those of another view's scrape in between.
@@ -169,6 +190,7 @@ pub fn render(services: &ServiceList, watchers: usize, index: u64) -> String {
         .watchers
         .set(i64::try_from(watchers).unwrap_or(i64::MAX));
     metrics.index.set(i64::try_from(index).unwrap_or(i64::MAX));
+    metrics.self_preservation.set(i64::from(self_preservation));
     let mut out = Vec::new();
     if let Err(error) = TextEncoder::new().encode(&metrics.registry.gather(), &mut out) {
         tracing::warn!(%error, "could not encode the metrics");
@@ -188,6 +210,11 @@ pub fn event_applied(event: &Event) {
     if event.reason == Reason::LeaseExpired {
         METRICS.expirations.inc();
     }
+}
+
+/// A lease lapse held in self-preservation.
+pub fn lapse_held() {
+    METRICS.held_lapses.inc();
 }
 
 /// A heartbeat received.
@@ -237,7 +264,8 @@ mod tests {
         check_result(Status::Warning);
         http_request("GET", "/v1/services", "200", Duration::from_millis(3));
         timed("ping", async {}).await;
-        let text = render(&services, 0, 0);
+        lapse_held();
+        let text = render(&services, 0, 0, true);
         for family in [
             "registry_registrations_total",
             "registry_heartbeats_total",
@@ -245,6 +273,8 @@ mod tests {
             "registry_check_results_total",
             "registry_watchers",
             "registry_index",
+            "registry_self_preservation",
+            "registry_self_preservation_held_total",
             "registry_http_request_duration_seconds",
             "registry_db_query_duration_seconds",
         ] {
@@ -263,5 +293,6 @@ mod tests {
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
         assert!(text.contains("registry_check_results_total{result=\"critical\"} 0"));
+        assert!(text.contains("registry_self_preservation 1"));
     }
 }

@@ -23,6 +23,10 @@ pub struct InstanceRecord {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// The lease ran out and no heartbeat came since.
     pub lease_expired: bool,
+    /// The lease ran out during self-preservation: the lapse waits, the status stays
+    /// (docs/operations.md, Self-preservation). Absent in records written before it existed.
+    #[serde(default)]
+    pub lease_held: bool,
     /// Set and cleared only through `PUT .../status`.
     pub maintenance: bool,
     /// Verdict of the active check; `None` until it first decides (or without a check).
@@ -67,6 +71,7 @@ impl InstanceRecord {
             lease_expires_at: self.lease_expires_at,
             status_changed_at: self.status_changed_at,
             last_check: self.last_check.clone(),
+            lease_held: self.lease_held,
         }
     }
 
@@ -75,8 +80,32 @@ impl InstanceRecord {
         (self.status == Status::Critical).then_some(self.status_changed_at)
     }
 
-    /// The lease deadline the expiry sweep looks at (`None`: nothing to expire).
+    /// The lease deadline the expiry sweep looks at (`None`: nothing to expire, or the
+    /// lapse is held).
     pub fn lease_deadline(&self) -> Option<DateTime<Utc>> {
+        if self.lease_held {
+            None
+        } else {
+            self.running_lease()
+        }
+    }
+
+    /// The deadline of a lease whose lapse is held (`None` when none is held).
+    pub fn held_lease_deadline(&self) -> Option<DateTime<Utc>> {
+        if self.lease_held {
+            self.running_lease()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the lease, held or not, ran out by `at`.
+    pub fn lease_ran_out(&self, at: DateTime<Utc>) -> bool {
+        self.running_lease().is_some_and(|deadline| deadline <= at)
+    }
+
+    /// The deadline of a lease that has not lapsed, held or not.
+    fn running_lease(&self) -> Option<DateTime<Utc>> {
         if self.ttl_seconds == 0 || self.lease_expired {
             None
         } else {

@@ -13,8 +13,8 @@ use bytes::Bytes;
 
 use chrono::{DateTime, Utc};
 use registry_api::{
-    Event, EventKind, Instance, ServiceInstances, ServiceList, ServiceStatus, ServiceSummary,
-    Status, SystemStatus,
+    Event, EventKind, Instance, SelfPreservation, ServiceInstances, ServiceList, ServiceStatus,
+    ServiceSummary, Status, SystemStatus,
 };
 use tokio::sync::watch;
 
@@ -81,6 +81,8 @@ pub struct View {
     catching_up: tokio::sync::Mutex<()>,
     /// Round-robin position per service for the seed lookup.
     round_robin: Mutex<BTreeMap<String, usize>>,
+    /// The self-preservation mode as the lease sweep last read it from the database.
+    self_preservation: Mutex<SelfPreservation>,
 }
 
 impl View {
@@ -106,6 +108,7 @@ impl View {
             changes,
             catching_up: tokio::sync::Mutex::new(()),
             round_robin: Mutex::new(BTreeMap::new()),
+            self_preservation: Mutex::new(SelfPreservation::default()),
         })
     }
 
@@ -382,13 +385,36 @@ impl View {
 
     /// `GET /v1/status`: the whole system now, optionally one service only.
     pub fn system_status(&self, only_service: Option<&str>, at: DateTime<Utc>) -> SystemStatus {
-        let state = self.read();
-        let instances = state
-            .services
-            .iter()
-            .filter(|(name, _)| only_service.is_none_or(|only| only == name.as_str()))
-            .flat_map(|(_, s)| s.instances.values().cloned());
-        system_status(state.index, at, instances)
+        let mut status = {
+            let state = self.read();
+            let instances = state
+                .services
+                .iter()
+                .filter(|(name, _)| only_service.is_none_or(|only| only == name.as_str()))
+                .flat_map(|(_, s)| s.instances.values().cloned());
+            system_status(state.index, at, instances)
+        };
+        status.self_preservation = self.self_preservation();
+        status
+    }
+
+    /// The self-preservation mode, as last read from the database.
+    pub fn self_preservation(&self) -> SelfPreservation {
+        self.self_preservation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes the mode the lease sweep read; answers the mode shown before.
+    pub fn set_self_preservation(&self, mode: SelfPreservation) -> SelfPreservation {
+        std::mem::replace(
+            &mut *self
+                .self_preservation
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            mode,
+        )
     }
 
     /// Recent events after `after` (at most `limit`), when the view still holds all of
@@ -499,6 +525,7 @@ pub fn system_status(
         index,
         at,
         history_starts_at: None,
+        self_preservation: SelfPreservation::default(),
         services,
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use registry_api::{Check, Status};
+use registry_api::{Check, SelfPreservation, Status};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +15,7 @@ use crate::check_targets::AllowedNetworks;
 use crate::config::Settings;
 use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
+use crate::self_preservation::{self, Decision};
 use crate::store::StoreResult;
 use crate::writer::Writer;
 
@@ -144,20 +145,44 @@ impl Workers {
         self.writer.flush_heartbeats().await?;
         let cutoff = now - chrono::Duration::from_std(EXPIRY_GRACE).unwrap_or_default();
         let store = self.writer.store();
-        for (service, id) in store.expired_leases(cutoff, SWEEP_BATCH).await? {
-            self.writer
-                .change(
-                    &service,
-                    &id,
-                    now,
-                    Box::new(move |old| match old {
-                        Some(o) if o.lease_deadline().is_some_and(|d| d <= cutoff) => {
-                            lifecycle::expire_lease(o, now)
-                        }
-                        _ => Mutation::Unchanged,
-                    }),
-                )
-                .await?;
+        // Decided before any lapse is applied (docs/operations.md, Self-preservation).
+        if self.self_preservation(now).await? {
+            for (service, id) in store.expired_leases(cutoff, SWEEP_BATCH).await? {
+                let applied = self
+                    .writer
+                    .change(
+                        &service,
+                        &id,
+                        now,
+                        Box::new(move |old| match old {
+                            Some(o) if o.lease_deadline().is_some_and(|d| d <= cutoff) => {
+                                lifecycle::hold_lease(o, now)
+                            }
+                            _ => Mutation::Unchanged,
+                        }),
+                    )
+                    .await?;
+                if applied.event.is_some() {
+                    crate::metrics::lapse_held();
+                }
+            }
+        } else {
+            // Lapses held while it lasted apply first; their instances stayed silent.
+            let held = store.held_leases(SWEEP_BATCH).await?;
+            let due = store.expired_leases(cutoff, SWEEP_BATCH).await?;
+            for (service, id) in held.into_iter().chain(due) {
+                self.writer
+                    .change(
+                        &service,
+                        &id,
+                        now,
+                        Box::new(move |old| match old {
+                            Some(o) if o.lease_ran_out(cutoff) => lifecycle::expire_lease(o, now),
+                            _ => Mutation::Unchanged,
+                        }),
+                    )
+                    .await?;
+            }
         }
         let after = self.settings.deregister_critical_after;
         if !after.is_zero() {
@@ -176,6 +201,55 @@ impl Workers {
             }
         }
         Ok(())
+    }
+
+    /// Reads the mode and the silent leases from the database, switches the mode as the
+    /// rule decides ([`self_preservation::decide`]), shows it in the view and logs when it
+    /// changes. Answers whether lapses are held now.
+    async fn self_preservation(&self, now: chrono::DateTime<chrono::Utc>) -> StoreResult<bool> {
+        let store = self.writer.store();
+        let survey = store.lease_survey(now).await?;
+        let limits = &self.settings.self_preservation;
+        let decision = self_preservation::decide(&survey, limits, now);
+        let mut mode = survey.mode;
+        if decision != Decision::Keep {
+            let wanted = decision.apply(mode, now);
+            mode = if store.switch_self_preservation(mode, wanted, now).await? {
+                wanted
+            } else {
+                // Another replica switched it first: take what it decided.
+                store.lease_survey(now).await?.mode
+            };
+        }
+        let shown = SelfPreservation {
+            active: mode.active(),
+            since: mode.since,
+            held: survey.held,
+        };
+        let before = self.writer.view().set_self_preservation(shown);
+        let (silent, leased) = (survey.silent, survey.leased);
+        match (before.active, mode.active()) {
+            (false, true) => tracing::warn!(
+                silent,
+                leased,
+                threshold = limits.threshold,
+                "self-preservation: more than the threshold of the leases went silent at once; the registry suspects its own network and holds lease lapses"
+            ),
+            (true, false) if decision == Decision::GiveUp => tracing::warn!(
+                silent,
+                leased,
+                max = ?limits.max,
+                "self-preservation ended at its maximum: the held lapses apply now"
+            ),
+            (true, false) => tracing::warn!(
+                silent,
+                leased,
+                held = survey.held,
+                "self-preservation ended: the heartbeats came back; lapses still due apply now"
+            ),
+            _ => {}
+        }
+        Ok(mode.active())
     }
 
     async fn prune(&self) -> StoreResult<()> {

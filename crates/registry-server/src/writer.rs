@@ -36,6 +36,11 @@ impl Writer {
         &self.store
     }
 
+    /// This process's view, for what it shows beside the instances.
+    pub fn view(&self) -> &Arc<View> {
+        &self.view
+    }
+
     /// Applies a change made at `now` to one instance and shows it in the view. The
     /// change is durable once this answers `Ok`; a view that cannot catch up now is
     /// brought up to date by replication in the background.

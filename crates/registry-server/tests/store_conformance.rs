@@ -14,6 +14,7 @@ use registry_api::{
 use registry_server::clock;
 use registry_server::lifecycle::{self, CheckOutcome, Mutation};
 use registry_server::record::InstanceRecord;
+use registry_server::self_preservation::Mode;
 use registry_server::store::{Applied, Heartbeat, HistoryStart, PostgresStore, SqliteStore, Store};
 use registry_server::testing;
 
@@ -99,6 +100,9 @@ conformance!(
     renew_leases_never_moves_a_lease_back,
     renew_leases_writes_times_as_serde_does,
     concurrent_renewals_of_overlapping_batches_all_succeed,
+    the_lease_survey_counts_silent_leases_before_any_lapse,
+    held_lapses_are_found_kept_out_of_renewals_and_expired_later,
+    one_replica_switches_self_preservation_and_time_travel_sees_it,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -547,6 +551,144 @@ async fn expired_leases_respect_the_grace_after_a_recovery(backend: Backend) {
     assert!(!s.mark_alive(r - secs(30), gap).await.expect("alive"));
     assert!(!s.mark_alive(r + secs(4), gap).await.expect("alive"));
     assert_eq!(expired(r + secs(10)).await, pairs(&[("sum", "a")]));
+}
+
+async fn hold(store: &dyn Store, service: &str, id: &str, now: DateTime<Utc>) -> Applied {
+    on_existing(store, service, id, now, move |r| {
+        lifecycle::hold_lease(r, now)
+    })
+    .await
+}
+
+async fn the_lease_survey_counts_silent_leases_before_any_lapse(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec("sum", "a", 10), t0).await;
+    put(s, &spec("sum", "b", 10), t0 + secs(3)).await;
+    put(s, &spec("sum", "nolease", 0), t0).await;
+    put(s, &spec("sum", "drained", 10), t0).await;
+    maintenance(s, "sum", "drained", true, t0).await;
+    put(s, &spec("sum", "dead", 10), t0).await;
+    expire(s, "sum", "dead", t0 + secs(10)).await;
+    let survey = |at| async move { s.lease_survey(at).await.expect("survey") };
+
+    let at_start = survey(t0).await;
+    assert_eq!(at_start.mode, Mode::OFF);
+    assert_eq!((at_start.leased, at_start.silent, at_start.held), (2, 0, 0));
+    // Silent once the last sign of life is half a TTL old: a at t0+5s, b at t0+8s.
+    assert_eq!(survey(t0 + secs(5) - ms(1)).await.silent, 0);
+    assert_eq!(survey(t0 + secs(5)).await.silent, 1);
+    assert_eq!(survey(t0 + secs(8)).await.silent, 2);
+    heartbeat(s, "sum", "a", t0 + secs(6)).await;
+    assert_eq!(
+        survey(t0 + secs(8)).await.silent,
+        1,
+        "a heartbeat ends the silence"
+    );
+
+    // The end of an outage grace is a sign of life for every lease.
+    let gap = secs(3);
+    s.mark_alive(t0, gap).await.expect("alive");
+    let r = t0 + secs(60);
+    assert!(s.mark_alive(r, gap).await.expect("alive"), "a recovery");
+    assert_eq!(survey(r + secs(5) - ms(1)).await.silent, 0);
+    assert_eq!(survey(r + secs(5)).await.silent, 2);
+}
+
+async fn held_lapses_are_found_kept_out_of_renewals_and_expired_later(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    put(s, &spec("sum", "a", 10), t0).await;
+    put(s, &spec("sum", "b", 10), t0).await;
+    let held = hold(s, "sum", "a", t0 + secs(10)).await;
+    assert_eq!(
+        held.event.as_ref().map(|e| e.reason),
+        Some(Reason::LeaseHeld)
+    );
+    let record = record_of(&held);
+    assert!(record.lease_held && record.status == Status::Passing);
+    assert!(held.event.as_ref().is_some_and(|e| e.snapshot.lease_held));
+
+    assert_eq!(
+        s.held_leases(100).await.expect("held"),
+        pairs(&[("sum", "a")])
+    );
+    assert_eq!(
+        s.expired_leases(t0 + secs(11), 100).await.expect("expired"),
+        pairs(&[("sum", "b")]),
+        "a held lapse is not due again"
+    );
+    let survey = s.lease_survey(t0 + secs(11)).await.expect("survey");
+    assert_eq!((survey.leased, survey.silent, survey.held), (2, 2, 1));
+
+    // A batched renewal leaves a held lease to the full heartbeat, which ends the hold
+    // with an event.
+    let not_applied = s
+        .renew_leases(&[beat("sum", "a", t0 + secs(12))])
+        .await
+        .expect("renew");
+    assert_eq!(not_applied, vec![beat("sum", "a", t0 + secs(12))]);
+    let renewed = heartbeat(s, "sum", "a", t0 + secs(12)).await;
+    assert!(!record_of(&renewed).lease_held);
+    assert!(renewed.event.is_some(), "other replicas see the hold end");
+    assert_eq!(s.held_leases(100).await.expect("held"), vec![]);
+
+    // A hold that ends without a heartbeat turns critical.
+    hold(s, "sum", "b", t0 + secs(10)).await;
+    let expired = expire(s, "sum", "b", t0 + secs(20)).await;
+    assert_eq!(record_of(&expired).status, Status::Critical);
+    assert!(!record_of(&expired).lease_held);
+    assert_eq!(s.held_leases(100).await.expect("held"), vec![]);
+}
+
+async fn one_replica_switches_self_preservation_and_time_travel_sees_it(backend: Backend) {
+    let url = backend.fresh_url().await;
+    let (a, b) = (backend.open(&url).await, backend.open(&url).await);
+    let t0 = clock::now();
+    let on = Mode {
+        since: Some(t0 + secs(1)),
+        armed: true,
+    };
+    assert!(
+        a.switch_self_preservation(Mode::OFF, on, t0 + secs(1))
+            .await
+            .expect("switch")
+    );
+    assert!(
+        !b.switch_self_preservation(Mode::OFF, on, t0 + secs(1))
+            .await
+            .expect("switch"),
+        "the second replica finds it switched"
+    );
+    assert_eq!(b.lease_survey(t0 + secs(2)).await.expect("survey").mode, on);
+    let given_up = Mode {
+        since: None,
+        armed: false,
+    };
+    assert!(
+        b.switch_self_preservation(on, given_up, t0 + secs(5))
+            .await
+            .expect("switch")
+    );
+    assert!(
+        a.switch_self_preservation(given_up, Mode::OFF, t0 + secs(6))
+            .await
+            .expect("switch")
+    );
+    assert_eq!(
+        a.lease_survey(t0 + secs(7)).await.expect("survey").mode,
+        Mode::OFF
+    );
+
+    let a = &*a;
+    let at = |n| async move { a.self_preservation_at(t0 + secs(n)).await.expect("at") };
+    assert_eq!(at(0).await, None);
+    assert_eq!(at(1).await, Some(t0 + secs(1)));
+    assert_eq!(at(4).await, Some(t0 + secs(1)));
+    assert_eq!(at(5).await, None);
+    assert_eq!(at(7).await, None, "re-arming is no change of the mode");
 }
 
 async fn reapable_finds_instances_critical_long_enough(backend: Backend) {

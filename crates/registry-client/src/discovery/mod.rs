@@ -672,6 +672,7 @@ mod tests {
             lease_expires_at: Some(now),
             status_changed_at: now,
             last_check: None,
+            lease_held: false,
         }
     }
 

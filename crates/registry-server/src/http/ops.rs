@@ -49,6 +49,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             &state.view.services(),
             state.view.watchers(),
             state.view.index(),
+            state.view.self_preservation().active,
         ),
     )
 }

@@ -189,6 +189,7 @@ mod tests {
             lease_expires_at: None,
             status_changed_at: now,
             last_check: None,
+            lease_held: false,
         }
     }
 

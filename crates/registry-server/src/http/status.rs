@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use registry_api::{History, SystemStatus};
+use registry_api::{History, SelfPreservation, SystemStatus};
 
 use super::extract::{QueryParams, parse_service, rfc3339};
 use super::{ApiError, AppState};
@@ -64,11 +64,18 @@ async fn system_status(
         ));
     }
     let (index, instances) = state.store.state_at(at).await?;
+    let since = state.store.self_preservation_at(at).await?;
+    let held = instances.iter().filter(|i| i.lease_held).count();
     let instances = instances
         .into_iter()
         .filter(|i| only.is_none_or(|s| s == i.service));
     let mut status = crate::view::system_status(index, at, instances);
     status.history_starts_at = Some(start.at);
+    status.self_preservation = SelfPreservation {
+        active: since.is_some(),
+        since,
+        held: u64::try_from(held).unwrap_or(u64::MAX),
+    };
     Ok(Json(status))
 }
 

@@ -21,6 +21,7 @@ use registry_api::{Event, Instance};
 
 use crate::lifecycle::Mutation;
 use crate::record::InstanceRecord;
+use crate::self_preservation::{LeaseSurvey, Mode};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -191,6 +192,28 @@ pub trait Store: Send + Sync + 'static {
         critical_since: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>>;
+
+    /// The self-preservation mode and the leases that are silent at `now`, counted before
+    /// any lapse is applied (docs/operations.md, Self-preservation). A lease is silent
+    /// when its last sign of life is older than half its TTL; the end of an outage grace
+    /// counts as one (see [`Self::mark_alive`]).
+    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey>;
+
+    /// Switches the mode from `from` to `to`, only if it still is `from` (replicas decide
+    /// at once; one wins), and records when it went on or off. True when this call
+    /// switched it.
+    async fn switch_self_preservation(
+        &self,
+        from: Mode,
+        to: Mode,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Instances whose lapse is held, earliest deadline first, at most `limit`.
+    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>>;
+
+    /// When the self-preservation on at `at` began; `None` if it was off then.
+    async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>>;
 
     /// Claims checks due at `now` (at most `limit`): each is pushed one interval ahead in
     /// the same statement, so no other caller runs it in this interval.
@@ -402,6 +425,37 @@ pub(crate) fn missing_meta() -> StoreError {
     StoreError::Corrupt("the registry_meta row is missing".into())
 }
 
+/// [`Store::lease_survey`] in SQL both stores run (`$1`, which SQLite reads as one named parameter, is `now` in
+/// milliseconds): live
+/// leases are those of passing or warning instances whose lease has not lapsed, held or
+/// not.
+pub(crate) const LEASE_SURVEY: &str = "SELECT m.self_preservation_since_ms, \
+       m.self_preservation_armed, \
+       (SELECT COUNT(*) FROM instances WHERE held_deadline_ms IS NOT NULL), \
+       (SELECT COUNT(*) FROM instances i WHERE i.status IN ('passing', 'warning') \
+          AND (i.lease_deadline_ms IS NOT NULL OR i.held_deadline_ms IS NOT NULL)), \
+       (SELECT COUNT(*) FROM instances i WHERE i.status IN ('passing', 'warning') \
+          AND (i.held_deadline_ms IS NOT NULL \
+            OR (i.lease_deadline_ms - i.ttl_ms / 2 <= $1 \
+                AND COALESCE(m.recovered_ms, 0) + i.ttl_ms / 2 <= $1))) \
+     FROM registry_meta m WHERE m.id = 1";
+
+/// A row of [`LEASE_SURVEY`] as the survey.
+pub(crate) fn lease_survey_of(
+    (since_ms, armed, held, leased, silent): (Option<i64>, bool, i64, i64, i64),
+) -> StoreResult<LeaseSurvey> {
+    let count = |n: i64| u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")));
+    Ok(LeaseSurvey {
+        mode: Mode {
+            since: since_ms.map(from_millis).transpose()?,
+            armed,
+        },
+        held: count(held)?,
+        leased: count(leased)?,
+        silent: count(silent)?,
+    })
+}
+
 /// Milliseconds since the epoch, the time type of every stored column.
 pub(crate) fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
@@ -419,6 +473,7 @@ pub(crate) struct IndexedColumns {
     pub ttl_ms: i64,
     pub critical_since_ms: Option<i64>,
     pub check_interval_ms: Option<i64>,
+    pub held_deadline_ms: Option<i64>,
 }
 
 impl IndexedColumns {
@@ -432,6 +487,7 @@ impl IndexedColumns {
                 .check
                 .as_ref()
                 .map(|c| i64::from(c.interval_seconds) * 1_000),
+            held_deadline_ms: record.held_lease_deadline().map(millis),
         }
     }
 }

@@ -24,6 +24,7 @@ use super::{
     missing_meta, parse_events, parse_lease_payload, parse_record, to_index,
 };
 use crate::record::InstanceRecord;
+use crate::self_preservation::{LeaseSurvey, Mode};
 
 /// Enough for the request handlers and the background sweeps of one replica without
 /// exhausting the server's `max_connections` when several replicas run.
@@ -390,6 +391,72 @@ impl Store for PostgresStore {
         Ok(rows)
     }
 
+    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
+        let row = sqlx::query_as(super::LEASE_SURVEY)
+            .bind(millis(now))
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(missing_meta)?;
+        super::lease_survey_of(row)
+    }
+
+    async fn switch_self_preservation(
+        &self,
+        from: Mode,
+        to: Mode,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let switched = sqlx::query(
+            "UPDATE registry_meta SET \
+               self_preservation_since_ms = $3, self_preservation_armed = $4 \
+             WHERE id = 1 AND self_preservation_since_ms IS NOT DISTINCT FROM $1 \
+               AND self_preservation_armed = $2",
+        )
+        .bind(from.since.map(millis))
+        .bind(from.armed)
+        .bind(to.since.map(millis))
+        .bind(to.armed)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if switched && from.active() != to.active() {
+            sqlx::query("INSERT INTO self_preservation_changes (at_ms, active) VALUES ($1, $2)")
+                .bind(millis(at))
+                .bind(to.active())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(switched)
+    }
+
+    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query_as(
+            "SELECT service, id FROM instances WHERE held_deadline_ms IS NOT NULL \
+             ORDER BY held_deadline_ms LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
+        let latest: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT at_ms, active FROM self_preservation_changes WHERE at_ms <= $1 \
+             ORDER BY at_ms DESC LIMIT 1",
+        )
+        .bind(millis(at))
+        .fetch_optional(&self.pool)
+        .await?;
+        latest
+            .filter(|(_, active)| *active)
+            .map(|(at_ms, _)| from_millis(at_ms))
+            .transpose()
+    }
+
     async fn claim_due_checks(
         &self,
         now: DateTime<Utc>,
@@ -562,6 +629,7 @@ struct RowColumns {
     check_interval_ms: Vec<Option<i64>>,
     now_ms: Vec<i64>,
     reschedule_check: Vec<bool>,
+    held_deadline_ms: Vec<Option<i64>>,
     bytes: usize,
 }
 
@@ -569,18 +637,19 @@ struct RowColumns {
 macro_rules! rows_table {
     () => {
         "UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
-         $7::bigint[], $8::bigint[], $9::bigint[], $10::bool[]) \
+         $7::bigint[], $8::bigint[], $9::bigint[], $10::bool[], $11::bigint[]) \
          AS r(service, id, record, status, lease_deadline_ms, ttl_ms, critical_since_ms, \
-         check_interval_ms, now_ms, reschedule_check)"
+         check_interval_ms, now_ms, reschedule_check, held_deadline_ms)"
     };
 }
 
 /// New rows. next_check_ms: none without a check, otherwise `now` (checked at once).
 const INSERT_ROWS: &str = concat!(
     "INSERT INTO instances (service, id, record, status, lease_deadline_ms, ttl_ms, \
-       critical_since_ms, check_interval_ms, next_check_ms) \
+       critical_since_ms, check_interval_ms, next_check_ms, held_deadline_ms) \
      SELECT service, id, record::jsonb, status, lease_deadline_ms, ttl_ms, critical_since_ms, \
-       check_interval_ms, CASE WHEN check_interval_ms IS NULL THEN NULL ELSE now_ms END \
+       check_interval_ms, CASE WHEN check_interval_ms IS NULL THEN NULL ELSE now_ms END, \
+       held_deadline_ms \
      FROM ",
     rows_table!()
 );
@@ -592,6 +661,7 @@ const UPDATE_ROWS: &str = concat!(
        record = r.record::jsonb, status = r.status, \
        lease_deadline_ms = r.lease_deadline_ms, ttl_ms = r.ttl_ms, \
        critical_since_ms = r.critical_since_ms, check_interval_ms = r.check_interval_ms, \
+       held_deadline_ms = r.held_deadline_ms, \
        next_check_ms = CASE \
          WHEN r.check_interval_ms IS NULL THEN NULL \
          WHEN r.reschedule_check THEN r.now_ms \
@@ -629,6 +699,7 @@ impl RowColumns {
         self.check_interval_ms.push(columns.check_interval_ms);
         self.now_ms.push(millis(now));
         self.reschedule_check.push(reschedule_check);
+        self.held_deadline_ms.push(columns.held_deadline_ms);
         Ok(())
     }
 
@@ -653,6 +724,7 @@ impl RowColumns {
             .bind(rows.check_interval_ms)
             .bind(rows.now_ms)
             .bind(rows.reschedule_check)
+            .bind(rows.held_deadline_ms)
             .execute(conn)
             .await?;
         Ok(())

@@ -25,6 +25,7 @@ use super::{
     to_index,
 };
 use crate::record::InstanceRecord;
+use crate::self_preservation::{LeaseSurvey, Mode};
 
 /// How long a statement waits for a lock held by another process (or a checkpoint).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -330,6 +331,72 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
+    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
+        let row = sqlx::query_as(super::LEASE_SURVEY)
+            .bind(millis(now))
+            .fetch_optional(&self.reader)
+            .await?
+            .ok_or_else(missing_meta)?;
+        super::lease_survey_of(row)
+    }
+
+    async fn switch_self_preservation(
+        &self,
+        from: Mode,
+        to: Mode,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let switched = sqlx::query(
+            "UPDATE registry_meta SET \
+               self_preservation_since_ms = ?3, self_preservation_armed = ?4 \
+             WHERE id = 1 AND self_preservation_since_ms IS ?1 \
+               AND self_preservation_armed = ?2",
+        )
+        .bind(from.since.map(millis))
+        .bind(from.armed)
+        .bind(to.since.map(millis))
+        .bind(to.armed)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if switched && from.active() != to.active() {
+            sqlx::query("INSERT INTO self_preservation_changes (at_ms, active) VALUES (?1, ?2)")
+                .bind(millis(at))
+                .bind(to.active())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(switched)
+    }
+
+    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query_as(
+            "SELECT service, id FROM instances WHERE held_deadline_ms IS NOT NULL \
+             ORDER BY held_deadline_ms LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
+        let latest: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT at_ms, active FROM self_preservation_changes WHERE at_ms <= ?1 \
+             ORDER BY at_ms DESC LIMIT 1",
+        )
+        .bind(millis(at))
+        .fetch_optional(&self.reader)
+        .await?;
+        latest
+            .filter(|(_, active)| *active)
+            .map(|(at_ms, _)| from_millis(at_ms))
+            .transpose()
+    }
+
     async fn claim_due_checks(
         &self,
         now: DateTime<Utc>,
@@ -465,13 +532,15 @@ async fn save(
     // when the row had no schedule yet; otherwise the schedule the check sweep keeps.
     sqlx::query(
         "INSERT INTO instances (service, id, record, status, lease_deadline_ms, ttl_ms, \
-           critical_since_ms, check_interval_ms, next_check_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?8 IS NULL THEN NULL ELSE ?9 END) \
+           critical_since_ms, check_interval_ms, next_check_ms, held_deadline_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?8 IS NULL THEN NULL ELSE ?9 END, \
+           ?11) \
          ON CONFLICT (service, id) DO UPDATE SET \
            record = excluded.record, status = excluded.status, \
            lease_deadline_ms = excluded.lease_deadline_ms, ttl_ms = excluded.ttl_ms, \
            critical_since_ms = excluded.critical_since_ms, \
            check_interval_ms = excluded.check_interval_ms, \
+           held_deadline_ms = excluded.held_deadline_ms, \
            next_check_ms = CASE \
              WHEN excluded.check_interval_ms IS NULL THEN NULL \
              WHEN ?10 THEN excluded.next_check_ms \
@@ -487,6 +556,7 @@ async fn save(
     .bind(columns.check_interval_ms)
     .bind(millis(now))
     .bind(reschedule_check)
+    .bind(columns.held_deadline_ms)
     .execute(conn)
     .await?;
     Ok(())

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use registry_api::{Event, Instance};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::self_preservation::{LeaseSurvey, Mode};
+
 use super::{
     Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, Notification, Snapshot,
     SqliteStore, Store, StoreError, StoreResult, Transition,
@@ -198,6 +200,24 @@ impl Store for TestStore {
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>> {
         self.inner.reapable(critical_since, limit).await
+    }
+    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
+        self.inner.lease_survey(now).await
+    }
+    async fn switch_self_preservation(
+        &self,
+        from: Mode,
+        to: Mode,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.writable()?;
+        self.inner.switch_self_preservation(from, to, at).await
+    }
+    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>> {
+        self.inner.held_leases(limit).await
+    }
+    async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
+        self.inner.self_preservation_at(at).await
     }
     async fn claim_due_checks(
         &self,

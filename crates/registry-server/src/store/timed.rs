@@ -11,6 +11,7 @@ use super::{
     Transition,
 };
 use crate::metrics::timed;
+use crate::self_preservation::{LeaseSurvey, Mode};
 
 pub struct Timed<S>(pub S);
 
@@ -96,6 +97,31 @@ impl<S: Store> Store for Timed<S> {
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>> {
         timed("reapable", self.0.reapable(critical_since, limit)).await
+    }
+
+    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
+        timed("lease_survey", self.0.lease_survey(now)).await
+    }
+
+    async fn switch_self_preservation(
+        &self,
+        from: Mode,
+        to: Mode,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        timed(
+            "switch_self_preservation",
+            self.0.switch_self_preservation(from, to, at),
+        )
+        .await
+    }
+
+    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>> {
+        timed("held_leases", self.0.held_leases(limit)).await
+    }
+
+    async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
+        timed("self_preservation_at", self.0.self_preservation_at(at)).await
     }
 
     async fn claim_due_checks(
