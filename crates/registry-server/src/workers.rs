@@ -167,8 +167,9 @@ impl Workers {
                 }
             }
         } else {
-            // Lapses held while it lasted apply first; their instances stayed silent.
-            let held = store.held_leases(SWEEP_BATCH).await?;
+            // Lapses held while it lasted apply once the grace after its end is over too
+            // (an instance whose heartbeats return renews its lease meanwhile).
+            let held = store.held_leases(cutoff, SWEEP_BATCH).await?;
             let due = store.expired_leases(cutoff, SWEEP_BATCH).await?;
             for (service, id) in held.into_iter().chain(due) {
                 self.writer

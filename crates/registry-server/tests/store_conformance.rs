@@ -612,7 +612,7 @@ async fn held_lapses_are_found_kept_out_of_renewals_and_expired_later(backend: B
     assert!(held.event.as_ref().is_some_and(|e| e.snapshot.lease_held));
 
     assert_eq!(
-        s.held_leases(100).await.expect("held"),
+        s.held_leases(t0 + secs(11), 100).await.expect("held"),
         pairs(&[("sum", "a")])
     );
     assert_eq!(
@@ -633,14 +633,47 @@ async fn held_lapses_are_found_kept_out_of_renewals_and_expired_later(backend: B
     let renewed = heartbeat(s, "sum", "a", t0 + secs(12)).await;
     assert!(!record_of(&renewed).lease_held);
     assert!(renewed.event.is_some(), "other replicas see the hold end");
-    assert_eq!(s.held_leases(100).await.expect("held"), vec![]);
+    assert_eq!(
+        s.held_leases(t0 + secs(12), 100).await.expect("held"),
+        vec![]
+    );
 
-    // A hold that ends without a heartbeat turns critical.
+    // When the mode ends, a lease still held gets one full TTL from then, as after an
+    // outage: the heartbeats that return renew it meanwhile.
     hold(s, "sum", "b", t0 + secs(10)).await;
+    let on = Mode {
+        since: Some(t0 + secs(5)),
+        armed: true,
+    };
+    assert!(
+        s.switch_self_preservation(Mode::OFF, on, t0 + secs(5))
+            .await
+            .expect("on")
+    );
+    let end = t0 + secs(30);
+    assert!(
+        s.switch_self_preservation(on, Mode::OFF, end)
+            .await
+            .expect("off")
+    );
+    assert_eq!(
+        s.held_leases(end + secs(10) - ms(1), 100)
+            .await
+            .expect("held"),
+        vec![]
+    );
+    assert_eq!(
+        s.held_leases(end + secs(10), 100).await.expect("held"),
+        pairs(&[("sum", "b")])
+    );
+    // A hold that ends without a heartbeat turns critical.
     let expired = expire(s, "sum", "b", t0 + secs(20)).await;
     assert_eq!(record_of(&expired).status, Status::Critical);
     assert!(!record_of(&expired).lease_held);
-    assert_eq!(s.held_leases(100).await.expect("held"), vec![]);
+    assert_eq!(
+        s.held_leases(end + secs(10), 100).await.expect("held"),
+        vec![]
+    );
 }
 
 async fn one_replica_switches_self_preservation_and_time_travel_sees_it(backend: Backend) {

@@ -25,6 +25,7 @@ mod replicas;
 mod restart_grace;
 mod security;
 mod seed_compat;
+mod self_preservation;
 mod shutdown;
 mod smoke;
 mod tracing;

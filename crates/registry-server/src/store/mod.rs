@@ -200,8 +200,9 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey>;
 
     /// Switches the mode from `from` to `to`, only if it still is `from` (replicas decide
-    /// at once; one wins), and records when it went on or off. True when this call
-    /// switched it.
+    /// at once; one wins), and records when it went on or off. Its end is recorded as a
+    /// recovery (see [`Self::mark_alive`]): the registry could not see the instances, so
+    /// every lease gets one full TTL from then. True when this call switched it.
     async fn switch_self_preservation(
         &self,
         from: Mode,
@@ -209,8 +210,13 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
 
-    /// Instances whose lapse is held, earliest deadline first, at most `limit`.
-    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>>;
+    /// Instances whose lapse is held and whose grace after the last recovery is over at
+    /// `now`, earliest deadline first, at most `limit`.
+    async fn held_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>>;
 
     /// When the self-preservation on at `at` began; `None` if it was off then.
     async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>>;

@@ -348,8 +348,11 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let switched = sqlx::query(
+            // Its end is a recovery, as after an outage: every lease gets one full TTL.
             "UPDATE registry_meta SET \
-               self_preservation_since_ms = ?3, self_preservation_armed = ?4 \
+               self_preservation_since_ms = ?3, self_preservation_armed = ?4, \
+               recovered_ms = CASE WHEN ?1 IS NOT NULL AND ?3 IS NULL THEN ?5 \
+                 ELSE recovered_ms END \
              WHERE id = 1 AND self_preservation_since_ms IS ?1 \
                AND self_preservation_armed = ?2",
         )
@@ -357,6 +360,7 @@ impl Store for SqliteStore {
         .bind(from.armed)
         .bind(to.since.map(millis))
         .bind(to.armed)
+        .bind(millis(at))
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -372,11 +376,18 @@ impl Store for SqliteStore {
         Ok(switched)
     }
 
-    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>> {
+    async fn held_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>> {
         let rows = sqlx::query_as(
-            "SELECT service, id FROM instances WHERE held_deadline_ms IS NOT NULL \
-             ORDER BY held_deadline_ms LIMIT ?1",
+            "SELECT i.service, i.id FROM instances i, registry_meta m \
+             WHERE m.id = 1 AND i.held_deadline_ms IS NOT NULL \
+             AND (m.recovered_ms IS NULL OR m.recovered_ms + i.ttl_ms <= ?1) \
+             ORDER BY i.held_deadline_ms LIMIT ?2",
         )
+        .bind(millis(now))
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;

@@ -213,8 +213,12 @@ impl Store for TestStore {
         self.writable()?;
         self.inner.switch_self_preservation(from, to, at).await
     }
-    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>> {
-        self.inner.held_leases(limit).await
+    async fn held_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>> {
+        self.inner.held_leases(now, limit).await
     }
     async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
         self.inner.self_preservation_at(at).await

@@ -116,8 +116,12 @@ impl<S: Store> Store for Timed<S> {
         .await
     }
 
-    async fn held_leases(&self, limit: u32) -> StoreResult<Vec<(String, String)>> {
-        timed("held_leases", self.0.held_leases(limit)).await
+    async fn held_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, String)>> {
+        timed("held_leases", self.0.held_leases(now, limit)).await
     }
 
     async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
