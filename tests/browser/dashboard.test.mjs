@@ -19,6 +19,7 @@ const env = (name) => {
 const REGISTRY_URL = env('REGISTRY_URL');
 const GUARDED_REGISTRY_URL = env('GUARDED_REGISTRY_URL');
 const PROXIED_REGISTRY_URL = env('PROXIED_REGISTRY_URL');
+const PRESERVING_REGISTRY_URL = env('PRESERVING_REGISTRY_URL');
 const READ_TOKEN = env('READ_TOKEN');
 const LAPSE_SERVICE = env('LAPSE_SERVICE');
 const LAPSE_INSTANCE = env('LAPSE_INSTANCE');
@@ -223,6 +224,29 @@ async function unavailable(browser) {
   await context.close();
 }
 
+// A registry whose instances all went silent at once holds their lapses: the page says so
+// in a banner and marks each held lease, and no instance shows critical.
+async function selfPreservation(browser) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
+  });
+  await page.goto(`${PRESERVING_REGISTRY_URL}/`);
+  await until(page, 'the self-preservation banner with every lapse held', () => {
+    const banner = document.getElementById('preservation');
+    return !banner.hidden && /Self-preservation since/.test(banner.textContent)
+      && /\(6 held\)/.test(banner.textContent)
+      && document.querySelectorAll('tr[data-instance] .held').length === 6;
+  });
+  assert.equal(await page.locator('tr[data-status="critical"]').count(), 0, 'no instance shown critical');
+  await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard-self-preservation.png') });
+  assert.deepEqual(problems, [], 'the page logged errors');
+  await context.close();
+}
+
 async function tokenRequired(browser) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
@@ -271,6 +295,7 @@ try {
     ['registry unavailable', unavailable],
     ['connection lost and back', outage],
     ['read token required', tokenRequired],
+    ['self-preservation banner', selfPreservation],
   ]) {
     log(`scenario: ${name}`);
     await scenario(browser);

@@ -17,6 +17,7 @@
   const AROUND_MAX_SERVICES = 40;
   // Heartbeats append no event: a periodic reload keeps "last heartbeat" current.
   const REFRESH_MS = 15000;
+  const PRESERVATION_REFRESH_MS = 1000;
   const RETRY_MIN_MS = 1000;
   const RETRY_MAX_MS = 8000;
 
@@ -25,6 +26,7 @@
     body: document.body,
     connection: $('connection'),
     notice: $('notice'),
+    preservation: $('preservation'),
     tokenForm: $('token-form'),
     token: $('token'),
     forgetToken: $('forget-token'),
@@ -51,7 +53,10 @@
     live: new Map(),
     liveIndex: 0,
     loaded: false,
-    // Set while looking at a past moment: {at: Date, services: [...] | null, around: [...] | null}.
+    // Self-preservation as the latest live answer of /v1/status gave it.
+    preservation: null,
+    // Set while looking at a past moment: {at: Date, services: [...] | null, around: [...] | null,
+    // preservation: the mode then | null}.
     viewing: null,
     viewSeq: 0,
     feed: [],
@@ -150,8 +155,23 @@
     state.live = live;
     state.liveIndex = body.index;
     state.loaded = true;
+    state.preservation = body.self_preservation || null;
     noteHistoryStart(body);
     queueRender();
+  }
+
+  // Self-preservation changes append no event of its own: a held lapse, or a heartbeat
+  // that ends one, is the sign to ask for the mode again soon.
+  function refreshSoon() {
+    clearTimeout(state.refreshTimer);
+    state.refreshTimer = setTimeout(async () => {
+      try {
+        applySnapshot(await api('/v1/status'));
+        scheduleRefresh();
+      } catch (err) {
+        failed(err);
+      }
+    }, PRESERVATION_REFRESH_MS);
   }
 
   // Events at or before the state shown (the stream starts a little before it, to fill
@@ -161,6 +181,8 @@
     if (event.index <= state.liveIndex) return;
     state.liveIndex = event.index;
     let instances = state.live.get(event.service);
+    const wasHeld = Boolean(instances && instances.get(event.instance)?.lease_held);
+    if (event.reason === 'lease_held' || wasHeld) refreshSoon();
     if (event.kind === 'removed') {
       if (instances) {
         instances.delete(event.instance);
@@ -264,7 +286,7 @@
       return;
     }
     const seq = ++state.viewSeq;
-    state.viewing = { at, services: null, around: null };
+    state.viewing = { at, services: null, around: null, preservation: null };
     hideNotice();
     setMode();
     updateScrubber();
@@ -273,6 +295,7 @@
       const body = await api(`/v1/status?at=${encodeURIComponent(at.toISOString())}`);
       if (seq !== state.viewSeq) return;
       state.viewing.services = body.services || [];
+      state.viewing.preservation = body.self_preservation || null;
       queueRender();
       const names = new Set(state.viewing.services.map((s) => s.name));
       for (const name of state.live.keys()) names.add(name);
@@ -389,11 +412,29 @@
 
   function render() {
     const services = currentServices();
+    renderPreservation();
     renderSummary(services);
     renderServices(services);
     renderFeed();
     renderAround();
     tick();
+  }
+
+  // The banner: the mode of the moment shown (live, or the past moment's answer).
+  function renderPreservation() {
+    const mode = state.viewing ? state.viewing.preservation : state.preservation;
+    if (!mode || !mode.active) {
+      el.preservation.hidden = true;
+      el.preservation.replaceChildren();
+      return;
+    }
+    const since = mode.since ? ` since ${formatDateTime(new Date(mode.since))}` : '';
+    el.preservation.replaceChildren(
+      h('strong', null, `Self-preservation${since}: `),
+      `the registry lost sight of many instances at once and suspects its own network. `
+        + `Lease lapses are held, statuses kept (${mode.held} held).`,
+    );
+    el.preservation.hidden = false;
   }
 
   function renderSummary(services) {
@@ -500,6 +541,7 @@
         null,
         relTime(instance.last_heartbeat_at, 'ago'),
         h('span', { class: 'sub' }, ' · lease ', relTime(instance.lease_expires_at, 'lease')),
+        instance.lease_held ? h('span', { class: 'held' }, ' · lapse held') : null,
       );
     }
     let check;

@@ -152,6 +152,21 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
         .await
         .expect("register on the guarded registry");
 
+    // Six instances whose leases nobody renews: together they go silent, and the registry
+    // holds their lapses (self-preservation) instead of turning them critical.
+    let preserving = TestRegistry::start(Backend::Sqlite).await;
+    for n in 1..=6 {
+        preserving
+            .api
+            .register(
+                "fleet",
+                &format!("fleet-{n}"),
+                &spec("http://10.0.4.1:8080/", 2),
+            )
+            .await
+            .expect("register a fleet instance");
+    }
+
     // The outage scenario reaches the registry through a proxy this test cuts and restores.
     let proxy = TcpProxy::start().await;
     proxy.set_target(open.addr);
@@ -167,6 +182,7 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
         .env("REGISTRY_URL", &open.base_url)
         .env("GUARDED_REGISTRY_URL", &guarded.base_url)
         .env("PROXIED_REGISTRY_URL", proxy.url())
+        .env("PRESERVING_REGISTRY_URL", &preserving.base_url)
         .env("READ_TOKEN", READ_TOKEN)
         .env("LAPSE_SERVICE", LAPSING.0)
         .env("LAPSE_INSTANCE", LAPSING.1)
@@ -234,6 +250,7 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
     );
 
     heartbeats.abort();
+    preserving.stop().await;
     guarded.stop().await;
     open.stop().await;
 }

@@ -61,6 +61,7 @@ pub fn router() -> Router<AppState> {
         registry_api::ServiceSummary,
         registry_api::ServiceInstances,
         registry_api::SystemStatus,
+        registry_api::SelfPreservation,
         registry_api::ServiceStatus,
         registry_api::HeartbeatResponse,
         registry_api::History,
