@@ -38,6 +38,7 @@ use registry_api::{Event, Instance, ServiceList, SystemStatus};
 ///     index: 42,
 ///     at,
 ///     history_starts_at: None,
+///     epoch: None,
 ///     services: vec![ServiceStatus {
 ///         name: "sum".into(),
 ///         status: Status::Warning,
@@ -360,6 +361,7 @@ sum         warning      2 instances
             index: 0,
             at: t(0),
             history_starts_at: None,
+            epoch: None,
             services: vec![],
         };
         assert_eq!(

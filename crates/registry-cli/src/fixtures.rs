@@ -53,6 +53,7 @@ pub(crate) fn system() -> SystemStatus {
         index: 42,
         at: t(0),
         history_starts_at: None,
+        epoch: None,
         services: vec![
             ServiceStatus {
                 name: "concat".into(),

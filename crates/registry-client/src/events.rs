@@ -534,6 +534,7 @@ mod tests {
                 .single()
                 .expect("valid"),
             history_starts_at: None,
+            epoch: None,
             services: vec![ServiceStatus {
                 name: "sum".into(),
                 status: Status::Passing,

@@ -499,6 +499,7 @@ pub fn system_status(
         index,
         at,
         history_starts_at: None,
+        epoch: None,
         services,
     }
 }
