@@ -466,7 +466,10 @@ async fn replicas_on_one_database_share_its_epoch_and_a_fresh_database_has_anoth
         .expect("answer");
     assert_eq!(refused.status(), 404);
     assert_eq!(
-        refused.headers().get(registry_api::EPOCH_HEADER).and_then(|v| v.to_str().ok()),
+        refused
+            .headers()
+            .get(registry_api::EPOCH_HEADER)
+            .and_then(|v| v.to_str().ok()),
         Some(epoch.as_str())
     );
     b.stop().await;
@@ -474,7 +477,11 @@ async fn replicas_on_one_database_share_its_epoch_and_a_fresh_database_has_anoth
     assert_eq!(epoch_of(&b).await, epoch, "a restart keeps the epoch");
 
     let fresh = TestRegistry::start(Backend::Postgres).await;
-    assert_ne!(epoch_of(&fresh).await, epoch, "another database, another epoch");
+    assert_ne!(
+        epoch_of(&fresh).await,
+        epoch,
+        "another database, another epoch"
+    );
 
     let sqlite = TestRegistry::start(Backend::Sqlite).await;
     let sqlite_epoch = epoch_of(&sqlite).await;
@@ -482,7 +489,11 @@ async fn replicas_on_one_database_share_its_epoch_and_a_fresh_database_has_anoth
     let file = sqlite.database_url.clone();
     sqlite.stop().await;
     let again = TestRegistry::start_on(file, |_| {}).await;
-    assert_eq!(epoch_of(&again).await, sqlite_epoch, "the SQLite file keeps it");
+    assert_eq!(
+        epoch_of(&again).await,
+        sqlite_epoch,
+        "the SQLite file keeps it"
+    );
     let other = TestRegistry::start(Backend::Sqlite).await;
     assert_ne!(epoch_of(&other).await, sqlite_epoch);
 
