@@ -179,6 +179,7 @@ fn client(registry: &TestRegistry, options: CallerOptions) -> ServiceClient {
             backoff_max: Duration::from_millis(250),
             first_fetch_timeout: Duration::from_secs(3),
             cache_file: None,
+            ..DiscoveryOptions::default()
         },
     );
     ServiceClient::new(discovery, options)
