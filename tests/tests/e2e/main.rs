@@ -20,6 +20,7 @@ mod http_api;
 mod lifecycle;
 mod registration;
 mod registry_outage;
+mod relearning;
 mod replica_failures;
 mod replicas;
 mod restart_grace;
