@@ -18,6 +18,7 @@ mod discovery;
 mod heartbeats;
 mod http_api;
 mod lifecycle;
+mod panic_routing;
 mod registration;
 mod registry_outage;
 mod relearning;
