@@ -74,8 +74,8 @@ pub enum Routing {
 /// assert_eq!(routing(&instances, 0.0), Routing::Normal); // panic off
 /// ```
 pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
-    // `!(threshold > 0.0)` rather than `<=` so that NaN turns panic off too.
-    if !(threshold > 0.0) {
+    // NaN turns panic off too.
+    if threshold.is_nan() || threshold <= 0.0 {
         return Routing::Normal;
     }
     let known = instances
