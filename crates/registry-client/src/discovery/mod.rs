@@ -475,7 +475,9 @@ impl View {
     ) -> bool {
         let lost = self.lost_state(&answer);
         let reported = |id: &str| answer.value.instances.iter().any(|i| i.id == id);
-        let was_relearning = self.relearning(now) > 0;
+        // Deadlines are enforced on every read; the entries go (and the end is logged)
+        // with the next answer.
+        let was_relearning = !self.forgotten.is_empty();
         self.forgotten
             .retain(|f| f.until > now && !reported(&f.instance.id));
         if let Some(why) = lost {
@@ -520,11 +522,6 @@ impl View {
         self.age_at_confirmation = Duration::ZERO;
         self.confirmed = true;
         changed
-    }
-
-    /// How many kept instances are still within their deadline.
-    fn relearning(&self, now: Instant) -> usize {
-        self.forgotten.iter().filter(|f| f.until > now).count()
     }
 
     fn age(&self) -> Duration {
