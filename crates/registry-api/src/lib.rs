@@ -33,3 +33,8 @@ pub use trace_parent::TraceParent;
 
 /// Name of the response header carrying a service's index on `GET /v1/services/{service}`.
 pub const INDEX_HEADER: &str = "Registry-Index";
+
+/// Name of the response header carrying the database's epoch on every v1 answer: a random
+/// id made when the registry's database was first initialised, shared by every replica on
+/// it. A client that sees it change knows the registry lost its state (docs/api.md).
+pub const EPOCH_HEADER: &str = "Registry-Epoch";

@@ -42,6 +42,10 @@ pub struct SystemStatus {
     /// starts); absent when the database could not be asked.
     #[serde(default)]
     pub history_starts_at: Option<DateTime<Utc>>,
+    /// The database's epoch (the `Registry-Epoch` header); absent from registries older
+    /// than it.
+    #[serde(default)]
+    pub epoch: Option<String>,
     /// Whether the registry held lease lapses at that moment (docs/operations.md,
     /// Self-preservation).
     #[serde(default)]

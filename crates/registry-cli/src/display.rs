@@ -38,6 +38,7 @@ use registry_api::{Event, Instance, ServiceList, SystemStatus};
 ///     index: 42,
 ///     at,
 ///     history_starts_at: None,
+///     epoch: None,
 ///     self_preservation: Default::default(),
 ///     services: vec![ServiceStatus {
 ///         name: "sum".into(),
@@ -389,6 +390,7 @@ sum         warning      2 instances
             index: 0,
             at: t(0),
             history_starts_at: None,
+            epoch: None,
             self_preservation: Default::default(),
             services: vec![],
         };

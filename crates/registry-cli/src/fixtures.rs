@@ -54,6 +54,7 @@ pub(crate) fn system() -> SystemStatus {
         index: 42,
         at: t(0),
         history_starts_at: None,
+        epoch: None,
         self_preservation: Default::default(),
         services: vec![
             ServiceStatus {

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
 use registry_api::{
-    HeartbeatResponse, History, Instance, InstanceSpec, ServiceInstances, ServiceList, Status,
-    StatusChange, SystemStatus, format_duration,
+    EPOCH_HEADER, HeartbeatResponse, History, Instance, InstanceSpec, ServiceInstances,
+    ServiceList, Status, StatusChange, SystemStatus, format_duration,
 };
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -117,7 +117,18 @@ struct Reply {
     status: StatusCode,
     /// The path that was called, for error messages.
     path: String,
+    /// The registry database's epoch (`Registry-Epoch`), when the answer carries one.
+    epoch: Option<String>,
     body: Bytes,
+}
+
+/// An answer with the epoch of the registry's database that gave it (`Registry-Epoch`;
+/// `None` from a registry older than the header). Discovery compares epochs to tell a
+/// registry that lost its state (docs/api.md, The epoch).
+#[derive(Debug, Clone)]
+pub(crate) struct Epoched<T> {
+    pub(crate) value: T,
+    pub(crate) epoch: Option<String>,
 }
 
 impl RegistryApi {
@@ -338,13 +349,22 @@ impl RegistryApi {
         service: &str,
         status_filter: Option<Status>,
     ) -> Result<ServiceInstances> {
+        Ok(self.service_epoched(service, status_filter).await?.value)
+    }
+
+    /// [`service`](Self::service) with the epoch of the database that answered.
+    pub(crate) async fn service_epoched(
+        &self,
+        service: &str,
+        status_filter: Option<Status>,
+    ) -> Result<Epoched<ServiceInstances>> {
         let reply = self
             .call(|base| {
                 let url = service_url(base, service, status_filter, None)?;
                 Ok(self.request(Method::GET, url))
             })
             .await?;
-        decode(&reply)
+        decode_epoched(reply)
     }
 
     /// Blocking query on one service: answers as soon as the service's index passes
@@ -372,6 +392,20 @@ impl RegistryApi {
         index: u64,
         wait: Duration,
     ) -> Result<ServiceInstances> {
+        Ok(self
+            .watch_service_epoched(service, status_filter, index, wait)
+            .await?
+            .value)
+    }
+
+    /// [`watch_service`](Self::watch_service) with the epoch of the database that answered.
+    pub(crate) async fn watch_service_epoched(
+        &self,
+        service: &str,
+        status_filter: Option<Status>,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Epoched<ServiceInstances>> {
         let timeout = wait
             .saturating_add(wait / 16)
             .saturating_add(BLOCKING_GRACE);
@@ -381,7 +415,7 @@ impl RegistryApi {
                 Ok(self.request(Method::GET, url))
             })
             .await?;
-        decode(&reply)
+        decode_epoched(reply)
     }
 
     /// `GET /v1/status[?at=...]`: the whole system now, or as it was at `at` (time travel;
@@ -644,8 +678,18 @@ async fn send(request: RequestBuilder) -> Result<Response> {
 async fn read_reply(response: Response) -> Result<Reply> {
     let status = response.status();
     let path = response.url().path().to_owned();
+    let epoch = response
+        .headers()
+        .get(EPOCH_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     let body = response.bytes().await?;
-    Ok(Reply { status, path, body })
+    Ok(Reply {
+        status,
+        path,
+        epoch,
+        body,
+    })
 }
 
 fn endpoint(base: &Url, segments: &[&str]) -> Result<Url> {
@@ -746,6 +790,14 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 fn decode<T: DeserializeOwned>(reply: &Reply) -> Result<T> {
     serde_json::from_slice(&reply.body)
         .map_err(|e| ClientError::Decode(format!("{}: {e}", reply.path)))
+}
+
+fn decode_epoched<T: DeserializeOwned>(reply: Reply) -> Result<Epoched<T>> {
+    let value = decode(&reply)?;
+    Ok(Epoched {
+        value,
+        epoch: reply.epoch,
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,17 @@
 //! processes. Three rules shape it:
 //!
 //! - Only `passing` instances take traffic while any of them is admitted; `warning` ones
-//!   (throttling, HTTP 429) are the last resort; `critical` and `maintenance` ones never do
-//!   (maintenance means "alive, send no traffic": the instance is draining).
+//!   (throttling, HTTP 429) are the last resort; `critical` ones do not, outside panic
+//!   (below); `maintenance` ones never do, panic or not (maintenance means "alive, send no
+//!   traffic": the instance is draining).
+//! - Panic (Envoy's panic threshold): when fewer than a share of a service's known,
+//!   non-maintenance instances are available (`passing` or `warning`), the registry's
+//!   view is more likely wrong than most of the instances dead: a network fault between
+//!   the registry and the instances, or a registry that lost its state. Calls then spread
+//!   over every non-maintenance instance, `critical` ones included, and the circuit
+//!   breakers (through `admits`) keep them away from instances that really fail. Without
+//!   it, a registry that wrongly marks most instances critical would pile the whole load
+//!   on the few it still believes in, turning its mistake into an outage.
 //! - The caller decides what else disqualifies an instance through `admits`: the circuit
 //!   breaker's `would_admit`, and "not already tried" for a retry on another instance.
 //! - The rotation remembers the id it picked last, not a position, and candidates are
@@ -21,6 +30,71 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use registry_api::{Instance, Status};
+
+/// The share of available instances below which a service is routed in panic, unless
+/// configured otherwise: Envoy's default.
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 0.5;
+
+/// How the instances of a service are chosen for one call (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// `passing` instances, `warning` ones as the last resort.
+    Normal,
+    /// Every non-maintenance instance alike: too few are available to trust the statuses.
+    Panic,
+}
+
+/// Whether `instances` are too few available to trust the statuses: fewer than
+/// `threshold` of the non-maintenance ones are `passing` or `warning`. A threshold of 0
+/// (or less, or not a number) turns panic off; a service with no non-maintenance instance
+/// is never in panic (there is nothing to spread the calls over).
+///
+/// ```
+/// use registry_client::balancer::{Routing, routing};
+/// # use registry_client::{Instance, Status};
+/// # fn instance(id: &str, status: Status) -> Instance {
+/// #     let now = chrono::Utc::now();
+/// #     Instance {
+/// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
+/// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
+/// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
+/// #         status_changed_at: now, last_check: None, lease_held: false,
+/// #     }
+/// # }
+///
+/// let instances = vec![
+///     instance("sum-1", Status::Passing),
+///     instance("sum-2", Status::Critical),
+///     instance("sum-3", Status::Critical),
+///     instance("sum-4", Status::Maintenance),
+/// ];
+/// // 1 available of 3 non-maintenance instances: below half.
+/// assert_eq!(routing(&instances, 0.5), Routing::Panic);
+/// assert_eq!(routing(&instances, 0.3), Routing::Normal);
+/// assert_eq!(routing(&instances, 0.0), Routing::Normal); // panic off
+/// ```
+pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
+    // NaN turns panic off too.
+    if threshold.is_nan() || threshold <= 0.0 {
+        return Routing::Normal;
+    }
+    let known = instances
+        .iter()
+        .filter(|i| i.status != Status::Maintenance)
+        .count();
+    let available = instances
+        .iter()
+        .filter(|i| matches!(i.status, Status::Passing | Status::Warning))
+        .count();
+    // Counts are small: the conversion to f64 is exact.
+    #[allow(clippy::cast_precision_loss)]
+    let below = (available as f64) < threshold * (known as f64);
+    if known > 0 && below {
+        Routing::Panic
+    } else {
+        Routing::Normal
+    }
+}
 
 /// Round-robin choice among the instances of each service.
 ///
@@ -51,14 +125,25 @@ use registry_api::{Instance, Status};
 /// let second = balancer.pick("sum", &instances, |_| true).map(|i| i.id.clone());
 /// assert_ne!(first, second); // alternates between sum-1 and sum-2, never sum-3
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RoundRobin {
     /// Service name -> id of the instance picked last.
     last: Mutex<HashMap<String, String>>,
+    /// Services routed in panic by the last [`routing_of`](Self::routing_of), so that
+    /// entering and leaving panic are logged once each.
+    panicking: Mutex<HashMap<String, bool>>,
+    panic_threshold: f64,
+}
+
+impl Default for RoundRobin {
+    fn default() -> Self {
+        Self::with_panic_threshold(DEFAULT_PANIC_THRESHOLD)
+    }
 }
 
 impl RoundRobin {
-    /// A balancer that has picked nothing yet.
+    /// A balancer that has picked nothing yet, with the default panic threshold
+    /// ([`DEFAULT_PANIC_THRESHOLD`]).
     ///
     /// ```
     /// let balancer = registry_client::balancer::RoundRobin::new();
@@ -68,9 +153,100 @@ impl RoundRobin {
         Self::default()
     }
 
+    /// A balancer that routes a service in panic when fewer than `threshold` (a share,
+    /// from 0 to 1) of its non-maintenance instances are available; 0 turns panic off
+    /// (the statuses are always followed).
+    ///
+    /// ```
+    /// use registry_client::balancer::RoundRobin;
+    ///
+    /// let never_panics = RoundRobin::with_panic_threshold(0.0);
+    /// assert_eq!(never_panics.panic_threshold(), 0.0);
+    /// ```
+    pub fn with_panic_threshold(threshold: f64) -> Self {
+        Self {
+            last: Mutex::new(HashMap::new()),
+            panicking: Mutex::new(HashMap::new()),
+            panic_threshold: threshold,
+        }
+    }
+
+    /// The share of available instances below which a service is routed in panic.
+    pub fn panic_threshold(&self) -> f64 {
+        self.panic_threshold
+    }
+
+    /// How the next call to `service` is routed over `instances` ([`routing`] with this
+    /// balancer's threshold). Logs when a service enters or leaves panic, once per change.
+    ///
+    /// ```
+    /// use registry_client::balancer::{RoundRobin, Routing};
+    /// # use registry_client::{Instance, Status};
+    /// # fn instance(id: &str, status: Status) -> Instance {
+    /// #     let now = chrono::Utc::now();
+    /// #     Instance {
+    /// #         id: id.into(), service: "sum".into(), url: format!("http://{id}:4040"), status,
+    /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
+    /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
+    /// #         status_changed_at: now, last_check: None, lease_held: false,
+    /// #     }
+    /// # }
+    ///
+    /// let instances = vec![
+    ///     instance("sum-1", Status::Passing),
+    ///     instance("sum-2", Status::Critical),
+    ///     instance("sum-3", Status::Critical),
+    /// ];
+    /// let balancer = RoundRobin::new();
+    /// let routing = balancer.routing_of("sum", &instances);
+    /// assert_eq!(routing, Routing::Panic);
+    /// // In panic, the critical instances take their share too.
+    /// let picked = balancer.pick_routed(routing, "sum", &instances, |i| i.id != "sum-1");
+    /// assert!(picked.is_some_and(|i| i.status == Status::Critical));
+    /// ```
+    pub fn routing_of(&self, service: &str, instances: &[Instance]) -> Routing {
+        let routing = routing(instances, self.panic_threshold);
+        let panic = routing == Routing::Panic;
+        let mut panicking = self
+            .panicking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let was = panicking.get(service).copied().unwrap_or(false);
+        if was != panic {
+            let known = instances
+                .iter()
+                .filter(|i| i.status != Status::Maintenance)
+                .count();
+            let available = instances
+                .iter()
+                .filter(|i| matches!(i.status, Status::Passing | Status::Warning))
+                .count();
+            if panic {
+                tracing::warn!(
+                    service,
+                    available,
+                    known,
+                    threshold = self.panic_threshold,
+                    "too few instances available: routing in panic over every non-maintenance instance"
+                );
+            } else {
+                tracing::info!(
+                    service,
+                    available,
+                    known,
+                    "enough instances available again: routing by status"
+                );
+            }
+            panicking.insert(service.to_owned(), panic);
+        }
+        routing
+    }
+
     /// Next instance of `service` in round-robin order among the `passing` instances that
-    /// `admits` accepts; when none is left, among the `warning` ones; never `critical` or
-    /// `maintenance` ones. `None` when nothing qualifies.
+    /// `admits` accepts; when none is left, among the `warning` ones; `critical` ones only
+    /// in panic ([`routing_of`](Self::routing_of)), where every non-maintenance instance
+    /// `admits` accepts qualifies alike; `maintenance` ones never. `None` when nothing
+    /// qualifies.
     ///
     /// Candidates are ordered by id, so the rotation does not depend on the order of
     /// `instances` and stays fair when the list is rebuilt between calls. `admits` is
@@ -105,18 +281,39 @@ impl RoundRobin {
         instances: &'a [Instance],
         admits: impl Fn(&Instance) -> bool,
     ) -> Option<&'a Instance> {
-        let tier = |status: Status| {
+        let routing = self.routing_of(service, instances);
+        self.pick_routed(routing, service, instances, admits)
+    }
+
+    /// [`pick`](Self::pick) with the routing decided beforehand (once per call by
+    /// [`routing_of`](Self::routing_of), so that a retry is routed as the first attempt
+    /// was).
+    pub fn pick_routed<'a>(
+        &self,
+        routing: Routing,
+        service: &str,
+        instances: &'a [Instance],
+        admits: impl Fn(&Instance) -> bool,
+    ) -> Option<&'a Instance> {
+        let tier = |wanted: &dyn Fn(Status) -> bool| {
             let mut candidates: Vec<&'a Instance> = instances
                 .iter()
-                .filter(|i| i.status == status && admits(i))
+                .filter(|i| wanted(i.status) && admits(i))
                 .collect();
             candidates.sort_by(|a, b| a.id.cmp(&b.id));
             candidates
         };
-        let mut candidates = tier(Status::Passing);
-        if candidates.is_empty() {
-            candidates = tier(Status::Warning);
-        }
+        let candidates = match routing {
+            Routing::Panic => tier(&|status| status != Status::Maintenance),
+            Routing::Normal => {
+                let passing = tier(&|status| status == Status::Passing);
+                if passing.is_empty() {
+                    tier(&|status| status == Status::Warning)
+                } else {
+                    passing
+                }
+            }
+        };
         let first = *candidates.first()?;
 
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
@@ -334,5 +531,122 @@ mod tests {
             .pick("a", &instances, |_| true)
             .map(|i| i.id.clone());
         assert_ne!(first, second);
+    }
+
+    #[test]
+    fn panic_below_the_threshold_of_available_instances() {
+        let statuses = |list: &[Status]| -> Vec<Instance> {
+            list.iter()
+                .enumerate()
+                .map(|(n, status)| instance(&format!("sum-{n}"), *status))
+                .collect()
+        };
+        use Status::{Critical, Maintenance, Passing, Warning};
+        // 1 of 3 available: panic at the default threshold.
+        let one_of_three = statuses(&[Passing, Critical, Critical]);
+        assert_eq!(routing(&one_of_three, 0.5), Routing::Panic);
+        // Warning counts as available (Envoy's degraded hosts).
+        assert_eq!(
+            routing(&statuses(&[Warning, Passing, Critical]), 0.5),
+            Routing::Normal
+        );
+        // Exactly half is not below half.
+        assert_eq!(
+            routing(&statuses(&[Passing, Critical]), 0.5),
+            Routing::Normal
+        );
+        // Maintenance instances are not counted at all: 1 of 2, not 1 of 4.
+        assert_eq!(
+            routing(
+                &statuses(&[Passing, Critical, Maintenance, Maintenance]),
+                0.5
+            ),
+            Routing::Normal
+        );
+        // Every instance critical: panic; none known (or only maintenance): nothing to
+        // spread over.
+        assert_eq!(
+            routing(&statuses(&[Critical, Critical]), 0.5),
+            Routing::Panic
+        );
+        assert_eq!(routing(&[], 0.5), Routing::Normal);
+        assert_eq!(routing(&statuses(&[Maintenance]), 0.5), Routing::Normal);
+        // 0 (and nonsense) turns panic off; a higher threshold panics sooner.
+        assert_eq!(routing(&one_of_three, 0.0), Routing::Normal);
+        assert_eq!(routing(&one_of_three, f64::NAN), Routing::Normal);
+        assert_eq!(routing(&one_of_three, 0.3), Routing::Normal);
+        assert_eq!(
+            routing(&statuses(&[Passing, Passing, Critical]), 0.9),
+            Routing::Panic
+        );
+    }
+
+    #[test]
+    fn in_panic_calls_spread_over_every_non_maintenance_instance() {
+        let instances = vec![
+            instance("sum-1", Status::Passing),
+            instance("sum-2", Status::Critical),
+            instance("sum-3", Status::Critical),
+            instance("sum-4", Status::Maintenance),
+        ];
+        let balancer = RoundRobin::new();
+        let picked = picks(&balancer, &instances, 9, |_| true);
+        for id in ["sum-1", "sum-2", "sum-3"] {
+            assert_eq!(count(&picked, id), 3, "{id} in {picked:?}");
+        }
+        assert_eq!(count(&picked, "sum-4"), 0, "maintenance never: {picked:?}");
+    }
+
+    #[test]
+    fn in_panic_the_breakers_still_guard() {
+        let instances = vec![
+            instance("sum-1", Status::Critical),
+            instance("sum-2", Status::Critical),
+            instance("sum-3", Status::Passing),
+        ];
+        let balancer = RoundRobin::new();
+        let picked = picks(&balancer, &instances, 6, |i| i.id != "sum-2");
+        assert_eq!(count(&picked, "sum-2"), 0, "{picked:?}");
+        assert_eq!((count(&picked, "sum-1"), count(&picked, "sum-3")), (3, 3));
+        // Every breaker open: nothing to call, panic or not.
+        assert!(balancer.pick("sum", &instances, |_| false).is_none());
+    }
+
+    #[test]
+    fn with_panic_off_critical_instances_never_take_traffic() {
+        let instances = vec![
+            instance("sum-1", Status::Critical),
+            instance("sum-2", Status::Critical),
+            instance("sum-3", Status::Passing),
+        ];
+        let balancer = RoundRobin::with_panic_threshold(0.0);
+        let picked = picks(&balancer, &instances, 6, |_| true);
+        assert!(picked.iter().all(|p| p == "sum-3"), "{picked:?}");
+        let all_critical = vec![
+            instance("sum-1", Status::Critical),
+            instance("sum-2", Status::Critical),
+        ];
+        assert!(balancer.pick("sum", &all_critical, |_| true).is_none());
+    }
+
+    #[test]
+    fn routing_follows_the_statuses_in_and_out_of_panic() {
+        let balancer = RoundRobin::new();
+        let healthy = vec![
+            instance("sum-1", Status::Passing),
+            instance("sum-2", Status::Passing),
+            instance("sum-3", Status::Critical),
+        ];
+        let mut lapsed = healthy.clone();
+        lapsed[1].status = Status::Critical;
+        assert_eq!(balancer.routing_of("sum", &healthy), Routing::Normal);
+        assert_eq!(balancer.routing_of("sum", &lapsed), Routing::Panic);
+        assert_eq!(balancer.routing_of("sum", &lapsed), Routing::Panic);
+        // Another service is judged on its own instances.
+        assert_eq!(balancer.routing_of("mult", &healthy), Routing::Normal);
+        assert_eq!(balancer.routing_of("sum", &healthy), Routing::Normal);
+        // Out of panic, the critical instance gets nothing again.
+        let picked = picks(&balancer, &healthy, 4, |_| true);
+        assert_eq!(count(&picked, "sum-3"), 0, "{picked:?}");
     }
 }

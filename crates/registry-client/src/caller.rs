@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::ClientError;
-use crate::balancer::RoundRobin;
+use crate::balancer::{RoundRobin, Routing};
 use crate::breaker::{BreakerConfig, Breakers, Outcome, Permit};
 use crate::discovery::Discovery;
 use crate::trace::{self, TraceParent};
@@ -70,6 +70,12 @@ pub struct CallerOptions {
     /// the first and, on failure, each next one on an instance not tried yet (default 2:
     /// one retry). Other methods are called once. 0 counts as 1.
     pub idempotent_attempts: u32,
+    /// Panic routing (default 0.5, as Envoy): when fewer than this share of a service's
+    /// known, non-maintenance instances are `passing` or `warning`, calls spread over all
+    /// of them, `critical` ones included, with the breakers as the guard (see
+    /// [`balancer`](crate::balancer)). 0 turns it off: calls then follow the statuses
+    /// whatever they are.
+    pub panic_threshold: f64,
 }
 
 impl Default for CallerOptions {
@@ -78,6 +84,7 @@ impl Default for CallerOptions {
             call_timeout: Duration::from_secs(2),
             breaker: BreakerConfig::default(),
             idempotent_attempts: 2,
+            panic_threshold: crate::balancer::DEFAULT_PANIC_THRESHOLD,
         }
     }
 }
@@ -108,8 +115,9 @@ impl Default for CallerOptions {
 /// ```
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The registry knows no passing or warning instance of the service (none registered,
-    /// or all of them critical or in maintenance).
+    /// Nothing to call: the registry knows no instance of the service that may take
+    /// traffic (none registered, all of them in maintenance, or, with panic routing off,
+    /// all of them critical or in maintenance).
     #[error("no instance of '{service}' is available")]
     NoInstance {
         /// The service called.
@@ -317,7 +325,7 @@ impl ServiceClient {
             .unwrap_or_default();
         Self {
             discovery,
-            balancer: Arc::new(RoundRobin::new()),
+            balancer: Arc::new(RoundRobin::with_panic_threshold(options.panic_threshold)),
             breakers: Arc::new(
                 Breakers::new(options.breaker.clone())
                     .with_state_report(crate::metrics::breaker_state),
@@ -417,7 +425,8 @@ impl ServiceClient {
 
     /// Any call. `path_and_query` is appended to the instance's URL; `body` is sent as
     /// JSON. The instance is the next one in round robin among the `passing` instances
-    /// whose breaker admits a call (`warning` ones when none is left). Idempotent methods
+    /// whose breaker admits a call (`warning` ones when none is left; in panic, any
+    /// non-maintenance instance, see [`CallerOptions::panic_threshold`]). Idempotent methods
     /// (see [`CallerOptions::idempotent_attempts`]) are retried on another instance after
     /// a connect error, a timeout or a 5xx; other methods are never retried. Every attempt
     /// carries a `traceparent`: a child of [`trace::current`] inside
@@ -488,14 +497,21 @@ impl ServiceClient {
         let mut tried: HashSet<String> = HashSet::new();
         let mut made = 0;
         let mut last_error = None;
+        // Decided once per call, so that a retry is routed as the first attempt was.
+        let routing = self.balancer.routing_of(service, &resolved.instances);
         while made < attempts {
             let breakers = &self.breakers;
-            let picked = self.balancer.pick(service, &resolved.instances, |i| {
-                !tried.contains(&i.id) && breakers.get(&breaker_key(i)).would_admit()
-            });
+            let picked = self
+                .balancer
+                .pick_routed(routing, service, &resolved.instances, |i| {
+                    !tried.contains(&i.id) && breakers.get(&breaker_key(i)).would_admit()
+                });
             let Some(instance) = picked.cloned() else {
                 break;
             };
+            if routing == Routing::Panic && tried.is_empty() {
+                crate::metrics::panic_routing(service);
+            }
             tried.insert(instance.id.clone());
             // Another call may have taken the last half-open probe slot since the pick:
             // that instance was not called, so it costs no attempt (a POST would otherwise
@@ -524,7 +540,7 @@ impl ServiceClient {
                 Err(error) => last_error = Some(error),
             }
         }
-        Err(last_error.unwrap_or_else(|| self.nothing_to_call(service, &resolved.instances)))
+        Err(last_error.unwrap_or_else(|| nothing_to_call(routing, service, &resolved.instances)))
     }
 
     /// One attempt on one instance, under `permit` of its breaker.
@@ -608,19 +624,22 @@ impl ServiceClient {
             }
         }
     }
+}
 
-    fn nothing_to_call(&self, service: &str, instances: &[Instance]) -> CallError {
-        let any_up = instances
-            .iter()
-            .any(|i| matches!(i.status, Status::Passing | Status::Warning));
-        if any_up {
-            CallError::CircuitOpen {
-                service: service.to_owned(),
-            }
-        } else {
-            CallError::NoInstance {
-                service: service.to_owned(),
-            }
+/// Why no instance was called: some would have been (by status, or any non-maintenance
+/// one in panic) but every breaker refused, or none would have been.
+fn nothing_to_call(routing: Routing, service: &str, instances: &[Instance]) -> CallError {
+    let callable = |status: Status| match routing {
+        Routing::Panic => status != Status::Maintenance,
+        Routing::Normal => matches!(status, Status::Passing | Status::Warning),
+    };
+    if instances.iter().any(|i| callable(i.status)) {
+        CallError::CircuitOpen {
+            service: service.to_owned(),
+        }
+    } else {
+        CallError::NoInstance {
+            service: service.to_owned(),
         }
     }
 }

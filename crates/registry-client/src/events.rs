@@ -535,6 +535,7 @@ mod tests {
                 .single()
                 .expect("valid"),
             history_starts_at: None,
+            epoch: None,
             self_preservation: Default::default(),
             services: vec![ServiceStatus {
                 name: "sum".into(),

@@ -6,7 +6,8 @@
 //! handles are process-wide because breakers, callers and discovery are created in many
 //! places and each is updated at one point: the [state report](crate::breaker::StateReport)
 //! of a `ServiceClient`'s breakers, the end of a
-//! [`ServiceClient::call`](crate::caller::ServiceClient::call), a
+//! [`ServiceClient::call`](crate::caller::ServiceClient::call) (its outcome, and whether it
+//! was routed in panic), a
 //! [`Discovery::resolve`](crate::discovery::Discovery::resolve).
 
 use std::sync::LazyLock;
@@ -26,6 +27,7 @@ struct Metrics {
     call_duration: HistogramVec,
     cache_age: GaugeVec,
     reachable: IntGauge,
+    panic_routing: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -70,12 +72,21 @@ impl Metrics {
             "Whether the last contact with the registry worked (1) or not (0).",
         )
         .expect("valid metric");
+        let panic_routing = IntCounterVec::new(
+            Opts::new(
+                "registry_client_panic_routing_total",
+                "Calls routed in panic (too few instances available: spread over every non-maintenance instance) by service.",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(breaker_state.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(calls.clone()),
             Box::new(call_duration.clone()),
             Box::new(cache_age.clone()),
             Box::new(reachable.clone()),
+            Box::new(panic_routing.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
@@ -86,6 +97,7 @@ impl Metrics {
             call_duration,
             cache_age,
             reachable,
+            panic_routing,
         }
     }
 }
@@ -130,6 +142,11 @@ pub(crate) fn call(service: &str, outcome: &str, duration: Duration) {
         .observe(duration.as_secs_f64());
 }
 
+/// A call routed in panic ([`Routing::Panic`](crate::balancer::Routing::Panic)).
+pub(crate) fn panic_routing(service: &str) {
+    METRICS.panic_routing.with_label_values(&[service]).inc();
+}
+
 /// After a resolve: the age of the view it answered (none when it failed) and whether the
 /// last contact with the registry worked.
 pub(crate) fn discovery(service: &str, age: Option<Duration>, registry_reachable: bool) {
@@ -151,6 +168,7 @@ mod tests {
         breaker_state("sum/sum-1", BreakerState::HalfOpen);
         call("sum", "success", Duration::from_millis(12));
         discovery("sum", Some(Duration::from_secs(3)), true);
+        panic_routing("sum");
         let text = render();
         for family in [
             "registry_client_breaker_state",
@@ -158,6 +176,7 @@ mod tests {
             "registry_client_call_duration_seconds",
             "registry_client_discovery_cache_age_seconds",
             "registry_client_registry_reachable",
+            "registry_client_panic_routing_total",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

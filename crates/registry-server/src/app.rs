@@ -54,6 +54,12 @@ impl Application {
         ))
         .context("cannot build the HTTP client of active checks")?;
         let store = open_store(settings.database_url.as_deref()).await?;
+        let epoch = store
+            .epoch()
+            .await
+            .context("cannot read the database's epoch")?;
+        let epoch = axum::http::HeaderValue::from_str(&epoch)
+            .with_context(|| format!("the database's epoch '{epoch}' cannot be a header"))?;
         let view = View::load(store.as_ref())
             .await
             .context("cannot load the current state from the database")?;
@@ -69,6 +75,7 @@ impl Application {
                 .map(Arc::new),
             settings: Arc::new(settings),
             shutdown: Arc::new(CancellationToken::new()),
+            epoch,
         };
         Ok(Self {
             listener,

@@ -525,6 +525,7 @@ pub fn system_status(
         index,
         at,
         history_starts_at: None,
+        epoch: None,
         self_preservation: SelfPreservation::default(),
         services,
     }

@@ -1,7 +1,8 @@
 //! Discovery against a real registry: the watch keeps the view fresh, the view is served
 //! while the registry is stopped (fail static) and followed again when it returns, a cold
-//! start works from the cache file alone, and a registry that lost its state is followed
-//! rather than waited on.
+//! start works from the cache file alone, and a registry that lost its state is relearned:
+//! the instances it forgot are kept for a bounded window, then it is followed rather than
+//! waited on.
 //!
 //! A restarted registry gets a new port (port 0), so the client talks to it through a small
 //! TCP proxy on a port of its own that the test switches to the new address, as a
@@ -124,8 +125,15 @@ fn options(cache_file: Option<PathBuf>) -> DiscoveryOptions {
         backoff_max: Duration::from_millis(250),
         first_fetch_timeout: Duration::from_secs(3),
         cache_file,
+        relearn_margin: RELEARN_MARGIN,
+        relearn_default_lease: RELEARN_LEASE,
     }
 }
+
+/// The relearning window of these tests' instances (registered without a lease): a
+/// forgotten instance is kept this long after the registry lost it.
+const RELEARN_LEASE: Duration = Duration::from_secs(2);
+const RELEARN_MARGIN: Duration = Duration::from_secs(1);
 
 fn ids(resolved: &Resolved) -> Vec<&str> {
     let mut ids: Vec<&str> = resolved.instances.iter().map(|i| i.id.as_str()).collect();
@@ -307,7 +315,7 @@ async fn a_cold_start_with_the_registry_down_resolves_from_the_cache_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registry_that_lost_its_state_is_followed_not_waited_on() {
+async fn a_registry_that_lost_its_state_is_relearned_then_followed_not_waited_on() {
     let old = TestRegistry::start(Backend::Sqlite).await;
     for id in ["sum-1", "sum-2", "sum-3"] {
         register(&old.api, "sum", id).await;
@@ -319,11 +327,25 @@ async fn a_registry_that_lost_its_state_is_followed_not_waited_on() {
     assert!(before.index >= 3);
 
     // Behind the same address, a registry on a fresh, empty database: its index starts
-    // over, below the one the watch holds.
+    // over, below the one the watch holds, and its epoch is another.
     let fresh = TestRegistry::start(Backend::Sqlite).await;
     register(&fresh.api, "sum", "sum-a").await;
+    let switched = tokio::time::Instant::now();
     proxy.switch(Some(fresh.addr));
+    // Relearning: what the registry says (sum-a), and what it forgot, kept meanwhile.
+    let merged = cached_with(&discovery, "sum", &["sum-1", "sum-2", "sum-3", "sum-a"]).await;
+    assert_eq!(merged.relearning, 3, "{merged:?}");
+    assert!(merged.index < before.index, "{merged:?}");
+    assert!(merged.registry_reachable);
+    // Then, within the bounded window, the view follows the registry: it is not frozen.
     let followed = cached_with(&discovery, "sum", &["sum-a"]).await;
+    let window = RELEARN_LEASE + RELEARN_MARGIN;
+    assert!(
+        switched.elapsed() >= window,
+        "followed after {:?}, before the window of {window:?} ended",
+        switched.elapsed()
+    );
+    assert_eq!(followed.relearning, 0);
     assert!(followed.index < before.index, "{followed:?}");
     assert!(followed.registry_reachable);
 
@@ -340,6 +362,48 @@ async fn a_registry_that_lost_its_state_is_followed_not_waited_on() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let more = proxy.requests() - asked;
     assert!(more <= 2, "{more} queries in 1 s: the watch is not holding");
+
+    discovery.shutdown();
+    fresh.stop().await;
+    old.stop().await;
+}
+
+// Indexes alone cannot tell a fresh database whose index already passed the old one: the
+// epoch does. Instances the old registry knew are kept until they register again (here
+// sum-2, at once) or their window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_is_relearned_even_when_the_index_moved_forward() {
+    let old = TestRegistry::start(Backend::Sqlite).await;
+    for id in ["sum-1", "sum-2"] {
+        register(&old.api, "sum", id).await;
+    }
+    let proxy = Proxy::start(Some(old.addr)).await;
+    let discovery = Discovery::with_options(proxy.api(), options(None));
+    let before = discovery.resolve("sum").await.expect("resolve");
+    assert_eq!(ids(&before), ["sum-1", "sum-2"]);
+
+    let fresh = TestRegistry::start(Backend::Sqlite).await;
+    for n in 0..before.index + 2 {
+        register(&fresh.api, "other", &format!("other-{n}")).await;
+    }
+    register(&fresh.api, "sum", "sum-2").await;
+    proxy.switch(Some(fresh.addr));
+    let merged = cached_with(&discovery, "sum", &["sum-1", "sum-2"]).await;
+    let merged = if merged.index == before.index {
+        // Still the old registry's answer: wait for the fresh one's.
+        eventually(DEADLINE, "the fresh registry's answer", || async {
+            discovery
+                .cached("sum")
+                .filter(|resolved| resolved.index > before.index)
+        })
+        .await
+    } else {
+        merged
+    };
+    assert!(merged.index > before.index, "{merged:?}");
+    assert_eq!(ids(&merged), ["sum-1", "sum-2"], "sum-1 kept: {merged:?}");
+    assert_eq!(merged.relearning, 1, "sum-2 is the registry's: {merged:?}");
+    cached_with(&discovery, "sum", &["sum-2"]).await;
 
     discovery.shutdown();
     fresh.stop().await;

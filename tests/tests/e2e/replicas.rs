@@ -392,7 +392,14 @@ async fn replicas_starting_together_migrate_once() {
             .expect("migrations table");
     assert_eq!(
         migrations,
-        [(1, true), (2, true), (3, true), (4, true)],
+        [
+            (1, true),
+            (2, true),
+            (3, true),
+            (4, true),
+            (5, true),
+            (6, true)
+        ],
         "each migration applied once"
     );
     let triggers: i64 = sqlx::query_scalar(
@@ -426,4 +433,78 @@ async fn the_change_feed_survives_a_cut_connection() {
     let after = propagation(&replicas.a, [&replicas.b, &replicas.c], "cut", "cut-2").await;
     assert_notified(&after, "propagation after subscribing again");
     replicas.stop().await;
+}
+
+/// The `Registry-Epoch` of a v1 answer and the `epoch` of `GET /v1/status`, which must agree.
+async fn epoch_of(registry: &TestRegistry) -> String {
+    let answer = registry
+        .http
+        .get(registry.url("/v1/services/sum"))
+        .send()
+        .await
+        .expect("lookup");
+    let header = answer
+        .headers()
+        .get(registry_api::EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("a v1 answer carries Registry-Epoch");
+    let status = registry.api.status(None).await.expect("status");
+    assert_eq!(status.epoch.as_deref(), Some(header.as_str()));
+    assert!(header.len() >= 16, "a random id: {header}");
+    header
+}
+
+// The epoch belongs to the database: replicas on one database answer the same one, a
+// registry restarted on it keeps it, and a fresh database answers another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_database_share_its_epoch_and_a_fresh_database_has_another() {
+    let url = Backend::Postgres.fresh_url().await;
+    let a = TestRegistry::start_on(url.clone(), |_| {}).await;
+    let b = TestRegistry::start_on(url.clone(), |_| {}).await;
+    let epoch = epoch_of(&a).await;
+    assert_eq!(epoch_of(&b).await, epoch);
+    // Refusals carry it too (an unknown route under /v1/).
+    let refused = a
+        .http
+        .get(a.url("/v1/nothing-here"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 404);
+    assert_eq!(
+        refused
+            .headers()
+            .get(registry_api::EPOCH_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        Some(epoch.as_str())
+    );
+    b.stop().await;
+    let b = TestRegistry::start_on(url, |_| {}).await;
+    assert_eq!(epoch_of(&b).await, epoch, "a restart keeps the epoch");
+
+    let fresh = TestRegistry::start(Backend::Postgres).await;
+    assert_ne!(
+        epoch_of(&fresh).await,
+        epoch,
+        "another database, another epoch"
+    );
+
+    let sqlite = TestRegistry::start(Backend::Sqlite).await;
+    let sqlite_epoch = epoch_of(&sqlite).await;
+    assert_ne!(sqlite_epoch, epoch);
+    let file = sqlite.database_url.clone();
+    sqlite.stop().await;
+    let again = TestRegistry::start_on(file, |_| {}).await;
+    assert_eq!(
+        epoch_of(&again).await,
+        sqlite_epoch,
+        "the SQLite file keeps it"
+    );
+    let other = TestRegistry::start(Backend::Sqlite).await;
+    assert_ne!(epoch_of(&other).await, sqlite_epoch);
+
+    for registry in [a, b, fresh, again, other] {
+        registry.stop().await;
+    }
 }

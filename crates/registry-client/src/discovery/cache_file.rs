@@ -21,6 +21,10 @@ pub(super) struct CachedView {
     /// When the view was received; optional so that a hand-written file still loads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) fetched_at: Option<DateTime<Utc>>,
+    /// The epoch of the registry's database that gave the view (absent from files written
+    /// before epochs), so that a process started later can tell a registry that lost it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) epoch: Option<String>,
 }
 
 /// The views of the file at `path`; a missing or unreadable file is logged and yields
@@ -108,6 +112,7 @@ mod tests {
                         instance("sum-2", Status::Warning),
                     ],
                     fetched_at: Some(Utc::now()),
+                    epoch: None,
                 },
             ),
             (
@@ -116,6 +121,7 @@ mod tests {
                     index: 7,
                     instances: Vec::new(),
                     fetched_at: None,
+                    epoch: None,
                 },
             ),
         ]);

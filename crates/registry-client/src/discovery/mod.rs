@@ -13,10 +13,22 @@
 //! and metrics can tell a fresh view from a stale one. The optional cache file extends the
 //! same idea to a process that starts while the registry is down.
 //!
-//! The watch follows the registry's index, whichever way it moves: an index smaller than
-//! the one held means the registry restarted on an empty database (or lost its state), and
-//! waiting for the old index to come back would leave the view frozen, so the new view is
-//! taken and the watch continues from its index.
+//! A registry can also come back having lost its state: restarted on an empty database, a
+//! restored old backup, or a failover to a replica that is behind. It then forgets
+//! instances that are alive and will register again within one heartbeat; following it at
+//! once would make every call in that moment fail or come back partial. So discovery
+//! *relearns*: when the database's epoch changes (the `Registry-Epoch` header of its
+//! answers, docs/api.md) or a service's index goes backwards, the view keeps the instances
+//! it knew, merged with what the registry now says. The registry's answer wins for every
+//! instance it reports; an instance it does not report is kept with its last known state
+//! until it appears again (re-registered) or one lease interval of its own (its
+//! `ttl_seconds`, or [`DiscoveryOptions::relearn_default_lease`] without a lease) plus
+//! [`DiscoveryOptions::relearn_margin`] has passed; then the view follows the registry.
+//! Every kept instance has such a deadline, so the view never waits without bound, and the
+//! circuit breakers cover an instance that really died meanwhile. The epoch is needed
+//! because indexes alone cannot tell: a fresh database's index can pass the old one within
+//! seconds. The watch itself continues from the index of the latest answer, whichever way
+//! it moved (waiting for the old index to come back would freeze the view).
 
 mod cache_file;
 
@@ -29,6 +41,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use registry_api::{Backoff, Instance, Jitter, ServiceInstances};
+
+use crate::api::Epoched;
 use tokio::task::JoinHandle;
 
 use crate::{ClientError, RegistryApi};
@@ -67,6 +81,10 @@ pub struct Resolved {
     /// with the registry worked; `false` means the view is served from memory or from the
     /// cache file while the registry is unreachable (fail static).
     pub registry_reachable: bool,
+    /// How many of `instances` the registry does not report: kept, with their last known
+    /// state, while discovery relearns after the registry lost its state (see the module
+    /// doc). 0 when the view is exactly the registry's.
+    pub relearning: usize,
 }
 
 /// Tuning of [`Discovery`]; [`Default`] gives the default named on each field.
@@ -98,6 +116,13 @@ pub struct DiscoveryOptions {
     /// A JSON file that keeps the views across restarts, so that a process started while
     /// the registry is down still resolves (default: none).
     pub cache_file: Option<PathBuf>,
+    /// While relearning after the registry lost its state, an instance the registry no
+    /// longer reports is kept for its lease (`ttl_seconds`) plus this margin (default 5 s),
+    /// the time a live instance needs to notice and register again.
+    pub relearn_margin: Duration,
+    /// The lease assumed, while relearning, for an instance registered without one
+    /// (`ttl_seconds` 0; default 30 s).
+    pub relearn_default_lease: Duration,
 }
 
 impl Default for DiscoveryOptions {
@@ -108,6 +133,8 @@ impl Default for DiscoveryOptions {
             backoff_max: Duration::from_secs(5),
             first_fetch_timeout: Duration::from_secs(3),
             cache_file: None,
+            relearn_margin: Duration::from_secs(5),
+            relearn_default_lease: Duration::from_secs(30),
         }
     }
 }
@@ -241,7 +268,7 @@ impl Discovery {
             return Ok(resolved);
         }
         let timeout = shared.options.first_fetch_timeout;
-        let fetched = tokio::time::timeout(timeout, shared.api.service(service, None))
+        let fetched = tokio::time::timeout(timeout, shared.api.service_epoched(service, None))
             .await
             .unwrap_or(Err(ClientError::Stalled(timeout)));
         match fetched {
@@ -363,19 +390,138 @@ struct View {
     /// Whether the registry answered this view in this process (false for a loaded view
     /// until the first successful fetch).
     confirmed: bool,
+    /// The epoch of the registry's database that gave `instances` (none from a registry
+    /// older than the epoch, or a cache file written before it).
+    epoch: Option<String>,
+    /// Instances known before the registry lost its state that it does not report (yet),
+    /// each served until its deadline while discovery relearns (see the module doc).
+    forgotten: Vec<Forgotten>,
+}
+
+/// An instance the registry forgot, kept until `until` unless it appears again.
+#[derive(Debug, Clone)]
+struct Forgotten {
+    instance: Instance,
+    until: Instant,
+}
+
+/// How long relearning keeps instances (from [`DiscoveryOptions`]).
+#[derive(Debug, Clone, Copy)]
+struct RelearnWindow {
+    margin: Duration,
+    default_lease: Duration,
+}
+
+impl RelearnWindow {
+    fn of(options: &DiscoveryOptions) -> Self {
+        Self {
+            margin: options.relearn_margin,
+            default_lease: options.relearn_default_lease,
+        }
+    }
+
+    /// One lease of `instance` plus the margin: by then a live instance has registered again.
+    fn keep(&self, instance: &Instance) -> Duration {
+        let lease = if instance.ttl_seconds > 0 {
+            Duration::from_secs(u64::from(instance.ttl_seconds))
+        } else {
+            self.default_lease
+        };
+        lease.saturating_add(self.margin)
+    }
 }
 
 impl View {
-    fn fetched(service: &str, answer: ServiceInstances) -> Self {
+    fn fetched(service: &str, answer: Epoched<ServiceInstances>) -> Self {
         Self {
             service: service.to_owned(),
-            index: answer.index,
-            instances: answer.instances,
+            index: answer.value.index,
+            instances: answer.value.instances,
             fetched_at: SystemTime::now(),
             confirmed_at: Instant::now(),
             age_at_confirmation: Duration::ZERO,
             confirmed: true,
+            epoch: answer.epoch,
+            forgotten: Vec::new(),
         }
+    }
+
+    /// Whether `answer` comes from a registry that lost the state this view was made from:
+    /// another database (the epoch changed) or an index that went backwards.
+    fn lost_state(&self, answer: &Epoched<ServiceInstances>) -> Option<&'static str> {
+        let other_epoch = matches!(
+            (&self.epoch, &answer.epoch),
+            (Some(held), Some(answered)) if held != answered
+        );
+        if other_epoch {
+            Some("the registry's epoch changed")
+        } else if answer.value.index < self.index {
+            Some("the service's index went backwards")
+        } else {
+            None
+        }
+    }
+
+    /// Takes an answer of the registry. If the registry lost its state, every instance
+    /// served now that it does not report is kept (an instance already kept keeps its
+    /// deadline, so that a registry changing its mind again cannot extend the window).
+    /// Instances it reports leave the kept ones: the registry's word wins. Answers
+    /// whether the content changed (the cache file is then rewritten).
+    fn take(
+        &mut self,
+        answer: Epoched<ServiceInstances>,
+        window: RelearnWindow,
+        now: Instant,
+    ) -> bool {
+        let lost = self.lost_state(&answer);
+        let reported = |id: &str| answer.value.instances.iter().any(|i| i.id == id);
+        // Deadlines are enforced on every read; the entries go (and the end is logged)
+        // with the next answer.
+        let was_relearning = !self.forgotten.is_empty();
+        self.forgotten
+            .retain(|f| f.until > now && !reported(&f.instance.id));
+        if let Some(why) = lost {
+            let mut kept = 0;
+            for instance in &self.instances {
+                let known = self.forgotten.iter().any(|f| f.instance.id == instance.id);
+                if !reported(&instance.id) && !known {
+                    self.forgotten.push(Forgotten {
+                        instance: instance.clone(),
+                        until: now + window.keep(instance),
+                    });
+                    kept += 1;
+                }
+            }
+            tracing::info!(
+                service = %self.service,
+                why,
+                held_index = self.index,
+                answered_index = answer.value.index,
+                kept = self.forgotten.len(),
+                newly_forgotten = kept,
+                "the registry lost its state: relearning, keeping the instances it forgot until they register again or their lease passes"
+            );
+        }
+        if was_relearning && self.forgotten.is_empty() {
+            tracing::info!(
+                service = %self.service,
+                "relearning done: every forgotten instance registered again or its lease passed; following the registry"
+            );
+        }
+        let changed = lost.is_some()
+            || self.index != answer.value.index
+            || self.instances != answer.value.instances
+            || self.epoch != answer.epoch;
+        if changed {
+            self.index = answer.value.index;
+            self.instances = answer.value.instances;
+            self.fetched_at = SystemTime::now();
+            self.epoch = answer.epoch;
+        }
+        self.confirmed_at = Instant::now();
+        self.age_at_confirmation = Duration::ZERO;
+        self.confirmed = true;
+        changed
     }
 
     fn age(&self) -> Duration {
@@ -383,10 +529,26 @@ impl View {
             .saturating_add(self.confirmed_at.elapsed())
     }
 
+    /// The view as served: the registry's instances, and while relearning the forgotten
+    /// ones whose deadline has not passed (checked here, so that the view follows the
+    /// registry at the deadline even if the registry says nothing then).
     fn resolved(&self, registry_up: bool) -> Resolved {
+        self.resolved_at(registry_up, Instant::now())
+    }
+
+    fn resolved_at(&self, registry_up: bool, now: Instant) -> Resolved {
+        let mut instances = self.instances.clone();
+        let before = instances.len();
+        instances.extend(
+            self.forgotten
+                .iter()
+                .filter(|f| f.until > now)
+                .map(|f| f.instance.clone()),
+        );
         Resolved {
             service: self.service.clone(),
-            instances: self.instances.clone(),
+            relearning: instances.len() - before,
+            instances,
             index: self.index,
             fetched_at: self.fetched_at,
             age: self.age(),
@@ -461,36 +623,48 @@ impl Shared {
     }
 
     /// Installs the answer of a first fetch, unless the view was confirmed meanwhile (by a
-    /// concurrent resolve or the watch, which are at least as recent).
-    fn install_first(self: &Arc<Self>, service: &str, answer: ServiceInstances) -> Resolved {
+    /// concurrent resolve or the watch, which are at least as recent). A view loaded from
+    /// the cache file takes it as the watch's answers are taken: a registry that lost the
+    /// state the file was made from is relearned too.
+    fn install_first(
+        self: &Arc<Self>,
+        service: &str,
+        answer: Epoched<ServiceInstances>,
+    ) -> Resolved {
         let mut state = self.lock_state();
         if let Some(view) = state.views.get(service).filter(|v| v.confirmed) {
             return view.resolved(true);
         }
-        let view = View::fetched(service, answer);
-        let resolved = view.resolved(true);
-        state.views.insert(service.to_owned(), view);
+        let resolved = match state.views.get_mut(service) {
+            Some(view) => {
+                view.take(answer, RelearnWindow::of(&self.options), Instant::now());
+                view.resolved(true)
+            }
+            None => {
+                let view = View::fetched(service, answer);
+                let resolved = view.resolved(true);
+                state.views.insert(service.to_owned(), view);
+                resolved
+            }
+        };
         self.persist(state);
         resolved
     }
 
-    /// Takes an answer of the watch: replaces the view if the index moved (either way) or
-    /// the instances changed, and counts it as a confirmation in any case.
-    fn apply(self: &Arc<Self>, service: &str, answer: ServiceInstances) {
+    /// Takes an answer of the watch (see [`View::take`]); it counts as a confirmation in
+    /// any case.
+    fn apply(self: &Arc<Self>, service: &str, answer: Epoched<ServiceInstances>) {
         let mut state = self.lock_state();
         let changed = match state.views.get_mut(service) {
-            Some(view) if view.index == answer.index && view.instances == answer.instances => {
-                view.confirmed_at = Instant::now();
-                view.age_at_confirmation = Duration::ZERO;
-                view.confirmed = true;
-                false
+            Some(view) => view.take(answer, RelearnWindow::of(&self.options), Instant::now()),
+            None => {
+                state
+                    .views
+                    .insert(service.to_owned(), View::fetched(service, answer));
+                true
             }
-            _ => true,
         };
         if changed {
-            state
-                .views
-                .insert(service.to_owned(), View::fetched(service, answer));
             self.persist(state);
         }
     }
@@ -533,6 +707,7 @@ impl Shared {
                     index: view.index,
                     instances: view.instances.clone(),
                     fetched_at: Some(DateTime::<Utc>::from(view.fetched_at)),
+                    epoch: view.epoch.clone(),
                 };
                 (name.clone(), cached)
             })
@@ -582,27 +757,21 @@ async fn watch(shared: Arc<Shared>, service: String, from: Option<u64>) {
             Some(index) if !confirm_now => {
                 shared
                     .api
-                    .watch_service(&service, None, index, options.wait)
+                    .watch_service_epoched(&service, None, index, options.wait)
                     .await
             }
-            _ => shared.api.service(&service, None).await,
+            _ => shared.api.service_epoched(&service, None).await,
         };
         match result {
             Ok(answer) => {
                 failures = 0;
                 shared.mark_reachable();
-                if let Some(index) = held
-                    && answer.index < index
-                {
-                    tracing::info!(
-                        service,
-                        held = index,
-                        answered = answer.index,
-                        "the registry answered an older index (restarted without its state?); following it"
-                    );
-                }
-                let progressed = confirm_now || held.is_none_or(|index| answer.index > index);
-                held = Some(answer.index);
+                // Whichever way the index moved: an older one (the registry lost its
+                // state) is where the registry's changes now count from. The view decides
+                // what to keep meanwhile (`View::take`).
+                let index = answer.value.index;
+                let progressed = confirm_now || held.is_none_or(|held| index > held);
+                held = Some(index);
                 confirm_now = false;
                 shared.apply(&service, answer);
                 if !progressed && asked.elapsed() < least {
@@ -641,6 +810,8 @@ fn load_seed(path: &Path) -> HashMap<String, View> {
                 confirmed_at: Instant::now(),
                 age_at_confirmation: now.duration_since(fetched_at).unwrap_or_default(),
                 confirmed: false,
+                epoch: cached.epoch,
+                forgotten: Vec::new(),
             };
             (name, view)
         })
@@ -732,6 +903,7 @@ mod tests {
                         instance("sum-2", Status::Warning),
                     ],
                     fetched_at: Some(fetched_at),
+                    epoch: None,
                 },
             ),
             (
@@ -740,6 +912,7 @@ mod tests {
                     index: 7,
                     instances: Vec::new(),
                     fetched_at: None,
+                    epoch: None,
                 },
             ),
         ]);
@@ -804,6 +977,7 @@ mod tests {
                 index: 5,
                 instances: vec![instance("sum-1", Status::Passing)],
                 fetched_at: None,
+                epoch: None,
             },
         )]);
         cache_file::write(&path, &file).expect("write");
@@ -820,5 +994,175 @@ mod tests {
         let error = discovery.resolve("mult").await.expect_err("nothing known");
         assert!(matches!(error, ClientError::Transport(_)), "{error:?}");
         discovery.shutdown();
+    }
+
+    fn answer(
+        index: u64,
+        epoch: Option<&str>,
+        instances: Vec<Instance>,
+    ) -> Epoched<ServiceInstances> {
+        Epoched {
+            value: ServiceInstances {
+                index,
+                name: "sum".to_owned(),
+                instances,
+            },
+            epoch: epoch.map(str::to_owned),
+        }
+    }
+
+    const WINDOW: RelearnWindow = RelearnWindow {
+        margin: Duration::from_secs(5),
+        default_lease: Duration::from_secs(30),
+    };
+
+    fn served(view: &View, at: Instant) -> Vec<(String, Status)> {
+        let mut served: Vec<(String, Status)> = view
+            .resolved_at(true, at)
+            .instances
+            .into_iter()
+            .map(|i| (i.id, i.status))
+            .collect();
+        served.sort();
+        served
+    }
+
+    fn ids_and(list: &[(&str, Status)]) -> Vec<(String, Status)> {
+        list.iter().map(|(id, s)| ((*id).to_owned(), *s)).collect()
+    }
+
+    fn known_view() -> View {
+        View::fetched(
+            "sum",
+            answer(
+                40,
+                Some("epoch-a"),
+                vec![
+                    instance("sum-1", Status::Passing),
+                    instance("sum-2", Status::Passing),
+                    instance("sum-3", Status::Warning),
+                ],
+            ),
+        )
+    }
+
+    #[test]
+    fn a_new_epoch_keeps_the_forgotten_instances_merged_with_the_registry_s_word() {
+        let now = Instant::now();
+        let mut view = known_view();
+        // A fresh database: its index already passed the old one, only the epoch tells.
+        let changed = view.take(
+            answer(
+                55,
+                Some("epoch-b"),
+                vec![
+                    instance("sum-2", Status::Critical),
+                    instance("sum-9", Status::Passing),
+                ],
+            ),
+            WINDOW,
+            now,
+        );
+        assert!(changed);
+        assert_eq!(
+            served(&view, now),
+            ids_and(&[
+                ("sum-1", Status::Passing),
+                ("sum-2", Status::Critical),
+                ("sum-3", Status::Warning),
+                ("sum-9", Status::Passing),
+            ]),
+            "the registry's answer wins for sum-2; sum-1 and sum-3 are kept as known"
+        );
+        let resolved = view.resolved_at(true, now);
+        assert_eq!((resolved.index, resolved.relearning), (55, 2));
+    }
+
+    #[test]
+    fn an_index_that_goes_backwards_relearns_too() {
+        let now = Instant::now();
+        let mut view = known_view();
+        view.take(answer(3, Some("epoch-a"), Vec::new()), WINDOW, now);
+        assert_eq!(served(&view, now).len(), 3, "a restored backup: all kept");
+        // Without epochs (an older registry) the index alone still counts.
+        let mut old = known_view();
+        old.epoch = None;
+        old.take(answer(3, None, Vec::new()), WINDOW, now);
+        assert_eq!(served(&old, now).len(), 3);
+    }
+
+    #[test]
+    fn without_a_loss_the_registry_is_followed_at_once() {
+        let now = Instant::now();
+        let mut view = known_view();
+        view.take(
+            answer(
+                41,
+                Some("epoch-a"),
+                vec![instance("sum-1", Status::Passing)],
+            ),
+            WINDOW,
+            now,
+        );
+        assert_eq!(served(&view, now), ids_and(&[("sum-1", Status::Passing)]));
+        assert_eq!(view.resolved_at(true, now).relearning, 0);
+        // A registry that starts sending epochs is not a loss either.
+        let mut view = known_view();
+        view.epoch = None;
+        view.take(answer(41, Some("epoch-b"), Vec::new()), WINDOW, now);
+        assert!(served(&view, now).is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_instance_is_kept_for_its_lease_and_the_margin_then_dropped() {
+        let now = Instant::now();
+        let mut view = known_view();
+        view.instances[0].ttl_seconds = 10; // sum-1: 10 s + 5 s
+        view.instances[1].ttl_seconds = 0; // sum-2: no lease, 30 s + 5 s
+        view.instances[2].ttl_seconds = 2; // sum-3: 2 s + 5 s
+        view.take(answer(1, Some("epoch-b"), Vec::new()), WINDOW, now);
+        let at = |secs: u64| now + Duration::from_secs(secs);
+        assert_eq!(served(&view, at(6)).len(), 3);
+        let ids = |at: Instant| -> Vec<String> {
+            served(&view, at).into_iter().map(|(id, _)| id).collect()
+        };
+        assert_eq!(ids(at(8)), ["sum-1", "sum-2"]);
+        assert_eq!(ids(at(16)), ["sum-2"]);
+        assert!(ids(at(36)).is_empty(), "never kept without bound");
+        // The next answer after the deadlines clears them for good.
+        view.take(answer(2, Some("epoch-b"), Vec::new()), WINDOW, at(36));
+        assert!(view.forgotten.is_empty());
+    }
+
+    #[test]
+    fn a_re_registered_instance_follows_the_registry_from_then_on() {
+        let now = Instant::now();
+        let mut view = known_view();
+        view.take(answer(1, Some("epoch-b"), Vec::new()), WINDOW, now);
+        view.take(
+            answer(2, Some("epoch-b"), vec![instance("sum-1", Status::Passing)]),
+            WINDOW,
+            now,
+        );
+        assert_eq!(view.forgotten.len(), 2, "sum-1 registered again");
+        // The registry then drops sum-1 (deregistered): followed at once, not kept.
+        view.take(answer(3, Some("epoch-b"), Vec::new()), WINDOW, now);
+        let ids: Vec<String> = served(&view, now).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["sum-2", "sum-3"]);
+    }
+
+    #[test]
+    fn another_loss_while_relearning_does_not_extend_the_window() {
+        let now = Instant::now();
+        let mut view = known_view();
+        view.take(answer(1, Some("epoch-b"), Vec::new()), WINDOW, now);
+        let first: Vec<Instant> = view.forgotten.iter().map(|f| f.until).collect();
+        view.take(
+            answer(0, Some("epoch-c"), Vec::new()),
+            WINDOW,
+            now + Duration::from_secs(3),
+        );
+        let second: Vec<Instant> = view.forgotten.iter().map(|f| f.until).collect();
+        assert_eq!(first, second);
     }
 }

@@ -84,9 +84,10 @@ fn feed(
         let only = service.as_ref().map(|s| s.as_str().to_owned());
         let mut cursor = start;
         if reset {
-            let status = state
+            let mut status = state
                 .view
                 .system_status(only.as_deref(), crate::clock::now());
+            status.epoch = super::status::epoch(&state);
             cursor = status.index;
             let data = serde_json::to_string(&status).unwrap_or_default();
             let reset = SseEvent::default()

@@ -22,7 +22,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use opentelemetry::trace::TraceContextExt as _;
-use registry_api::ErrorCode;
+use registry_api::{EPOCH_HEADER, ErrorCode};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -51,6 +51,8 @@ pub struct AppState {
     pub shutdown: Arc<CancellationToken>,
     /// `REGISTRY_WRITE_RATE_LIMIT`, when set.
     pub write_limit: Option<Arc<crate::rate_limit::WriteRateLimit>>,
+    /// The database's epoch, read once at start-up, as every v1 answer carries it.
+    pub epoch: HeaderValue,
 }
 
 /// The whole API.
@@ -150,7 +152,20 @@ async fn method_not_allowed() -> ApiError {
 /// that guessing tokens is limited too), the token, then the declared size (auth, then
 /// size, then content: docs/api.md, Errors). One layer rather than one per check:
 /// every layer costs every request, lookups included, a clone of what is beneath it.
+///
+/// Every v1 answer, refusals included, leaves with the database's epoch
+/// (`Registry-Epoch`): here rather than in a layer of its own, for the same reason.
 async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let v1 = request.uri().path().starts_with("/v1/");
+    let epoch = v1.then(|| state.epoch.clone());
+    let mut response = admitted(state, request, next).await;
+    if let Some(epoch) = epoch {
+        response.headers_mut().insert(EPOCH_HEADER, epoch);
+    }
+    response
+}
+
+async fn admitted(state: AppState, request: Request, next: Next) -> Response {
     if let Some(limit) = &state.write_limit
         && let Some(refused) = rate_limited(limit, &request)
     {

@@ -51,6 +51,7 @@ async fn system_status(
     let Some(at) = at.filter(|at| *at < now) else {
         let mut status = state.view.system_status(only, now);
         status.history_starts_at = history_starts_at(&state).await;
+        status.epoch = epoch(&state);
         return Ok(Json(status));
     };
     let start = state.store.history_start().await?;
@@ -71,12 +72,18 @@ async fn system_status(
         .filter(|i| only.is_none_or(|s| s == i.service));
     let mut status = crate::view::system_status(index, at, instances);
     status.history_starts_at = Some(start.at);
+    status.epoch = epoch(&state);
     status.self_preservation = SelfPreservation {
         active: since.is_some(),
         since,
         held: u64::try_from(held).unwrap_or(u64::MAX),
     };
     Ok(Json(status))
+}
+
+/// The database's epoch, as the `Registry-Epoch` header carries it.
+pub(super) fn epoch(state: &AppState) -> Option<String> {
+    state.epoch.to_str().ok().map(str::to_owned)
 }
 
 /// Longest the live answer waits for the history's start before leaving it out.

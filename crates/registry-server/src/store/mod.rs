@@ -167,6 +167,11 @@ pub trait Store: Send + Sync + 'static {
     /// Where kept history begins.
     async fn history_start(&self) -> StoreResult<HistoryStart>;
 
+    /// The database's epoch: a random id made when the database was first initialised,
+    /// the same for every replica on it and different for any other database (a fresh
+    /// one after a loss). Read once at start-up.
+    async fn epoch(&self) -> StoreResult<String>;
+
     /// Deletes history before `before`, keeping each live instance's latest event so that
     /// `state_at` still sees it. Returns how many events were deleted.
     async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64>;

@@ -291,6 +291,14 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn epoch(&self) -> StoreResult<String> {
+        let epoch: Option<String> =
+            sqlx::query_scalar("SELECT epoch FROM registry_meta WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        epoch.ok_or_else(missing_meta)
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         let before_ms = millis(before);
         let mut tx = self.pool.begin().await?;

@@ -232,6 +232,14 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn epoch(&self) -> StoreResult<String> {
+        let epoch: Option<String> =
+            sqlx::query_scalar("SELECT epoch FROM registry_meta WHERE id = 1")
+                .fetch_optional(&self.reader)
+                .await?;
+        epoch.ok_or_else(missing_meta)
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         let before_ms = millis(before);
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;

@@ -181,6 +181,9 @@ impl Store for TestStore {
     async fn history_start(&self) -> StoreResult<HistoryStart> {
         self.inner.history_start().await
     }
+    async fn epoch(&self) -> StoreResult<String> {
+        self.inner.epoch().await
+    }
     async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.prune_history(before).await
     }

@@ -75,6 +75,10 @@ impl<S: Store> Store for Timed<S> {
         timed("history_start", self.0.history_start()).await
     }
 
+    async fn epoch(&self) -> StoreResult<String> {
+        timed("epoch", self.0.epoch()).await
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         timed("prune_history", self.0.prune_history(before)).await
     }
