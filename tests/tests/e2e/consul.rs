@@ -882,3 +882,102 @@ async fn consuls_port_serves_consuls_api() {
     assert_eq!(kv.status(), StatusCode::NOT_IMPLEMENTED);
     registry.stop().await;
 }
+
+both_stores!(an_http_check_is_run_by_the_registry, |backend| async move {
+    let registry = TestRegistry::start(backend).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("bound").port();
+    let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    register(
+            &registry,
+            json!({
+                "Name": "checked",
+                "ID": "checked-1",
+                "Address": "127.0.0.1",
+                "Port": port,
+                "Checks": [
+                    {"HTTP": format!("http://127.0.0.1:{port}/health"), "Interval": "1s", "Timeout": "1s"},
+                    {"TTL": "60s"},
+                ],
+            }),
+        )
+        .await;
+    let checks_of = |answer: Value| -> Vec<(String, String, String)> {
+        answer
+            .as_array()
+            .expect("checks")
+            .iter()
+            .map(|c| {
+                (
+                    c["CheckID"].as_str().unwrap_or_default().to_owned(),
+                    c["Status"].as_str().unwrap_or_default().to_owned(),
+                    c["Output"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    // The registry's check ran and passed; its output is shown.
+    let passed = eventually(DEADLINE, "the HTTP check's first result", || async {
+        let checks = checks_of(get(&registry, "/v1/health/checks/checked").await.json());
+        checks
+            .iter()
+            .any(|(id, status, output)| {
+                id == "service:checked-1:2" && status == "passing" && output.contains("200")
+            })
+            .then_some(checks)
+    })
+    .await;
+    assert!(
+        passed
+            .iter()
+            .any(|(id, status, _)| id == "service:checked-1:1" && status == "passing"),
+        "the TTL check comes first: {passed:?}"
+    );
+    // A client that percent-encodes the check id (npm's `consul`) reports the TTL check.
+    let reported = put(
+        &registry,
+        "/v1/agent/check/pass/service%3Achecked-1%3A1",
+        None,
+    )
+    .await;
+    assert_eq!(reported.status, StatusCode::OK, "{}", reported.text);
+    let not_ttl = put(&registry, "/v1/agent/check/pass/service:checked-1:2", None).await;
+    assert_eq!(
+        not_ttl.status,
+        StatusCode::BAD_REQUEST,
+        "the HTTP check is the registry's"
+    );
+
+    // Its server gone, the instance turns critical, and a blocking query sees it.
+    let before = get(&registry, "/v1/health/service/checked?passing").await;
+    assert_eq!(before.json().as_array().map(Vec::len), Some(1));
+    server.abort();
+    let index = before.index.expect("index");
+    let critical = eventually(DEADLINE, "the HTTP check to fail", || async {
+        let answer = get(
+            &registry,
+            &format!("/v1/health/service/checked?passing&index={index}&wait=5s"),
+        )
+        .await;
+        (answer.json() == json!([])).then_some(answer)
+    })
+    .await;
+    assert!(critical.index.expect("index") > index);
+    let checks = checks_of(get(&registry, "/v1/health/checks/checked").await.json());
+    assert!(
+        checks
+            .iter()
+            .any(|(id, status, _)| id == "service:checked-1:2" && status == "critical"),
+        "{checks:?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|(id, status, _)| id == "service:checked-1:1" && status == "passing"),
+        "the lease is live: {checks:?}"
+    );
+    registry.stop().await;
+});
