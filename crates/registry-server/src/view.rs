@@ -529,6 +529,9 @@ fn keep_newest_observations(target: &mut Instance, newer: &Instance) {
     if newer.last_heartbeat_at > target.last_heartbeat_at && newer.status == target.status {
         target.last_heartbeat_at = newer.last_heartbeat_at;
         target.lease_expires_at = newer.lease_expires_at;
+        // What a report said with that heartbeat: a note alone appends no event.
+        target.lease_status = newer.lease_status;
+        target.lease_output.clone_from(&newer.lease_output);
     }
     let checked_at = |i: &Instance| i.last_check.as_ref().map(|c| c.at);
     if checked_at(newer) > checked_at(target) && newer.check == target.check {
