@@ -59,7 +59,7 @@ pub enum Routing {
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
 /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
 /// #         status_changed_at: now, last_check: None, lease_held: false,
-/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
 /// #     }
 /// # }
 ///
@@ -113,7 +113,7 @@ pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
 /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
 /// #         status_changed_at: now, last_check: None, lease_held: false,
-/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
 /// #     }
 /// # }
 ///
@@ -191,7 +191,7 @@ impl RoundRobin {
     /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
     /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
     /// #         status_changed_at: now, last_check: None, lease_held: false,
-    /// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+    /// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
     /// #     }
     /// # }
     ///
@@ -265,7 +265,7 @@ impl RoundRobin {
     /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
     /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
     /// #         status_changed_at: now, last_check: None, lease_held: false,
-    /// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+    /// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
     /// #     }
     /// # }
     ///
@@ -369,6 +369,7 @@ mod tests {
             deregister_critical_after: None,
             lease_status: None,
             lease_output: None,
+            maintenance_reason: None,
         }
     }
 
