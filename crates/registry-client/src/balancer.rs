@@ -79,14 +79,7 @@ pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
     if threshold.is_nan() || threshold <= 0.0 {
         return Routing::Normal;
     }
-    let known = instances
-        .iter()
-        .filter(|i| i.status != Status::Maintenance)
-        .count();
-    let available = instances
-        .iter()
-        .filter(|i| matches!(i.status, Status::Passing | Status::Warning))
-        .count();
+    let (available, known) = availability(instances);
     // Counts are small: the conversion to f64 is exact.
     #[allow(clippy::cast_precision_loss)]
     let below = (available as f64) < threshold * (known as f64);
@@ -95,6 +88,20 @@ pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
     } else {
         Routing::Normal
     }
+}
+
+/// How many of `instances` are available (`passing` or `warning`), and how many are
+/// known apart from those in maintenance.
+fn availability(instances: &[Instance]) -> (usize, usize) {
+    let available = instances
+        .iter()
+        .filter(|i| matches!(i.status, Status::Passing | Status::Warning))
+        .count();
+    let known = instances
+        .iter()
+        .filter(|i| i.status != Status::Maintenance)
+        .count();
+    (available, known)
 }
 
 /// Round-robin choice among the instances of each service.
@@ -216,14 +223,7 @@ impl RoundRobin {
             .unwrap_or_else(PoisonError::into_inner);
         let was = panicking.get(service).copied().unwrap_or(false);
         if was != panic {
-            let known = instances
-                .iter()
-                .filter(|i| i.status != Status::Maintenance)
-                .count();
-            let available = instances
-                .iter()
-                .filter(|i| matches!(i.status, Status::Passing | Status::Warning))
-                .count();
+            let (available, known) = availability(instances);
             if panic {
                 tracing::warn!(
                     service,
