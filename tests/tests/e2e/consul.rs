@@ -1128,3 +1128,46 @@ async fn a_tcp_check_passes_while_a_connection_opens_and_reaping_is_per_instance
     .await;
     registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_query_on_one_replica_wakes_on_a_consul_write_to_another() {
+    let url = Backend::Postgres.fresh_url().await;
+    let a = TestRegistry::start_on(url.clone(), |_| {}).await;
+    let b = TestRegistry::start_on(url, |_| {}).await;
+    let first = get(&b, "/v1/health/service/pay").await;
+    let index = first.index.expect("index");
+    let blocking = {
+        let http = b.http.clone();
+        let url = b.url(&format!("/v1/health/service/pay?index={index}&wait=10s"));
+        tokio::spawn(async move {
+            let body: Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("answer")
+                .json()
+                .await
+                .expect("JSON");
+            (Instant::now(), body)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let written_at = Instant::now();
+    register(
+        &a,
+        json!({"Name": "pay", "ID": "pay-1", "Address": "10.0.0.9", "Port": 443}),
+    )
+    .await;
+    let (woke_at, body) = blocking.await.expect("the blocking query ends");
+    assert!(
+        woke_at.duration_since(written_at) < Duration::from_secs(1),
+        "woke {:?} after the write",
+        woke_at.duration_since(written_at)
+    );
+    assert_eq!(body[0]["Service"]["ID"], "pay-1");
+    // The other replica's agent routes act on it too: one registry.
+    let gone = put(&b, "/v1/agent/service/deregister/pay-1", None).await;
+    assert_eq!(gone.status, StatusCode::OK, "{}", gone.text);
+    a.stop().await;
+    b.stop().await;
+}
