@@ -1171,3 +1171,42 @@ async fn a_blocking_query_on_one_replica_wakes_on_a_consul_write_to_another() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refusals_on_consuls_paths_are_plain_text() {
+    let registry = TestRegistry::start_with(Backend::Sqlite, |settings| {
+        settings.write_rate_limit = 2;
+    })
+    .await;
+    let huge = format!(
+        r#"{{"Name":"a","Meta":{{"k":"{}"}}}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let too_large = put(&registry, "/v1/agent/service/register", Some(&huge)).await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        too_large.content_type.starts_with("text/plain"),
+        "{}",
+        too_large.content_type
+    );
+    let mut limited = None;
+    for _ in 0..10 {
+        let answer = put(
+            &registry,
+            "/v1/agent/service/maintenance/nope?enable=true",
+            None,
+        )
+        .await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("the write rate limit applies to Consul's writes");
+    assert!(
+        limited.content_type.starts_with("text/plain"),
+        "{}",
+        limited.content_type
+    );
+    registry.stop().await;
+}

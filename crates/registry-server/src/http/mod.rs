@@ -144,9 +144,23 @@ async fn note_route(matched: MatchedPath, request: Request, next: Next) -> Respo
 /// 503 in our error shape (with `Retry-After`) for a request that takes longer than
 /// `REGISTRY_REQUEST_TIMEOUT`, reading its body included (a client sending it slowly).
 async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let consul = consul::is_consul_path(request.uri().path());
     match tokio::time::timeout(state.settings.request_timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::unavailable("the request took too long; retry shortly").into_response(),
+        Err(_) => refusal(
+            consul,
+            ApiError::unavailable("the request took too long; retry shortly"),
+        ),
+    }
+}
+
+/// A refusal in the shape of the API asked: Consul's plain text on Consul's paths, our
+/// JSON error elsewhere.
+fn refusal(consul: bool, error: ApiError) -> Response {
+    if consul {
+        consul::ConsulError::from(error).into_response()
+    } else {
+        error.into_response()
     }
 }
 
@@ -210,7 +224,10 @@ async fn admitted(state: AppState, request: Request, next: Next) -> Response {
         || request.headers().contains_key(header::TRANSFER_ENCODING);
     let mut response = if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
         // 413 before reading a body whose declared length is too large.
-        extract::too_large().into_response()
+        refusal(
+            consul::is_consul_path(request.uri().path()),
+            extract::too_large(),
+        )
     } else {
         next.run(request).await
     };
@@ -232,11 +249,13 @@ fn rate_limited(limit: &crate::rate_limit::WriteRateLimit, request: &Request) ->
     );
     let peer = crate::serve::peer(request).filter(|_| is_write)?;
     let wait = limit.admit(peer.ip(), std::time::Instant::now()).err()?;
-    let mut response = ApiError::new(
-        ErrorCode::RateLimited,
-        "too many writes from this client; retry after the time in Retry-After",
-    )
-    .into_response();
+    let mut response = refusal(
+        consul::is_consul_path(request.uri().path()),
+        ApiError::new(
+            ErrorCode::RateLimited,
+            "too many writes from this client; retry after the time in Retry-After",
+        ),
+    );
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     response
         .headers_mut()
