@@ -91,6 +91,19 @@ end
     )
 }
 
+/// Consul's health lookups of passing instances of a random service (as Consul clients
+/// discover), under `prefix`.
+pub fn consul_lookup_script(prefix: &str, services: usize) -> String {
+    format!(
+        r#"
+local services = {services}
+request = function()
+  return wrk.format("GET", "{prefix}/v1/health/service/svc-" .. math.random(0, services - 1) .. "?passing=1")
+end
+{DONE}"#
+    )
+}
+
 /// `GET /healthz`: the registry's whole HTTP stack (middleware, tracing, metrics) around
 /// a handler that does nothing, the floor under every lookup.
 pub fn healthz_script() -> String {
@@ -240,6 +253,9 @@ pub struct SideServer {
     /// the ceiling for a body of the same size, which tells the cost of the bytes apart
     /// from the cost of the registry's own work.
     pub sized_body: Arc<RwLock<Bytes>>,
+    /// What `/sized/v1/health/service/{service}` answers: a real Consul health answer,
+    /// for the same comparison of Consul's lookups.
+    pub consul_sized_body: Arc<RwLock<Bytes>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -259,6 +275,8 @@ impl SideServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let sized_body = Arc::new(RwLock::new(Bytes::new()));
         let body = sized_body.clone();
+        let consul_sized_body = Arc::new(RwLock::new(Bytes::new()));
+        let consul_body = consul_sized_body.clone();
         std::thread::Builder::new()
             .name("bench-side-server".into())
             .spawn(move || {
@@ -269,6 +287,16 @@ impl SideServer {
                         "/sized/v1/services/{service}",
                         get(move || {
                             let body = body
+                                .read()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .clone();
+                            async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+                        }),
+                    )
+                    .route(
+                        "/sized/v1/health/service/{service}",
+                        get(move || {
+                            let body = consul_body
                                 .read()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .clone();
@@ -293,6 +321,7 @@ impl SideServer {
         Ok(Self {
             addr,
             sized_body,
+            consul_sized_body,
             stop: Some(stop),
         })
     }

@@ -401,6 +401,18 @@ async fn lookups(
         .sized_body
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = answer;
+    let consul = plan.runs("consul");
+    let consul_answer = http
+        .get(registry.url("/v1/health/service/svc-0?passing=1"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let consul_answer_size = consul_answer.len();
+    *side
+        .consul_sized_body
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = consul_answer;
     let traced = if backend == Backend::Sqlite && plan.runs("tracing") {
         Some(
             Registry::start(
@@ -418,6 +430,8 @@ async fn lookups(
     let script = load::lookup_script("", plan.services);
     let sized_script = load::lookup_script("/sized", plan.services);
     let healthz_script = load::healthz_script();
+    let consul_script = load::consul_lookup_script("", plan.services);
+    let consul_sized_script = load::consul_lookup_script("/sized", plan.services);
     let side_base = side.base();
     let mut targets = vec![
         (registry.base.as_str(), script.as_str()),
@@ -425,6 +439,11 @@ async fn lookups(
         (side_base.as_str(), sized_script.as_str()),
         (registry.base.as_str(), healthz_script.as_str()),
     ];
+    if consul {
+        targets.push((registry.base.as_str(), consul_script.as_str()));
+        targets.push((side_base.as_str(), consul_sized_script.as_str()));
+    }
+    let traced_at = targets.len();
     if let Some(traced) = &traced {
         targets.push((traced.base.as_str(), script.as_str()));
     }
@@ -494,7 +513,28 @@ async fn lookups(
         None,
         wrk_json(&healthz),
     );
-    if let Some(on) = results.get(4) {
+    if consul {
+        let (served, sized) = (results[4], results[5]);
+        let ratio = served.per_second / sized.per_second.max(1.0);
+        report.add(
+            format!(
+                "{name}: Consul health lookups/s ({} instances), {} conns",
+                plan.per_service, plan.lookup_connections
+            ),
+            served.summary(),
+            "",
+            (!clean(&served)).then_some(false),
+            wrk_json(&served),
+        );
+        report.add(
+            format!("{name}: Consul lookups / no-op answering the same {consul_answer_size} B"),
+            format!("{ratio:.2} (the no-op: {})", sized.summary()),
+            ">= 0.60",
+            Some(ratio >= 0.6),
+            json!({ "ratio": ratio, "ceiling": wrk_json(&sized) }),
+        );
+    }
+    if let Some(on) = results.get(traced_at) {
         report.add(
             format!("{name}: lookups/s, tracing off / on"),
             format!(
