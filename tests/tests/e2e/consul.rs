@@ -770,6 +770,12 @@ async fn bad_consul_bodies_are_a_clear_400_never_a_500() {
             r#"{"Name":"a","Check":{"TTL":"5s","Status":"fine"}}"#,
             "status",
         ),
+        ("an empty tag", r#"{"Name":"a","Tags":[""]}"#, "Tags.0"),
+        (
+            "a TCP check on another host",
+            r#"{"Name":"a","Address":"10.0.0.1","Port":80,"Check":{"TCP":"10.0.0.2:80","Interval":"5s"}}"#,
+            "Check.TCP",
+        ),
         (
             "a bad address",
             r#"{"Name":"a","Address":"a b","Port":80}"#,

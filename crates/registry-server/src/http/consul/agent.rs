@@ -71,7 +71,13 @@ async fn register(
             mapped.id.clone(),
             state.settings.default_ttl_seconds(),
         )
-        .map_err(crate::http::ApiError::from)?;
+        .map_err(|error| {
+            ConsulError::bad_request(format!(
+                "Invalid {}: {}",
+                consul_field(&error.field),
+                error.message
+            ))
+        })?;
     let now = crate::clock::now();
     state
         .writer
@@ -83,6 +89,30 @@ async fn register(
         )
         .await?;
     Ok(done(&state))
+}
+
+/// A field of our model named as the Consul body names it, for messages.
+fn consul_field(field: &str) -> String {
+    const NAMES: [(&str, &str); 9] = [
+        ("url", "Address and Port (the URL)"),
+        ("tags", "Tags"),
+        ("metadata", "Meta"),
+        ("ttl_seconds", "TTL"),
+        ("check.http", "Check.HTTP"),
+        ("check.tcp", "Check.TCP"),
+        ("check.interval_seconds", "Check.Interval"),
+        ("check.timeout_seconds", "Check.Timeout"),
+        (
+            "deregister_critical_after",
+            "DeregisterCriticalServiceAfter",
+        ),
+    ];
+    for (ours, theirs) in NAMES {
+        if let Some(rest) = field.strip_prefix(ours) {
+            return format!("{theirs}{rest}");
+        }
+    }
+    field.to_owned()
 }
 
 /// The one instance with this id: 404 when none, 409 naming the services when several.
