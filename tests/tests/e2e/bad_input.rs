@@ -437,8 +437,20 @@ fn table() -> Vec<Case> {
             .json(&json!({"status": "offline"}))
             .invalid("status"),
         Case::put("PUT status with an extra field", format!("{KNOWN}/status"))
-            .json(&json!({"status": "maintenance", "reason": "x"}))
-            .invalid("reason"),
+            .json(&json!({"status": "maintenance", "note": "x"}))
+            .invalid("note"),
+        Case::put(
+            "PUT status with a reason too long",
+            format!("{KNOWN}/status"),
+        )
+        .json(&json!({"status": "maintenance", "reason": "x".repeat(513)}))
+        .invalid("reason"),
+        Case::put(
+            "PUT status with a control character in the reason",
+            format!("{KNOWN}/status"),
+        )
+        .json(&json!({"status": "maintenance", "reason": "a\u{0}b"}))
+        .invalid("reason"),
         // Seed routes.
         Case::new("seed name with uppercase", Method::POST, "/service")
             .json(&json!({"service": {"name": "Concat", "uri": "http://127.0.0.1:4060"}}))

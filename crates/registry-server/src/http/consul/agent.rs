@@ -16,7 +16,8 @@ use super::{ConsulError, ConsulQuery, with_index};
 use crate::http::AppState;
 use crate::lifecycle::{self, Mutation};
 
-/// Longest note or output a TTL check may report (Consul's default output limit is 4 KiB).
+/// Longest note or output a TTL check's report keeps, in characters (Consul's default
+/// output limit is 4 KiB); the rest is cut.
 const MAX_OUTPUT_CHARS: usize = 4096;
 
 pub fn router() -> Router<AppState> {
@@ -277,16 +278,16 @@ async fn report(
     note: Option<String>,
 ) -> Result<Response, ConsulError> {
     let instance = ttl_check_owner(state, check_id)?;
-    // Postgres cannot store NUL in JSON; the rest of the output is kept as reported.
-    let note = note.map(|n| n.replace('\0', "")).filter(|n| !n.is_empty());
-    if note
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_OUTPUT_CHARS)
-    {
-        return Err(ConsulError::bad_request(format!(
-            "the output must be at most {MAX_OUTPUT_CHARS} characters"
-        )));
-    }
+    // Kept as reported (newlines included), cut to Consul's limit as Consul does, without
+    // NUL, which Postgres cannot store in JSON.
+    let note = note
+        .map(|n| {
+            n.chars()
+                .filter(|c| *c != '\0')
+                .take(MAX_OUTPUT_CHARS)
+                .collect::<String>()
+        })
+        .filter(|n| !n.is_empty());
     let now = crate::clock::now();
     if state.writer.database_unreachable() {
         return Err(ConsulError::new(
