@@ -43,6 +43,8 @@ pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn St
 /// in tests).
 pub struct Application {
     listener: TcpListener,
+    /// `REGISTRY_CONSUL_ADDR`: Consul's API alone, when set.
+    consul_listener: Option<TcpListener>,
     state: AppState,
     check_client: reqwest::Client,
 }
@@ -66,6 +68,14 @@ impl Application {
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
+        let consul_listener = match settings.consul_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (REGISTRY_CONSUL_ADDR)"))?,
+            ),
+            None => None,
+        };
         let view = Arc::new(view);
         let state = AppState {
             writer: Arc::new(Writer::new(store.clone(), view.clone())),
@@ -79,6 +89,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            consul_listener,
             state,
             check_client,
         })
@@ -86,6 +97,15 @@ impl Application {
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// Where Consul's API is served alone (`REGISTRY_CONSUL_ADDR`), when set.
+    pub fn consul_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        self.consul_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// Serves until `signal` completes, then stops within `REGISTRY_SHUTDOWN_TIMEOUT`:
@@ -115,11 +135,12 @@ impl Application {
         let writer = self.state.writer.clone();
         let header_read_timeout = self.state.settings.header_read_timeout;
         let shutdown_timeout = self.state.settings.shutdown_timeout;
+        let consul_router = http::consul_router(self.state.clone());
         let router = http::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "registry listening");
         let open = crate::serve::OpenConnections::default();
         let stop = shutdown.clone();
-        let serving = crate::serve::serve(
+        let main = crate::serve::serve(
             self.listener,
             router,
             header_read_timeout,
@@ -133,6 +154,28 @@ impl Application {
                 stop.cancel();
             },
         );
+        let consul = match self.consul_listener {
+            Some(listener) => {
+                tracing::info!(addr = %listener.local_addr()?, "Consul API listening");
+                let stop = shutdown.clone();
+                Some(crate::serve::serve(
+                    listener,
+                    consul_router,
+                    header_read_timeout,
+                    open.clone(),
+                    async move { stop.cancelled().await },
+                ))
+            }
+            None => None,
+        };
+        let serving = async move {
+            let consul = async move {
+                if let Some(consul) = consul {
+                    consul.await;
+                }
+            };
+            tokio::join!(main, consul);
+        };
         tokio::pin!(serving);
         // Serving ends by itself only after the stop began (it may finish draining at once).
         let drained_at_once = tokio::select! {

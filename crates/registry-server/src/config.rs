@@ -144,6 +144,13 @@ pub struct ServeArgs {
     /// Longest self-preservation lasts; then the held lapses apply.
     #[arg(long, env = "REGISTRY_SELF_PRESERVATION_MAX", default_value = "15m", value_parser = duration)]
     pub self_preservation_max: Duration,
+    /// A second address serving Consul's HTTP API alone (e.g. `0.0.0.0:8500`, the port
+    /// Consul clients assume); the registry's own address serves it too.
+    #[arg(long = "consul-addr", env = "REGISTRY_CONSUL_ADDR")]
+    pub consul_addr: Option<SocketAddr>,
+    /// The datacenter the Consul API answers as; a request for another one is refused.
+    #[arg(long, env = "REGISTRY_DATACENTER", default_value = "dc1")]
+    pub datacenter: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -221,6 +228,10 @@ pub struct Settings {
     /// Where active checks may connect; empty = anywhere.
     pub check_allowed_networks: Vec<IpNet>,
     pub self_preservation: crate::self_preservation::Limits,
+    /// `REGISTRY_CONSUL_ADDR`: where Consul's API is served alone, when set.
+    pub consul_addr: Option<SocketAddr>,
+    /// `REGISTRY_DATACENTER`, Consul's `dc`.
+    pub datacenter: String,
 }
 
 /// Secrets stay out of logs and panics: tokens are shown as set or not, the database
@@ -245,6 +256,8 @@ impl std::fmt::Debug for Settings {
             .field("write_rate_limit", &self.write_rate_limit)
             .field("check_allowed_networks", &self.check_allowed_networks)
             .field("self_preservation", &self.self_preservation)
+            .field("consul_addr", &self.consul_addr)
+            .field("datacenter", &self.datacenter)
             .finish()
     }
 }
@@ -323,6 +336,20 @@ impl ServeArgs {
                 return Err(format!("{name} is set but empty"));
             }
         }
+        let datacenter_ok = !self.datacenter.is_empty()
+            && self.datacenter.len() <= 63
+            && self
+                .datacenter
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+        if !datacenter_ok {
+            return Err(
+                "REGISTRY_DATACENTER must be 1 to 63 letters, digits, '-' or '_' (e.g. dc1)".into(),
+            );
+        }
+        if self.consul_addr == Some(self.addr) {
+            return Err("REGISTRY_CONSUL_ADDR must differ from REGISTRY_ADDR (which serves Consul's API too)".into());
+        }
         Ok(Settings {
             addr: self.addr,
             database_url: self.database.database_url.clone().filter(|u| !u.is_empty()),
@@ -341,6 +368,8 @@ impl ServeArgs {
                 min: self.self_preservation_min,
                 max: self.self_preservation_max,
             },
+            consul_addr: self.consul_addr,
+            datacenter: self.datacenter.clone(),
         })
     }
 }
@@ -362,6 +391,8 @@ impl Settings {
             write_rate_limit: 0,
             check_allowed_networks: Vec::new(),
             self_preservation: crate::self_preservation::Limits::DEFAULT,
+            consul_addr: None,
+            datacenter: "dc1".to_owned(),
         }
     }
 

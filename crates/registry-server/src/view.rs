@@ -298,6 +298,26 @@ impl View {
             .cloned()
     }
 
+    /// Every instance, with the global index they are the state of (read together).
+    pub fn all_instances(&self) -> (u64, Vec<Instance>) {
+        let state = self.read();
+        let instances = state
+            .services
+            .values()
+            .flat_map(|s| s.instances.values().cloned())
+            .collect();
+        (state.index, instances)
+    }
+
+    /// The instances with this id, in any service (ids are unique per service only).
+    pub fn instances_with_id(&self, id: &str) -> Vec<Instance> {
+        self.read()
+            .services
+            .values()
+            .filter_map(|s| s.instances.get(id).cloned())
+            .collect()
+    }
+
     /// The global index the view is at.
     pub fn index(&self) -> u64 {
         self.read().index

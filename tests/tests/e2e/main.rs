@@ -12,6 +12,7 @@ mod support;
 
 mod bad_input;
 mod caller;
+mod consul;
 mod crash_safety;
 mod demo_scenario;
 mod discovery;

@@ -58,6 +58,8 @@ macro_rules! both_stores {
 /// A registry served from this process.
 pub struct TestRegistry {
     pub addr: SocketAddr,
+    /// Where Consul's API is served alone, when `consul_addr` was set.
+    pub consul_addr: Option<SocketAddr>,
     pub base_url: String,
     pub database_url: String,
     pub api: RegistryApi,
@@ -88,6 +90,7 @@ impl TestRegistry {
         let token = settings.token.clone().or(settings.read_token.clone());
         let application = Application::build(settings).await.expect("registry builds");
         let addr = application.local_addr().expect("bound");
+        let consul_addr = application.consul_addr().expect("bound");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(application.run_until_stopped(async move {
             let _ = stopped.await;
@@ -99,6 +102,7 @@ impl TestRegistry {
         }
         Self {
             addr,
+            consul_addr,
             base_url,
             database_url,
             api,

@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, assembled here with auth, size limits and
 //! timeouts, checked in this order: auth, then size, then content (docs/api.md, Errors).
 
+mod consul;
 mod dashboard;
 mod error;
 mod events;
@@ -66,14 +67,26 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(openapi::router())
         .merge(dashboard::router())
+        .merge(consul::router())
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
         .merge(services::long_poll_router())
-        .merge(events::router());
-    Router::new()
-        .merge(bounded)
-        .merge(long_lived)
+        .merge(events::router())
+        .merge(consul::long_poll_router());
+    finish(Router::new().merge(bounded).merge(long_lived), state)
+}
+
+/// Consul's routes alone, for `REGISTRY_CONSUL_ADDR` (the port Consul clients assume),
+/// with the same admission as the registry's port.
+pub fn consul_router(state: AppState) -> Router {
+    let bounded = consul::router().layer(middleware::from_fn_with_state(state.clone(), time_limit));
+    finish(bounded.merge(consul::long_poll_router()), state)
+}
+
+/// The fallbacks and the admission and observation layers every listener has.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(note_route))
@@ -137,15 +150,24 @@ async fn time_limit(State(state): State<AppState>, request: Request, next: Next)
     }
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such route; see /openapi.json")
+/// Unknown paths: under Consul's prefixes, Consul's API that this registry does not
+/// implement (501, plain text, never a silent 200); elsewhere our 404.
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    if consul::is_consul_path(uri.path()) {
+        return consul::unrouted(&method, &uri);
+    }
+    ApiError::new(ErrorCode::NotFound, "no such route; see /openapi.json").into_response()
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    if consul::is_consul_path(uri.path()) {
+        return consul::method_not_allowed(&method);
+    }
     ApiError::new(
         ErrorCode::MethodNotAllowed,
         "method not allowed on this route; see /openapi.json",
     )
+    .into_response()
 }
 
 /// Admission, in one middleware and in this order: the write rate limit (when set, so
@@ -172,7 +194,11 @@ async fn admitted(state: AppState, request: Request, next: Next) -> Response {
         return refused;
     }
     if !authorized(&state.settings, &request) {
+        let consul = consul::is_consul_path(request.uri().path());
         drain(request.into_body()).await;
+        if consul {
+            return consul::ConsulError::permission_denied().into_response();
+        }
         return ApiError::unauthorized().into_response();
     }
     let declared = request
@@ -245,11 +271,17 @@ fn authorized(settings: &Settings, request: &Request) -> bool {
     if required.is_empty() {
         return true;
     }
-    let presented = bearer_token(request).or_else(|| {
-        (request.uri().path() == "/v1/events")
-            .then(|| query_token(request))
-            .flatten()
-    });
+    let path = request.uri().path();
+    // Consul clients send `X-Consul-Token` or `?token=`; v1 takes `?token=` only on the
+    // event stream (browsers' EventSource cannot set headers).
+    let consul = consul::is_consul_path(path);
+    let presented = bearer_token(request)
+        .or_else(|| consul.then(|| consul_token(request)).flatten())
+        .or_else(|| {
+            (consul || path == "/v1/events")
+                .then(|| query_token(request))
+                .flatten()
+        });
     presented.is_some_and(|given| {
         required.iter().fold(false, |ok, want| {
             ok | bool::from(given.as_bytes().ct_eq(want.as_bytes()))
@@ -290,6 +322,16 @@ fn bearer_token(request: &Request) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
+}
+
+fn consul_token(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .get("X-Consul-Token")?
+        .to_str()
+        .ok()
+        .map(|token| token.trim().to_owned())
+        .filter(|token| !token.is_empty())
 }
 
 fn query_token(request: &Request) -> Option<String> {

@@ -1,0 +1,287 @@
+//! The agent's writes: register, deregister, maintenance, and the reports of TTL checks.
+//!
+//! Consul's agent names a service by its id alone; ours are unique per service only, so
+//! each route acts on the one instance with that id and answers 409 naming the services
+//! when several have it (docs/consul.md, Ids).
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use registry_api::Instance;
+
+use super::wire::{self, check_ids};
+use super::{ConsulError, ConsulQuery, with_index};
+use crate::http::AppState;
+use crate::lifecycle::{self, Mutation};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/agent/service/register", put(register))
+        .route("/v1/agent/service/deregister/{id}", put(deregister))
+        .route("/v1/agent/service/maintenance/{id}", put(maintenance))
+        .route("/v1/agent/check/pass/{check_id}", put(pass))
+        .route("/v1/agent/check/warn/{check_id}", put(warn))
+        .route("/v1/agent/check/fail/{check_id}", put(fail))
+        .route("/v1/agent/check/update/{check_id}", put(update))
+}
+
+/// An empty 200, Consul's answer to every agent write.
+fn done(state: &AppState) -> Response {
+    with_index(state.view.index(), StatusCode::OK.into_response())
+}
+
+/// Refuses what the model cannot hold yet, rather than accept it and act otherwise.
+fn not_supported_yet(what: &str) -> ConsulError {
+    ConsulError::bad_request(format!("{what} is not supported yet by this registry"))
+}
+
+/// `PUT /v1/agent/service/register`.
+async fn register(
+    State(state): State<AppState>,
+    query: ConsulQuery,
+    request: Request,
+) -> Result<Response, ConsulError> {
+    // Our registration replaces the whole definition, checks included: with or without
+    // the flag, checks missing from the body are gone, as Consul does with it.
+    query.flag("replace-existing-checks")?;
+    let peer = crate::serve::peer(&request).map(|addr| addr.ip());
+    let body = crate::http::extract::read_body(request).await?;
+    let mapped = wire::map_service(wire::parse_service(&body)?, peer)?;
+    if mapped.tcp.is_some() {
+        return Err(not_supported_yet("a TCP check"));
+    }
+    if mapped.deregister_critical_after.is_some() {
+        return Err(not_supported_yet("DeregisterCriticalServiceAfter"));
+    }
+    if mapped
+        .initial_status
+        .as_deref()
+        .is_some_and(|s| s != "passing")
+    {
+        return Err(not_supported_yet("a check Status other than passing"));
+    }
+    let others: Vec<String> = state
+        .view
+        .instances_with_id(mapped.id.as_str())
+        .into_iter()
+        .filter(|i| i.service != mapped.service.as_str())
+        .map(|i| i.service)
+        .collect();
+    if !others.is_empty() {
+        return Err(ConsulError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "service ID \"{}\" is already registered for service {}; deregister it there first or choose another ID",
+                mapped.id,
+                others.join(", ")
+            ),
+        ));
+    }
+    let validated = mapped
+        .spec
+        .validate(
+            mapped.service.clone(),
+            mapped.id.clone(),
+            state.settings.default_ttl_seconds(),
+        )
+        .map_err(crate::http::ApiError::from)?;
+    let now = crate::clock::now();
+    state
+        .writer
+        .change(
+            mapped.service.as_str(),
+            mapped.id.as_str(),
+            now,
+            Box::new(move |old| lifecycle::register(old, &validated, now)),
+        )
+        .await?;
+    Ok(done(&state))
+}
+
+/// The one instance with this id: 404 when none, 409 naming the services when several.
+fn one_instance(state: &AppState, id: &str) -> Result<Instance, ConsulError> {
+    let mut found = state.view.instances_with_id(id);
+    match found.len() {
+        0 => Err(ConsulError::not_found(format!(
+            "Unknown service ID \"{id}\""
+        ))),
+        1 => Ok(found.remove(0)),
+        _ => Err(ConsulError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "service ID \"{id}\" is registered for several services ({}); use the v1 API, which names the service",
+                found
+                    .iter()
+                    .map(|i| i.service.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// `PUT /v1/agent/service/deregister/{id}`: 200, as clients expect.
+async fn deregister(
+    State(state): State<AppState>,
+    _query: ConsulQuery,
+    Path(id): Path<String>,
+) -> Result<Response, ConsulError> {
+    let instance = one_instance(&state, &id)?;
+    let applied = state
+        .writer
+        .change(
+            &instance.service,
+            &instance.id,
+            crate::clock::now(),
+            Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
+        )
+        .await?;
+    if !applied.existed {
+        return Err(ConsulError::not_found(format!(
+            "Unknown service ID \"{id}\""
+        )));
+    }
+    Ok(done(&state))
+}
+
+/// `PUT /v1/agent/service/maintenance/{id}?enable=&reason=`.
+async fn maintenance(
+    State(state): State<AppState>,
+    query: ConsulQuery,
+    Path(id): Path<String>,
+) -> Result<Response, ConsulError> {
+    if query.get("enable").is_none() {
+        return Err(ConsulError::bad_request("Missing value for enable"));
+    }
+    let on = query.flag("enable")?;
+    let instance = one_instance(&state, &id)?;
+    let now = crate::clock::now();
+    state
+        .writer
+        .change(
+            &instance.service,
+            &instance.id,
+            now,
+            Box::new(move |old| {
+                old.map_or(Mutation::Unchanged, |o| {
+                    lifecycle::set_maintenance(o, on, now)
+                })
+            }),
+        )
+        .await?;
+    Ok(done(&state))
+}
+
+/// What a TTL check's report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    Pass,
+    Warn,
+    Fail,
+}
+
+async fn pass(
+    State(state): State<AppState>,
+    _query: ConsulQuery,
+    Path(check_id): Path<String>,
+) -> Result<Response, ConsulError> {
+    report(&state, &check_id, Report::Pass).await
+}
+
+async fn warn(
+    State(state): State<AppState>,
+    _query: ConsulQuery,
+    Path(check_id): Path<String>,
+) -> Result<Response, ConsulError> {
+    report(&state, &check_id, Report::Warn).await
+}
+
+async fn fail(
+    State(state): State<AppState>,
+    _query: ConsulQuery,
+    Path(check_id): Path<String>,
+) -> Result<Response, ConsulError> {
+    report(&state, &check_id, Report::Fail).await
+}
+
+/// `PUT /v1/agent/check/update/{check_id}` with `{"Status","Output"}`.
+async fn update(
+    State(state): State<AppState>,
+    _query: ConsulQuery,
+    Path(check_id): Path<String>,
+    request: Request,
+) -> Result<Response, ConsulError> {
+    let body = crate::http::extract::read_body(request).await?;
+    let update = wire::parse_check_update(&body)?;
+    let kind = match update.status.as_str() {
+        "passing" => Report::Pass,
+        "warning" => Report::Warn,
+        _ => Report::Fail,
+    };
+    report(&state, &check_id, kind).await
+}
+
+/// The instance whose TTL check `check_id` names (`service:<ID>`, or `service:<ID>:<n>`
+/// when it has several checks, the TTL check first).
+fn ttl_check_owner(state: &AppState, check_id: &str) -> Result<Instance, ConsulError> {
+    let unknown = || ConsulError::not_found(format!("Unknown check ID \"{check_id}\""));
+    if check_id.starts_with("_service_maintenance:") {
+        return Err(ConsulError::bad_request(format!(
+            "check \"{check_id}\" is the maintenance check; use /v1/agent/service/maintenance"
+        )));
+    }
+    let rest = check_id.strip_prefix("service:").ok_or_else(unknown)?;
+    // Instance ids have no ':', so a last ':' starts the check's number.
+    let id = rest.split(':').next().unwrap_or(rest);
+    let instance = match one_instance(state, id) {
+        Err(error) if error.status == StatusCode::NOT_FOUND => return Err(unknown()),
+        other => other?,
+    };
+    let has_ttl = instance.ttl_seconds > 0;
+    let count = usize::from(has_ttl) + usize::from(instance.check.is_some());
+    let ids = check_ids(&instance.id, count.max(1));
+    match ids.iter().position(|known| known == check_id) {
+        Some(0) if has_ttl => Ok(instance),
+        Some(_) => Err(ConsulError::bad_request(format!(
+            "check \"{check_id}\" is not a TTL check: the registry runs it itself"
+        ))),
+        None => Err(unknown()),
+    }
+}
+
+async fn report(state: &AppState, check_id: &str, kind: Report) -> Result<Response, ConsulError> {
+    let instance = ttl_check_owner(state, check_id)?;
+    if kind != Report::Pass {
+        return Err(not_supported_yet(
+            "a TTL check reporting warning or critical",
+        ));
+    }
+    let now = crate::clock::now();
+    if state.writer.database_unreachable() {
+        return Err(ConsulError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the registry's database is unreachable; retry on another replica",
+        ));
+    }
+    // A live lease is renewed in memory and written with others, as v1 heartbeats are.
+    if state
+        .writer
+        .queue_heartbeat(&instance.service, &instance.id, now)
+        .is_none()
+    {
+        state
+            .writer
+            .change(
+                &instance.service,
+                &instance.id,
+                now,
+                Box::new(move |old| {
+                    old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))
+                }),
+            )
+            .await?;
+    }
+    Ok(done(state))
+}
