@@ -15,8 +15,9 @@ test started (port 0, a fresh database each):
   discover and call.
 - `show <service>`: prints `health.service(<service>)` as JSON.
 
-Prints `step <name>` before each scenario and `ok` at the end; a failed expectation exits
-with status 1 and says what was expected and what came.
+Prints `step <name>` as it goes and `ok` at the end. A failed expectation ends its
+scenario with `failed: <what was expected and what came>`; the others still run, and the
+script then exits with status 1.
 """
 
 import json
@@ -112,7 +113,10 @@ def agent_and_status(c):
     expect(me["Config"]["NodeName"], f"agent.self Config.NodeName: {me['Config']!r}")
 
 
-def ttl_check(c):
+TTL_CHECK = "service:py-ttl-1"
+
+
+def ttl_register(c):
     step("register with a TTL check")
     ok = c.agent.service.register(
         "py-ttl",
@@ -124,9 +128,7 @@ def ttl_check(c):
         check=consul.Check.ttl("30s"),
     )
     expect(ok is True, f"agent.service.register answered {ok!r}")
-    check_id = "service:py-ttl-1"
-
-    step("a new TTL check is critical")
+    check_id = TTL_CHECK
     node = eventually("py-ttl-1 in health.service", lambda: entry(c, "py-ttl", "py-ttl-1"))
     service = node["Service"]
     expect(service["Service"] == "py-ttl", f"Service: {service!r}")
@@ -136,9 +138,7 @@ def ttl_check(c):
     expect(node["Node"]["Node"] and node["Node"]["ID"], f"Node: {node['Node']!r}")
     check = check_of(node, check_id)
     expect(check is not None, f"no check {check_id} in {node['Checks']!r}")
-    expect(check["Status"] == "critical", f"a new TTL check is {check['Status']!r}, not critical")
     expect(check["ServiceID"] == "py-ttl-1", f"check: {check!r}")
-    expect(passing_ids(c, "py-ttl") == [], "a critical instance in health.service(passing=True)")
 
     step("agent.services, agent.checks")
     services = c.agent.services()
@@ -148,6 +148,17 @@ def ttl_check(c):
     checks = c.agent.checks()
     expect(check_id in checks, f"agent.checks: {checks!r}")
 
+
+
+def ttl_starts_critical(c):
+    step("a new TTL check is critical")
+    check = check_of(entry(c, "py-ttl", "py-ttl-1"), TTL_CHECK)
+    expect(check["Status"] == "critical", f"a new TTL check is {check['Status']!r}, not critical")
+    expect(passing_ids(c, "py-ttl") == [], "a critical instance in health.service(passing=True)")
+
+
+def ttl_pass_warn_fail(c):
+    check_id = TTL_CHECK
     step("pass: passing")
     expect(c.agent.check.ttl_pass(check_id, notes="ready") is True, "ttl_pass failed")
     eventually("py-ttl-1 in health.service(passing=True)", lambda: passing_ids(c, "py-ttl") == ["py-ttl-1"])
@@ -168,6 +179,10 @@ def ttl_check(c):
     expect(index not in (None, "", "0"), f"health.checks index {index!r}")
     expect([ch["Status"] for ch in checks if ch["CheckID"] == check_id] == ["critical"], f"health.checks: {checks!r}")
 
+
+
+def ttl_update(c):
+    check_id = TTL_CHECK
     step("update (the client's own transport: py-consul has no method for it)")
     body = json.dumps({"Status": "passing", "Output": "all good"})
     updated = c.http.put(CB.boolean(), f"/v1/agent/check/update/{check_id}", data=body)
@@ -176,7 +191,12 @@ def ttl_check(c):
     index, everything = c.health.state("any")
     expect(any(ch["CheckID"] == check_id for ch in everything), f"health.state(any): {everything!r}")
 
+
+
+def tags_and_catalog(c):
     step("tags: every one must match")
+    expect(c.agent.check.ttl_pass(TTL_CHECK) is True, "ttl_pass failed")
+    eventually("py-ttl-1 passing", lambda: passing_ids(c, "py-ttl") == ["py-ttl-1"])
     expect(passing_ids(c, "py-ttl", tag="blue") == ["py-ttl-1"], "tag=blue")
     expect(passing_ids(c, "py-ttl", tag=["v1", "blue"]) == ["py-ttl-1"], "tag=v1&tag=blue")
     expect(passing_ids(c, "py-ttl", tag=["v1", "green"]) == [], "tag=v1&tag=green")
@@ -304,7 +324,6 @@ def maintenance(c):
         "the maintenance check",
         lambda: status_is(c, "py-ttl", "py-ttl-1", maintenance_id, "critical"),
     )
-    expect(check["Notes"] == "deploying", f"maintenance check: {check!r}")
     expect("py-ttl-1" not in passing_ids(c, "py-ttl"), "an instance in maintenance is in passing=True")
 
     step("maintenance off")
@@ -315,6 +334,7 @@ def maintenance(c):
     )
     expect(c.agent.check.ttl_pass("service:py-ttl-1") is True, "ttl_pass after maintenance")
     eventually("py-ttl-1 passing after maintenance", lambda: "py-ttl-1" in passing_ids(c, "py-ttl"))
+    expect(check["Notes"] == "deploying", f"the maintenance check's Notes are not the reason: {check!r}")
 
 
 def deregister(c):
@@ -354,15 +374,30 @@ def tokens():
 
 
 def scenarios():
+    """Runs every scenario, each to its first failed expectation, and fails if one did."""
     c = client("REGISTRY_CONSUL_URL")
-    agent_and_status(c)
-    ttl_check(c)
-    blocking_query(c)
-    maintenance(c)
-    http_check(c)
-    tcp_check(c)
-    deregister(c)
-    tokens()
+    failed = []
+    for scenario in (
+        lambda: agent_and_status(c),
+        lambda: ttl_register(c),
+        lambda: ttl_starts_critical(c),
+        lambda: ttl_pass_warn_fail(c),
+        lambda: ttl_update(c),
+        lambda: tags_and_catalog(c),
+        lambda: blocking_query(c),
+        lambda: maintenance(c),
+        lambda: http_check(c),
+        lambda: tcp_check(c),
+        lambda: deregister(c),
+        tokens,
+    ):
+        try:
+            scenario()
+        except Exception as error:
+            traceback.print_exc()
+            print(f"failed: {type(error).__name__}: {error}", flush=True)
+            failed.append(error)
+    expect(not failed, f"{len(failed)} scenarios failed")
 
 
 def serve(service, service_id):

@@ -237,6 +237,8 @@ impl PythonService {
             Some("registered"),
             "the Python service did not register"
         );
+        // Read the rest, so that its last words do not meet a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
         Self { child }
     }
 }
