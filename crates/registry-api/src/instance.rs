@@ -25,6 +25,8 @@ pub mod limits {
     pub const DEFAULT_INTERVAL_SECONDS: u32 = 5;
     pub const DEFAULT_TIMEOUT_SECONDS: u32 = 2;
     pub const MAX_EXPECT_JSON_PAIRS: usize = 16;
+    /// Longest `deregister_critical_after`: 365 days.
+    pub const MAX_REAP_SECONDS: u64 = 365 * 86_400;
 }
 
 /// Health of an instance, from best to worst; `maintenance` is set by the operator.
@@ -75,6 +77,15 @@ pub struct InstanceSpec {
     pub ttl_seconds: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckSpec>,
+    /// Remove this instance once it has been critical this long (a duration like `90m`);
+    /// the registry's `REGISTRY_DEREGISTER_CRITICAL_AFTER` when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister_critical_after: Option<String>,
+    /// The status a NEW instance starts in (`passing`, `warning` or `critical`): with a
+    /// check, the check's verdict until it first runs; otherwise the status reported with
+    /// the lease. Ignored when the instance exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_status: Option<Status>,
 }
 
 impl InstanceSpec {
@@ -86,16 +97,23 @@ impl InstanceSpec {
             metadata: BTreeMap::new(),
             ttl_seconds: None,
             check: None,
+            deregister_critical_after: None,
+            initial_status: None,
         }
     }
 }
 
-/// An active HTTP check, as sent by the client.
+/// An active check, as sent by the client: exactly one of `http` and `tcp`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     /// Path (optionally with a query) that replaces the path of the instance's own URL.
-    pub http: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// `host:port` to open a TCP connection to (passes when it opens); the host must be
+    /// the instance URL's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_seconds: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +127,10 @@ pub struct CheckSpec {
 /// A check with its defaults filled in, as the registry runs it and answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Check {
-    pub http: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
     pub interval_seconds: u32,
     pub timeout_seconds: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,11 +138,12 @@ pub struct Check {
 }
 
 impl Check {
-    /// The URL the check calls: the instance's URL with its path (and query) replaced.
-    /// `None` if that would leave the instance's own host, which validation prevents.
+    /// The URL an HTTP check calls: the instance's URL with its path (and query)
+    /// replaced. `None` for a TCP check, or if that would leave the instance's own host,
+    /// which validation prevents.
     pub fn target(&self, instance_url: &str) -> Option<Url> {
         let base = Url::parse(instance_url).ok()?;
-        let joined = base.join(&self.http).ok()?;
+        let joined = base.join(self.http.as_deref()?).ok()?;
         let same_origin = joined.scheme() == base.scheme()
             && joined.host() == base.host()
             && joined.port_or_known_default() == base.port_or_known_default();
@@ -155,6 +177,16 @@ pub struct Instance {
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub status_changed_at: DateTime<Utc>,
     pub last_check: Option<CheckResult>,
+    /// The instance's own reaping time, when it set one (`deregister_critical_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister_critical_after: Option<String>,
+    /// The status the instance reported with its lease (`initial_status`, or a Consul TTL
+    /// check's `warn`/`fail`), until its next heartbeat; absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_status: Option<Status>,
+    /// The note the instance reported with its lease (a Consul TTL check's output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_output: Option<String>,
     /// The lease ran out while the registry was in self-preservation: the lapse is held,
     /// the status kept (docs/operations.md, Self-preservation). Shown only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -178,6 +210,9 @@ pub struct Validated {
     pub metadata: BTreeMap<String, String>,
     pub ttl_seconds: u32,
     pub check: Option<Check>,
+    /// Seconds; `None`: the registry's setting.
+    pub deregister_critical_after: Option<u64>,
+    pub initial_status: Option<Status>,
 }
 
 impl InstanceSpec {
@@ -247,7 +282,36 @@ impl InstanceSpec {
                 format!("must be 0 to {}", limits::MAX_TTL_SECONDS),
             ));
         }
-        let check = self.check.map(validate_check).transpose()?;
+        let host = validate_url(&self.url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let check = self
+            .check
+            .map(|check| validate_check(check, &host))
+            .transpose()?;
+        let deregister_critical_after = self
+            .deregister_critical_after
+            .as_deref()
+            .map(|raw| {
+                crate::parse_duration(raw)
+                    .ok()
+                    .filter(|d| d.subsec_nanos() == 0 && d.as_secs() <= limits::MAX_REAP_SECONDS)
+                    .map(|d| d.as_secs())
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            "deregister_critical_after",
+                            "must be whole seconds like 90s or 10m, at most 365d (0 = never)",
+                        )
+                    })
+            })
+            .transpose()?;
+        if self.initial_status == Some(Status::Maintenance) {
+            return Err(FieldError::new(
+                "initial_status",
+                "must be passing, warning or critical (maintenance is set with PUT .../status)",
+            ));
+        }
         // The URL is kept as given: clients append paths to it as they sent it.
         Ok(Validated {
             service,
@@ -257,6 +321,8 @@ impl InstanceSpec {
             metadata: self.metadata,
             ttl_seconds,
             check,
+            deregister_critical_after,
+            initial_status: self.initial_status,
         })
     }
 }
@@ -367,19 +433,42 @@ fn is_url_host(host: &str) -> bool {
             .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_alphabetic()))
 }
 
-fn validate_check(spec: CheckSpec) -> Result<Check, FieldError> {
-    let path = &spec.http;
-    let path_ok = path.starts_with('/')
-        && !path.starts_with("//")
-        && path.len() <= limits::MAX_CHECK_PATH_BYTES
-        && !path
-            .chars()
-            .any(|c| c == '\\' || c == '#' || c.is_whitespace() || c.is_control());
-    if !path_ok {
-        return Err(FieldError::new(
-            "check.http",
-            "must be a path starting with '/' (not '//'), without spaces, '\\' or '#'",
-        ));
+/// A check is HTTP (`http`, a path on the instance's own URL) or TCP (`tcp`, a port of
+/// the instance's own host, `instance_host`): either way it cannot reach another host.
+fn validate_check(spec: CheckSpec, instance_host: &str) -> Result<Check, FieldError> {
+    match (&spec.http, &spec.tcp) {
+        (Some(path), None) => {
+            let path_ok = path.starts_with('/')
+                && !path.starts_with("//")
+                && path.len() <= limits::MAX_CHECK_PATH_BYTES
+                && !path
+                    .chars()
+                    .any(|c| c == '\\' || c == '#' || c.is_whitespace() || c.is_control());
+            if !path_ok {
+                return Err(FieldError::new(
+                    "check.http",
+                    "must be a path starting with '/' (not '//'), without spaces, '\\' or '#'",
+                ));
+            }
+        }
+        (None, Some(address)) => {
+            let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let same_host = host
+                .eq_ignore_ascii_case(instance_host.trim_start_matches('[').trim_end_matches(']'));
+            if !same_host || port.parse::<u16>().is_err() {
+                return Err(FieldError::new(
+                    "check.tcp",
+                    "must be host:port with the instance URL's own host and a port from 0 to 65535",
+                ));
+            }
+        }
+        _ => {
+            return Err(FieldError::new(
+                "check",
+                "must have exactly one of http (a path) and tcp (host:port)",
+            ));
+        }
     }
     let interval = spec
         .interval_seconds
@@ -422,6 +511,7 @@ fn validate_check(spec: CheckSpec) -> Result<Check, FieldError> {
     }
     Ok(Check {
         http: spec.http,
+        tcp: spec.tcp,
         interval_seconds: interval,
         timeout_seconds: timeout,
         expect_json: spec.expect_json,
@@ -446,7 +536,8 @@ mod tests {
     fn defaults_are_filled_in() {
         let mut spec = InstanceSpec::new("http://10.0.0.1:4040");
         spec.check = Some(CheckSpec {
-            http: "/status".into(),
+            http: Some("/status".into()),
+            tcp: None,
             interval_seconds: None,
             timeout_seconds: None,
             expect_json: None,
@@ -515,7 +606,8 @@ mod tests {
         let check = |http: &str, interval, timeout| {
             let mut spec = InstanceSpec::new("http://h");
             spec.check = Some(CheckSpec {
-                http: http.into(),
+                http: Some(http.into()),
+                tcp: None,
                 interval_seconds: interval,
                 timeout_seconds: timeout,
                 expect_json: None,
@@ -543,9 +635,67 @@ mod tests {
     }
 
     #[test]
+    fn a_tcp_check_stays_on_the_instance_host_and_excludes_http() {
+        let check = |url: &str, http: Option<&str>, tcp: Option<&str>| {
+            let mut spec = InstanceSpec::new(url);
+            spec.check = Some(CheckSpec {
+                http: http.map(str::to_owned),
+                tcp: tcp.map(str::to_owned),
+                interval_seconds: None,
+                timeout_seconds: None,
+                expect_json: None,
+            });
+            validate(spec)
+        };
+        let ok = check("http://10.0.0.1:4040", None, Some("10.0.0.1:5432")).expect("valid");
+        assert_eq!(
+            ok.check.and_then(|c| c.tcp).as_deref(),
+            Some("10.0.0.1:5432")
+        );
+        assert!(check("http://[::1]:4040", None, Some("[::1]:22")).is_ok());
+        for (url, tcp) in [
+            ("http://10.0.0.1:4040", "10.0.0.2:5432"),
+            ("http://10.0.0.1:4040", "10.0.0.1"),
+            ("http://10.0.0.1:4040", "10.0.0.1:99999"),
+        ] {
+            assert_eq!(
+                check(url, None, Some(tcp)).expect_err(tcp).field,
+                "check.tcp"
+            );
+        }
+        assert_eq!(
+            check("http://h", None, None).expect_err("none").field,
+            "check"
+        );
+        assert_eq!(
+            check("http://h", Some("/s"), Some("h:1"))
+                .expect_err("both")
+                .field,
+            "check"
+        );
+    }
+
+    #[test]
+    fn reap_time_and_initial_status_are_checked() {
+        let mut spec = InstanceSpec::new("http://h");
+        spec.deregister_critical_after = Some("90m".into());
+        spec.initial_status = Some(Status::Critical);
+        let v = validate(spec).expect("valid");
+        assert_eq!(v.deregister_critical_after, Some(5_400));
+        assert_eq!(v.initial_status, Some(Status::Critical));
+        let mut spec = InstanceSpec::new("http://h");
+        spec.deregister_critical_after = Some("soon".into());
+        assert_eq!(field_of(spec), "deregister_critical_after");
+        let mut spec = InstanceSpec::new("http://h");
+        spec.initial_status = Some(Status::Maintenance);
+        assert_eq!(field_of(spec), "initial_status");
+    }
+
+    #[test]
     fn check_target_keeps_the_instance_origin() {
         let check = Check {
-            http: "/status?deep=1".into(),
+            http: Some("/status?deep=1".into()),
+            tcp: None,
             interval_seconds: 5,
             timeout_seconds: 2,
             expect_json: None,

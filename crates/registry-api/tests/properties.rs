@@ -116,7 +116,8 @@ proptest! {
         path in "/[A-Za-z0-9./?=&%@:_-]{0,40}",
     ) {
         let check = Check {
-            http: path.clone(),
+            http: Some(path.clone()),
+            tcp: None,
             interval_seconds: 5,
             timeout_seconds: 2,
             expect_json: None,

@@ -31,13 +31,17 @@ pub(crate) fn instance(id: &str, status: Status, heartbeat_age: i64) -> Instance
         status_changed_at: t(-1000),
         last_check: None,
         lease_held: false,
+        deregister_critical_after: None,
+        lease_status: None,
+        lease_output: None,
     }
 }
 
 pub(crate) fn system() -> SystemStatus {
     let mut checked = instance("sum-2", Status::Critical, 65);
     checked.check = Some(Check {
-        http: "/status".into(),
+        http: Some("/status".into()),
+        tcp: None,
         interval_seconds: 5,
         timeout_seconds: 2,
         expect_json: None,

@@ -59,6 +59,7 @@ pub enum Routing {
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
 /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
 /// #         status_changed_at: now, last_check: None, lease_held: false,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
 /// #     }
 /// # }
 ///
@@ -112,6 +113,7 @@ pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
 /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
 /// #         status_changed_at: now, last_check: None, lease_held: false,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
 /// #     }
 /// # }
 ///
@@ -189,6 +191,7 @@ impl RoundRobin {
     /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
     /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
     /// #         status_changed_at: now, last_check: None, lease_held: false,
+    /// #         deregister_critical_after: None, lease_status: None, lease_output: None,
     /// #     }
     /// # }
     ///
@@ -262,6 +265,7 @@ impl RoundRobin {
     /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
     /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
     /// #         status_changed_at: now, last_check: None, lease_held: false,
+    /// #         deregister_critical_after: None, lease_status: None, lease_output: None,
     /// #     }
     /// # }
     ///
@@ -362,6 +366,9 @@ mod tests {
             status_changed_at: now,
             last_check: None,
             lease_held: false,
+            deregister_critical_after: None,
+            lease_status: None,
+            lease_output: None,
         }
     }
 

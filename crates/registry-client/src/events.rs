@@ -507,6 +507,9 @@ mod tests {
             status_changed_at: at,
             last_check: None,
             lease_held: false,
+            deregister_critical_after: None,
+            lease_status: None,
+            lease_output: None,
         }
     }
 

@@ -104,6 +104,9 @@ fn instance(status: Status) -> Instance {
         status_changed_at: at,
         last_check: None,
         lease_held: false,
+        deregister_critical_after: None,
+        lease_status: None,
+        lease_output: None,
     }
 }
 

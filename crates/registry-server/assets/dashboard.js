@@ -548,7 +548,7 @@
     if (!instance.check) {
       check = h('span', { class: 'muted' }, 'no check');
     } else if (!instance.last_check) {
-      check = h('span', { class: 'muted' }, `${instance.check.http}: not run yet`);
+      check = h('span', { class: 'muted' }, `${instance.check.http || `tcp ${instance.check.tcp}`}: not run yet`);
     } else {
       const last = instance.last_check;
       check = h(

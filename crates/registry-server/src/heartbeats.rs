@@ -214,10 +214,11 @@ async fn within_flush_timeout<T>(
 }
 
 /// The lease a heartbeat at `now` renews, when the instance has a lease that has not run
-/// out (`None`: the full path decides).
+/// out and reported nothing a heartbeat would clear (`None`: the full path decides).
 fn renewed_lease(instance: &Instance, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let live = instance.lease_expires_at.is_some_and(|until| until > now);
-    (instance.ttl_seconds > 0 && live)
+    let nothing_reported = instance.lease_status.is_none() && instance.lease_output.is_none();
+    (instance.ttl_seconds > 0 && live && nothing_reported)
         .then(|| now + chrono::Duration::seconds(i64::from(instance.ttl_seconds)))
 }
 
@@ -378,6 +379,9 @@ mod tests {
             status_changed_at: t(0),
             last_check: None,
             lease_held: false,
+            deregister_critical_after: None,
+            lease_status: None,
+            lease_output: None,
         };
         assert_eq!(
             renewed_lease(&instance(10, Some(t(10_000))), t(4_000)),

@@ -74,7 +74,7 @@ fn settle(
 /// `PUT .../instances/{id}`: register a new instance or replace an existing one.
 pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Utc>) -> Mutation {
     let Some(old) = old else {
-        let record = InstanceRecord {
+        let mut record = InstanceRecord {
             service: spec.service.to_string(),
             id: spec.id.to_string(),
             url: spec.url.clone(),
@@ -93,7 +93,18 @@ pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Ut
             last_check: None,
             status: Status::Passing,
             status_changed_at: now,
+            deregister_critical_after: spec.deregister_critical_after,
+            lease_status: None,
+            lease_output: None,
         };
+        // The status it starts in: the check's until it first runs, else the lease's.
+        let initial = spec.initial_status.filter(|s| *s != Status::Passing);
+        if record.check.is_some() {
+            record.check_status = initial;
+        } else {
+            record.lease_status = initial;
+        }
+        record.status = record.combined_status();
         return Mutation::Save {
             reschedule_check: record.check.is_some(),
             change: Some(Change {
@@ -109,7 +120,8 @@ pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Ut
         || old.tags != spec.tags
         || old.metadata != spec.metadata
         || old.ttl_seconds != spec.ttl_seconds
-        || old.check != spec.check;
+        || old.check != spec.check
+        || old.deregister_critical_after != spec.deregister_critical_after;
     // A new URL means a new target: the old verdict says nothing about it.
     let check_changed = old.check != spec.check || (spec.check.is_some() && old.url != spec.url);
     let mut record = old.clone();
@@ -118,6 +130,7 @@ pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Ut
     record.metadata = spec.metadata.clone();
     record.ttl_seconds = spec.ttl_seconds;
     record.check = spec.check.clone();
+    record.deregister_critical_after = spec.deregister_critical_after;
     record.last_heartbeat_at = now;
     record.lease_expires_at = lease_until(now, spec.ttl_seconds);
     record.lease_expired = false;
@@ -161,13 +174,30 @@ fn reset_check_state(record: &mut InstanceRecord) {
     record.last_check = None;
 }
 
-/// `PUT .../heartbeat`: renew the lease; a lapsed lease revives.
+/// `PUT .../heartbeat`: renew the lease; a lapsed lease revives. A heartbeat says "I am
+/// fine": it clears a status reported earlier (a `pass`).
 pub fn heartbeat(old: &InstanceRecord, now: DateTime<Utc>) -> Mutation {
+    report(old, Status::Passing, None, now)
+}
+
+/// A heartbeat that reports a status and a note (a Consul TTL check's `pass`, `warn`,
+/// `fail` or `update`): renews the lease like any heartbeat, and the status holds until
+/// the next report or the lapse. A note alone changes the record but appends no event.
+pub fn report(
+    old: &InstanceRecord,
+    status: Status,
+    output: Option<String>,
+    now: DateTime<Utc>,
+) -> Mutation {
     let mut record = old.clone();
     record.last_heartbeat_at = now;
     record.lease_expires_at = lease_until(now, old.ttl_seconds);
     record.lease_expired = false;
     record.lease_held = false;
+    record.lease_status = matches!(status, Status::Warning | Status::Critical).then_some(status);
+    if output.is_some() || status == Status::Passing {
+        record.lease_output = output;
+    }
     let (record, change) = settle(record, old.status, now, Reason::Heartbeat);
     let change = change.or_else(|| released(old, &record));
     Mutation::Save {
@@ -277,8 +307,13 @@ pub fn hold_lease(old: &InstanceRecord, now: DateTime<Utc>) -> Mutation {
     }
 }
 
-/// The reaper: critical for at least `after` (0 = never).
+/// The reaper: critical for at least the instance's own reaping time, else `after`, the
+/// registry's (0 = never).
 pub fn reap(old: &InstanceRecord, now: DateTime<Utc>, after: Duration) -> Mutation {
+    let after = old
+        .deregister_critical_after
+        .and_then(|secs| i64::try_from(secs).ok())
+        .map_or(after, Duration::seconds);
     let due = after > Duration::zero()
         && old
             .critical_since()
@@ -336,7 +371,8 @@ mod tests {
 
     fn check() -> Check {
         Check {
-            http: "/status".into(),
+            http: Some("/status".into()),
+            tcp: None,
             interval_seconds: 5,
             timeout_seconds: 2,
             expect_json: None,
@@ -416,6 +452,83 @@ mod tests {
             reap(&r, t(100_000), Duration::zero()),
             Mutation::Unchanged,
             "0 = never"
+        );
+    }
+
+    #[test]
+    fn a_reported_status_holds_until_the_next_report_and_a_note_alone_appends_nothing() {
+        let (r, _) = saved(register(None, &spec(10), t(0)));
+        let (warned, change) = saved(report(&r, Status::Warning, Some("slow".into()), t(1)));
+        assert_eq!(warned.status, Status::Warning);
+        assert_eq!(
+            warned.lease_expires_at,
+            Some(t(11)),
+            "a report renews the lease"
+        );
+        assert_eq!(change.map(|c| c.reason), Some(Reason::Heartbeat));
+        let (noted, change) = saved(report(
+            &warned,
+            Status::Warning,
+            Some("slower".into()),
+            t(2),
+        ));
+        assert_eq!(
+            change, None,
+            "the same status with a new note appends nothing"
+        );
+        assert_eq!(noted.lease_output.as_deref(), Some("slower"));
+        let (failed, _) = saved(report(&noted, Status::Critical, None, t(3)));
+        assert_eq!(failed.status, Status::Critical);
+        assert_eq!(
+            failed.lease_output.as_deref(),
+            Some("slower"),
+            "kept without a new one"
+        );
+        let (passed, change) = saved(heartbeat(&failed, t(4)));
+        assert_eq!(passed.status, Status::Passing);
+        assert_eq!((passed.lease_status, passed.lease_output), (None, None));
+        assert_eq!(change.map(|c| c.to), Some(Some(Status::Passing)));
+    }
+
+    #[test]
+    fn a_new_instance_starts_in_its_initial_status() {
+        let mut critical = spec(10);
+        critical.initial_status = Some(Status::Critical);
+        let (r, change) = saved(register(None, &critical, t(0)));
+        assert_eq!(r.status, Status::Critical);
+        assert_eq!(change.and_then(|c| c.to), Some(Status::Critical));
+        assert_eq!(saved(heartbeat(&r, t(1))).0.status, Status::Passing);
+
+        // With a check, the check's verdict until it first runs.
+        critical.check = Some(check());
+        let (r, _) = saved(register(None, &critical, t(0)));
+        assert_eq!(
+            (r.status, r.check_status),
+            (Status::Critical, Some(Status::Critical))
+        );
+        let (r, _) = saved(record_check(&r, &check(), &outcome(Status::Passing), t(1)));
+        assert_eq!(r.status, Status::Passing);
+
+        // Replacing an existing instance ignores it.
+        let (existing, _) = saved(register(None, &spec(10), t(0)));
+        let (replaced, _) = saved(register(Some(&existing), &critical, t(1)));
+        assert_eq!(replaced.check_status, None);
+    }
+
+    #[test]
+    fn an_instance_s_own_reaping_time_wins() {
+        let mut quick = spec(10);
+        quick.deregister_critical_after = Some(5);
+        let (r, _) = saved(register(None, &quick, t(0)));
+        let (r, _) = saved(expire_lease(&r, t(10)));
+        assert_eq!(reap(&r, t(14), Duration::minutes(10)), Mutation::Unchanged);
+        assert!(matches!(
+            reap(&r, t(15), Duration::minutes(10)),
+            Mutation::Delete { .. }
+        ));
+        assert!(
+            matches!(reap(&r, t(15), Duration::zero()), Mutation::Delete { .. }),
+            "the registry's 0 (never) does not override it"
         );
     }
 
@@ -517,7 +630,7 @@ mod tests {
         let (r, _) = saved(register(None, &spec(0), t(0)));
         let r = with_check(r);
         let mut other = check();
-        other.http = "/other".into();
+        other.http = Some("/other".into());
         assert_eq!(
             record_check(&r, &other, &outcome(Status::Critical), t(1)),
             Mutation::Unchanged

@@ -36,19 +36,30 @@ pub struct InstanceRecord {
     pub last_check: Option<CheckResult>,
     pub status: Status,
     pub status_changed_at: DateTime<Utc>,
+    /// The instance's own reaping time in seconds; `None`: the registry's setting.
+    #[serde(default)]
+    pub deregister_critical_after: Option<u64>,
+    /// The status the instance reported with its lease (`initial_status`, a Consul TTL
+    /// check's `warn` or `fail`); cleared by a plain heartbeat or a `pass`.
+    #[serde(default)]
+    pub lease_status: Option<Status>,
+    /// The note that came with the last report (a Consul TTL check's output).
+    #[serde(default)]
+    pub lease_output: Option<String>,
 }
 
 impl InstanceRecord {
-    /// A lapsed lease or a failing check is `critical` (also in maintenance: dead is
-    /// dead); else `maintenance` if set; else the worse of the two (docs/api.md, Combined
-    /// status).
+    /// A lapsed lease, a failing check or a reported `critical` is `critical` (also in
+    /// maintenance: dead is dead); else `maintenance` if set; else the worst of the check
+    /// and the report (docs/api.md, Combined status).
     pub fn combined_status(&self) -> Status {
         let lease_lapsed = self.ttl_seconds > 0 && self.lease_expired;
-        if lease_lapsed || self.check_status == Some(Status::Critical) {
+        let says = |status| self.check_status == Some(status) || self.lease_status == Some(status);
+        if lease_lapsed || says(Status::Critical) {
             Status::Critical
         } else if self.maintenance {
             Status::Maintenance
-        } else if self.check_status == Some(Status::Warning) {
+        } else if says(Status::Warning) {
             Status::Warning
         } else {
             Status::Passing
@@ -71,6 +82,11 @@ impl InstanceRecord {
             lease_expires_at: self.lease_expires_at,
             status_changed_at: self.status_changed_at,
             last_check: self.last_check.clone(),
+            deregister_critical_after: self
+                .deregister_critical_after
+                .map(|secs| registry_api::format_duration(std::time::Duration::from_secs(secs))),
+            lease_status: self.lease_status,
+            lease_output: self.lease_output.clone(),
             lease_held: self.lease_held,
         }
     }

@@ -34,7 +34,14 @@ struct ServiceView {
     /// every later one until the next change: cloning and serializing the instances was
     /// most of a lookup's cost, and a service is read far more often than it changes.
     answers: Answers,
+    /// The same for the other protocols' answers (Consul's), by a key naming the shape and
+    /// its filters; at most [`MAX_KEYED_ANSWERS`] per service.
+    keyed: Mutex<BTreeMap<String, Bytes>>,
 }
+
+/// Most answers kept per service in [`ServiceView::keyed`]: filters come from clients, so
+/// their combinations are bounded; beyond it answers are made per lookup.
+const MAX_KEYED_ANSWERS: usize = 32;
 
 /// One serialized answer per status filter: none, then one per status.
 #[derive(Debug, Default)]
@@ -44,6 +51,10 @@ impl ServiceView {
     /// Forgets the serialized answers: call on every change of the service's instances.
     fn changed(&mut self) {
         self.answers = Answers::default();
+        self.keyed
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     fn instances_with(&self, only: Option<Status>) -> Vec<Instance> {
@@ -403,6 +414,35 @@ impl View {
         Ok((service.index, slot.get_or_init(|| body).clone()))
     }
 
+    /// One service's answer in another protocol's shape, and the service's index: made by
+    /// `make` (from the index and the instances) once per state of the service and `key`,
+    /// then shared by the lookups that follow until the service changes, as
+    /// [`Self::service_json`] is. A service with no event yet answers the global index.
+    pub fn service_answer(
+        &self,
+        name: &str,
+        key: &str,
+        make: impl FnOnce(u64, &[&Instance]) -> Bytes,
+    ) -> (u64, Bytes) {
+        let state = self.read();
+        let Some(service) = state.services.get(name) else {
+            return (state.index, make(state.index, &[]));
+        };
+        let mut keyed = service
+            .keyed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(body) = keyed.get(key) {
+            return (service.index, body.clone());
+        }
+        let instances: Vec<&Instance> = service.instances.values().collect();
+        let body = make(service.index, &instances);
+        if keyed.len() < MAX_KEYED_ANSWERS {
+            keyed.insert(key.to_owned(), body.clone());
+        }
+        (service.index, body)
+    }
+
     /// `GET /v1/status`: the whole system now, optionally one service only.
     pub fn system_status(&self, only_service: Option<&str>, at: DateTime<Utc>) -> SystemStatus {
         let mut status = {
@@ -489,6 +529,9 @@ fn keep_newest_observations(target: &mut Instance, newer: &Instance) {
     if newer.last_heartbeat_at > target.last_heartbeat_at && newer.status == target.status {
         target.last_heartbeat_at = newer.last_heartbeat_at;
         target.lease_expires_at = newer.lease_expires_at;
+        // What a report said with that heartbeat: a note alone appends no event.
+        target.lease_status = newer.lease_status;
+        target.lease_output.clone_from(&newer.lease_output);
     }
     let checked_at = |i: &Instance| i.last_check.as_ref().map(|c| c.at);
     if checked_at(newer) > checked_at(target) && newer.check == target.check {
@@ -598,6 +641,29 @@ mod tests {
             shown.url, "http://marked:1",
             "taken from the write's answer"
         );
+    }
+
+    #[tokio::test]
+    async fn keyed_answers_are_made_once_per_change_of_the_service() {
+        let store = store().await;
+        let view = View::load(&store).await.expect("view");
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let make = |_: u64, instances: &[&Instance]| {
+            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Bytes::from(instances.len().to_string())
+        };
+        view.show_write(&register_in(&store, "a").await, &store)
+            .await
+            .expect("shown");
+        let first = view.service_answer("sum", "k", make);
+        assert_eq!(first, (1, Bytes::from("1")));
+        assert_eq!(view.service_answer("sum", "k", make), first, "shared");
+        assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 1);
+        view.show_write(&register_in(&store, "b").await, &store)
+            .await
+            .expect("shown");
+        assert_eq!(view.service_answer("sum", "k", make), (2, Bytes::from("2")));
+        assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

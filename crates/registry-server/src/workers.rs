@@ -186,20 +186,18 @@ impl Workers {
             }
         }
         let after = self.settings.deregister_critical_after;
-        if !after.is_zero() {
+        for (service, id) in store.reapable(now, after, SWEEP_BATCH).await? {
             let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-            for (service, id) in store.reapable(now - after, SWEEP_BATCH).await? {
-                self.writer
-                    .change(
-                        &service,
-                        &id,
-                        now,
-                        Box::new(move |old| {
-                            old.map_or(Mutation::Unchanged, |o| lifecycle::reap(o, now, after))
-                        }),
-                    )
-                    .await?;
-            }
+            self.writer
+                .change(
+                    &service,
+                    &id,
+                    now,
+                    Box::new(move |old| {
+                        old.map_or(Mutation::Unchanged, |o| lifecycle::reap(o, now, after))
+                    }),
+                )
+                .await?;
         }
         Ok(())
     }
@@ -387,6 +385,9 @@ impl Checker {
             status: Status::Critical,
             detail,
         };
+        if let Some(address) = &check.tcp {
+            return self.probe_tcp(address, check.timeout_seconds).await;
+        }
         let Some(target) = check.target(instance_url) else {
             return critical("check path leaves the instance's own host".into());
         };
@@ -408,6 +409,41 @@ impl Checker {
             Err(_) => critical(format!("timed out after {}s", check.timeout_seconds)),
             Ok(Err(error)) => critical(format!("request failed: {}", error_chain(&error))),
             Ok(Ok((status, body))) => classify(status, body.as_deref(), check),
+        }
+    }
+}
+
+impl Checker {
+    /// A TCP check: passes when a connection to `address` opens within the timeout, to an
+    /// address the allowed networks admit.
+    async fn probe_tcp(&self, address: &str, timeout_seconds: u32) -> CheckOutcome {
+        let outcome = |status, detail: String| CheckOutcome { status, detail };
+        let timeout = Duration::from_secs(u64::from(timeout_seconds));
+        let attempt = async {
+            let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(address)
+                .await
+                .map_err(|e| format!("cannot resolve {address}: {e}"))?
+                .collect();
+            let allowed: Vec<_> = resolved
+                .into_iter()
+                .filter(|a| self.allowed.allows(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(format!(
+                    "{address} is outside the networks checks may reach"
+                ));
+            }
+            tokio::net::TcpStream::connect(allowed.as_slice())
+                .await
+                .map_err(|e| format!("TCP connect failed: {e}"))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => outcome(
+                Status::Critical,
+                format!("timed out after {timeout_seconds}s"),
+            ),
+            Ok(Err(detail)) => outcome(Status::Critical, detail),
+            Ok(Ok(_connection)) => outcome(Status::Passing, "TCP connect succeeded".into()),
         }
     }
 }
@@ -477,7 +513,8 @@ mod tests {
 
     fn check(expect: Option<(&str, &str)>) -> Check {
         Check {
-            http: "/status".into(),
+            http: Some("/status".into()),
+            tcp: None,
             interval_seconds: 5,
             timeout_seconds: 2,
             expect_json: expect.map(|(k, v)| BTreeMap::from([(k.to_owned(), v.to_owned())])),

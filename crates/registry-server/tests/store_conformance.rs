@@ -84,6 +84,7 @@ conformance!(
     expired_leases_finds_only_due_leases,
     expired_leases_respect_the_grace_after_a_recovery,
     reapable_finds_instances_critical_long_enough,
+    an_instance_s_own_reaping_time_wins_over_the_registry_s,
     claimed_checks_are_pushed_one_interval_ahead,
     history_filters_by_instance_and_half_open_time_range,
     state_at_answers_a_past_moment,
@@ -118,7 +119,8 @@ fn spec_with_check(service: &str, id: &str, path: &str, interval_seconds: u32) -
     let mut raw = InstanceSpec::new("http://10.0.0.1:4040");
     raw.ttl_seconds = Some(0);
     raw.check = Some(CheckSpec {
-        http: path.into(),
+        http: Some(path.into()),
+        tcp: None,
         interval_seconds: Some(interval_seconds),
         timeout_seconds: Some(1),
         expect_json: None,
@@ -730,8 +732,15 @@ async fn reapable_finds_instances_critical_long_enough(backend: Backend) {
     let t0 = clock::now();
     put(s, &spec("sum", "a", 10), t0).await;
     put(s, &spec("sum", "b", 10), t0).await;
-    let reapable =
-        |at, limit| async move { sorted(s.reapable(at, limit).await.expect("reapable")) };
+    // Critical since at most `at`, with the registry's reaping time of one minute.
+    let minute = std::time::Duration::from_secs(60);
+    let reapable = |at, limit| async move {
+        sorted(
+            s.reapable(at + secs(60), minute, limit)
+                .await
+                .expect("reapable"),
+        )
+    };
 
     assert_eq!(
         reapable(t0 + secs(1000), 100).await,
@@ -750,6 +759,44 @@ async fn reapable_finds_instances_critical_long_enough(backend: Backend) {
 
     heartbeat(s, "sum", "a", t0 + secs(21)).await;
     assert_eq!(reapable(t0 + secs(1000), 100).await, pairs(&[("sum", "b")]));
+}
+
+async fn an_instance_s_own_reaping_time_wins_over_the_registry_s(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = clock::now();
+    let mut quick = spec("sum", "quick", 10);
+    quick.deregister_critical_after = Some(5);
+    let mut kept = spec("sum", "kept", 10);
+    kept.deregister_critical_after = Some(0);
+    put(s, &quick, t0).await;
+    put(s, &kept, t0).await;
+    put(s, &spec("sum", "usual", 10), t0).await;
+    for id in ["quick", "kept", "usual"] {
+        expire(s, "sum", id, t0 + secs(10)).await;
+    }
+    let reapable = |at, after: u64| async move {
+        sorted(
+            s.reapable(at, std::time::Duration::from_secs(after), 100)
+                .await
+                .expect("reapable"),
+        )
+    };
+    assert_eq!(reapable(t0 + secs(15) - ms(1), 60).await, vec![]);
+    assert_eq!(
+        reapable(t0 + secs(15), 60).await,
+        pairs(&[("sum", "quick")])
+    );
+    assert_eq!(
+        reapable(t0 + secs(70), 60).await,
+        pairs(&[("sum", "quick"), ("sum", "usual")]),
+        "0 is never"
+    );
+    assert_eq!(
+        reapable(t0 + secs(10_000), 0).await,
+        pairs(&[("sum", "quick")]),
+        "the registry's 0 is never, the instance's own time still counts"
+    );
 }
 
 async fn claimed_checks_are_pushed_one_interval_ahead(backend: Backend) {
@@ -805,7 +852,7 @@ async fn claimed_checks_are_pushed_one_interval_ahead(backend: Backend) {
     let record = &claimed[0].record;
     assert_eq!(record.id, "a");
     assert_eq!(
-        record.check.as_ref().map(|c| c.http.as_str()),
+        record.check.as_ref().and_then(|c| c.http.as_deref()),
         Some("/other")
     );
 

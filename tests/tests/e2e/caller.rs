@@ -161,7 +161,8 @@ async fn register_checked(api: &RegistryApi, service: &str, id: &str, fake: &Fak
     let mut spec = InstanceSpec::new(&fake.url);
     spec.ttl_seconds = Some(0);
     spec.check = Some(CheckSpec {
-        http: "/health".into(),
+        http: Some("/health".into()),
+        tcp: None,
         interval_seconds: Some(1),
         timeout_seconds: None,
         expect_json: None,

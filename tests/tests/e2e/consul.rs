@@ -97,6 +97,16 @@ both_stores!(
         )
         .await;
 
+        // A new TTL check starts critical, as in Consul, until its first report.
+        let health = get(&registry, "/v1/health/service/web?passing")
+            .await
+            .json();
+        assert_eq!(health, json!([]));
+        let checks = get(&registry, "/v1/agent/checks").await.json();
+        assert_eq!(checks["service:web-1"]["Status"], "critical");
+        let passed = put(&registry, "/v1/agent/check/pass/service:web-1", None).await;
+        assert_eq!(passed.status, StatusCode::OK, "{}", passed.text);
+
         // v1 sees it, with the URL made of Address and Port.
         let v1 = registry.api.service("web", None).await.expect("v1 lookup");
         assert_eq!(v1.instances.len(), 1);
@@ -919,6 +929,14 @@ both_stores!(an_http_check_is_run_by_the_registry, |backend| async move {
             })
             .collect()
     };
+    // A client that percent-encodes the check id (npm's `consul`) reports the TTL check.
+    let reported = put(
+        &registry,
+        "/v1/agent/check/pass/service%3Achecked-1%3A1",
+        None,
+    )
+    .await;
+    assert_eq!(reported.status, StatusCode::OK, "{}", reported.text);
     // The registry's check ran and passed; its output is shown.
     let passed = eventually(DEADLINE, "the HTTP check's first result", || async {
         let checks = checks_of(get(&registry, "/v1/health/checks/checked").await.json());
@@ -936,14 +954,6 @@ both_stores!(an_http_check_is_run_by_the_registry, |backend| async move {
             .any(|(id, status, _)| id == "service:checked-1:1" && status == "passing"),
         "the TTL check comes first: {passed:?}"
     );
-    // A client that percent-encodes the check id (npm's `consul`) reports the TTL check.
-    let reported = put(
-        &registry,
-        "/v1/agent/check/pass/service%3Achecked-1%3A1",
-        None,
-    )
-    .await;
-    assert_eq!(reported.status, StatusCode::OK, "{}", reported.text);
     let not_ttl = put(&registry, "/v1/agent/check/pass/service:checked-1:2", None).await;
     assert_eq!(
         not_ttl.status,
@@ -981,3 +991,135 @@ both_stores!(an_http_check_is_run_by_the_registry, |backend| async move {
     );
     registry.stop().await;
 });
+
+both_stores!(
+    ttl_reports_set_the_status_until_the_next_and_a_note_alone_wakes_nothing,
+    |backend| async move {
+        let registry = TestRegistry::start(backend).await;
+        register(
+            &registry,
+            json!({"Name": "job", "ID": "job-1", "Address": "10.0.0.8", "Port": 80,
+                   "Check": {"TTL": "60s", "Status": "passing"}}),
+        )
+        .await;
+        let status_of = |answer: &Answer| -> (String, String) {
+            let check = &answer.json()[0];
+            (
+                check["Status"].as_str().unwrap_or_default().to_owned(),
+                check["Output"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        let start = get(&registry, "/v1/health/checks/job").await;
+        assert_eq!(
+            status_of(&start).0,
+            "passing",
+            "Status given at registration"
+        );
+
+        let warned = put(
+            &registry,
+            "/v1/agent/check/warn/service:job-1?note=slow%20disk",
+            None,
+        )
+        .await;
+        assert_eq!(warned.status, StatusCode::OK, "{}", warned.text);
+        let warning = get(&registry, "/v1/health/checks/job").await;
+        assert_eq!(status_of(&warning), ("warning".into(), "slow disk".into()));
+        let v1 = registry.api.service("job", None).await.expect("v1");
+        assert_eq!(
+            v1.instances[0].status,
+            Status::Warning,
+            "v1 sees the report"
+        );
+
+        // The same status with a new output: shown, but the index stays and a blocking
+        // query does not wake.
+        let index = warning.index.expect("index");
+        let noted = put(
+            &registry,
+            "/v1/agent/check/update/service:job-1",
+            Some(r#"{"Status":"warning","Output":"slower disk"}"#),
+        )
+        .await;
+        assert_eq!(noted.status, StatusCode::OK, "{}", noted.text);
+        let shown = get(&registry, "/v1/health/checks/job").await;
+        assert_eq!(status_of(&shown), ("warning".into(), "slower disk".into()));
+        assert_eq!(shown.index, Some(index), "an output alone moves no index");
+        let started = Instant::now();
+        let held = get(
+            &registry,
+            &format!("/v1/health/checks/job?index={index}&wait=500ms"),
+        )
+        .await;
+        assert!(started.elapsed() >= Duration::from_millis(500), "it waited");
+        assert_eq!(held.index, Some(index));
+
+        let failed = put(&registry, "/v1/agent/check/fail/service:job-1", None).await;
+        assert_eq!(failed.status, StatusCode::OK);
+        let critical = get(&registry, "/v1/health/checks/job").await;
+        assert_eq!(status_of(&critical).0, "critical");
+        assert!(critical.index.expect("index") > index);
+        let passing = get(&registry, "/v1/health/service/job?passing")
+            .await
+            .json();
+        assert_eq!(passing, json!([]));
+
+        let updated = put(
+            &registry,
+            "/v1/agent/check/update/service:job-1",
+            Some(r#"{"status":"passing","output":"all good"}"#),
+        )
+        .await;
+        assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
+        let good = get(&registry, "/v1/health/checks/job").await;
+        assert_eq!(status_of(&good), ("passing".into(), "all good".into()));
+        registry.stop().await;
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_check_passes_while_a_connection_opens_and_reaping_is_per_instance() {
+    let registry = TestRegistry::start(Backend::Sqlite).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("bound").port();
+    let accepting = tokio::spawn(async move {
+        loop {
+            let _ = listener.accept().await;
+        }
+    });
+    register(
+        &registry,
+        json!({"Name": "db", "ID": "db-1", "Address": "127.0.0.1", "Port": port,
+               "Check": {"TCP": format!("127.0.0.1:{port}"), "Interval": "1s",
+                         "DeregisterCriticalServiceAfter": "2s"}}),
+    )
+    .await;
+    let instance = registry
+        .api
+        .service("db", None)
+        .await
+        .expect("v1")
+        .instances[0]
+        .clone();
+    assert_eq!(instance.deregister_critical_after.as_deref(), Some("2s"));
+    let check = instance.check.expect("an active check");
+    assert_eq!(check.tcp, Some(format!("127.0.0.1:{port}")));
+    eventually(DEADLINE, "the TCP check to pass", || async {
+        let answer = get(&registry, "/v1/health/service/db?passing").await.json();
+        (answer.as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    let checks = get(&registry, "/v1/health/checks/db").await.json();
+    assert_eq!(checks[0]["Type"], "tcp");
+
+    // Nothing listens any more: critical, then reaped after its own 2 s.
+    accepting.abort();
+    eventually(DEADLINE, "the instance to be reaped", || async {
+        let answer = get(&registry, "/v1/catalog/service/db").await.json();
+        (answer == json!([])).then_some(())
+    })
+    .await;
+    registry.stop().await;
+}

@@ -362,7 +362,8 @@ both_stores!(
         let target = CheckTarget::start().await;
         let mut spec = spec_with_ttl(&format!("{}/app", target.url()), 0);
         spec.check = Some(CheckSpec {
-            http: "/health".into(),
+            http: Some("/health".into()),
+            tcp: None,
             interval_seconds: Some(1),
             timeout_seconds: None,
             expect_json: None,
@@ -485,7 +486,8 @@ both_stores!(
         let target = CheckTarget::start().await;
         let mut spec = spec_with_ttl(&target.url(), 0);
         spec.check = Some(CheckSpec {
-            http: "/health".into(),
+            http: Some("/health".into()),
+            tcp: None,
             interval_seconds: Some(1),
             timeout_seconds: None,
             expect_json: None,
@@ -533,5 +535,61 @@ both_stores!(
             assert_eq!(seen.status, Status::Passing, "one failure is not enough");
         }
         registry.stop().await;
+    }
+);
+
+// A TCP check passes while a connection opens and turns critical once the port is closed;
+// an instance may start critical (`initial_status`) and be reaped after its own
+// `deregister_critical_after`.
+both_stores!(
+    a_tcp_check_an_initial_status_and_an_own_reaping_time,
+    |backend: Backend| async move {
+        let registry = TestRegistry::start(backend).await;
+        let api = &registry.api;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let accepting = tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                drop(connection);
+            }
+        });
+        let mut spec = spec_with_ttl(&format!("http://127.0.0.1:{port}/"), 0);
+        spec.initial_status = Some(Status::Critical);
+        spec.deregister_critical_after = Some("2s".into());
+        spec.check = Some(CheckSpec {
+            http: None,
+            tcp: Some(format!("127.0.0.1:{port}")),
+            interval_seconds: Some(1),
+            timeout_seconds: None,
+            expect_json: None,
+        });
+        let registered = api.register("tcp", "t-1", &spec).await.expect("register");
+        assert_eq!(
+            registered.instance.status,
+            Status::Critical,
+            "starts critical"
+        );
+        assert_eq!(
+            registered.instance.deregister_critical_after.as_deref(),
+            Some("2s")
+        );
+        let passing = wait_for_status(api, "tcp", "t-1", Status::Passing).await;
+        assert_eq!(
+            passing.last_check.map(|c| c.detail),
+            Some("TCP connect succeeded".to_owned())
+        );
+
+        accepting.abort();
+        let _ = accepting.await;
+        wait_for_status(api, "tcp", "t-1", Status::Critical).await;
+        // Critical for its own 2 s (the registry's default is 10 minutes): removed.
+        eventually(
+            DEADLINE,
+            "the instance reaped after its own time",
+            || async { current(api, "tcp", "t-1").await.is_none().then_some(()) },
+        )
+        .await;
     }
 );

@@ -103,7 +103,8 @@ async fn register(api: &RegistryApi, id: &str, concat: &Concat) {
     let mut spec = InstanceSpec::new(&concat.url);
     spec.ttl_seconds = Some(0);
     spec.check = Some(CheckSpec {
-        http: "/health".into(),
+        http: Some("/health".into()),
+        tcp: None,
         interval_seconds: Some(1),
         timeout_seconds: None,
         expect_json: None,

@@ -123,7 +123,8 @@ async fn an_active_check_is_run_by_one_replica_per_interval_and_survives_replica
     // Active check only: no lease to lapse while the test watches the checks.
     spec.ttl_seconds = Some(0);
     spec.check = Some(CheckSpec {
-        http: "/health".into(),
+        http: Some("/health".into()),
+        tcp: None,
         interval_seconds: Some(1),
         timeout_seconds: None,
         expect_json: None,

@@ -398,7 +398,8 @@ async fn replicas_starting_together_migrate_once() {
             (3, true),
             (4, true),
             (5, true),
-            (6, true)
+            (6, true),
+            (7, true)
         ],
         "each migration applied once"
     );

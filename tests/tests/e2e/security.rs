@@ -134,7 +134,8 @@ async fn register_checked(registry: &TestRegistry, id: &str, url: &str) {
     let mut spec = InstanceSpec::new(url);
     spec.ttl_seconds = Some(0);
     spec.check = Some(CheckSpec {
-        http: "/health".into(),
+        http: Some("/health".into()),
+        tcp: None,
         interval_seconds: Some(1),
         timeout_seconds: Some(1),
         expect_json: None,

@@ -283,7 +283,7 @@ async fn seed_registration_round_trips(backend: Backend) {
     assert_eq!(instance.url, concat.uri, "the uri is kept exactly");
     assert_eq!(instance.ttl_seconds, 0, "seed instances have no lease");
     let check = instance.check.as_ref().expect("an active check");
-    assert_eq!(check.http, "/status");
+    assert_eq!(check.http.as_deref(), Some("/status"));
     assert_eq!(check.interval_seconds, 5);
 
     let (status, body) = seed_lookup(&registry, "concat").await;

@@ -123,7 +123,8 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
     }
     let mut checked = spec(&base, 0);
     checked.check = Some(CheckSpec {
-        http: "/healthz".to_owned(),
+        http: Some("/healthz".to_owned()),
+        tcp: None,
         interval_seconds: Some(1),
         timeout_seconds: Some(1),
         expect_json: None,

@@ -116,7 +116,8 @@ async fn registry_metrics_pass_promtool_with_every_family_sampled() {
     let mut checked = InstanceSpec::new(&registry.base_url);
     checked.ttl_seconds = Some(0);
     checked.check = Some(CheckSpec {
-        http: "/healthz".into(),
+        http: Some("/healthz".into()),
+        tcp: None,
         interval_seconds: Some(1),
         timeout_seconds: None,
         expect_json: None,

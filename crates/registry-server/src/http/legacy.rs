@@ -65,11 +65,14 @@ async fn register(
         metadata: BTreeMap::new(),
         ttl_seconds: 0,
         check: Some(Check {
-            http: SEED_CHECK_PATH.to_owned(),
+            http: Some(SEED_CHECK_PATH.to_owned()),
+            tcp: None,
             interval_seconds: SEED_CHECK_INTERVAL_SECONDS,
             timeout_seconds: SEED_CHECK_TIMEOUT_SECONDS,
             expect_json: Some(expect),
         }),
+        deregister_critical_after: None,
+        initial_status: None,
     };
     let now = crate::clock::now();
     let applied = state

@@ -211,6 +211,14 @@ fn constrain_bodies(schemas: &mut Value) {
             json!({"maximum": limits::MAX_TTL_SECONDS}),
         ),
         (
+            format!("{instance}/deregister_critical_after"),
+            json!({"pattern": DURATION_PATTERN}),
+        ),
+        (
+            format!("{check}/tcp"),
+            json!({"pattern": r"^[^\x00-\x20]+:[0-9]{1,5}$"}),
+        ),
+        (
             format!("{check}/http"),
             json!({"pattern": "^/([^/].*)?$", "maxLength": limits::MAX_CHECK_PATH_BYTES}),
         ),
@@ -236,6 +244,13 @@ fn constrain_bodies(schemas: &mut Value) {
     // Health comes from leases and checks: a client sets only these two.
     if let Some(status) = schemas.pointer_mut("/StatusChange/properties/status") {
         *status = json!({"type": "string", "enum": ["maintenance", "passing"]});
+    }
+    // Maintenance is set with `PUT .../status`, never at registration.
+    if let Some(status) = schemas.pointer_mut("/InstanceSpec/properties/initial_status") {
+        *status = json!({
+            "type": ["string", "null"],
+            "enum": ["passing", "warning", "critical", null],
+        });
     }
 }
 

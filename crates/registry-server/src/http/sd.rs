@@ -190,6 +190,9 @@ mod tests {
             status_changed_at: now,
             last_check: None,
             lease_held: false,
+            deregister_critical_after: None,
+            lease_status: None,
+            lease_output: None,
         }
     }
 

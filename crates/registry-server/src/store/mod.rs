@@ -189,12 +189,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>>;
 
-    /// Instances critical since at most `critical_since`, at most `limit`. After a
-    /// recovery (see [`Self::mark_alive`]) the critical time counts from the recovery: the
-    /// registry's own outage is not the instances' fault.
+    /// Instances critical at `now` for at least their own reaping time, else `after` (the
+    /// registry's; zero = never), at most `limit`. After a recovery (see
+    /// [`Self::mark_alive`]) the critical time counts from the recovery: the registry's own
+    /// outage is not the instances' fault.
     async fn reapable(
         &self,
-        critical_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        after: std::time::Duration,
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>>;
 
@@ -451,6 +453,20 @@ pub(crate) const LEASE_SURVEY: &str = "SELECT m.self_preservation_since_ms, \
                 AND COALESCE(m.recovered_ms, 0) + i.ttl_ms / 2 <= $1))) \
      FROM registry_meta m WHERE m.id = 1";
 
+/// [`Store::reapable`] in SQL both stores run: `$1` now, `$2` the registry's reaping time,
+/// `$3` the limit (milliseconds).
+pub(crate) const REAPABLE: &str = "SELECT service, id FROM instances \
+     WHERE critical_since_ms <= $1 AND COALESCE(reap_after_ms, $2) > 0 \
+     AND critical_since_ms + COALESCE(reap_after_ms, $2) <= $1 \
+     AND COALESCE((SELECT recovered_ms FROM registry_meta WHERE id = 1), 0) \
+       + COALESCE(reap_after_ms, $2) <= $1 \
+     ORDER BY critical_since_ms LIMIT $3";
+
+/// A duration in the milliseconds of the stored columns.
+pub(crate) fn duration_millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// A row of [`LEASE_SURVEY`] as the survey.
 pub(crate) fn lease_survey_of(
     (since_ms, armed, held, leased, silent): (Option<i64>, bool, i64, i64, i64),
@@ -485,6 +501,7 @@ pub(crate) struct IndexedColumns {
     pub critical_since_ms: Option<i64>,
     pub check_interval_ms: Option<i64>,
     pub held_deadline_ms: Option<i64>,
+    pub reap_after_ms: Option<i64>,
 }
 
 impl IndexedColumns {
@@ -499,6 +516,9 @@ impl IndexedColumns {
                 .as_ref()
                 .map(|c| i64::from(c.interval_seconds) * 1_000),
             held_deadline_ms: record.held_lease_deadline().map(millis),
+            reap_after_ms: record
+                .deregister_critical_after
+                .map(|secs| i64::try_from(secs.saturating_mul(1_000)).unwrap_or(i64::MAX)),
         }
     }
 }

@@ -383,19 +383,17 @@ impl Store for PostgresStore {
 
     async fn reapable(
         &self,
-        critical_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        after: std::time::Duration,
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>> {
-        let rows = sqlx::query_as(
-            // Time the registry itself was away does not count as critical time.
-            "SELECT service, id FROM instances WHERE critical_since_ms <= $1 \
-             AND COALESCE((SELECT recovered_ms FROM registry_meta WHERE id = 1), 0) <= $1 \
-             ORDER BY critical_since_ms LIMIT $2",
-        )
-        .bind(millis(critical_since))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        // Time the registry itself was away does not count as critical time.
+        let rows = sqlx::query_as(super::REAPABLE)
+            .bind(millis(now))
+            .bind(super::duration_millis(after))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows)
     }
 
@@ -649,6 +647,7 @@ struct RowColumns {
     now_ms: Vec<i64>,
     reschedule_check: Vec<bool>,
     held_deadline_ms: Vec<Option<i64>>,
+    reap_after_ms: Vec<Option<i64>>,
     bytes: usize,
 }
 
@@ -656,19 +655,20 @@ struct RowColumns {
 macro_rules! rows_table {
     () => {
         "UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
-         $7::bigint[], $8::bigint[], $9::bigint[], $10::bool[], $11::bigint[]) \
+         $7::bigint[], $8::bigint[], $9::bigint[], $10::bool[], $11::bigint[], \
+         $12::bigint[]) \
          AS r(service, id, record, status, lease_deadline_ms, ttl_ms, critical_since_ms, \
-         check_interval_ms, now_ms, reschedule_check, held_deadline_ms)"
+         check_interval_ms, now_ms, reschedule_check, held_deadline_ms, reap_after_ms)"
     };
 }
 
 /// New rows. next_check_ms: none without a check, otherwise `now` (checked at once).
 const INSERT_ROWS: &str = concat!(
     "INSERT INTO instances (service, id, record, status, lease_deadline_ms, ttl_ms, \
-       critical_since_ms, check_interval_ms, next_check_ms, held_deadline_ms) \
+       critical_since_ms, check_interval_ms, next_check_ms, held_deadline_ms, reap_after_ms) \
      SELECT service, id, record::jsonb, status, lease_deadline_ms, ttl_ms, critical_since_ms, \
        check_interval_ms, CASE WHEN check_interval_ms IS NULL THEN NULL ELSE now_ms END, \
-       held_deadline_ms \
+       held_deadline_ms, reap_after_ms \
      FROM ",
     rows_table!()
 );
@@ -680,7 +680,7 @@ const UPDATE_ROWS: &str = concat!(
        record = r.record::jsonb, status = r.status, \
        lease_deadline_ms = r.lease_deadline_ms, ttl_ms = r.ttl_ms, \
        critical_since_ms = r.critical_since_ms, check_interval_ms = r.check_interval_ms, \
-       held_deadline_ms = r.held_deadline_ms, \
+       held_deadline_ms = r.held_deadline_ms, reap_after_ms = r.reap_after_ms, \
        next_check_ms = CASE \
          WHEN r.check_interval_ms IS NULL THEN NULL \
          WHEN r.reschedule_check THEN r.now_ms \
@@ -719,6 +719,7 @@ impl RowColumns {
         self.now_ms.push(millis(now));
         self.reschedule_check.push(reschedule_check);
         self.held_deadline_ms.push(columns.held_deadline_ms);
+        self.reap_after_ms.push(columns.reap_after_ms);
         Ok(())
     }
 
@@ -744,6 +745,7 @@ impl RowColumns {
             .bind(rows.now_ms)
             .bind(rows.reschedule_check)
             .bind(rows.held_deadline_ms)
+            .bind(rows.reap_after_ms)
             .execute(conn)
             .await?;
         Ok(())

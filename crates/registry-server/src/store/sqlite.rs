@@ -323,19 +323,17 @@ impl Store for SqliteStore {
 
     async fn reapable(
         &self,
-        critical_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        after: std::time::Duration,
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>> {
-        let rows = sqlx::query_as(
-            // Time the registry itself was away does not count as critical time.
-            "SELECT service, id FROM instances WHERE critical_since_ms <= ?1 \
-             AND COALESCE((SELECT recovered_ms FROM registry_meta WHERE id = 1), 0) <= ?1 \
-             ORDER BY critical_since_ms LIMIT ?2",
-        )
-        .bind(millis(critical_since))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        // Time the registry itself was away does not count as critical time.
+        let rows = sqlx::query_as(super::REAPABLE)
+            .bind(millis(now))
+            .bind(super::duration_millis(after))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
         Ok(rows)
     }
 
@@ -551,15 +549,17 @@ async fn save(
     // when the row had no schedule yet; otherwise the schedule the check sweep keeps.
     sqlx::query(
         "INSERT INTO instances (service, id, record, status, lease_deadline_ms, ttl_ms, \
-           critical_since_ms, check_interval_ms, next_check_ms, held_deadline_ms) \
+           critical_since_ms, check_interval_ms, next_check_ms, held_deadline_ms, \
+           reap_after_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?8 IS NULL THEN NULL ELSE ?9 END, \
-           ?11) \
+           ?11, ?12) \
          ON CONFLICT (service, id) DO UPDATE SET \
            record = excluded.record, status = excluded.status, \
            lease_deadline_ms = excluded.lease_deadline_ms, ttl_ms = excluded.ttl_ms, \
            critical_since_ms = excluded.critical_since_ms, \
            check_interval_ms = excluded.check_interval_ms, \
            held_deadline_ms = excluded.held_deadline_ms, \
+           reap_after_ms = excluded.reap_after_ms, \
            next_check_ms = CASE \
              WHEN excluded.check_interval_ms IS NULL THEN NULL \
              WHEN ?10 THEN excluded.next_check_ms \
@@ -576,6 +576,7 @@ async fn save(
     .bind(millis(now))
     .bind(reschedule_check)
     .bind(columns.held_deadline_ms)
+    .bind(columns.reap_after_ms)
     .execute(conn)
     .await?;
     Ok(())

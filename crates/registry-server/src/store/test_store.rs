@@ -199,10 +199,11 @@ impl Store for TestStore {
     }
     async fn reapable(
         &self,
-        critical_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        after: std::time::Duration,
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>> {
-        self.inner.reapable(critical_since, limit).await
+        self.inner.reapable(now, after, limit).await
     }
     async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
         self.inner.lease_survey(now).await

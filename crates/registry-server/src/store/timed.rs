@@ -97,10 +97,11 @@ impl<S: Store> Store for Timed<S> {
 
     async fn reapable(
         &self,
-        critical_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        after: std::time::Duration,
         limit: u32,
     ) -> StoreResult<Vec<(String, String)>> {
-        timed("reapable", self.0.reapable(critical_since, limit)).await
+        timed("reapable", self.0.reapable(now, after, limit)).await
     }
 
     async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {

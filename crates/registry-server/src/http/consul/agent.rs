@@ -9,12 +9,15 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
-use registry_api::Instance;
+use registry_api::{Instance, Status};
 
 use super::wire::{self, check_ids};
 use super::{ConsulError, ConsulQuery, with_index};
 use crate::http::AppState;
 use crate::lifecycle::{self, Mutation};
+
+/// Longest note or output a TTL check may report (Consul's default output limit is 4 KiB).
+const MAX_OUTPUT_CHARS: usize = 4096;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,11 +35,6 @@ fn done(state: &AppState) -> Response {
     with_index(state.view.index(), StatusCode::OK.into_response())
 }
 
-/// Refuses what the model cannot hold yet, rather than accept it and act otherwise.
-fn not_supported_yet(what: &str) -> ConsulError {
-    ConsulError::bad_request(format!("{what} is not supported yet by this registry"))
-}
-
 /// `PUT /v1/agent/service/register`.
 async fn register(
     State(state): State<AppState>,
@@ -49,19 +47,6 @@ async fn register(
     let peer = crate::serve::peer(&request).map(|addr| addr.ip());
     let body = crate::http::extract::read_body(request).await?;
     let mapped = wire::map_service(wire::parse_service(&body)?, peer)?;
-    if mapped.tcp.is_some() {
-        return Err(not_supported_yet("a TCP check"));
-    }
-    if mapped.deregister_critical_after.is_some() {
-        return Err(not_supported_yet("DeregisterCriticalServiceAfter"));
-    }
-    if mapped
-        .initial_status
-        .as_deref()
-        .is_some_and(|s| s != "passing")
-    {
-        return Err(not_supported_yet("a check Status other than passing"));
-    }
     let others: Vec<String> = state
         .view
         .instances_with_id(mapped.id.as_str())
@@ -174,36 +159,31 @@ async fn maintenance(
     Ok(done(&state))
 }
 
-/// What a TTL check's report says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Report {
-    Pass,
-    Warn,
-    Fail,
-}
-
 async fn pass(
     State(state): State<AppState>,
-    _query: ConsulQuery,
+    query: ConsulQuery,
     Path(check_id): Path<String>,
 ) -> Result<Response, ConsulError> {
-    report(&state, &check_id, Report::Pass).await
+    let note = query.get("note").map(str::to_owned);
+    report(&state, &check_id, Status::Passing, note).await
 }
 
 async fn warn(
     State(state): State<AppState>,
-    _query: ConsulQuery,
+    query: ConsulQuery,
     Path(check_id): Path<String>,
 ) -> Result<Response, ConsulError> {
-    report(&state, &check_id, Report::Warn).await
+    let note = query.get("note").map(str::to_owned);
+    report(&state, &check_id, Status::Warning, note).await
 }
 
 async fn fail(
     State(state): State<AppState>,
-    _query: ConsulQuery,
+    query: ConsulQuery,
     Path(check_id): Path<String>,
 ) -> Result<Response, ConsulError> {
-    report(&state, &check_id, Report::Fail).await
+    let note = query.get("note").map(str::to_owned);
+    report(&state, &check_id, Status::Critical, note).await
 }
 
 /// `PUT /v1/agent/check/update/{check_id}` with `{"Status","Output"}`.
@@ -215,12 +195,12 @@ async fn update(
 ) -> Result<Response, ConsulError> {
     let body = crate::http::extract::read_body(request).await?;
     let update = wire::parse_check_update(&body)?;
-    let kind = match update.status.as_str() {
-        "passing" => Report::Pass,
-        "warning" => Report::Warn,
-        _ => Report::Fail,
+    let status = match update.status.as_str() {
+        "passing" => Status::Passing,
+        "warning" => Status::Warning,
+        _ => Status::Critical,
     };
-    report(&state, &check_id, kind).await
+    report(&state, &check_id, status, Some(update.output)).await
 }
 
 /// The instance whose TTL check `check_id` names (`service:<ID>`, or `service:<ID>:<n>`
@@ -251,12 +231,24 @@ fn ttl_check_owner(state: &AppState, check_id: &str) -> Result<Instance, ConsulE
     }
 }
 
-async fn report(state: &AppState, check_id: &str, kind: Report) -> Result<Response, ConsulError> {
+/// A TTL check's report: renews the lease with the status and the note, which hold until
+/// the next report or the lapse. A note alone is stored and shown but appends no event.
+async fn report(
+    state: &AppState,
+    check_id: &str,
+    status: Status,
+    note: Option<String>,
+) -> Result<Response, ConsulError> {
     let instance = ttl_check_owner(state, check_id)?;
-    if kind != Report::Pass {
-        return Err(not_supported_yet(
-            "a TTL check reporting warning or critical",
-        ));
+    // Postgres cannot store NUL in JSON; the rest of the output is kept as reported.
+    let note = note.map(|n| n.replace('\0', "")).filter(|n| !n.is_empty());
+    if note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_OUTPUT_CHARS)
+    {
+        return Err(ConsulError::bad_request(format!(
+            "the output must be at most {MAX_OUTPUT_CHARS} characters"
+        )));
     }
     let now = crate::clock::now();
     if state.writer.database_unreachable() {
@@ -265,23 +257,29 @@ async fn report(state: &AppState, check_id: &str, kind: Report) -> Result<Respon
             "the registry's database is unreachable; retry on another replica",
         ));
     }
-    // A live lease is renewed in memory and written with others, as v1 heartbeats are.
-    if state
-        .writer
-        .queue_heartbeat(&instance.service, &instance.id, now)
-        .is_none()
-    {
-        state
+    // A plain `pass` on a live lease is a heartbeat: renewed in memory and written with
+    // others, as v1 heartbeats are (the queue refuses a lease that reported something).
+    let plain = status == Status::Passing && note.is_none();
+    if plain
+        && state
             .writer
-            .change(
-                &instance.service,
-                &instance.id,
-                now,
-                Box::new(move |old| {
-                    old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))
-                }),
-            )
-            .await?;
+            .queue_heartbeat(&instance.service, &instance.id, now)
+            .is_some()
+    {
+        return Ok(done(state));
     }
+    state
+        .writer
+        .change(
+            &instance.service,
+            &instance.id,
+            now,
+            Box::new(move |old| {
+                old.map_or(Mutation::Unchanged, |o| {
+                    lifecycle::report(o, status, note.clone(), now)
+                })
+            }),
+        )
+        .await?;
     Ok(done(state))
 }

@@ -305,7 +305,16 @@ pub async fn block(state: &AppState, query: &ConsulQuery, current: impl Fn() -> 
 
 /// A JSON answer with Consul's headers.
 pub fn answer(index: u64, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
+    answer_bytes(index, to_json(body))
+}
+
+/// JSON of a value made of JSON values (which always serializes).
+pub fn to_json(body: &Value) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec()))
+}
+
+/// An answer already serialized, with Consul's headers.
+pub fn answer_bytes(index: u64, body: bytes::Bytes) -> Response {
     with_index(
         index,
         (
@@ -313,7 +322,7 @@ pub fn answer(index: u64, body: &Value) -> Response {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
-            bytes,
+            body,
         )
             .into_response(),
     )

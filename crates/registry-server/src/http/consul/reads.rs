@@ -12,7 +12,7 @@ use registry_api::{Instance, Status};
 use serde_json::{Value, json};
 
 use super::render::{self, Context};
-use super::{ConsulError, ConsulQuery, answer, block};
+use super::{ConsulError, ConsulQuery, answer, answer_bytes, block, to_json};
 use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -70,6 +70,33 @@ async fn one_service(
     block(state, query, || state.view.service_index(service)).await;
     let answer = state.view.service(service, None);
     Ok((answer.index, answer.instances))
+}
+
+/// One service's answer after a blocking wait on the service's index, made once per
+/// state of the service and `key` (the shape and its filters) and shared until it changes.
+async fn one_service_answer(
+    state: &AppState,
+    query: &ConsulQuery,
+    service: &str,
+    key: &str,
+    make: impl FnOnce(&Context<'_>, &[&Instance]) -> Value,
+) -> Result<Response, ConsulError> {
+    refuse_filter(query)?;
+    block(state, query, || state.view.service_index(service)).await;
+    let (index, body) = state.view.service_answer(service, key, |index, instances| {
+        to_json(&make(&ctx(state, index), instances))
+    });
+    Ok(answer_bytes(index, body))
+}
+
+/// The cache key of an answer filtered by tags.
+fn tags_key(shape: &str, tags: &[&str]) -> String {
+    let mut key = shape.to_owned();
+    for tag in tags {
+        key.push('\u{1f}');
+        key.push_str(tag);
+    }
+    key
 }
 
 /// Keys of the agent's maps: the instance id, or `<service>/<id>` for an id that several
@@ -216,15 +243,16 @@ async fn catalog_service(
     query: ConsulQuery,
     Path(service): Path<String>,
 ) -> Result<Response, ConsulError> {
-    let (index, instances) = one_service(&state, &query, &service).await?;
     let tags: Vec<&str> = query.all("tag").collect();
-    let ctx = ctx(&state, index);
-    let out: Vec<Value> = instances
-        .iter()
-        .filter(|i| has_tags(i, &tags))
-        .map(|i| render::catalog_entry(i, &ctx))
-        .collect();
-    Ok(answer(index, &Value::Array(out)))
+    let key = tags_key("catalog", &tags);
+    one_service_answer(&state, &query, &service, &key, |ctx, instances| {
+        instances
+            .iter()
+            .filter(|i| has_tags(i, &tags))
+            .map(|i| render::catalog_entry(i, ctx))
+            .collect()
+    })
+    .await
 }
 
 fn has_tags(instance: &Instance, tags: &[&str]) -> bool {
@@ -265,16 +293,17 @@ async fn health_service(
     Path(service): Path<String>,
 ) -> Result<Response, ConsulError> {
     let passing = query.flag("passing")?;
-    let (index, instances) = one_service(&state, &query, &service).await?;
     let tags: Vec<&str> = query.all("tag").collect();
-    let ctx = ctx(&state, index);
-    let out: Vec<Value> = instances
-        .iter()
-        .filter(|i| has_tags(i, &tags))
-        .filter(|i| !passing || i.status == Status::Passing)
-        .map(|i| render::health_entry(i, &ctx))
-        .collect();
-    Ok(answer(index, &Value::Array(out)))
+    let key = tags_key(if passing { "health-passing" } else { "health" }, &tags);
+    one_service_answer(&state, &query, &service, &key, |ctx, instances| {
+        instances
+            .iter()
+            .filter(|i| has_tags(i, &tags))
+            .filter(|i| !passing || i.status == Status::Passing)
+            .map(|i| render::health_entry(i, ctx))
+            .collect()
+    })
+    .await
 }
 
 /// `GET /v1/health/checks/{service}`.
@@ -283,13 +312,13 @@ async fn health_checks(
     query: ConsulQuery,
     Path(service): Path<String>,
 ) -> Result<Response, ConsulError> {
-    let (index, instances) = one_service(&state, &query, &service).await?;
-    let ctx = ctx(&state, index);
-    let out: Vec<Value> = instances
-        .iter()
-        .flat_map(|i| render::checks(i, &ctx))
-        .collect();
-    Ok(answer(index, &Value::Array(out)))
+    one_service_answer(&state, &query, &service, "checks", |ctx, instances| {
+        instances
+            .iter()
+            .flat_map(|i| render::checks(i, ctx))
+            .collect()
+    })
+    .await
 }
 
 /// `GET /v1/health/state/{state}`: `any`, `passing`, `warning` or `critical`.

@@ -159,23 +159,35 @@ pub fn checks(instance: &Instance, ctx: &Context<'_>) -> Vec<Value> {
     let mut out = Vec::new();
 
     let critical = instance.status == Status::Critical;
-    let last = instance.last_check.as_ref().map(|c| c.status);
-    let active_status = if critical && (!has_ttl || last == Some(Status::Critical)) {
+    // The lease lapsed: it turned critical when its deadline passed (a report or a check
+    // failure changes the status while the lease runs).
+    let lapsed = critical
+        && has_ttl
+        && instance
+            .lease_expires_at
+            .is_some_and(|deadline| deadline <= instance.status_changed_at);
+    let reported = instance.lease_status;
+    let active_status = match instance.last_check.as_ref().map(|c| c.status) {
+        Some(Status::Critical) if critical => Status::Critical,
+        Some(Status::Warning) => Status::Warning,
+        Some(_) => Status::Passing,
+        // Not run yet: the status it started in (`initial_status`), unless the lease
+        // explains it.
+        None if critical && !lapsed && reported != Some(Status::Critical) => Status::Critical,
+        None if instance.status == Status::Warning && reported != Some(Status::Warning) => {
+            Status::Warning
+        }
+        None => Status::Passing,
+    };
+    let ttl_status = if lapsed {
         Status::Critical
-    } else if instance.status == Status::Warning {
-        Status::Warning
+    } else if let Some(reported) = reported {
+        reported
+    } else if critical && active_status != Status::Critical {
+        Status::Critical
     } else {
         Status::Passing
     };
-    let lapsed = instance
-        .lease_expires_at
-        .is_some_and(|deadline| deadline <= instance.status_changed_at);
-    let ttl_status =
-        if critical && (active.is_none() || active_status != Status::Critical || lapsed) {
-            Status::Critical
-        } else {
-            Status::Passing
-        };
 
     let base = |id: String, name: String, status: Status, kind: &str| {
         json!({
@@ -204,9 +216,10 @@ pub fn checks(instance: &Instance, ctx: &Context<'_>) -> Vec<Value> {
             ttl_status,
             "ttl",
         );
-        check["Output"] = json!(match ttl_status {
-            Status::Critical => "TTL expired",
-            _ => "",
+        check["Output"] = json!(if lapsed {
+            "TTL expired"
+        } else {
+            instance.lease_output.as_deref().unwrap_or_default()
         });
         out.push(check);
     }
@@ -217,7 +230,7 @@ pub fn checks(instance: &Instance, ctx: &Context<'_>) -> Vec<Value> {
             id,
             format!("Service '{}' check", instance.service),
             active_status,
-            "http",
+            if active.tcp.is_some() { "tcp" } else { "http" },
         );
         check["Output"] = json!(
             instance

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use registry_api::{CheckSpec, InstanceId, InstanceSpec, ServiceName, limits};
+use registry_api::{CheckSpec, InstanceId, InstanceSpec, ServiceName, Status, limits};
 use serde_json::{Map, Value};
 
 /// A refusal of the body: answered as Consul does, 400 with the message as plain text.
@@ -469,20 +469,6 @@ pub struct Mapped {
     pub service: ServiceName,
     pub id: InstanceId,
     pub spec: InstanceSpec,
-    /// The status a new registration starts in (Consul: `Status`, else `critical`).
-    pub initial_status: Option<String>,
-    /// Consul's `DeregisterCriticalServiceAfter`, when a check gave it.
-    pub deregister_critical_after: Option<Duration>,
-    /// A TCP check's `host:port`.
-    pub tcp: Option<TcpCheck>,
-}
-
-/// A TCP check as mapped, for the model's `check.tcp`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpCheck {
-    pub target: String,
-    pub interval_seconds: u32,
-    pub timeout_seconds: Option<u32>,
 }
 
 /// The host of an address as it goes into a URL (IPv6 in brackets).
@@ -559,28 +545,23 @@ pub fn map_service(def: ServiceDef, peer: Option<IpAddr>) -> Parsed<Mapped> {
             )));
         }
     }
-    let mut initial_status: Option<String> = None;
-    let mut deregister_after: Option<Duration> = None;
-    for check in &def.checks {
-        let (status, _, deregister) = check.common();
-        if let Some(status) = status {
-            // The worst status given wins, as Consul's aggregate does.
-            let rank = |s: &str| match s {
-                "critical" => 2,
-                "warning" => 1,
-                _ => 0,
-            };
-            if initial_status
-                .as_deref()
-                .is_none_or(|known| rank(status) > rank(known))
-            {
-                initial_status = Some(status.clone());
-            }
-        }
-        if let Some(after) = deregister {
-            deregister_after = Some(deregister_after.map_or(*after, |known| known.min(*after)));
-        }
-    }
+    // A new check starts in its `Status`, else `critical`, as in Consul; the instance in
+    // the worst of its checks' (the model has one status per instance).
+    let initial_status = def
+        .checks
+        .iter()
+        .map(|check| match check.common().0.as_deref() {
+            Some("passing") => Status::Passing,
+            Some("warning") => Status::Warning,
+            _ => Status::Critical,
+        })
+        .max();
+    // Consul reaps a service when any of its checks has been critical that long.
+    let deregister_after = def
+        .checks
+        .iter()
+        .filter_map(|check| *check.common().2)
+        .min();
 
     let mut spec = InstanceSpec::new(url.clone());
     spec.tags = def.tags;
@@ -589,7 +570,9 @@ pub fn map_service(def: ServiceDef, peer: Option<IpAddr>) -> Parsed<Mapped> {
         Some(CheckDef::Ttl { ttl, .. }) => seconds_u32(*ttl, "TTL", limits::MAX_TTL_SECONDS)?,
         _ => 0,
     });
-    let mut tcp = None;
+    spec.initial_status = initial_status;
+    spec.deregister_critical_after =
+        deregister_after.map(|after| format!("{}s", ceil_seconds(after)));
     match active {
         Some(CheckDef::Http {
             url: check_url,
@@ -615,7 +598,8 @@ pub fn map_service(def: ServiceDef, peer: Option<IpAddr>) -> Parsed<Mapped> {
                 path.push_str(query);
             }
             spec.check = Some(CheckSpec {
-                http: path,
+                http: Some(path),
+                tcp: None,
                 interval_seconds: Some(interval),
                 timeout_seconds: timeout,
                 expect_json: None,
@@ -628,22 +612,17 @@ pub fn map_service(def: ServiceDef, peer: Option<IpAddr>) -> Parsed<Mapped> {
             ..
         }) => {
             let (interval_seconds, timeout_seconds) = interval_and_timeout(*interval, *timeout)?;
-            tcp = Some(TcpCheck {
-                target: target.clone(),
-                interval_seconds,
+            spec.check = Some(CheckSpec {
+                http: None,
+                tcp: Some(target.clone()),
+                interval_seconds: Some(interval_seconds),
                 timeout_seconds,
+                expect_json: None,
             });
         }
         _ => {}
     }
-    Ok(Mapped {
-        service,
-        id,
-        spec,
-        initial_status,
-        deregister_critical_after: deregister_after,
-        tcp,
-    })
+    Ok(Mapped { service, id, spec })
 }
 
 /// An active check's interval and timeout in whole seconds; a timeout longer than the
@@ -713,7 +692,12 @@ mod tests {
         assert_eq!(a.id.as_str(), "web", "ID defaults to Name");
         assert_eq!(a.spec.url, "http://10.0.0.9:80", "the peer's address");
         assert_eq!(a.spec.ttl_seconds, Some(10));
-        assert_eq!(a.deregister_critical_after, Some(Duration::from_secs(60)));
+        assert_eq!(a.spec.deregister_critical_after.as_deref(), Some("60s"));
+        assert_eq!(
+            a.spec.initial_status,
+            Some(Status::Critical),
+            "a new check starts critical"
+        );
     }
 
     #[test]
@@ -732,7 +716,7 @@ mod tests {
         )
         .expect("valid");
         let check = m.spec.check.expect("check");
-        assert_eq!(check.http, "/health?x=1");
+        assert_eq!(check.http.as_deref(), Some("/health?x=1"));
         assert_eq!(check.interval_seconds, Some(1));
         assert_eq!(check.timeout_seconds, Some(1), "cut to the interval");
         assert_eq!(m.spec.ttl_seconds, Some(30));
@@ -741,6 +725,30 @@ mod tests {
                 .is_err(),
             "another host"
         );
+    }
+
+    #[test]
+    fn tcp_checks_statuses_and_reaping_map_onto_the_model() {
+        let m = parse(
+            r#"{"Name":"db","Address":"10.0.0.5","Port":5432,"Checks":[{"TCP":"10.0.0.5:5432","Interval":"2s","Status":"passing","DeregisterCriticalServiceAfter":"90s"},{"TTL":"5s","Status":"warning","DeregisterCriticalServiceAfter":"1m"}]}"#,
+        )
+        .expect("valid");
+        let check = m.spec.check.expect("check");
+        assert_eq!(check.tcp.as_deref(), Some("10.0.0.5:5432"));
+        assert_eq!(check.http, None);
+        assert_eq!(check.interval_seconds, Some(2));
+        assert_eq!(
+            m.spec.initial_status,
+            Some(Status::Warning),
+            "the worst given"
+        );
+        assert_eq!(
+            m.spec.deregister_critical_after.as_deref(),
+            Some("60s"),
+            "the shortest"
+        );
+        let none = parse(r#"{"Name":"db"}"#).expect("valid");
+        assert_eq!(none.spec.initial_status, None, "no check: passing");
     }
 
     #[test]
