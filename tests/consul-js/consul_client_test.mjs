@@ -174,9 +174,10 @@ async function ttlPassWarnFail(consul) {
 
   step("warn: warning, out of passing");
   await consul.agent.check.warn({ id: checkId, note: "slow" });
-  await eventually("js-ttl-1 warning", () =>
+  const warned = await eventually("js-ttl-1 warning", () =>
     statusIs(consul, "js-ttl", "js-ttl-1", checkId, "warning"),
   );
+  expect(warned.Output === "slow", `the note is not the check's Output: ${show(warned)}`);
   expect(same(await passingIds(consul, "js-ttl"), []), "a warning instance in passing");
   const warning = await consul.health.state("warning");
   expect(warning.some((c) => c.CheckID === checkId), `health.state(warning): ${show(warning)}`);

@@ -165,7 +165,8 @@ def ttl_pass_warn_fail(c):
 
     step("warn: warning, out of passing=True")
     expect(c.agent.check.ttl_warn(check_id, notes="slow") is True, "ttl_warn failed")
-    eventually("py-ttl-1 warning", lambda: status_is(c, "py-ttl", "py-ttl-1", check_id, "warning"))
+    check = eventually("py-ttl-1 warning", lambda: status_is(c, "py-ttl", "py-ttl-1", check_id, "warning"))
+    expect(check["Output"] == "slow", f"the note is not the check's Output: {check!r}")
     expect(passing_ids(c, "py-ttl") == [], "a warning instance in health.service(passing=True)")
     index, warning = c.health.state("warning")
     expect(any(ch["CheckID"] == check_id for ch in warning), f"health.state(warning): {warning!r}")
@@ -188,6 +189,8 @@ def ttl_update(c):
     updated = c.http.put(CB.boolean(), f"/v1/agent/check/update/{check_id}", data=body)
     expect(updated is True, f"check/update answered {updated!r}")
     eventually("py-ttl-1 passing after update", lambda: passing_ids(c, "py-ttl") == ["py-ttl-1"])
+    check = check_of(entry(c, "py-ttl", "py-ttl-1"), check_id)
+    expect(check["Output"] == "all good", f"the update's Output is not shown: {check!r}")
     index, everything = c.health.state("any")
     expect(any(ch["CheckID"] == check_id for ch in everything), f"health.state(any): {everything!r}")
 
@@ -215,6 +218,29 @@ def tags_and_catalog(c):
     )
     expect(sorted(mine["ServiceTags"]) == ["blue", "v1"], f"catalog.service: {mine!r}")
     expect(mine["ServiceMeta"] == {"team": "payments"}, f"catalog.service: {mine!r}")
+
+
+def heartbeats_wake_nobody(c):
+    step("a pass that changes only the output wakes no blocking query")
+    expect(c.agent.check.ttl_pass(TTL_CHECK, notes="beat 1") is True, "ttl_pass failed")
+    eventually("py-ttl-1 passing", lambda: passing_ids(c, "py-ttl") == ["py-ttl-1"])
+    index, _ = c.health.service("py-ttl")
+    answer = {}
+
+    def block():
+        started = time.monotonic()
+        answer["index"], _ = c.health.service("py-ttl", index=index, wait="2s")
+        answer["waited"] = time.monotonic() - started
+
+    blocked = threading.Thread(target=block)
+    blocked.start()
+    expect(c.agent.check.ttl_pass(TTL_CHECK, notes="beat 2") is True, "ttl_pass failed")
+    blocked.join(10)
+    expect(not blocked.is_alive(), "a 2s blocking query did not answer")
+    expect(answer["index"] == index, f"a heartbeat moved the index from {index} to {answer['index']}")
+    expect(answer["waited"] >= 1.5, f"a heartbeat woke a blocking query after {answer['waited']:.2f}s")
+    check = check_of(entry(c, "py-ttl", "py-ttl-1"), TTL_CHECK)
+    expect(check["Output"] == "beat 2", f"the latest note is not shown: {check!r}")
 
 
 def blocking_query(c):
@@ -384,6 +410,7 @@ def scenarios():
         lambda: ttl_pass_warn_fail(c),
         lambda: ttl_update(c),
         lambda: tags_and_catalog(c),
+        lambda: heartbeats_wake_nobody(c),
         lambda: blocking_query(c),
         lambda: maintenance(c),
         lambda: http_check(c),
