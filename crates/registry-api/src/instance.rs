@@ -187,6 +187,9 @@ pub struct Instance {
     /// The note the instance reported with its lease (a Consul TTL check's output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_output: Option<String>,
+    /// Why the instance is in maintenance, when it was said; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_reason: Option<String>,
     /// The lease ran out while the registry was in self-preservation: the lapse is held,
     /// the status kept (docs/operations.md, Self-preservation). Shown only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -198,6 +201,10 @@ pub struct Instance {
 #[serde(deny_unknown_fields)]
 pub struct StatusChange {
     pub status: Status,
+    /// With `maintenance`: why, shown as `maintenance_reason` while it lasts (at most 512
+    /// characters, no control characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A registration that passed validation, with defaults filled in.

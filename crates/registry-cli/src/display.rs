@@ -24,7 +24,7 @@ use registry_api::{Event, Instance, ServiceList, SystemStatus};
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds, check: None,
 /// #         registered_at: heartbeat, last_heartbeat_at: heartbeat, lease_expires_at: None,
 /// #         status_changed_at: heartbeat, last_check: None, lease_held: false,
-/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
 /// #     }
 /// # }
 ///
@@ -203,7 +203,7 @@ pub fn format_services(list: &ServiceList) -> String {
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds, check: None,
 /// #         registered_at: heartbeat, last_heartbeat_at: heartbeat, lease_expires_at: None,
 /// #         status_changed_at: heartbeat, last_check: None, lease_held: false,
-/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
 /// #     }
 /// # }
 ///

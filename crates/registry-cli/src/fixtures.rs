@@ -34,6 +34,7 @@ pub(crate) fn instance(id: &str, status: Status, heartbeat_age: i64) -> Instance
         deregister_critical_after: None,
         lease_status: None,
         lease_output: None,
+        maintenance_reason: None,
     }
 }
 

@@ -314,7 +314,10 @@ impl RegistryApi {
     /// `PUT .../status`: `Status::Maintenance` drains the instance, `Status::Passing`
     /// clears maintenance (the registry refuses the other two).
     pub async fn set_status(&self, service: &str, id: &str, status: Status) -> Result<Instance> {
-        let body = StatusChange { status };
+        let body = StatusChange {
+            status,
+            reason: None,
+        };
         let reply = self
             .call(|base| {
                 let url = instance_url(base, service, id, Some("status"))?;

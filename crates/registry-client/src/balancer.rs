@@ -59,7 +59,7 @@ pub enum Routing {
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
 /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
 /// #         status_changed_at: now, last_check: None, lease_held: false,
-/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
 /// #     }
 /// # }
 ///
@@ -79,14 +79,7 @@ pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
     if threshold.is_nan() || threshold <= 0.0 {
         return Routing::Normal;
     }
-    let known = instances
-        .iter()
-        .filter(|i| i.status != Status::Maintenance)
-        .count();
-    let available = instances
-        .iter()
-        .filter(|i| matches!(i.status, Status::Passing | Status::Warning))
-        .count();
+    let (available, known) = availability(instances);
     // Counts are small: the conversion to f64 is exact.
     #[allow(clippy::cast_precision_loss)]
     let below = (available as f64) < threshold * (known as f64);
@@ -95,6 +88,20 @@ pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
     } else {
         Routing::Normal
     }
+}
+
+/// How many of `instances` are available (`passing` or `warning`), and how many are
+/// known apart from those in maintenance.
+fn availability(instances: &[Instance]) -> (usize, usize) {
+    let available = instances
+        .iter()
+        .filter(|i| matches!(i.status, Status::Passing | Status::Warning))
+        .count();
+    let known = instances
+        .iter()
+        .filter(|i| i.status != Status::Maintenance)
+        .count();
+    (available, known)
 }
 
 /// Round-robin choice among the instances of each service.
@@ -113,7 +120,7 @@ pub fn routing(instances: &[Instance], threshold: f64) -> Routing {
 /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
 /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
 /// #         status_changed_at: now, last_check: None, lease_held: false,
-/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
 /// #     }
 /// # }
 ///
@@ -191,7 +198,7 @@ impl RoundRobin {
     /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
     /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
     /// #         status_changed_at: now, last_check: None, lease_held: false,
-    /// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+    /// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
     /// #     }
     /// # }
     ///
@@ -216,14 +223,7 @@ impl RoundRobin {
             .unwrap_or_else(PoisonError::into_inner);
         let was = panicking.get(service).copied().unwrap_or(false);
         if was != panic {
-            let known = instances
-                .iter()
-                .filter(|i| i.status != Status::Maintenance)
-                .count();
-            let available = instances
-                .iter()
-                .filter(|i| matches!(i.status, Status::Passing | Status::Warning))
-                .count();
+            let (available, known) = availability(instances);
             if panic {
                 tracing::warn!(
                     service,
@@ -265,7 +265,7 @@ impl RoundRobin {
     /// #         tags: vec![], metadata: Default::default(), ttl_seconds: 10, check: None,
     /// #         registered_at: now, last_heartbeat_at: now, lease_expires_at: None,
     /// #         status_changed_at: now, last_check: None, lease_held: false,
-    /// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+    /// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
     /// #     }
     /// # }
     ///
@@ -369,6 +369,7 @@ mod tests {
             deregister_critical_after: None,
             lease_status: None,
             lease_output: None,
+            maintenance_reason: None,
         }
     }
 

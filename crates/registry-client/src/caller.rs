@@ -198,7 +198,7 @@ pub enum CallError {
 /// #         status: Status::Passing, tags: vec![], metadata: Default::default(),
 /// #         ttl_seconds: 10, check: None, registered_at: now, last_heartbeat_at: now,
 /// #         lease_expires_at: None, status_changed_at: now, last_check: None, lease_held: false,
-/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
 /// #     }
 /// # }
 ///
@@ -240,7 +240,7 @@ impl CallResponse {
     /// #         status: Status::Passing, tags: vec![], metadata: Default::default(),
     /// #         ttl_seconds: 10, check: None, registered_at: now, last_heartbeat_at: now,
     /// #         lease_expires_at: None, status_changed_at: now, last_check: None, lease_held: false,
-    /// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+    /// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
     /// #     }
     /// # }
     ///
@@ -660,7 +660,7 @@ fn nothing_to_call(routing: Routing, service: &str, instances: &[Instance]) -> C
 /// #         status: Status::Passing, tags: vec![], metadata: Default::default(),
 /// #         ttl_seconds: 10, check: None, registered_at: now, last_heartbeat_at: now,
 /// #         lease_expires_at: None, status_changed_at: now, last_check: None, lease_held: false,
-/// #         deregister_critical_after: None, lease_status: None, lease_output: None,
+/// #         deregister_critical_after: None, lease_status: None, lease_output: None, maintenance_reason: None,
 /// #     }
 /// # }
 ///

@@ -107,6 +107,7 @@ fn instance(status: Status) -> Instance {
         deregister_critical_after: None,
         lease_status: None,
         lease_output: None,
+        maintenance_reason: None,
     }
 }
 

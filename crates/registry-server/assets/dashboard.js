@@ -163,15 +163,7 @@
   // Self-preservation changes append no event of its own: a held lapse, or a heartbeat
   // that ends one, is the sign to ask for the mode again soon.
   function refreshSoon() {
-    clearTimeout(state.refreshTimer);
-    state.refreshTimer = setTimeout(async () => {
-      try {
-        applySnapshot(await api('/v1/status'));
-        scheduleRefresh();
-      } catch (err) {
-        failed(err);
-      }
-    }, PRESERVATION_REFRESH_MS);
+    scheduleRefresh(PRESERVATION_REFRESH_MS);
   }
 
   // Events at or before the state shown (the stream starts a little before it, to fill
@@ -259,7 +251,7 @@
     }
   }
 
-  function scheduleRefresh() {
+  function scheduleRefresh(delay = REFRESH_MS) {
     clearTimeout(state.refreshTimer);
     state.refreshTimer = setTimeout(async () => {
       try {
@@ -268,7 +260,7 @@
       } catch (err) {
         failed(err);
       }
-    }, REFRESH_MS);
+    }, delay);
   }
 
   // The kept history's start, for the scrubber's range: every live answer of /v1/status

@@ -382,6 +382,7 @@ mod tests {
             deregister_critical_after: None,
             lease_status: None,
             lease_output: None,
+            maintenance_reason: None,
         };
         assert_eq!(
             renewed_lease(&instance(10, Some(t(10_000))), t(4_000)),

@@ -96,6 +96,7 @@ pub fn register(old: Option<&InstanceRecord>, spec: &Validated, now: DateTime<Ut
             deregister_critical_after: spec.deregister_critical_after,
             lease_status: None,
             lease_output: None,
+            maintenance_reason: None,
         };
         // The status it starts in: the check's until it first runs, else the lease's.
         let initial = spec.initial_status.filter(|s| *s != Status::Passing);
@@ -209,17 +210,39 @@ pub fn report(
 
 /// `PUT .../status`: `maintenance` sets the flag, `passing` clears it (and only it).
 pub fn set_maintenance(old: &InstanceRecord, on: bool, now: DateTime<Utc>) -> Mutation {
-    if old.maintenance == on {
+    set_maintenance_because(old, on, None, now)
+}
+
+/// [`set_maintenance`] with the reason shown while it lasts (`None` when none was given;
+/// clearing maintenance clears it). A new reason for an instance already in maintenance is
+/// an update, so every reader sees it.
+pub fn set_maintenance_because(
+    old: &InstanceRecord,
+    on: bool,
+    because: Option<String>,
+    now: DateTime<Utc>,
+) -> Mutation {
+    let because = because.filter(|_| on);
+    if old.maintenance == on && old.maintenance_reason == because {
         return Mutation::Unchanged;
     }
     let mut record = old.clone();
     record.maintenance = on;
+    record.maintenance_reason = because;
     let reason = if on {
         Reason::MaintenanceSet
     } else {
         Reason::MaintenanceCleared
     };
     let (record, change) = settle(record, old.status, now, reason);
+    let change = change.or_else(|| {
+        (record.maintenance_reason != old.maintenance_reason).then_some(Change {
+            kind: EventKind::Updated,
+            reason,
+            from: Some(old.status),
+            to: Some(record.status),
+        })
+    });
     Mutation::Save {
         record,
         change,
@@ -655,6 +678,40 @@ mod tests {
         assert_eq!(r.status, Status::Passing);
         assert_eq!(change.map(|c| c.reason), Some(Reason::MaintenanceCleared));
         assert_eq!(set_maintenance(&r, false, t(14)), Mutation::Unchanged);
+    }
+
+    #[test]
+    fn a_maintenance_reason_lasts_while_maintenance_does() {
+        let (r, _) = saved(register(None, &spec(10), t(0)));
+        let (r, change) = saved(set_maintenance_because(
+            &r,
+            true,
+            Some("deploy".into()),
+            t(1),
+        ));
+        assert_eq!(r.maintenance_reason.as_deref(), Some("deploy"));
+        assert_eq!(change.map(|c| c.reason), Some(Reason::MaintenanceSet));
+        let (r, change) = saved(set_maintenance_because(
+            &r,
+            true,
+            Some("migrate".into()),
+            t(2),
+        ));
+        assert_eq!(
+            change.map(|c| c.kind),
+            Some(EventKind::Updated),
+            "a new reason is shown"
+        );
+        assert_eq!(
+            set_maintenance_because(&r, true, Some("migrate".into()), t(3)),
+            Mutation::Unchanged
+        );
+        let (r, _) = saved(set_maintenance(&r, false, t(4)));
+        assert_eq!(r.maintenance_reason, None, "cleared with maintenance");
+        assert_eq!(
+            set_maintenance_because(&r, false, Some("ignored".into()), t(5)),
+            Mutation::Unchanged
+        );
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct InstanceRecord {
     /// The note that came with the last report (a Consul TTL check's output).
     #[serde(default)]
     pub lease_output: Option<String>,
+    /// Why the instance is in maintenance, when it was said (Consul's `reason`).
+    #[serde(default)]
+    pub maintenance_reason: Option<String>,
 }
 
 impl InstanceRecord {
@@ -87,6 +90,7 @@ impl InstanceRecord {
                 .map(|secs| registry_api::format_duration(std::time::Duration::from_secs(secs))),
             lease_status: self.lease_status,
             lease_output: self.lease_output.clone(),
+            maintenance_reason: self.maintenance_reason.clone(),
             lease_held: self.lease_held,
         }
     }

@@ -458,6 +458,11 @@ async fn passing_tags_and_maintenance_read_as_consul_does() {
         .find(|c| c["CheckID"] == "_service_maintenance:a")
         .expect("the maintenance check");
     assert_eq!(maint["Status"], "critical");
+    assert_eq!(maint["Notes"], "deploying", "the reason");
+    assert_eq!(
+        v1.instances[0].maintenance_reason.as_deref(),
+        Some("deploying")
+    );
     let critical = get(&registry, "/v1/health/state/critical").await.json();
     assert_eq!(critical[0]["CheckID"], "_service_maintenance:a");
 

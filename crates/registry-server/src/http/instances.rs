@@ -224,6 +224,10 @@ async fn set_status(
             ));
         }
     };
+    let because = change
+        .reason
+        .map(|reason| maintenance_reason(&reason).map(|()| reason))
+        .transpose()?;
     let now = crate::clock::now();
     let applied = state
         .writer
@@ -233,12 +237,30 @@ async fn set_status(
             now,
             Box::new(move |old| {
                 old.map_or(Mutation::Unchanged, |o| {
-                    lifecycle::set_maintenance(o, maintenance, now)
+                    lifecycle::set_maintenance_because(o, maintenance, because.clone(), now)
                 })
             }),
         )
         .await?;
     Ok(Json(stored(applied.record, &path)?.to_instance()))
+}
+
+/// Longest maintenance reason, in characters (as a metadata value).
+pub const MAX_MAINTENANCE_REASON_CHARS: usize = registry_api::limits::MAX_METADATA_VALUE_CHARS;
+
+/// A maintenance reason within [`MAX_MAINTENANCE_REASON_CHARS`], without control
+/// characters (they break logs, and Postgres cannot store NUL).
+pub fn maintenance_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.chars().count() > MAX_MAINTENANCE_REASON_CHARS || reason.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            "reason",
+            format!(
+                "must be at most {MAX_MAINTENANCE_REASON_CHARS} characters, without control characters"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `DELETE /v1/services/{service}/instances/{id}`: 204, or 404 when unknown.

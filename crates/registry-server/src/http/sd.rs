@@ -193,6 +193,7 @@ mod tests {
             deregister_critical_after: None,
             lease_status: None,
             lease_output: None,
+            maintenance_reason: None,
         }
     }
 

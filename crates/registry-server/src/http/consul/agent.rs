@@ -141,6 +141,13 @@ async fn maintenance(
         return Err(ConsulError::bad_request("Missing value for enable"));
     }
     let on = query.flag("enable")?;
+    let because = query
+        .get("reason")
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned);
+    if let Some(reason) = &because {
+        crate::http::instances::maintenance_reason(reason)?;
+    }
     let instance = one_instance(&state, &id)?;
     let now = crate::clock::now();
     state
@@ -151,7 +158,7 @@ async fn maintenance(
             now,
             Box::new(move |old| {
                 old.map_or(Mutation::Unchanged, |o| {
-                    lifecycle::set_maintenance(o, on, now)
+                    lifecycle::set_maintenance_because(o, on, because.clone(), now)
                 })
             }),
         )

@@ -249,9 +249,9 @@ pub fn checks(instance: &Instance, ctx: &Context<'_>) -> Vec<Value> {
             Status::Critical,
             "maintenance",
         );
-        check["Notes"] = json!(
+        check["Notes"] = json!(instance.maintenance_reason.as_deref().unwrap_or(
             "Maintenance mode is enabled for this service, but no reason was provided. This is a default message."
-        );
+        ));
         out.push(check);
     }
     out
