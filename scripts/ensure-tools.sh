@@ -5,7 +5,10 @@
 #   end-to-end test of /v1/sd/prometheus against a real Prometheus;
 # - Debian's `chromium` (/usr/bin/chromium), `node` and `npm`, and the npm packages of
 #   tests/browser (playwright-core, pinned by its package-lock.json) in
-#   tests/browser/node_modules, for the browser test of the dashboard at `/`.
+#   tests/browser/node_modules, for the browser test of the dashboard at `/`;
+# - the npm package `consul` (pinned by tests/consul-js/package-lock.json) in
+#   tests/consul-js/node_modules, and `py-consul` in .venv/, the unmodified Consul clients
+#   the Consul API is tested with;
 # - schemathesis in .venv/ (scripts/ensure-venv.sh), for the API fuzz test against
 #   /openapi.json;
 # - helm and the Kubernetes lint tools (scripts/ensure-k8s-tools.sh), for the chart
@@ -45,11 +48,20 @@ for pair in "${tools[@]}"; do
   fi
 done
 
-browser_dir=tests/browser
+# folder:package pairs: `npm ci` runs in a folder whose pinned package is not installed.
+npm_folders=(
+  tests/browser:playwright-core
+  tests/consul-js:consul
+)
+npm_ci_in=()
+for pair in "${npm_folders[@]}"; do
+  folder=${pair%%:*}
+  [ -d "$folder/node_modules/${pair#*:}" ] || npm_ci_in+=("$folder")
+done
 need_npm_ci=false
-[ -d "$browser_dir/node_modules/playwright-core" ] || need_npm_ci=true
+[ "${#npm_ci_in[@]}" -eq 0 ] || need_npm_ci=true
 
-scripts/ensure-venv.sh schemathesis==4.32.5
+scripts/ensure-venv.sh schemathesis==4.32.5 py-consul==1.8.0
 scripts/ensure-k8s-tools.sh
 
 if [ "${#packages[@]}" -eq 0 ] && ! $need_npm_ci; then
@@ -82,15 +94,15 @@ if [ "${#packages[@]}" -gt 0 ]; then
   done
 fi
 
-if $need_npm_ci; then
-  echo "installing the browser test's npm packages (npm ci in $browser_dir)..." >&2
+for folder in "${npm_ci_in[@]}"; do
+  echo "installing the npm packages of $folder (npm ci)..." >&2
   npm_log=$(mktemp)
   # The lock file pins every version; npm's chatter is shown only when it fails.
-  if ! (cd "$browser_dir" && npm ci --no-audit --no-fund) >"$npm_log" 2>&1; then
+  if ! (cd "$folder" && npm ci --no-audit --no-fund) >"$npm_log" 2>&1; then
     cat "$npm_log" >&2
     rm -f "$npm_log"
-    echo "npm ci in $browser_dir failed; see above." >&2
+    echo "npm ci in $folder failed; see above." >&2
     exit 1
   fi
   rm -f "$npm_log"
-fi
+done
