@@ -234,6 +234,13 @@ fn constrain_bodies(schemas: &mut Value) {
             }),
         ),
         (
+            "/StatusChange/properties/reason".to_owned(),
+            json!({
+                "maxLength": super::instances::MAX_MAINTENANCE_REASON_CHARS,
+                "pattern": NO_CONTROL_PATTERN,
+            }),
+        ),
+        (
             "/SeedServiceSpec/properties/name".to_owned(),
             json!({"pattern": SERVICE_NAME_PATTERN}),
         ),
