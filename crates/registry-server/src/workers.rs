@@ -238,13 +238,13 @@ impl Workers {
                 silent,
                 leased,
                 max = ?limits.max,
-                "self-preservation ended at its maximum: the held lapses apply now"
+                "self-preservation ended at its maximum: every lease gets one full TTL, then the held lapses apply"
             ),
             (true, false) => tracing::warn!(
                 silent,
                 leased,
                 held = survey.held,
-                "self-preservation ended: the heartbeats came back; lapses still due apply now"
+                "self-preservation ended: the heartbeats came back; every lease gets one full TTL, then lapses still due apply"
             ),
             _ => {}
         }
