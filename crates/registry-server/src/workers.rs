@@ -411,9 +411,7 @@ impl Checker {
             Ok(Ok((status, body))) => classify(status, body.as_deref(), check),
         }
     }
-}
 
-impl Checker {
     /// A TCP check: passes when a connection to `address` opens within the timeout, to an
     /// address the allowed networks admit.
     async fn probe_tcp(&self, address: &str, timeout_seconds: u32) -> CheckOutcome {
