@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check_targets::AllowedNetworks;
 use crate::config::{DatabaseKind, Settings};
+use crate::dns::{DnsListeners, Zone};
 use crate::http::{self, AppState};
 use crate::store::{PostgresStore, SqliteStore, Store, Timed};
 use crate::view::View;
@@ -45,6 +46,8 @@ pub struct Application {
     listener: TcpListener,
     /// `REGISTRY_CONSUL_ADDR`: Consul's API alone, when set.
     consul_listener: Option<TcpListener>,
+    /// `REGISTRY_DNS_ADDR`: the DNS interface, when set.
+    dns: Option<DnsListeners>,
     state: AppState,
     check_client: reqwest::Client,
 }
@@ -76,6 +79,10 @@ impl Application {
             ),
             None => None,
         };
+        let dns = match settings.dns_addr {
+            Some(addr) => Some(DnsListeners::bind(addr).await?),
+            None => None,
+        };
         let view = Arc::new(view);
         let state = AppState {
             writer: Arc::new(Writer::new(store.clone(), view.clone())),
@@ -90,6 +97,7 @@ impl Application {
         Ok(Self {
             listener,
             consul_listener,
+            dns,
             state,
             check_client,
         })
@@ -106,6 +114,11 @@ impl Application {
             .map(TcpListener::local_addr)
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// Where the DNS interface answers (`REGISTRY_DNS_ADDR`, UDP and TCP), when set.
+    pub fn dns_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        self.dns.as_ref().map(DnsListeners::local_addr).transpose()
     }
 
     /// Serves until `signal` completes, then stops within `REGISTRY_SHUTDOWN_TIMEOUT`:
@@ -135,6 +148,25 @@ impl Application {
         let writer = self.state.writer.clone();
         let header_read_timeout = self.state.settings.header_read_timeout;
         let shutdown_timeout = self.state.settings.shutdown_timeout;
+        let dns = match self.dns {
+            Some(listeners) => {
+                let settings = &self.state.settings;
+                let zone = Zone::new(
+                    &settings.dns_domain,
+                    &settings.datacenter,
+                    settings.dns_ttl,
+                    settings.dns_only_passing,
+                )
+                .map_err(anyhow::Error::msg)?;
+                tracing::info!(addr = %listeners.local_addr()?, "DNS listening (UDP and TCP)");
+                Some(tokio::spawn(listeners.serve(
+                    zone,
+                    self.state.view.clone(),
+                    shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
         let consul_router = http::consul_router(self.state.clone());
         let router = http::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "registry listening");
@@ -198,6 +230,7 @@ impl Application {
         shutdown.cancel();
         let mut background = workers;
         background.push(replication);
+        background.extend(dns);
         let mut running = background.len();
         let stopped = tokio::time::timeout_at(deadline, async {
             for task in &mut background {

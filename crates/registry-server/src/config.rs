@@ -151,6 +151,25 @@ pub struct ServeArgs {
     /// The datacenter the Consul API answers as; a request for another one is refused.
     #[arg(long, env = "REGISTRY_DATACENTER", default_value = "dc1")]
     pub datacenter: String,
+    /// Where the DNS interface listens, UDP and TCP (e.g. `0.0.0.0:8600`); unset: no DNS.
+    #[arg(long = "dns-addr", env = "REGISTRY_DNS_ADDR")]
+    pub dns_addr: Option<SocketAddr>,
+    /// The zone the DNS interface answers for (`<service>.service.<domain>`).
+    #[arg(
+        long = "dns-domain",
+        env = "REGISTRY_DNS_DOMAIN",
+        default_value = "consul"
+    )]
+    pub dns_domain: String,
+    /// The TTL of DNS answers, in whole seconds (0: resolvers ask again every time).
+    #[arg(long = "dns-ttl", env = "REGISTRY_DNS_TTL", default_value = "0s", value_parser = duration)]
+    pub dns_ttl: Duration,
+    /// DNS answers only passing instances (by default warning ones too).
+    #[arg(long = "dns-only-passing", env = "REGISTRY_DNS_ONLY_PASSING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dns_only_passing: bool,
+    /// Serve DNS, which has no tokens, although reads need a token (REGISTRY_READ_TOKEN).
+    #[arg(long = "dns-allow-unauthenticated", env = "REGISTRY_DNS_ALLOW_UNAUTHENTICATED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dns_allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -232,6 +251,14 @@ pub struct Settings {
     pub consul_addr: Option<SocketAddr>,
     /// `REGISTRY_DATACENTER`, Consul's `dc`.
     pub datacenter: String,
+    /// `REGISTRY_DNS_ADDR`: where the DNS interface listens, when set.
+    pub dns_addr: Option<SocketAddr>,
+    /// `REGISTRY_DNS_DOMAIN`, the zone DNS answers for.
+    pub dns_domain: String,
+    /// `REGISTRY_DNS_TTL`, in seconds.
+    pub dns_ttl: u32,
+    /// `REGISTRY_DNS_ONLY_PASSING`.
+    pub dns_only_passing: bool,
 }
 
 /// Secrets stay out of logs and panics: tokens are shown as set or not, the database
@@ -258,6 +285,10 @@ impl std::fmt::Debug for Settings {
             .field("self_preservation", &self.self_preservation)
             .field("consul_addr", &self.consul_addr)
             .field("datacenter", &self.datacenter)
+            .field("dns_addr", &self.dns_addr)
+            .field("dns_domain", &self.dns_domain)
+            .field("dns_ttl", &self.dns_ttl)
+            .field("dns_only_passing", &self.dns_only_passing)
             .finish()
     }
 }
@@ -347,6 +378,14 @@ impl ServeArgs {
                 "REGISTRY_DATACENTER must be 1 to 63 letters, digits, '-' or '_' (e.g. dc1)".into(),
             );
         }
+        let dns_ttl = self.dns_ttl.as_secs();
+        if self.dns_ttl.subsec_nanos() != 0 || dns_ttl > u64::from(u32::MAX >> 1) {
+            return Err("REGISTRY_DNS_TTL must be whole seconds, e.g. 0s or 30s".into());
+        }
+        crate::dns::Zone::check_domain(&self.dns_domain)?;
+        if self.dns_addr.is_some() && self.read_token.is_some() && !self.dns_allow_unauthenticated {
+            return Err("REGISTRY_DNS_ADDR is set while reads need a token (REGISTRY_READ_TOKEN), and DNS has no tokens: anyone who reaches the DNS port could list every instance; set REGISTRY_DNS_ALLOW_UNAUTHENTICATED=true to serve it anyway".into());
+        }
         if self.consul_addr == Some(self.addr) {
             return Err("REGISTRY_CONSUL_ADDR must differ from REGISTRY_ADDR (which serves Consul's API too)".into());
         }
@@ -370,6 +409,10 @@ impl ServeArgs {
             },
             consul_addr: self.consul_addr,
             datacenter: self.datacenter.clone(),
+            dns_addr: self.dns_addr,
+            dns_domain: self.dns_domain.clone(),
+            dns_ttl: u32::try_from(dns_ttl).unwrap_or(0),
+            dns_only_passing: self.dns_only_passing,
         })
     }
 }
@@ -393,6 +436,10 @@ impl Settings {
             self_preservation: crate::self_preservation::Limits::DEFAULT,
             consul_addr: None,
             datacenter: "dc1".to_owned(),
+            dns_addr: None,
+            dns_domain: "consul".to_owned(),
+            dns_ttl: 0,
+            dns_only_passing: false,
         }
     }
 

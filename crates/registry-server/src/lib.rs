@@ -8,6 +8,7 @@ pub mod app;
 mod check_targets;
 pub mod clock;
 pub mod config;
+mod dns;
 mod heartbeats;
 mod http;
 pub mod lifecycle;

@@ -73,6 +73,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn init_telemetry(format: Option<LogFormat>) -> TelemetryGuard {
     telemetry::init(TelemetryOptions {
         format,
+        // hickory-server logs every DNS query at `info`: one line per lookup is noise.
+        default_filter: "info,hickory_server=warn".into(),
         ..TelemetryOptions::new("registry")
     })
 }

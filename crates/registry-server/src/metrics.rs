@@ -12,8 +12,8 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use registry_api::{Event, EventKind, Reason, ServiceList, Status};
 
@@ -34,9 +34,16 @@ struct Metrics {
     held_lapses: IntCounter,
     http_duration: HistogramVec,
     db_duration: HistogramVec,
+    dns_queries: IntCounterVec,
+    dns_duration: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Buckets for DNS answers, made from memory in microseconds.
+const DNS_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1,
+];
 
 /// Buckets for database calls, which are mostly well under the HTTP defaults.
 const DB_BUCKETS: &[f64] = &[
@@ -119,6 +126,22 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid metric");
+        let dns_queries = IntCounterVec::new(
+            Opts::new(
+                "registry_dns_queries_total",
+                "DNS queries answered, by query type and response code.",
+            ),
+            &["qtype", "rcode"],
+        )
+        .expect("valid metric");
+        let dns_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "registry_dns_query_duration_seconds",
+                "Time from a DNS query read to its answer sent.",
+            )
+            .buckets(DNS_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
         // Every result is shown from the start, at 0, so rates work before the first failure.
         for result in [Status::Passing, Status::Warning, Status::Critical] {
             check_results.with_label_values(&[result.as_str()]);
@@ -136,6 +159,8 @@ impl Metrics {
             Box::new(held_lapses.clone()),
             Box::new(http_duration.clone()),
             Box::new(db_duration.clone()),
+            Box::new(dns_queries.clone()),
+            Box::new(dns_duration.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
@@ -153,6 +178,8 @@ impl Metrics {
             held_lapses,
             http_duration,
             db_duration,
+            dns_queries,
+            dns_duration,
         }
     }
 }
@@ -238,6 +265,29 @@ pub fn http_request(method: &str, route: &str, status: &str, duration: Duration)
         .observe(duration.as_secs_f64());
 }
 
+/// One DNS query answered, by its type and the answer's code.
+pub fn dns_query(
+    qtype: hickory_server::proto::rr::RecordType,
+    rcode: hickory_server::proto::op::ResponseCode,
+    duration: Duration,
+) {
+    use hickory_server::proto::op::ResponseCode;
+    let rcode = match rcode {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        _ => "OTHER",
+    };
+    METRICS
+        .dns_queries
+        .with_label_values(&[<&'static str>::from(qtype), rcode])
+        .inc();
+    METRICS.dns_duration.observe(duration.as_secs_f64());
+}
+
 /// Runs one database call and records how long it took under `operation`, whatever its
 /// result.
 pub async fn timed<F: Future>(operation: &str, call: F) -> F::Output {
@@ -265,6 +315,11 @@ mod tests {
         http_request("GET", "/v1/services", "200", Duration::from_millis(3));
         timed("ping", async {}).await;
         lapse_held();
+        dns_query(
+            hickory_server::proto::rr::RecordType::SRV,
+            hickory_server::proto::op::ResponseCode::NXDomain,
+            Duration::from_micros(20),
+        );
         let text = render(&services, 0, 0, true);
         for family in [
             "registry_registrations_total",
@@ -277,6 +332,8 @@ mod tests {
             "registry_self_preservation_held_total",
             "registry_http_request_duration_seconds",
             "registry_db_query_duration_seconds",
+            "registry_dns_queries_total",
+            "registry_dns_query_duration_seconds",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

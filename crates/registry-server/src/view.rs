@@ -309,6 +309,18 @@ impl View {
             .cloned()
     }
 
+    /// Reads one service's instances in place, with the global index (`None`: no such
+    /// service), without copying them: for answers made per query, such as DNS ones.
+    pub fn read_service<R>(
+        &self,
+        name: &str,
+        read: impl FnOnce(u64, Option<std::collections::btree_map::Values<'_, String, Instance>>) -> R,
+    ) -> R {
+        let state = self.read();
+        let instances = state.services.get(name).map(|s| s.instances.values());
+        read(state.index, instances)
+    }
+
     /// Every instance, with the global index they are the state of (read together).
     pub fn all_instances(&self) -> (u64, Vec<Instance>) {
         let state = self.read();

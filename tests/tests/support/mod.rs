@@ -60,6 +60,8 @@ pub struct TestRegistry {
     pub addr: SocketAddr,
     /// Where Consul's API is served alone, when `consul_addr` was set.
     pub consul_addr: Option<SocketAddr>,
+    /// Where DNS is answered (UDP and TCP), when `dns_addr` was set.
+    pub dns_addr: Option<SocketAddr>,
     pub base_url: String,
     pub database_url: String,
     pub api: RegistryApi,
@@ -91,6 +93,7 @@ impl TestRegistry {
         let application = Application::build(settings).await.expect("registry builds");
         let addr = application.local_addr().expect("bound");
         let consul_addr = application.consul_addr().expect("bound");
+        let dns_addr = application.dns_addr().expect("bound");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(application.run_until_stopped(async move {
             let _ = stopped.await;
@@ -103,6 +106,7 @@ impl TestRegistry {
         Self {
             addr,
             consul_addr,
+            dns_addr,
             base_url,
             database_url,
             api,
