@@ -9,6 +9,7 @@
 # - the npm package `consul` (pinned by tests/consul-js/package-lock.json) in
 #   tests/consul-js/node_modules, and `py-consul` in .venv/, the unmodified Consul clients
 #   the Consul API is tested with;
+# - `dig` from Debian's `dnsutils`, which asks the DNS interface in its tests;
 # - schemathesis in .venv/ (scripts/ensure-venv.sh), for the API fuzz test against
 #   /openapi.json;
 # - helm and the Kubernetes lint tools (scripts/ensure-k8s-tools.sh), for the chart
@@ -26,6 +27,7 @@ tools=(
   /usr/bin/chromium:chromium
   node:nodejs
   npm:npm
+  dig:dnsutils
 )
 
 have() {

@@ -1,6 +1,7 @@
 //! End-to-end tests that drive a tool from outside the Rust workspace: Prometheus and
 //! promtool (metrics, HTTP service discovery, the Grafana dashboard's queries), the
-//! unmodified Consul clients py-consul and the npm `consul` (the Consul API),
+//! unmodified Consul clients py-consul and the npm `consul` (the Consul API), `dig` (the
+//! DNS interface),
 //! Schemathesis (API fuzzing), Chromium with Node.js (the dashboard in a browser), helm
 //! and PyYAML (the chart's contract with the binaries), and `ip` as root (a network
 //! partition). `scripts/ensure-tools.sh` installs them; without one, the tests that need
@@ -19,6 +20,7 @@ mod browser_dashboard;
 mod chart_contract;
 mod consul_clients;
 mod dashboard;
+mod dns_dig;
 mod metrics;
 mod partition;
 mod prometheus_sd;
