@@ -256,3 +256,26 @@ async fn secrets_never_reach_the_logs() {
         );
     }
 }
+
+/// DNS has no tokens: where reads need one, serving DNS must be asked for explicitly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_beside_a_read_token_needs_an_explicit_allowance() {
+    let guarded = [
+        ("REGISTRY_TOKEN", "write-token"),
+        ("REGISTRY_READ_TOKEN", "read-token"),
+        ("REGISTRY_DNS_ADDR", "127.0.0.1:0"),
+    ];
+    let refused = run_with_secrets(&["check-config"], &guarded, DEADLINE).await;
+    assert!(
+        refused.contains("REGISTRY_DNS_ALLOW_UNAUTHENTICATED")
+            && !refused.contains("configuration ok"),
+        "{refused}"
+    );
+    let mut allowed = guarded.to_vec();
+    allowed.push(("REGISTRY_DNS_ALLOW_UNAUTHENTICATED", "true"));
+    let accepted = run_with_secrets(&["check-config"], &allowed, DEADLINE).await;
+    assert!(accepted.contains("configuration ok"), "{accepted}");
+    let bad_domain = [("REGISTRY_DNS_DOMAIN", "not a domain")];
+    let refused = run_with_secrets(&["check-config"], &bad_domain, DEADLINE).await;
+    assert!(refused.contains("REGISTRY_DNS_DOMAIN"), "{refused}");
+}
