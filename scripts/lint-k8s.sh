@@ -85,9 +85,20 @@ if "$helm" template central-registry "$chart" --set postgres.enabled=false >/dev
 fi
 
 # values.schema.json refuses what the binaries would refuse at start, and typos.
-for bad in 'registry.defaultTtl=ten seconds' 'registry.replicas=2' 'otel.protocol=udp'; do
+for bad in 'registry.defaultTtl=ten seconds' 'registry.replicas=2' 'otel.protocol=udp' \
+  'dns.ttl=500ms' 'dns.domain=my consul'; do
   if "$helm" template central-registry "$chart" --set "$bad" >/dev/null 2>&1; then
     fail "values.schema.json accepts --set '$bad'"
+  fi
+done
+
+# The DNS settings the registry would refuse at start (or that clash on the Service) fail
+# the install instead: DNS on the HTTP port, and DNS (which has no tokens) while reads need
+# a token, unless dns.allowUnauthenticated says so.
+for bad in 'dns.enabled=true,dns.port=8000' \
+  'dns.enabled=true,auth.enabled=true,auth.readToken=read'; do
+  if "$helm" template central-registry "$chart" --set "$bad" >/dev/null 2>&1; then
+    fail "the chart renders with --set '$bad'"
   fi
 done
 

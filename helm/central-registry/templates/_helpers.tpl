@@ -79,6 +79,22 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/*
+Settings of the DNS interface the registry would refuse at start, refused at install
+instead (a crash-looping Deployment says less than a failed `helm install`).
+*/}}
+{{- define "central-registry.checkDns" -}}
+{{- if .Values.dns.enabled }}
+{{- if has (int .Values.dns.port) (list (int .Values.registry.port) (int .Values.registry.service.port)) }}
+{{- fail "dns.port must differ from registry.port and registry.service.port: DNS takes TCP on it too" }}
+{{- end }}
+{{- /* With auth.existingSecret the read token is unknown here; the registry checks at start. */}}
+{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) .Values.auth.readToken (not .Values.dns.allowUnauthenticated) }}
+{{- fail "dns.enabled with auth.readToken: DNS has no tokens, so anyone reaching the DNS port could list every instance; set dns.allowUnauthenticated=true to serve it anyway" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Env of every binary that talks to the registry as a client (demo services, client). */}}
 {{- define "central-registry.clientEnv" -}}
 - name: REGISTRY_URL
