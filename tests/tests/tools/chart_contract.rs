@@ -11,12 +11,15 @@
 //!   binary), or a variable used only inside another one's `$(NAME)`, such as `POD_IP`;
 //! - the registry accepts the chart's command, arguments and env (`registry check-config`
 //!   with the same arguments as `serve`);
+//! - the pod's and the Service's DNS ports (UDP and TCP) are where `REGISTRY_DNS_ADDR`
+//!   says the registry serves DNS, and there are none when the chart leaves DNS off;
 //! - started with the chart's command, arguments and env (only the database and the listen
-//!   address swapped for the test's, port 0), the registry answers 200 on every probe path,
-//!   on the port the probe names; so do the demo services, which register under their pod
-//!   names; the demo Job's container, run as the chart runs it, completes the flow; and on
-//!   SIGTERM a demo pod deregisters and the registry stops, within the grace period the
-//!   chart gives them (after the registry's preStop sleep).
+//!   addresses, HTTP and DNS, swapped for the test's, port 0), the registry answers 200 on
+//!   every probe path, on the port the probe names; so do the demo services, which register
+//!   under their pod names; with DNS on, their names resolve over UDP and TCP in the
+//!   chart's domain with its TTL; the demo Job's container, run as the chart runs it,
+//!   completes the flow; and on SIGTERM a demo pod deregisters and the registry stops,
+//!   within the grace period the chart gives them (after the registry's preStop sleep).
 //!
 //! The Job (and the `helm test` pod) run `demo-client --scenario seed`, the seed's flow
 //! against the installed registry, not `make demo`'s `--scenario resilience`: that story
@@ -55,6 +58,9 @@ const TELEMETRY_ENV: &[&str] = &[
 /// Names read by `RegistryApi::from_env`, which the demo binaries use.
 const CLIENT_ENV: &[&str] = &["REGISTRY_URL", "REGISTRY_TOKEN"];
 
+/// The registry's log line saying where its DNS interface listens (field `addr`).
+const DNS_LISTENING: &str = "DNS listening (UDP and TCP)";
+
 /// What the fake downward API answers for a pod's IP.
 const POD_IP: &str = "10.244.1.7";
 
@@ -63,6 +69,7 @@ const LIVE_SCENARIOS: &[&str] = &[
     "defaults-values",
     "three-replicas-auth-values",
     "observability-values",
+    "dns-values",
 ];
 
 fn chart() -> PathBuf {
@@ -539,6 +546,102 @@ fn the_registry_accepts_the_charts_command_and_env() {
     }
 }
 
+/// Every port of the registry Service as (name, protocol, containerPort it reaches).
+fn service_ports(rendered: &Rendered, registry: &Workload<'_>) -> Vec<(String, String, u64)> {
+    let service = rendered
+        .named("Service", "central-registry")
+        .expect("the registry Service");
+    service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|port| {
+            (
+                port["name"].as_str().expect("port name").to_owned(),
+                port["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                registry.container_port(&port["targetPort"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_dns_ports_are_where_the_registry_serves_dns() {
+    let mut with_dns = 0;
+    for scenario in scenarios() {
+        let rendered = Rendered::new(&scenario);
+        let registry = rendered.registry();
+        let env = registry.resolved_env(&rendered, "central-registry-0", &external_placeholder);
+        let ports = service_ports(&rendered, &registry);
+        let container_ports: Vec<(String, u64)> = registry.container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                    p["containerPort"].as_u64().expect("containerPort"),
+                )
+            })
+            .collect();
+        let Some(dns_addr) = get(&env, "REGISTRY_DNS_ADDR") else {
+            // DNS off: nothing of it on the pod or the Service, and no setting of it
+            // (the registry would ignore them, and they would mislead whoever reads them).
+            assert!(
+                env.iter()
+                    .all(|(name, _)| !name.starts_with("REGISTRY_DNS_")),
+                "{scenario}: DNS settings without REGISTRY_DNS_ADDR: {env:?}"
+            );
+            assert!(
+                container_ports
+                    .iter()
+                    .all(|(protocol, _)| protocol == "TCP"),
+                "{scenario}: a UDP port while DNS is off: {container_ports:?}"
+            );
+            assert_eq!(ports.len(), 1, "{scenario}: only HTTP on the Service");
+            continue;
+        };
+        with_dns += 1;
+        assert!(
+            dns_addr.starts_with("0.0.0.0:"),
+            "{scenario}: DNS listens on every interface of the pod, not {dns_addr}"
+        );
+        let dns_port = port_of(&dns_addr);
+        // The HTTP port stays first: the ServiceMonitor and the clients' URL use it.
+        assert_eq!(ports[0].0, "http", "{scenario}: {ports:?}");
+        // The pod and the Service carry DNS over UDP and TCP, both to where it listens.
+        for protocol in ["UDP", "TCP"] {
+            assert!(
+                container_ports.contains(&(protocol.to_owned(), dns_port)),
+                "{scenario}: no {protocol} container port {dns_port}: {container_ports:?}"
+            );
+            let on_service: Vec<_> = ports
+                .iter()
+                .filter(|(name, p, _)| p == protocol && name != "http")
+                .collect();
+            assert_eq!(
+                on_service.len(),
+                1,
+                "{scenario}: one {protocol} DNS port on the Service: {ports:?}"
+            );
+            assert_eq!(
+                on_service[0].2, dns_port,
+                "{scenario}: the Service's {protocol} DNS port targets {dns_port}"
+            );
+        }
+        // DNS has no tokens: the registry refuses to serve it while reads need one,
+        // unless told to (check-config, run on every scenario above, enforces the same).
+        if get(&env, "REGISTRY_READ_TOKEN").is_some() {
+            assert_eq!(
+                get(&env, "REGISTRY_DNS_ALLOW_UNAUTHENTICATED").as_deref(),
+                Some("true"),
+                "{scenario}: DNS with a read token"
+            );
+        }
+    }
+    assert!(with_dns > 0, "no scenario of ci/ turns DNS on");
+}
+
 #[test]
 fn the_demo_job_and_helm_test_run_the_seed_flow() {
     for scenario in scenarios() {
@@ -646,6 +749,23 @@ impl Process {
         (Self { child, log }, fields)
     }
 
+    /// Where the registry's DNS interface listens, from its log line saying so.
+    async fn dns_addr(&self) -> std::net::SocketAddr {
+        eventually(
+            Duration::from_secs(30),
+            "the registry's DNS to listen",
+            || {
+                let found = self.log.lock().expect("log").iter().find_map(|line| {
+                    let entry: Value = serde_json::from_str(line).ok()?;
+                    (entry["fields"]["message"] == DNS_LISTENING)
+                        .then(|| entry["fields"]["addr"].as_str()?.parse().ok())?
+                });
+                async move { found }
+            },
+        )
+        .await
+    }
+
     /// The last lines it logged.
     fn log_tail(&self) -> String {
         let log = self.log.lock().expect("log");
@@ -719,6 +839,15 @@ async fn run_scenario_live(scenario: &str) {
         Some(Backend::Postgres.fresh_url().await),
     );
     set(&mut env, "REGISTRY_ADDR", Some("127.0.0.1:0".to_owned()));
+    // DNS, when the chart turns it on, on loopback and port 0 too (UDP and TCP share it).
+    let dns = get(&env, "REGISTRY_DNS_ADDR").map(|_| DnsSettings::of(&env));
+    if dns.is_some() {
+        set(
+            &mut env,
+            "REGISTRY_DNS_ADDR",
+            Some("127.0.0.1:0".to_owned()),
+        );
+    }
     assert_eq!(
         get(&env, "LOG_FORMAT").as_deref(),
         Some("json"),
@@ -789,6 +918,7 @@ async fn run_scenario_live(scenario: &str) {
     // Every replica of every demo service, as its pod would run it.
     let mut services = Vec::new();
     let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut listen_ports: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
     for workload in rendered.workloads_running("demo-service") {
         let port = workload.container_port(&Value::from("http"));
         for replica in 0..workload.replicas {
@@ -847,7 +977,14 @@ async fn run_scenario_live(scenario: &str) {
                 .await;
             }
             let role = workload.args().get(1).cloned().expect("--role value");
-            expected.entry(role).or_default().insert(pod.clone());
+            expected
+                .entry(role.clone())
+                .or_default()
+                .insert(pod.clone());
+            listen_ports
+                .entry(role)
+                .or_default()
+                .insert(u16::try_from(port_of(&listen)).expect("a port"));
             services.push((pod, process, workload.grace_period()));
         }
     }
@@ -866,6 +1003,15 @@ async fn run_scenario_live(scenario: &str) {
             },
         )
         .await;
+    }
+
+    // Their names resolve through the registry's DNS, over UDP and TCP, with the chart's
+    // domain and TTL.
+    if let Some(dns) = &dns {
+        let addr = registry_process.dns_addr().await;
+        for tcp in [false, true] {
+            dns.resolves(scenario, addr, tcp, &listen_ports).await;
+        }
     }
 
     // The demo Job's container, to completion.
@@ -967,4 +1113,207 @@ async fn the_chart_runs_against_the_real_binaries() {
         );
         run_scenario_live(scenario).await;
     }
+}
+
+/// The registry's DNS settings as the chart gives them, for the queries of the live test.
+struct DnsSettings {
+    domain: String,
+    ttl: u32,
+}
+
+/// DNS record types the test asks for.
+const DNS_A: u16 = 1;
+const DNS_SRV: u16 = 33;
+/// DNS response codes the test expects.
+const NOERROR: u8 = 0;
+const NXDOMAIN: u8 = 3;
+
+impl DnsSettings {
+    /// The settings in `env`, with the registry's defaults for those the chart leaves out.
+    fn of(env: &[(String, String)]) -> Self {
+        let ttl = get(env, "REGISTRY_DNS_TTL").unwrap_or_else(|| "0s".to_owned());
+        Self {
+            domain: get(env, "REGISTRY_DNS_DOMAIN").unwrap_or_else(|| "consul".to_owned()),
+            // The scenarios give whole seconds (values.schema.json allows 1m too).
+            ttl: ttl
+                .strip_suffix('s')
+                .unwrap_or(&ttl)
+                .parse()
+                .unwrap_or_else(|_| panic!("REGISTRY_DNS_TTL={ttl}: the test reads seconds")),
+        }
+    }
+
+    /// Every service in `ports` (service -> its instances' ports) resolves: A to the
+    /// loopback address the demo services advertise, SRV to each instance's port, both
+    /// with the chart's TTL; a service nobody registered is NXDOMAIN.
+    async fn resolves(
+        &self,
+        scenario: &str,
+        addr: std::net::SocketAddr,
+        tcp: bool,
+        ports: &BTreeMap<String, BTreeSet<u16>>,
+    ) {
+        let over = if tcp { "TCP" } else { "UDP" };
+        for (service, expected_ports) in ports {
+            let name = format!("{service}.service.{}", self.domain);
+            let what = format!("{scenario}: A {name} over {over}");
+            let answer = eventually(Duration::from_secs(30), &what, || async {
+                let response = dns_exchange(addr, tcp, &name, DNS_A).await.ok()?;
+                (response.rcode == NOERROR && !response.answers.is_empty()).then_some(response)
+            })
+            .await;
+            for record in &answer.answers {
+                assert_eq!(record.rtype, DNS_A, "{what}: {:?}", answer.answers);
+                assert_eq!(
+                    record.data,
+                    [127, 0, 0, 1],
+                    "{what}: the advertised address"
+                );
+                assert_eq!(record.ttl, self.ttl, "{what}: the chart's TTL");
+            }
+
+            let name = format!("_{service}._tcp.service.{}", self.domain);
+            let what = format!("{scenario}: SRV {name} over {over}");
+            let answer = eventually(Duration::from_secs(30), &what, || async {
+                let response = dns_exchange(addr, tcp, &name, DNS_SRV).await.ok()?;
+                let found: BTreeSet<u16> = response
+                    .answers
+                    .iter()
+                    .filter(|r| r.rtype == DNS_SRV && r.data.len() > 6)
+                    // SRV data: priority, weight, port, target.
+                    .map(|r| u16::from_be_bytes([r.data[4], r.data[5]]))
+                    .collect();
+                (response.rcode == NOERROR && &found == expected_ports).then_some(response)
+            })
+            .await;
+            for record in answer.answers.iter().filter(|r| r.rtype == DNS_SRV) {
+                assert_eq!(record.ttl, self.ttl, "{what}: the chart's TTL");
+            }
+        }
+        let name = format!("no-such-service.service.{}", self.domain);
+        let response = dns_exchange(addr, tcp, &name, DNS_A)
+            .await
+            .unwrap_or_else(|e| panic!("{scenario}: A {name} over {over}: {e}"));
+        assert_eq!(
+            response.rcode, NXDOMAIN,
+            "{scenario}: A {name} over {over} names no service"
+        );
+    }
+}
+
+/// One resource record of a DNS answer section.
+#[derive(Debug)]
+struct DnsRecord {
+    rtype: u16,
+    ttl: u32,
+    data: Vec<u8>,
+}
+
+/// What the test reads of a DNS response.
+struct DnsResponse {
+    rcode: u8,
+    answers: Vec<DnsRecord>,
+}
+
+/// One query for `name` (class IN) over UDP or TCP, and its response. Written out by hand:
+/// the test needs two record types and the header, not a resolver.
+async fn dns_exchange(
+    addr: std::net::SocketAddr,
+    tcp: bool,
+    name: &str,
+    rtype: u16,
+) -> Result<DnsResponse, String> {
+    use tokio::io::AsyncWriteExt as _;
+    let id: u16 = rand::random();
+    let mut query = Vec::new();
+    query.extend_from_slice(&id.to_be_bytes());
+    // Flags: a standard query, recursion desired (as a stub resolver sends it); one question.
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        query.push(u8::try_from(label.len()).map_err(|e| e.to_string())?);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.push(0);
+    query.extend_from_slice(&rtype.to_be_bytes());
+    query.extend_from_slice(&1u16.to_be_bytes());
+
+    let exchange = async {
+        if tcp {
+            // Over TCP each message is preceded by its length (two bytes).
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            let length = u16::try_from(query.len()).expect("a short query");
+            stream.write_all(&length.to_be_bytes()).await?;
+            stream.write_all(&query).await?;
+            let mut length = [0u8; 2];
+            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut length).await?;
+            let mut response = vec![0u8; usize::from(u16::from_be_bytes(length))];
+            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut response).await?;
+            Ok::<_, std::io::Error>(response)
+        } else {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+            socket.send_to(&query, addr).await?;
+            let mut response = vec![0u8; 65_535];
+            let (length, _) = socket.recv_from(&mut response).await?;
+            response.truncate(length);
+            Ok(response)
+        }
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("no answer from {addr} within 5 s"))?
+        .map_err(|e| e.to_string())?;
+    parse_dns_response(id, &response)
+}
+
+/// The header and answer section of a DNS response to the query `id`.
+fn parse_dns_response(id: u16, packet: &[u8]) -> Result<DnsResponse, String> {
+    let short = || format!("a truncated DNS message: {packet:?}");
+    let u16_at = |at: usize| {
+        packet
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(short)
+    };
+    // A name is labels ending with an empty one, or ending with a pointer (compression).
+    let skip_name = |mut at: usize| -> Result<usize, String> {
+        loop {
+            let length = *packet.get(at).ok_or_else(short)?;
+            if length & 0xc0 == 0xc0 {
+                return Ok(at + 2);
+            }
+            at += 1 + usize::from(length);
+            if length == 0 {
+                return Ok(at);
+            }
+        }
+    };
+    if u16_at(0)? != id {
+        return Err(format!("a response to another query: {packet:?}"));
+    }
+    let flags = u16_at(2)?;
+    if flags & 0x8000 == 0 {
+        return Err("a query, not a response".to_owned());
+    }
+    let (questions, answers) = (u16_at(4)?, u16_at(6)?);
+    let mut at = 12;
+    for _ in 0..questions {
+        at = skip_name(at)? + 4;
+    }
+    let mut records = Vec::new();
+    for _ in 0..answers {
+        at = skip_name(at)?;
+        let rtype = u16_at(at)?;
+        let ttl = (u32::from(u16_at(at + 4)?) << 16) | u32::from(u16_at(at + 6)?);
+        let length = usize::from(u16_at(at + 8)?);
+        let data = packet
+            .get(at + 10..at + 10 + length)
+            .ok_or_else(short)?
+            .to_vec();
+        records.push(DnsRecord { rtype, ttl, data });
+        at += 10 + length;
+    }
+    Ok(DnsResponse {
+        rcode: flags.to_be_bytes()[1] & 0x0f,
+        answers: records,
+    })
 }
