@@ -146,6 +146,12 @@ impl Metrics {
         for result in [Status::Passing, Status::Warning, Status::Critical] {
             check_results.with_label_values(&[result.as_str()]);
         }
+        // So are the common DNS answers, so a dashboard shows 0 before the first query.
+        for qtype in ["A", "AAAA", "SRV"] {
+            for rcode in ["NOERROR", "NXDOMAIN", "REFUSED"] {
+                dns_queries.with_label_values(&[qtype, rcode]);
+            }
+        }
         for collector in [
             Box::new(instances.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(registrations.clone()),
