@@ -9,7 +9,8 @@
 # - the npm package `consul` (pinned by tests/consul-js/package-lock.json) in
 #   tests/consul-js/node_modules, and `py-consul` in .venv/, the unmodified Consul clients
 #   the Consul API is tested with;
-# - `dig` from Debian's `dnsutils`, which asks the DNS interface in its tests;
+# - `dig` from Debian's `dnsutils`, which asks the DNS interface in its tests, and
+#   Debian's HAProxy (/usr/sbin/haproxy, not on every user's PATH), which follows it;
 # - schemathesis in .venv/ (scripts/ensure-venv.sh), for the API fuzz test against
 #   /openapi.json;
 # - helm and the Kubernetes lint tools (scripts/ensure-k8s-tools.sh), for the chart
@@ -20,13 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # tool:package pairs; a package providing several tools is installed once. The browser
-# is looked for at its Debian path: the browser test starts exactly that binary.
+# and HAProxy are looked for at their Debian paths: the tests start exactly those binaries.
 tools=(
   prometheus:prometheus
   promtool:prometheus
   /usr/bin/chromium:chromium
   node:nodejs
   npm:npm
+  /usr/sbin/haproxy:haproxy
   dig:dnsutils
 )
 
