@@ -15,8 +15,8 @@ use rand::{Rng, SeedableRng};
 use registry_api::InstanceSpec;
 
 use super::dns_wire::{
-    self, ANSWER_WITHIN, FORMERR, NOERROR, NOTIMP, NXDOMAIN, REFUSED, TYPE_A, TYPE_SRV,
-    TcpOutcome, framed, header, parse, question, rcode_name,
+    self, ANSWER_WITHIN, FORMERR, NOERROR, NOTIMP, NXDOMAIN, REFUSED, TYPE_A, TYPE_SRV, TcpOutcome,
+    framed, header, parse, question, rcode_name,
 };
 use crate::support::{Backend, TestRegistry};
 
@@ -85,7 +85,11 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "a header announcing 65535 questions followed by one",
-            with_header(0x1005, [u16::MAX, 0, 0, 0], &question("sum.service.consul", TYPE_A)),
+            with_header(
+                0x1005,
+                [u16::MAX, 0, 0, 0],
+                &question("sum.service.consul", TYPE_A),
+            ),
             MALFORMED,
         ),
         case(
@@ -214,7 +218,11 @@ fn cases() -> Vec<Case> {
     // 512: whatever they happen to read as, any DNS error or silence is fine.
     let mut rng = rand::rngs::StdRng::seed_from_u64(18);
     for n in 0..12 {
-        let length = if n < 3 { n + 1 } else { rng.random_range(12..=512) };
+        let length = if n < 3 {
+            n + 1
+        } else {
+            rng.random_range(12..=512)
+        };
         let mut bytes = vec![0_u8; length];
         rng.fill(&mut bytes[..]);
         cases.push(case(
@@ -425,6 +433,11 @@ async fn broken_tcp_frames_do_not_stop_the_tcp_listener() {
         }
     }
     println!("a valid query after a broken one on one connection answered: {answered_valid}");
-    still_answers(dns, "a broken and a valid message on one connection", 0x3400).await;
+    still_answers(
+        dns,
+        "a broken and a valid message on one connection",
+        0x3400,
+    )
+    .await;
     registry.stop().await;
 }

@@ -128,8 +128,9 @@ async fn a_change_on_one_replica_is_answered_by_another_replicas_dns() {
         "{srv:?}"
     );
     assert!(
-        srv.additional.iter().any(|r| r.name == targets[0].1
-            && r.data == RecordData::A(address)),
+        srv.additional
+            .iter()
+            .any(|r| r.name == targets[0].1 && r.data == RecordData::A(address)),
         "the target's A record is in the additional section: {srv:?}"
     );
 

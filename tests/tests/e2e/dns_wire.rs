@@ -11,7 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 pub const TYPE_A: u16 = 1;
-pub const TYPE_SOA: u16 = 6;
 pub const TYPE_SRV: u16 = 33;
 pub const CLASS_IN: u16 = 1;
 
@@ -100,7 +99,6 @@ pub struct Message {
     pub flags: u16,
     pub questions: Vec<(String, u16, u16)>,
     pub answers: Vec<Record>,
-    pub authority: Vec<Record>,
     pub additional: Vec<Record>,
 }
 
@@ -111,10 +109,6 @@ impl Message {
 
     pub fn is_response(&self) -> bool {
         self.flags & 0x8000 != 0
-    }
-
-    pub fn opcode(&self) -> u8 {
-        ((self.flags >> 11) & 0x0f) as u8
     }
 
     /// The IPv4 addresses of the answer section's A records, sorted.
@@ -160,13 +154,12 @@ pub fn parse(bytes: &[u8]) -> Result<Message, String> {
     if at != bytes.len() {
         return Err(format!("{} bytes after the last record", bytes.len() - at));
     }
-    let [answers, authority, additional] = sections;
+    let [answers, _authority, additional] = sections;
     Ok(Message {
         id: word(0),
         flags: word(2),
         questions,
         answers,
-        authority,
         additional,
     })
 }
@@ -184,7 +177,9 @@ fn read_record(bytes: &[u8], at: &mut usize) -> Result<Record, String> {
         .get(start..start + length)
         .ok_or("record data cut short")?;
     let data = match rtype {
-        TYPE_A if length == 4 => RecordData::A(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3])),
+        TYPE_A if length == 4 => {
+            RecordData::A(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]))
+        }
         TYPE_A => return Err(format!("an A record of {length} bytes")),
         TYPE_SRV => {
             if length < 7 {
@@ -320,19 +315,36 @@ pub fn framed(message: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Sends a query over UDP and parses the answer; fails the test when none comes.
+/// Sends a query over UDP and parses the answer; fails the test when none comes or it
+/// does not answer this query.
 pub async fn ask_udp(server: SocketAddr, id: u16, qname: &str, qtype: u16) -> Message {
     let answer = udp_exchange(server, &query(id, qname, qtype), ANSWER_WITHIN)
         .await
         .unwrap_or_else(|| panic!("no UDP answer to {qname} within {ANSWER_WITHIN:?}"));
-    parse(&answer).unwrap_or_else(|e| panic!("the answer to {qname} does not parse: {e}"))
+    answering(&answer, id, qname, qtype)
 }
 
-/// Sends a query over TCP and parses the answer; fails the test when none comes.
+/// Sends a query over TCP and parses the answer; fails the test when none comes or it
+/// does not answer this query.
 pub async fn ask_tcp(server: SocketAddr, id: u16, qname: &str, qtype: u16) -> Message {
     match tcp_exchange_raw(server, &framed(&query(id, qname, qtype)), ANSWER_WITHIN).await {
-        TcpOutcome::Answer(answer) => parse(&answer)
-            .unwrap_or_else(|e| panic!("the TCP answer to {qname} does not parse: {e}")),
+        TcpOutcome::Answer(answer) => answering(&answer, id, qname, qtype),
         other => panic!("no TCP answer to {qname}: {other:?}"),
     }
+}
+
+/// `answer` parsed, once checked to be a response to the query `id` for `qname`.
+fn answering(answer: &[u8], id: u16, qname: &str, qtype: u16) -> Message {
+    let message =
+        parse(answer).unwrap_or_else(|e| panic!("the answer to {qname} does not parse: {e}"));
+    assert!(
+        message.is_response() && message.id == id,
+        "not a response to query {id} for {qname}: {message:?}"
+    );
+    assert_eq!(
+        message.questions,
+        [(format!("{qname}."), qtype, CLASS_IN)],
+        "the answer repeats the question"
+    );
+    message
 }

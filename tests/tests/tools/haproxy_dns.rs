@@ -220,7 +220,10 @@ impl HaProxy {
 
     /// Fails the test with `message` and HAProxy's log.
     fn fail(&self, message: &str) -> ! {
-        panic!("{message}\n--- haproxy log (last lines) ---\n{}", self.log_tail());
+        panic!(
+            "{message}\n--- haproxy log (last lines) ---\n{}",
+            self.log_tail()
+        );
     }
 }
 
@@ -252,7 +255,9 @@ impl Sum {
             .await
             .expect("bind a sum instance");
         let addr = listener.local_addr().expect("sum address");
-        let app = Router::new().fallback(answer).with_state(Arc::clone(&state));
+        let app = Router::new()
+            .fallback(answer)
+            .with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -298,7 +303,7 @@ async fn answer(State(state): State<Arc<SumState>>, uri: Uri) -> Response {
 /// Registered without a lease and with an active check on `/healthz` every second, so
 /// that only the check decides the status (and nothing lapses during the test).
 async fn register(registry: &TestRegistry, id: &str, sum: &Sum) {
-    let mut spec = InstanceSpec::new(&sum.url());
+    let mut spec = InstanceSpec::new(sum.url());
     spec.ttl_seconds = Some(0);
     spec.check = Some(CheckSpec {
         http: Some("/healthz".into()),
