@@ -83,8 +83,10 @@ defaults
     mode http
     log global
     option httplog
-    # Only failed or abnormal requests are logged, so the log stays readable.
+    # Only failed or abnormal requests are logged, so the log stays readable; not the
+    # connections without a request (the test's probe that HAProxy listens).
     option dontlog-normal
+    option dontlognull
     timeout connect 1s
     timeout client 30s
     timeout server 30s
