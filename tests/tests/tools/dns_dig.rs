@@ -185,6 +185,17 @@ async fn every_name_form_answers_as_consul_does_over_udp_and_tcp() {
             answer.text
         );
         assert!(answer.answer.iter().all(|r| r.ttl == 5), "{}", answer.text);
+        // Names are case-insensitive, and answers carry the name as it was asked.
+        let answer = ask("SUM.Service.Consul", "A").await;
+        assert_eq!(answer.answers("A").len(), 3, "{}", answer.text);
+        assert!(
+            answer
+                .answer
+                .iter()
+                .all(|r| r.name == "SUM.Service.Consul."),
+            "{}",
+            answer.text
+        );
         let answer = ask("sum.service.consul", "AAAA").await;
         assert_eq!(answer.answers("AAAA"), ["2001:db8::3"], "{}", answer.text);
         // Tags, and the datacenter form.

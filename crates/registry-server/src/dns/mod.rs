@@ -108,7 +108,8 @@ impl Answerer {
             return (refuse(ResponseCode::FormErr), RecordType::Unknown(0));
         };
         let qtype = query.query_type();
-        let name = query.name();
+        // Answers carry the name as asked, case included (resolvers match on it).
+        let name = query.original().name();
         // Only Internet-class lookups in our zone: no zone transfers, no recursion.
         if query.query_class() != DNSClass::IN
             || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
