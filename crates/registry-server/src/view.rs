@@ -6,8 +6,9 @@
 //! process catch it up at once; a periodic catch-up (and, with replicas, notifications)
 //! picks up everything else.
 
+use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 
@@ -37,6 +38,9 @@ struct ServiceView {
     /// The same for the other protocols' answers (Consul's), by a key naming the shape and
     /// its filters; at most [`MAX_KEYED_ANSWERS`] per service.
     keyed: Mutex<BTreeMap<String, Bytes>>,
+    /// What an adapter answering per query derives from the instances (the DNS
+    /// interface's parsed addresses), made once per state of the service like the answers.
+    derived: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 /// Most answers kept per service in [`ServiceView::keyed`]: filters come from clients, so
@@ -51,6 +55,7 @@ impl ServiceView {
     /// Forgets the serialized answers: call on every change of the service's instances.
     fn changed(&mut self) {
         self.answers = Answers::default();
+        self.derived = OnceLock::new();
         self.keyed
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -309,16 +314,29 @@ impl View {
             .cloned()
     }
 
-    /// Reads one service's instances in place, with the global index (`None`: no such
-    /// service), without copying them: for answers made per query, such as DNS ones.
-    pub fn read_service<R>(
+    /// What `derive` makes of one service's instances, made once per state of the service
+    /// and shared until it changes, with the global index (`None`: no such service).
+    pub fn service_derived<T: Any + Send + Sync>(
         &self,
         name: &str,
-        read: impl FnOnce(u64, Option<std::collections::btree_map::Values<'_, String, Instance>>) -> R,
-    ) -> R {
+        derive: impl FnOnce(&mut dyn Iterator<Item = &Instance>) -> T,
+    ) -> (u64, Option<Arc<T>>) {
         let state = self.read();
-        let instances = state.services.get(name).map(|s| s.instances.values());
-        read(state.index, instances)
+        let Some(service) = state.services.get(name) else {
+            return (state.index, None);
+        };
+        let mut derive = Some(derive);
+        let mut make = || {
+            let derive = derive.take().expect("derived at most once here");
+            Arc::new(derive(&mut service.instances.values()))
+        };
+        let shared = service
+            .derived
+            .get_or_init(|| make() as Arc<dyn Any + Send + Sync>)
+            .clone();
+        // Made here for another type (two adapters deriving): made again, not shared.
+        let derived = shared.downcast::<T>().unwrap_or_else(|_| make());
+        (state.index, Some(derived))
     }
 
     /// Every instance, with the global index they are the state of (read together).

@@ -36,9 +36,16 @@ const MAX_UDP_PAYLOAD: u16 = 4096;
 /// the port UDP got may be taken for TCP).
 const BIND_ATTEMPTS: usize = 20;
 
+/// Receive buffer asked for each UDP socket: a burst of queries beyond the default
+/// (about 200 KiB) is dropped by the kernel before it is read.
+const UDP_RECEIVE_BUFFER: usize = 2 << 20;
+
 /// The DNS sockets, bound: UDP and TCP on the same address.
 pub struct DnsListeners {
-    udp: UdpSocket,
+    /// One UDP socket per core on the same port (`SO_REUSEPORT`): hickory-server reads
+    /// and answers each socket's datagrams on one task, and the kernel spreads clients
+    /// over the sockets, so every core answers.
+    udp: Vec<UdpSocket>,
     tcp: TcpListener,
 }
 
@@ -46,12 +53,18 @@ impl DnsListeners {
     /// Binds UDP and TCP on `addr`; with port 0, both on the same free port.
     pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
         let attempts = if addr.port() == 0 { BIND_ATTEMPTS } else { 1 };
+        let sockets = std::thread::available_parallelism().map_or(1, usize::from);
         let mut last_error = None;
         for _ in 0..attempts {
-            let udp = UdpSocket::bind(addr)
-                .await
+            let first = udp_socket(addr)
                 .with_context(|| format!("cannot listen on UDP {addr} (REGISTRY_DNS_ADDR)"))?;
-            let bound = udp.local_addr()?;
+            let bound = first.local_addr()?;
+            let mut udp = vec![first];
+            for _ in 1..sockets {
+                udp.push(udp_socket(bound).with_context(|| {
+                    format!("cannot listen on UDP {bound} (REGISTRY_DNS_ADDR)")
+                })?);
+            }
             match TcpListener::bind(bound).await {
                 Ok(tcp) => return Ok(Self { udp, tcp }),
                 Err(error) => last_error = Some(error),
@@ -65,13 +78,15 @@ impl DnsListeners {
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.udp.local_addr()?)
+        Ok(self.tcp.local_addr()?)
     }
 
     /// Answers queries for `zone` from `view` until `shutdown`.
     pub async fn serve(self, zone: Zone, view: Arc<View>, shutdown: CancellationToken) {
         let mut server = hickory_server::Server::new(Answerer { zone, view });
-        server.register_socket(self.udp);
+        for socket in self.udp {
+            server.register_socket(socket);
+        }
         server.register_listener(self.tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
         tokio::select! {
             result = server.block_until_done() => {
@@ -86,6 +101,19 @@ impl DnsListeners {
             }
         }
     }
+}
+
+/// A UDP socket on `addr` that other sockets of this process may share (`SO_REUSEPORT`),
+/// with a large receive buffer.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    // The kernel may grant less (net.core.rmem_max): any size is better than none.
+    let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Answers each query from the view.
@@ -120,10 +148,13 @@ impl Answerer {
         let lookup = self.zone.lookup(name);
         let reply = match &lookup {
             Lookup::Service { service, .. } => {
-                self.view.read_service(service, |index, instances| {
-                    self.zone
-                        .answer_service(name, qtype, &lookup, instances, index)
-                })
+                // The instances' URLs are parsed once per change of the service, not per query.
+                let (index, targets) = self
+                    .view
+                    .service_derived(service, |instances| self.zone.targets(instances));
+                let targets = targets.as_deref().map(Vec::as_slice);
+                self.zone
+                    .answer_service(name, qtype, &lookup, targets, index)
             }
             _ => self
                 .zone

@@ -143,35 +143,41 @@ impl Zone {
         }
     }
 
-    /// Whether an instance is answered: passing, or warning unless only passing ones are.
-    fn serves(&self, instance: &Instance, tag: Option<&str>) -> bool {
-        let healthy = match instance.status {
-            Status::Passing => true,
-            Status::Warning => !self.only_passing,
-            Status::Critical | Status::Maintenance => false,
-        };
-        healthy && tag.is_none_or(|tag| instance.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
+    /// What DNS needs of a service's instances, parsed once per change of the service
+    /// (the view keeps it): the instances answered, passing or warning (unless only
+    /// passing ones are), whose URL DNS can express.
+    pub fn targets<'a>(&self, instances: &mut dyn Iterator<Item = &'a Instance>) -> Vec<Target> {
+        instances
+            .filter(|i| match i.status {
+                Status::Passing => true,
+                Status::Warning => !self.only_passing,
+                Status::Critical | Status::Maintenance => false,
+            })
+            .filter_map(|i| Target::of(i, self))
+            .collect()
     }
 
-    /// The answer for `qtype` at `name`, a service lookup, from the service's instances
-    /// (`None` when the service is unknown). `index` is the registry's index, the SOA's
-    /// serial.
-    pub fn answer_service<'a>(
+    /// The answer for `qtype` at `name`, a service lookup, from the service's
+    /// [`Self::targets`] (`None` when the service is unknown). `index` is the registry's
+    /// index, the SOA's serial.
+    pub fn answer_service(
         &self,
         name: &Name,
         qtype: RecordType,
         service: &Lookup,
-        instances: Option<impl Iterator<Item = &'a Instance>>,
+        targets: Option<&[Target]>,
         index: u64,
     ) -> Reply {
         let Lookup::Service { tag, srv_form, .. } = service else {
             return self.negative(ResponseCode::NXDomain, index);
         };
-        let targets: Vec<Target> = instances
-            .into_iter()
-            .flatten()
-            .filter(|i| self.serves(i, tag.as_deref()))
-            .filter_map(|i| Target::of(&i.url))
+        let targets: Vec<&Target> = targets
+            .unwrap_or_default()
+            .iter()
+            .filter(|target| {
+                tag.as_deref()
+                    .is_none_or(|tag| target.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
+            })
             .collect();
         if targets.is_empty() {
             return self.negative(ResponseCode::NXDomain, index);
@@ -180,20 +186,17 @@ impl Zone {
         if qtype == RecordType::SRV || (*srv_form && qtype == RecordType::ANY) {
             let mut seen = BTreeSet::new();
             for target in &targets {
-                let Some(target_name) = self.target_name(&target.host) else {
-                    continue;
-                };
-                if !seen.insert((target_name.clone(), target.port)) {
+                if !seen.insert((&target.srv_name, target.port)) {
                     continue;
                 }
                 reply.answers.push(self.record(
                     name,
-                    RData::SRV(SRV::new(1, 1, target.port, target_name.clone())),
+                    RData::SRV(SRV::new(1, 1, target.port, target.srv_name.clone())),
                 ));
                 if let Host::Ip(ip) = target.host {
                     reply
                         .additionals
-                        .push(self.record(&target_name, address_data(ip)));
+                        .push(self.record(&target.srv_name, address_data(ip)));
                 }
             }
         } else {
@@ -308,10 +311,14 @@ impl Zone {
     }
 }
 
-/// Where an instance is reached, from its URL.
-struct Target {
+/// Where an instance DNS answers is reached, from its URL, and its tags.
+#[derive(Debug)]
+pub struct Target {
     host: Host,
     port: u16,
+    /// The SRV answer's target: `<hex>.addr.<dc>.<domain>.` or the host name.
+    srv_name: Name,
+    tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -321,10 +328,10 @@ enum Host {
 }
 
 impl Target {
-    /// The host and port of an instance URL (the scheme's port when it names none);
+    /// The host and port of an instance's URL (the scheme's port when it names none);
     /// `None` for a URL DNS cannot express.
-    fn of(url: &str) -> Option<Self> {
-        let url = url::Url::parse(url).ok()?;
+    fn of(instance: &Instance, zone: &Zone) -> Option<Self> {
+        let url = url::Url::parse(&instance.url).ok()?;
         let port = url.port_or_known_default()?;
         let host = match url.host()? {
             url::Host::Ipv4(ip) => Host::Ip(IpAddr::V4(ip)),
@@ -334,7 +341,12 @@ impl Target {
                 Host::Name(Name::from_ascii(format!("{domain}.")).ok()?)
             }
         };
-        Some(Self { host, port })
+        Some(Self {
+            srv_name: zone.target_name(&host)?,
+            host,
+            port,
+            tags: instance.tags.clone(),
+        })
     }
 }
 
@@ -454,7 +466,8 @@ mod tests {
     fn answer(zone: &Zone, text: &str, qtype: RecordType, instances: &[Instance]) -> Reply {
         let query = name(text);
         let lookup = zone.lookup(&query);
-        zone.answer_service(&query, qtype, &lookup, Some(instances.iter()), 7)
+        let targets = zone.targets(&mut instances.iter());
+        zone.answer_service(&query, qtype, &lookup, Some(&targets), 7)
     }
 
     #[test]
