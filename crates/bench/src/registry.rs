@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -37,7 +39,7 @@ pub struct Database {
 }
 
 /// A name no other run uses: the process id and the current time.
-fn unique_suffix() -> String {
+pub fn unique_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -137,6 +139,9 @@ pub fn registry_binary() -> anyhow::Result<PathBuf> {
 pub struct Registry {
     child: Child,
     pub base: String,
+    /// Lines it has logged since it listens: a line per request would cost throughput
+    /// (the DNS row reports it).
+    log_lines: Arc<AtomicU64>,
 }
 
 impl Registry {
@@ -172,8 +177,11 @@ impl Registry {
         .await
         .context("the registry did not listen within 60 s")??;
         // Keep draining its log so it never blocks on a full pipe; errors are shown.
+        let log_lines = Arc::new(AtomicU64::new(0));
+        let counted = log_lines.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
+                counted.fetch_add(1, Ordering::Relaxed);
                 if line.contains("\"ERROR\"") {
                     eprintln!("registry: {line}");
                 }
@@ -182,7 +190,13 @@ impl Registry {
         Ok(Self {
             child,
             base: format!("http://{addr}"),
+            log_lines,
         })
+    }
+
+    /// How many lines it has logged since it listens.
+    pub fn log_lines(&self) -> u64 {
+        self.log_lines.load(Ordering::Relaxed)
     }
 
     pub fn url(&self, path: &str) -> String {
