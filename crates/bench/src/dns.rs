@@ -63,7 +63,7 @@ fn nsd_binary() -> Option<PathBuf> {
 /// A port of 127.0.0.1 that is free for both UDP and TCP now (the servers listen on
 /// both). Chosen at run time and released before the server binds it: a fixed port
 /// could be taken by anything else on the machine.
-pub fn free_port() -> anyhow::Result<u16> {
+fn free_port() -> anyhow::Result<u16> {
     for _ in 0..100 {
         let udp = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket")?;
         let port = udp.local_addr()?.port();

@@ -139,6 +139,8 @@ pub fn registry_binary() -> anyhow::Result<PathBuf> {
 pub struct Registry {
     child: Child,
     pub base: String,
+    /// Where its DNS interface listens (UDP and TCP), when `REGISTRY_DNS_ADDR` is set.
+    pub dns: Option<SocketAddr>,
     /// Lines it has logged since it listens: a line per request would cost throughput
     /// (the DNS row reports it).
     log_lines: Arc<AtomicU64>,
@@ -163,9 +165,14 @@ impl Registry {
         let mut child = command.spawn().context("cannot start the registry")?;
         let stderr = child.stderr.take().context("registry stderr")?;
         let mut lines = BufReader::new(stderr).lines();
+        let mut dns = None;
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = listening_addr(&line) {
+                // Logged before the HTTP address when REGISTRY_DNS_ADDR is set.
+                if let Some(addr) = listening_addr(&line, "DNS listening (UDP and TCP)") {
+                    dns = Some(addr);
+                }
+                if let Some(addr) = listening_addr(&line, "registry listening") {
                     return Ok(addr);
                 }
                 if line.contains("\"ERROR\"") {
@@ -190,6 +197,7 @@ impl Registry {
         Ok(Self {
             child,
             base: format!("http://{addr}"),
+            dns,
             log_lines,
         })
     }
@@ -228,10 +236,11 @@ impl Registry {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+/// The address of a JSON log line whose message is `message`.
+fn listening_addr(line: &str, message: &str) -> Option<SocketAddr> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.get("fields")?;
-    if fields.get("message")?.as_str()? != "registry listening" {
+    if fields.get("message")?.as_str()? != message {
         return None;
     }
     fields.get("addr")?.as_str()?.parse().ok()
