@@ -515,6 +515,8 @@ pub fn combine(runs: &[DnsperfResult]) -> DnsperfResult {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
+
     use super::*;
 
     const REPORT: &str = "
@@ -535,7 +537,7 @@ Statistics:
 
     #[test]
     fn reads_dnsperf_statistics() {
-        let result = parse_dnsperf(REPORT).unwrap();
+        let result = parse_dnsperf(REPORT).expect("a dnsperf report");
         assert_eq!(
             (result.sent, result.completed, result.lost, result.noerror),
             (196_008, 196_000, 8, 195_990)
@@ -555,7 +557,7 @@ Statistics:
             // name: pointer to the question's name; A IN, TTL 0, 4 bytes.
             message.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 10, 0, 0, last]);
         }
-        let answer = parse_answer(7, &message).unwrap();
+        let answer = parse_answer(7, &message).expect("an answer");
         assert_eq!(answer.rcode, 0);
         assert!(answer.authoritative);
         assert_eq!(
