@@ -4,9 +4,10 @@
 //! Speed is a promise of the project, so it is measured on the real release binary, on
 //! SQLite and on Postgres, in one run: lookups against a no-op ceiling served in the same
 //! run on the same two cores (so the ratio holds on a noisy machine), registrations,
-//! heartbeats, watch fan-out, failure detection, propagation between replicas and
-//! resident memory per instance. `--quick` (or `BENCH_QUICK=1`) runs the same phases with
-//! small counts, as a smoke test of the program itself; its figures mean nothing.
+//! heartbeats, watch fan-out, failure detection, propagation between replicas, resident
+//! memory per instance, and DNS queries in turns with NSD answering the same records.
+//! `--quick` (or `BENCH_QUICK=1`) runs the same phases with small counts, as a smoke
+//! test of the program itself; its figures mean nothing.
 
 mod dns;
 mod load;
