@@ -687,7 +687,7 @@ async fn dns_queries(
     if let Some(reason) = dns::missing_tools() {
         eprintln!("  DNS row skipped: {reason}");
         report.add(
-            "dns: registry / NSD, A queries",
+            "dns: registry / NSD",
             format!("not measured: {reason}"),
             ">= 0.50",
             None,
