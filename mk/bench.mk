@@ -1,6 +1,8 @@
 # `make bench`: the registry's speed and memory against its targets (docs/performance.md).
-# Release build, wrk as the load generator (installed here as root), Postgres
-# found or started by scripts/ensure-postgres.sh; writes target/bench/latest.json.
+# Release build, wrk as the load generator (installed here as root), dnsperf and NSD for
+# the DNS row (installed here as root; without them the bench skips that row and says
+# why), Postgres found or started by scripts/ensure-postgres.sh; writes
+# target/bench/latest.json.
 
 .PHONY: bench bench-quick
 
@@ -20,6 +22,19 @@ bench-run:
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2; }; \
 	  else \
 	    echo "make bench needs wrk: sudo apt-get install wrk" >&2; exit 1; \
+	  fi; \
+	fi
+	@# nsd is in /usr/sbin, not on every user's PATH. Debian's package also sets up its own
+	@# nsd service; the bench starts one of its own on a free port and leaves that alone.
+	@if ! command -v dnsperf >/dev/null 2>&1 || ! PATH="$$PATH:/usr/sbin:/sbin" command -v nsd >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing dnsperf and nsd with apt-get..." >&2; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf nsd >/dev/null 2>&1 || \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf nsd >&2; } || \
+	    echo "dnsperf and nsd could not be installed: the DNS row is skipped" >&2; \
+	  else \
+	    echo "the DNS row needs dnsperf and nsd (sudo apt-get install dnsperf nsd): skipped" >&2; \
 	  fi; \
 	fi
 	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench

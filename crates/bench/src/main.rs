@@ -4,14 +4,17 @@
 //! Speed is a promise of the project, so it is measured on the real release binary, on
 //! SQLite and on Postgres, in one run: lookups against a no-op ceiling served in the same
 //! run on the same two cores (so the ratio holds on a noisy machine), registrations,
-//! heartbeats, watch fan-out, failure detection, propagation between replicas and
-//! resident memory per instance. `--quick` (or `BENCH_QUICK=1`) runs the same phases with
-//! small counts, as a smoke test of the program itself; its figures mean nothing.
+//! heartbeats, watch fan-out, failure detection, propagation between replicas, resident
+//! memory per instance, and DNS queries in turns with NSD answering the same records.
+//! `--quick` (or `BENCH_QUICK=1`) runs the same phases with small counts, as a smoke
+//! test of the program itself; its figures mean nothing.
 
+mod dns;
 mod load;
 mod registry;
 mod scenarios;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -40,6 +43,12 @@ struct Plan {
     detection_ttl_seconds: u64,
     propagation_writes: usize,
     memory_instances: usize,
+    /// The DNS row: the registry and NSD take turns this many times, `dns_seconds` each.
+    dns_rounds: u32,
+    dns_seconds: u64,
+    /// Instances of the service the DNS queries ask for.
+    dns_instances: usize,
+    dnsperf: dns::DnsperfOptions,
     /// The phases to run (`BENCH_PHASES=lookups,fanout,...`); all when unset.
     phases: Vec<String>,
     backends: Vec<String>,
@@ -62,6 +71,10 @@ impl Plan {
             detection_ttl_seconds: 2,
             propagation_writes: 200,
             memory_instances: 100_000,
+            dns_rounds: 2,
+            dns_seconds: 8,
+            dns_instances: 10,
+            dnsperf: DNSPERF,
             phases: list_from_env("BENCH_PHASES"),
             backends: list_from_env("BENCH_BACKENDS"),
         }
@@ -69,6 +82,22 @@ impl Plan {
 
     fn runs(&self, phase: &str) -> bool {
         self.phases.is_empty() || self.phases.iter().any(|p| p == phase)
+    }
+
+    /// Whether a phase measured on each backend's seeded registry is to run (when none
+    /// is, the backends are not seeded at all).
+    fn runs_on_backends(&self) -> bool {
+        [
+            "lookups",
+            "consul",
+            "tracing",
+            "heartbeats",
+            "registrations",
+            "fanout",
+            "detection",
+        ]
+        .iter()
+        .any(|phase| self.runs(phase))
     }
 
     fn on(&self, backend: Backend) -> bool {
@@ -87,6 +116,8 @@ impl Plan {
             detection_instances: 1,
             propagation_writes: 10,
             memory_instances: 1_000,
+            dns_rounds: 1,
+            dns_seconds: 1,
             ..Self::full()
         }
     }
@@ -187,8 +218,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(mut plan: Plan) -> anyhow::Result<()> {
     let started = Instant::now();
+    // wrk drives the backends' request rates only (the DNS row has dnsperf).
     anyhow::ensure!(
-        load::wrk_available().await,
+        !plan.runs_on_backends() || load::wrk_available().await,
         "wrk is missing: install it (apt-get install wrk); make bench does as root"
     );
     let open_files = raise_open_files_limit().await;
@@ -217,7 +249,7 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
         plan.load_seconds
     );
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        if !plan.on(backend) {
+        if !plan.on(backend) || !plan.runs_on_backends() {
             continue;
         }
         eprintln!("[{}]", backend.name());
@@ -233,6 +265,10 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
     if plan.runs("memory") {
         eprintln!("[sqlite, memory]");
         memory(&plan, &admin_url, &http, &mut report).await?;
+    }
+    if plan.runs("dns") {
+        eprintln!("[sqlite, DNS]");
+        dns_queries(&plan, &admin_url, &http, &mut report).await?;
     }
     drop(side);
 
@@ -629,6 +665,186 @@ async fn memory(
         json!({ "rss_before_kib": before, "rss_after_kib": after, "instances": count, "bytes_per_instance": per_instance }),
     );
     Ok(())
+}
+
+/// How dnsperf drives both DNS servers: what gave NSD its highest rate on this two-core
+/// machine (docs/performance.md), and the same for the registry.
+const DNSPERF: dns::DnsperfOptions = dns::DnsperfOptions {
+    clients: 16,
+    threads: 2,
+    outstanding: 500,
+};
+
+/// A queries for a service of `dns_instances` instances against the registry's DNS
+/// interface and against NSD answering the same records from a static zone (the
+/// ceiling), in turns: registry, NSD, registry, NSD.
+async fn dns_queries(
+    plan: &Plan,
+    admin_url: &str,
+    http: &reqwest::Client,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    if let Some(reason) = dns::missing_tools() {
+        eprintln!("  DNS row skipped: {reason}");
+        report.add(
+            "dns: registry / NSD",
+            format!("not measured: {reason}"),
+            ">= 0.50",
+            None,
+            json!({ "skipped": reason }),
+        );
+        return Ok(());
+    }
+    let expected: Vec<Ipv4Addr> = (0..plan.dns_instances).map(dns::instance_address).collect();
+    // SQLite: DNS answers come from the registry's view in memory, whichever store is
+    // behind it.
+    let database = Database::fresh(Backend::Sqlite, admin_url).await?;
+    let outcome = async {
+        // Port 0: the registry binds UDP and TCP on one free port and logs it.
+        let registry = Registry::start(
+            &database.url,
+            &[("REGISTRY_DNS_ADDR", "127.0.0.1:0".to_owned())],
+        )
+        .await?;
+        let measured = match registry.dns {
+            Some(dns_addr) => dns_in_turns(plan, http, &registry, dns_addr, &expected).await,
+            None => Err(anyhow::anyhow!(
+                "the registry logged no DNS address: is it built without the DNS interface?"
+            )),
+        };
+        registry.stop().await?;
+        measured
+    }
+    .await;
+    database.drop_now().await?;
+    let turns = outcome?;
+    let (served, ceiling) = (dns::combine(&turns.registry), dns::combine(&turns.nsd));
+    let ratio = served.per_second / ceiling.per_second.max(1.0);
+    report.add(
+        format!(
+            "dns: registry A queries/s, {} instances",
+            plan.dns_instances
+        ),
+        served.summary(),
+        "",
+        (!served.clean()).then_some(false),
+        json!({
+            "total": served,
+            "runs": turns.registry,
+            "answer_bytes": turns.registry_answer_bytes,
+            "log_lines_during_runs": turns.registry_log_lines,
+        }),
+    );
+    report.add(
+        "dns: NSD, same records from a static zone",
+        ceiling.summary(),
+        "",
+        (!ceiling.clean()).then_some(false),
+        json!({
+            "total": ceiling,
+            "runs": turns.nsd,
+            "answer_bytes": turns.nsd_answer_bytes,
+        }),
+    );
+    report.add(
+        "dns: registry / NSD",
+        format!("{ratio:.2}"),
+        ">= 0.50",
+        Some(ratio >= 0.5),
+        json!({ "ratio": ratio, "dnsperf": plan.dnsperf }),
+    );
+    Ok(())
+}
+
+/// What the DNS turns measured.
+struct DnsTurns {
+    registry: Vec<dns::DnsperfResult>,
+    nsd: Vec<dns::DnsperfResult>,
+    registry_answer_bytes: usize,
+    nsd_answer_bytes: usize,
+    /// Lines the registry logged while dnsperf ran: about one per query would mean a
+    /// log line per DNS request.
+    registry_log_lines: u64,
+}
+
+/// Seeds the service, checks that the registry and NSD both answer it with every
+/// instance, then takes turns.
+async fn dns_in_turns(
+    plan: &Plan,
+    http: &reqwest::Client,
+    registry: &Registry,
+    dns_addr: SocketAddr,
+    expected: &[Ipv4Addr],
+) -> anyhow::Result<DnsTurns> {
+    for (k, address) in expected.iter().enumerate() {
+        let response = http
+            .put(registry.url(&format!(
+                "/v1/services/{}/instances/{}-{k}",
+                dns::SERVICE,
+                dns::SERVICE
+            )))
+            .header("content-type", "application/json")
+            .body(
+                json!({ "url": format!("http://{address}:8080/"), "ttl_seconds": 600 }).to_string(),
+            )
+            .send()
+            .await?;
+        let status = response.status();
+        anyhow::ensure!(status.is_success(), "registration answered {status}");
+    }
+    let registry_answer = dns::wait_for_records(
+        dns_addr,
+        expected,
+        "the registry (REGISTRY_DNS_ADDR)",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let nsd = dns::Nsd::start(expected).await?;
+    let turns = async {
+        let nsd_answer = dns::check_answer(nsd.addr, expected, "NSD").await?;
+        let each = Duration::from_secs(plan.dns_seconds);
+        scenarios::phase(&format!(
+            "A queries of {}, in turns with NSD (dnsperf -c {} -T {} -q {}, {} rounds of {} s)",
+            dns::query_name(),
+            plan.dnsperf.clients,
+            plan.dnsperf.threads,
+            plan.dnsperf.outstanding,
+            plan.dns_rounds,
+            plan.dns_seconds
+        ));
+        let (mut served, mut ceiling) = (Vec::new(), Vec::new());
+        let mut log_lines = 0;
+        for _ in 0..plan.dns_rounds {
+            let before = registry.log_lines();
+            let run = dns::dnsperf(dns_addr, plan.dnsperf, each).await?;
+            log_lines += registry.log_lines() - before;
+            let nsd_run = dns::dnsperf(nsd.addr, plan.dnsperf, each).await?;
+            eprintln!(
+                "    registry {:.0} q/s, NSD {:.0} q/s",
+                run.per_second, nsd_run.per_second
+            );
+            served.push(run);
+            ceiling.push(nsd_run);
+        }
+        anyhow::Ok(DnsTurns {
+            registry: served,
+            nsd: ceiling,
+            registry_answer_bytes: registry_answer.size,
+            nsd_answer_bytes: nsd_answer.size,
+            registry_log_lines: log_lines,
+        })
+    }
+    .await;
+    nsd.stop().await?;
+    let turns = turns?;
+    if turns.registry_log_lines > 100 {
+        eprintln!(
+            "  the registry logged {} lines while answering {} queries",
+            turns.registry_log_lines,
+            turns.registry.iter().map(|r| r.completed).sum::<u64>()
+        );
+    }
+    Ok(turns)
 }
 
 /// No socket errors, timeouts or error answers.

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -37,7 +39,7 @@ pub struct Database {
 }
 
 /// A name no other run uses: the process id and the current time.
-fn unique_suffix() -> String {
+pub fn unique_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -137,6 +139,11 @@ pub fn registry_binary() -> anyhow::Result<PathBuf> {
 pub struct Registry {
     child: Child,
     pub base: String,
+    /// Where its DNS interface listens (UDP and TCP), when `REGISTRY_DNS_ADDR` is set.
+    pub dns: Option<SocketAddr>,
+    /// Lines it has logged since it listens: a line per request would cost throughput
+    /// (the DNS row reports it).
+    log_lines: Arc<AtomicU64>,
 }
 
 impl Registry {
@@ -158,9 +165,14 @@ impl Registry {
         let mut child = command.spawn().context("cannot start the registry")?;
         let stderr = child.stderr.take().context("registry stderr")?;
         let mut lines = BufReader::new(stderr).lines();
+        let mut dns = None;
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = listening_addr(&line) {
+                // Logged before the HTTP address when REGISTRY_DNS_ADDR is set.
+                if let Some(addr) = listening_addr(&line, "DNS listening (UDP and TCP)") {
+                    dns = Some(addr);
+                }
+                if let Some(addr) = listening_addr(&line, "registry listening") {
                     return Ok(addr);
                 }
                 if line.contains("\"ERROR\"") {
@@ -172,8 +184,11 @@ impl Registry {
         .await
         .context("the registry did not listen within 60 s")??;
         // Keep draining its log so it never blocks on a full pipe; errors are shown.
+        let log_lines = Arc::new(AtomicU64::new(0));
+        let counted = log_lines.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
+                counted.fetch_add(1, Ordering::Relaxed);
                 if line.contains("\"ERROR\"") {
                     eprintln!("registry: {line}");
                 }
@@ -182,7 +197,14 @@ impl Registry {
         Ok(Self {
             child,
             base: format!("http://{addr}"),
+            dns,
+            log_lines,
         })
+    }
+
+    /// How many lines it has logged since it listens.
+    pub fn log_lines(&self) -> u64 {
+        self.log_lines.load(Ordering::Relaxed)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -214,10 +236,11 @@ impl Registry {
     }
 }
 
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+/// The address of a JSON log line whose message is `message`.
+fn listening_addr(line: &str, message: &str) -> Option<SocketAddr> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.get("fields")?;
-    if fields.get("message")?.as_str()? != "registry listening" {
+    if fields.get("message")?.as_str()? != message {
         return None;
     }
     fields.get("addr")?.as_str()?.parse().ok()
