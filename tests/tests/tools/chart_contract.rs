@@ -36,6 +36,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::dns_dig::dig;
 use crate::support::{Backend, binary, eventually, repository};
 use registry_client::RegistryApi;
 use serde_json::Value;
@@ -1121,13 +1122,6 @@ struct DnsSettings {
     ttl: u32,
 }
 
-/// DNS record types the test asks for.
-const DNS_A: u16 = 1;
-const DNS_SRV: u16 = 33;
-/// DNS response codes the test expects.
-const NOERROR: u8 = 0;
-const NXDOMAIN: u8 = 3;
-
 impl DnsSettings {
     /// The settings in `env`, with the registry's defaults for those the chart leaves out.
     fn of(env: &[(String, String)]) -> Self {
@@ -1154,166 +1148,44 @@ impl DnsSettings {
         ports: &BTreeMap<String, BTreeSet<u16>>,
     ) {
         let over = if tcp { "TCP" } else { "UDP" };
+        let transport: &[&str] = if tcp { &["+tcp"] } else { &[] };
         for (service, expected_ports) in ports {
             let name = format!("{service}.service.{}", self.domain);
             let what = format!("{scenario}: A {name} over {over}");
             let answer = eventually(Duration::from_secs(30), &what, || async {
-                let response = dns_exchange(addr, tcp, &name, DNS_A).await.ok()?;
-                (response.rcode == NOERROR && !response.answers.is_empty()).then_some(response)
+                let answer = dig(addr, &name, "A", transport).await;
+                (answer.status == "NOERROR" && !answer.answer.is_empty()).then_some(answer)
             })
             .await;
-            for record in &answer.answers {
-                assert_eq!(record.rtype, DNS_A, "{what}: {:?}", answer.answers);
-                assert_eq!(
-                    record.data,
-                    [127, 0, 0, 1],
-                    "{what}: the advertised address"
-                );
+            for record in &answer.answer {
+                assert_eq!(record.kind, "A", "{what}: {}", answer.text);
+                assert_eq!(record.data, "127.0.0.1", "{what}: the advertised address");
                 assert_eq!(record.ttl, self.ttl, "{what}: the chart's TTL");
             }
 
             let name = format!("_{service}._tcp.service.{}", self.domain);
             let what = format!("{scenario}: SRV {name} over {over}");
             let answer = eventually(Duration::from_secs(30), &what, || async {
-                let response = dns_exchange(addr, tcp, &name, DNS_SRV).await.ok()?;
-                let found: BTreeSet<u16> = response
-                    .answers
+                let answer = dig(addr, &name, "SRV", transport).await;
+                // SRV data: priority, weight, port, target.
+                let found: BTreeSet<u16> = answer
+                    .answers("SRV")
                     .iter()
-                    .filter(|r| r.rtype == DNS_SRV && r.data.len() > 6)
-                    // SRV data: priority, weight, port, target.
-                    .map(|r| u16::from_be_bytes([r.data[4], r.data[5]]))
+                    .filter_map(|data| data.split_whitespace().nth(2)?.parse().ok())
                     .collect();
-                (response.rcode == NOERROR && &found == expected_ports).then_some(response)
+                (answer.status == "NOERROR" && &found == expected_ports).then_some(answer)
             })
             .await;
-            for record in answer.answers.iter().filter(|r| r.rtype == DNS_SRV) {
+            for record in answer.answer.iter().filter(|r| r.kind == "SRV") {
                 assert_eq!(record.ttl, self.ttl, "{what}: the chart's TTL");
             }
         }
         let name = format!("no-such-service.service.{}", self.domain);
-        let response = dns_exchange(addr, tcp, &name, DNS_A)
-            .await
-            .unwrap_or_else(|e| panic!("{scenario}: A {name} over {over}: {e}"));
+        let answer = dig(addr, &name, "A", transport).await;
         assert_eq!(
-            response.rcode, NXDOMAIN,
-            "{scenario}: A {name} over {over} names no service"
+            answer.status, "NXDOMAIN",
+            "{scenario}: A {name} over {over} names no service: {}",
+            answer.text
         );
     }
-}
-
-/// One resource record of a DNS answer section.
-#[derive(Debug)]
-struct DnsRecord {
-    rtype: u16,
-    ttl: u32,
-    data: Vec<u8>,
-}
-
-/// What the test reads of a DNS response.
-struct DnsResponse {
-    rcode: u8,
-    answers: Vec<DnsRecord>,
-}
-
-/// One query for `name` (class IN) over UDP or TCP, and its response. Written out by hand:
-/// the test needs two record types and the header, not a resolver.
-async fn dns_exchange(
-    addr: std::net::SocketAddr,
-    tcp: bool,
-    name: &str,
-    rtype: u16,
-) -> Result<DnsResponse, String> {
-    use tokio::io::AsyncWriteExt as _;
-    let id: u16 = rand::random();
-    let mut query = Vec::new();
-    query.extend_from_slice(&id.to_be_bytes());
-    // Flags: a standard query, recursion desired (as a stub resolver sends it); one question.
-    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        query.push(u8::try_from(label.len()).map_err(|e| e.to_string())?);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.push(0);
-    query.extend_from_slice(&rtype.to_be_bytes());
-    query.extend_from_slice(&1u16.to_be_bytes());
-
-    let exchange = async {
-        if tcp {
-            // Over TCP each message is preceded by its length (two bytes).
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
-            let length = u16::try_from(query.len()).expect("a short query");
-            stream.write_all(&length.to_be_bytes()).await?;
-            stream.write_all(&query).await?;
-            let mut length = [0u8; 2];
-            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut length).await?;
-            let mut response = vec![0u8; usize::from(u16::from_be_bytes(length))];
-            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut response).await?;
-            Ok::<_, std::io::Error>(response)
-        } else {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-            socket.send_to(&query, addr).await?;
-            let mut response = vec![0u8; 65_535];
-            let (length, _) = socket.recv_from(&mut response).await?;
-            response.truncate(length);
-            Ok(response)
-        }
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| format!("no answer from {addr} within 5 s"))?
-        .map_err(|e| e.to_string())?;
-    parse_dns_response(id, &response)
-}
-
-/// The header and answer section of a DNS response to the query `id`.
-fn parse_dns_response(id: u16, packet: &[u8]) -> Result<DnsResponse, String> {
-    let short = || format!("a truncated DNS message: {packet:?}");
-    let u16_at = |at: usize| {
-        packet
-            .get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or_else(short)
-    };
-    // A name is labels ending with an empty one, or ending with a pointer (compression).
-    let skip_name = |mut at: usize| -> Result<usize, String> {
-        loop {
-            let length = *packet.get(at).ok_or_else(short)?;
-            if length & 0xc0 == 0xc0 {
-                return Ok(at + 2);
-            }
-            at += 1 + usize::from(length);
-            if length == 0 {
-                return Ok(at);
-            }
-        }
-    };
-    if u16_at(0)? != id {
-        return Err(format!("a response to another query: {packet:?}"));
-    }
-    let flags = u16_at(2)?;
-    if flags & 0x8000 == 0 {
-        return Err("a query, not a response".to_owned());
-    }
-    let (questions, answers) = (u16_at(4)?, u16_at(6)?);
-    let mut at = 12;
-    for _ in 0..questions {
-        at = skip_name(at)? + 4;
-    }
-    let mut records = Vec::new();
-    for _ in 0..answers {
-        at = skip_name(at)?;
-        let rtype = u16_at(at)?;
-        let ttl = (u32::from(u16_at(at + 4)?) << 16) | u32::from(u16_at(at + 6)?);
-        let length = usize::from(u16_at(at + 8)?);
-        let data = packet
-            .get(at + 10..at + 10 + length)
-            .ok_or_else(short)?
-            .to_vec();
-        records.push(DnsRecord { rtype, ttl, data });
-        at += 10 + length;
-    }
-    Ok(DnsResponse {
-        rcode: flags.to_be_bytes()[1] & 0x0f,
-        answers: records,
-    })
 }

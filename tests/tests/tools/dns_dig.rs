@@ -13,27 +13,28 @@ use tokio::process::Command;
 
 /// One answer as dig prints it.
 #[derive(Debug, Default)]
-struct Dig {
-    status: String,
-    flags: Vec<String>,
-    answer: Vec<Rr>,
-    authority: Vec<Rr>,
-    additional: Vec<Rr>,
-    text: String,
+pub struct Dig {
+    pub status: String,
+    pub flags: Vec<String>,
+    pub answer: Vec<Rr>,
+    pub authority: Vec<Rr>,
+    pub additional: Vec<Rr>,
+    /// dig's whole output, for failure messages.
+    pub text: String,
 }
 
 /// One record: owner, type, data (TTL and class left out but the TTL kept apart).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Rr {
-    name: String,
-    kind: String,
-    data: String,
-    ttl: u32,
+pub struct Rr {
+    pub name: String,
+    pub kind: String,
+    pub data: String,
+    pub ttl: u32,
 }
 
 impl Dig {
     /// The data of the records of `kind` in the Answer section, sorted.
-    fn answers(&self, kind: &str) -> Vec<String> {
+    pub fn answers(&self, kind: &str) -> Vec<String> {
         let mut found: Vec<String> = self
             .answer
             .iter()
@@ -56,7 +57,7 @@ impl Dig {
 }
 
 /// Asks the registry's DNS at `server` with dig, the extra `options` given (`+tcp`, ...).
-async fn dig(server: SocketAddr, name: &str, qtype: &str, options: &[&str]) -> Dig {
+pub async fn dig(server: SocketAddr, name: &str, qtype: &str, options: &[&str]) -> Dig {
     let output = Command::new("dig")
         .arg(format!("@{}", server.ip()))
         .args(["-p", &server.port().to_string(), name, qtype])

@@ -146,7 +146,7 @@ impl Zone {
     /// What DNS needs of a service's instances, parsed once per change of the service
     /// (the view keeps it): the instances answered, passing or warning (unless only
     /// passing ones are), whose URL DNS can express.
-    pub fn targets<'a>(&self, instances: &mut dyn Iterator<Item = &'a Instance>) -> Vec<Target> {
+    pub fn targets(&self, instances: &mut dyn Iterator<Item = &Instance>) -> Vec<Target> {
         instances
             .filter(|i| match i.status {
                 Status::Passing => true,
