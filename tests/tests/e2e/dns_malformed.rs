@@ -306,8 +306,8 @@ async fn still_answers(dns: SocketAddr, after: &str, id: u16) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_messages_draw_errors_and_the_next_query_is_answered() {
+/// A registry serving DNS, with one instance of `sum` (at 127.0.0.1) to ask for.
+async fn registry_with_sum() -> (TestRegistry, SocketAddr) {
     let registry = TestRegistry::start_with(Backend::Sqlite, |s| {
         s.dns_addr = Some("127.0.0.1:0".parse().expect("address"));
     })
@@ -320,6 +320,12 @@ async fn broken_messages_draw_errors_and_the_next_query_is_answered() {
         .register("sum", "sum-1", &spec)
         .await
         .expect("register sum-1");
+    (registry, dns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_messages_draw_errors_and_the_next_query_is_answered() {
+    let (registry, dns) = registry_with_sum().await;
     still_answers(dns, "the start", 1).await;
 
     let mut observed = Vec::new();
@@ -362,18 +368,7 @@ fn describe(answer: &[u8]) -> String {
 /// server gives up on them (closes or waits), and other connections are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_tcp_frames_do_not_stop_the_tcp_listener() {
-    let registry = TestRegistry::start_with(Backend::Sqlite, |s| {
-        s.dns_addr = Some("127.0.0.1:0".parse().expect("address"));
-    })
-    .await;
-    let dns = registry.dns_addr.expect("the registry serves DNS");
-    let mut spec = InstanceSpec::new("http://127.0.0.1:9");
-    spec.ttl_seconds = Some(0);
-    registry
-        .api
-        .register("sum", "sum-1", &spec)
-        .await
-        .expect("register sum-1");
+    let (registry, dns) = registry_with_sum().await;
 
     let valid = dns_wire::query(0x3000, "sum.service.consul", TYPE_A);
     let frames: [(&str, Vec<u8>); 4] = [
