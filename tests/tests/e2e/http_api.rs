@@ -1294,6 +1294,18 @@ both_stores!(
             serde_json::from_str(&reset.data).expect("a /v1/status body");
         assert_eq!(body.index, 2);
         assert_eq!(body.services.len(), 2);
+        // Like `GET /v1/status`, it says where the kept history starts.
+        let live: registry_api::SystemStatus = registry
+            .http
+            .get(registry.url("/v1/status"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("a /v1/status body");
+        assert!(body.history_starts_at.is_some(), "{}", reset.data);
+        assert_eq!(body.history_starts_at, live.history_starts_at);
 
         let mut stream = api.events(Some(100), None).await.expect("stream");
         match next_item(&mut stream).await {

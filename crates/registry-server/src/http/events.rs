@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use registry_api::{Event, ServiceName};
 
@@ -68,26 +69,29 @@ async fn events(
     // Fail now, with a proper status, rather than inside the stream.
     let history_start = state.store.history_start().await?;
     let ahead = start > state.view.index() && ahead_of_the_store(&state, start).await;
-    let stream = feed(state, service, start, start < history_start.index || ahead);
+    // A reset carries the whole state as `GET /v1/status` does, where history starts too.
+    let reset = (start < history_start.index || ahead).then_some(history_start.at);
+    let stream = feed(state, service, start, reset);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive")))
 }
 
-/// The stream: a `reset` first when `reset` is set (the events after `start` cannot be
-/// replayed), then every event after the cursor, live.
+/// The stream: a `reset` first when `reset` holds where the kept history starts (the
+/// events after `start` cannot be replayed), then every event after the cursor, live.
 fn feed(
     state: AppState,
     service: Option<ServiceName>,
     start: u64,
-    reset: bool,
+    reset: Option<DateTime<Utc>>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream(move |tx| async move {
         let only = service.as_ref().map(|s| s.as_str().to_owned());
         let mut cursor = start;
-        if reset {
+        if let Some(history_starts_at) = reset {
             let mut status = state
                 .view
                 .system_status(only.as_deref(), crate::clock::now());
             status.epoch = super::status::epoch(&state);
+            status.history_starts_at = Some(history_starts_at);
             cursor = status.index;
             let data = serde_json::to_string(&status).unwrap_or_default();
             let reset = SseEvent::default()
