@@ -15,7 +15,7 @@ use crate::dns::{DnsListeners, Zone};
 use crate::http::{self, AppState};
 use crate::store::{PostgresStore, SqliteStore, Store, Timed};
 use crate::view::View;
-use crate::workers::Workers;
+use crate::workers::{CheckClient, Workers};
 use crate::writer::Writer;
 
 /// The embedded database used when `DATABASE_URL` is unset.
@@ -49,12 +49,12 @@ pub struct Application {
     /// `REGISTRY_DNS_ADDR`: the DNS interface, when set.
     dns: Option<DnsListeners>,
     state: AppState,
-    check_client: reqwest::Client,
+    check_client: CheckClient,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let check_client = crate::workers::check_client(&AllowedNetworks::new(
+        let check_client = CheckClient::new(AllowedNetworks::new(
             settings.check_allowed_networks.clone(),
         ))
         .context("cannot build the HTTP client of active checks")?;

@@ -40,8 +40,8 @@ pub struct Workers {
     pub writer: Arc<Writer>,
     pub settings: Arc<Settings>,
     pub shutdown: CancellationToken,
-    /// Built at start-up by [`check_client`].
-    pub check_client: reqwest::Client,
+    /// Built at start-up ([`CheckClient::new`]).
+    pub check_client: CheckClient,
 }
 
 impl Workers {
@@ -268,8 +268,7 @@ impl Workers {
 #[derive(Clone)]
 struct Checker {
     workers: Workers,
-    http: reqwest::Client,
-    allowed: AllowedNetworks,
+    client: CheckClient,
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
     slots: Arc<Semaphore>,
 }
@@ -279,24 +278,35 @@ struct Checker {
 /// refuses other networks. Built at start-up: a registry that cannot build it must not
 /// start (a default client would follow redirects, honour proxy variables and connect
 /// anywhere).
-pub fn check_client(allowed: &AllowedNetworks) -> Result<reqwest::Client, reqwest::Error> {
-    let mut http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .user_agent("central-registry-check");
-    if allowed.is_restricted() {
-        http = http.dns_resolver(allowed.clone());
+#[derive(Clone)]
+pub struct CheckClient {
+    http: reqwest::Client,
+    /// The networks checks may reach, which the client's resolver and the checker's own
+    /// address checks both hold to.
+    allowed: AllowedNetworks,
+}
+
+impl CheckClient {
+    pub fn new(allowed: AllowedNetworks) -> Result<Self, reqwest::Error> {
+        let mut http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent("central-registry-check");
+        if allowed.is_restricted() {
+            http = http.dns_resolver(allowed.clone());
+        }
+        Ok(Self {
+            http: http.build()?,
+            allowed,
+        })
     }
-    http.build()
 }
 
 impl Checker {
     fn new(workers: Workers) -> Self {
-        let allowed = AllowedNetworks::new(workers.settings.check_allowed_networks.clone());
         Self {
-            http: workers.check_client.clone(),
+            client: workers.check_client.clone(),
             workers,
-            allowed,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
         }
@@ -391,12 +401,12 @@ impl Checker {
         let Some(target) = check.target(instance_url) else {
             return critical("check path leaves the instance's own host".into());
         };
-        if let Err(refused) = self.allowed.check_address(&target) {
+        if let Err(refused) = self.client.allowed.check_address(&target) {
             return critical(refused);
         }
         let timeout = Duration::from_secs(u64::from(check.timeout_seconds));
         let attempt = async {
-            let response = self.http.get(target).send().await?;
+            let response = self.client.http.get(target).send().await?;
             let status = response.status();
             let body = if status.is_success() && check.expect_json.is_some() {
                 Some(read_capped(response).await?)
@@ -424,7 +434,7 @@ impl Checker {
                 .collect();
             let allowed: Vec<_> = resolved
                 .into_iter()
-                .filter(|a| self.allowed.allows(a.ip()))
+                .filter(|a| self.client.allowed.allows(a.ip()))
                 .collect();
             if allowed.is_empty() {
                 return Err(format!(
@@ -522,8 +532,8 @@ mod tests {
     #[test]
     fn the_check_client_builds_with_and_without_network_limits() {
         let allowed = AllowedNetworks::new(vec!["10.0.0.0/8".parse().expect("cidr")]);
-        assert!(check_client(&allowed).is_ok());
-        assert!(check_client(&AllowedNetworks::new(Vec::new())).is_ok());
+        assert!(CheckClient::new(allowed).is_ok());
+        assert!(CheckClient::new(AllowedNetworks::new(Vec::new())).is_ok());
     }
 
     #[test]
