@@ -12,8 +12,9 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use registry_api::{Event, ServiceName};
+use serde::Deserialize;
 
-use super::extract::{QueryParams, parse_index, parse_service};
+use super::extract::{Query, param, parse_index};
 use super::services::ahead_of_the_store;
 use super::{ApiError, AppState};
 
@@ -47,12 +48,8 @@ pub fn router() -> Router<AppState> {
 async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: QueryParams,
+    Query(EventsQuery { service, since }): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let service = query
-        .get("service")
-        .map(|raw| parse_service(raw, "service"))
-        .transpose()?;
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| {
@@ -62,7 +59,6 @@ async fn events(
                 .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be an event index"))
         })
         .transpose()?;
-    let since = query.parse("since", parse_index)?;
     let start = last_event_id
         .or(since)
         .unwrap_or_else(|| state.view.index());
@@ -73,6 +69,15 @@ async fn events(
     let reset = (start < history_start.index || ahead).then_some(history_start.at);
     let stream = feed(state, service, start, reset);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive")))
+}
+
+/// The query of the event stream.
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default, deserialize_with = "param")]
+    service: Option<ServiceName>,
+    #[serde(default, deserialize_with = "param")]
+    since: Option<u64>,
 }
 
 /// The stream: a `reset` first when `reset` holds where the kept history starts (the

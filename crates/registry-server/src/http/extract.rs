@@ -131,34 +131,99 @@ fn strip_position(message: &str) -> String {
         .to_owned()
 }
 
-/// Query parameters as a map (the last value wins), with our error on bad encoding.
-#[derive(Debug, Default)]
-pub struct QueryParams(pub HashMap<String, String>);
+/// A route's query string as a struct of its own, one field per parameter (each
+/// `#[serde(default, deserialize_with = "param")]`, read by its type's [`FromQuery`]): a
+/// repeated parameter's last value wins, unknown ones are ignored, and a bad value answers
+/// 400 naming the parameter.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or("");
-        let pairs = url::form_urlencoded::parse(query.as_bytes()).into_owned();
-        Ok(Self(pairs.collect()))
+        let raw = parts.uri.query().unwrap_or("");
+        let pairs: HashMap<String, String> = url::form_urlencoded::parse(raw.as_bytes())
+            .into_owned()
+            .collect();
+        let deserializer =
+            serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(pairs.into_iter());
+        serde_path_to_error::deserialize(deserializer)
+            .map(Query)
+            .map_err(|error| {
+                let field = error.path().to_string();
+                ApiError::invalid(field, error.into_inner().to_string())
+            })
     }
 }
 
-impl QueryParams {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
+/// The query of the routes whose one parameter is an optional `service`.
+#[derive(Debug, serde::Deserialize)]
+pub struct ServiceQuery {
+    #[serde(default, deserialize_with = "param")]
+    pub service: Option<ServiceName>,
+}
 
-    /// Parses a parameter with `parse`, answering 400 on the parameter when it fails.
-    pub fn parse<T>(
-        &self,
-        name: &str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<Option<T>, ApiError> {
-        self.get(name)
-            .map(|raw| parse(raw).map_err(|message| ApiError::invalid(name, message)))
-            .transpose()
+/// How a query parameter of this type is read from its text, or why it cannot be.
+pub trait FromQuery: Sized {
+    fn from_query(raw: &str) -> Result<Self, String>;
+}
+
+/// Reads an optional query parameter by its type's [`FromQuery`] (for
+/// `#[serde(deserialize_with = "param")]` on a [`Query`] struct's fields).
+pub fn param<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromQuery,
+{
+    let raw = <String as serde::Deserialize>::deserialize(deserializer)?;
+    T::from_query(&raw)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// Query parameters that are numbers are event indexes ([`parse_index`]).
+impl FromQuery for u64 {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        parse_index(raw)
+    }
+}
+
+/// Query parameters that are times are RFC 3339.
+impl FromQuery for chrono::DateTime<chrono::Utc> {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        chrono::DateTime::parse_from_rfc3339(raw)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| {
+                format!("'{raw}' is not an RFC 3339 time ({e}), e.g. 2026-11-29T06:00:00Z")
+            })
+    }
+}
+
+/// Durations read `500ms`, `30s`, `1m30s` or whole seconds.
+impl FromQuery for std::time::Duration {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        registry_api::parse_duration(raw)
+    }
+}
+
+impl FromQuery for registry_api::Status {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        registry_api::Status::parse(raw).ok_or_else(|| {
+            format!("'{raw}' is not a status; use passing, warning, critical or maintenance")
+        })
+    }
+}
+
+impl FromQuery for ServiceName {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        ServiceName::parse(raw).map_err(|m| format!("service name {m}"))
+    }
+}
+
+impl FromQuery for registry_api::InstanceId {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        registry_api::InstanceId::parse(raw).map_err(|m| format!("instance id {m}"))
     }
 }
 
@@ -169,13 +234,6 @@ pub fn parse_index(raw: &str) -> Result<u64, String> {
         .ok()
         .filter(|index| i64::try_from(*index).is_ok())
         .ok_or_else(|| format!("'{raw}' is not an index (0 to {})", i64::MAX))
-}
-
-/// An RFC 3339 time for query parameters.
-pub fn rfc3339(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    chrono::DateTime::parse_from_rfc3339(raw)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|e| format!("'{raw}' is not an RFC 3339 time ({e}), e.g. 2026-11-29T06:00:00Z"))
 }
 
 /// A raw body within [`MAX_BODY_BYTES`], whatever its content type (for the seed routes,
@@ -216,13 +274,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ServicePath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| path_error(e, "service"))?;
-        parse_service(&raw, "service").map(Self)
+        ServiceName::from_query(&raw)
+            .map(Self)
+            .map_err(|message| ApiError::invalid("service", message))
     }
-}
-
-/// Parses a service name, answering 400 on `field` when it breaks the rules.
-pub fn parse_service(raw: &str, field: &str) -> Result<ServiceName, ApiError> {
-    ServiceName::parse(raw).map_err(|m| ApiError::invalid(field, format!("service name {m}")))
 }
 
 #[cfg(test)]
@@ -234,6 +289,47 @@ mod tests {
         parse_json::<InstanceSpec>(body.as_bytes())
             .expect_err("should be refused")
             .field
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Example {
+        #[serde(default, deserialize_with = "param")]
+        index: Option<u64>,
+        #[serde(default, deserialize_with = "param")]
+        service: Option<ServiceName>,
+    }
+
+    async fn query(raw: &str) -> Result<Example, ApiError> {
+        let request = axum::http::Request::get(format!("/x?{raw}"))
+            .body(())
+            .expect("request");
+        let (mut parts, ()) = request.into_parts();
+        Query::<Example>::from_request_parts(&mut parts, &())
+            .await
+            .map(|Query(example)| example)
+    }
+
+    #[tokio::test]
+    async fn a_query_reads_each_parameter_by_its_type() {
+        let example = query("index=7&service=sum&other=x").await.expect("read");
+        assert_eq!(example.index, Some(7));
+        assert_eq!(
+            example.service.as_ref().map(ServiceName::as_str),
+            Some("sum")
+        );
+        // Repeated: the last value wins. Absent: None.
+        let example = query("index=1&index=2").await.expect("read");
+        assert_eq!((example.index, example.service.is_none()), (Some(2), true));
+        // A bad value: 400 naming the parameter, with what it must be.
+        for (raw, name, says) in [
+            ("index=-1", "index", "is not an index"),
+            ("index=", "index", "is not an index"),
+            ("service=Bad%20Name", "service", "service name"),
+        ] {
+            let error = query(raw).await.expect_err(raw);
+            assert_eq!(error.field.as_deref(), Some(name), "{raw}");
+            assert!(error.message.contains(says), "{raw}: {}", error.message);
+        }
     }
 
     #[test]

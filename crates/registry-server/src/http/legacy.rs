@@ -13,7 +13,7 @@ use registry_api::{
     Validated,
 };
 
-use super::extract::{QueryParams, RawBody, parse_json, parse_service};
+use super::extract::{Query, RawBody, ServiceQuery, parse_json};
 use super::{ApiError, AppState};
 use crate::lifecycle;
 
@@ -111,12 +111,11 @@ async fn register(
 )]
 async fn lookup(
     State(state): State<AppState>,
-    query: QueryParams,
+    Query(ServiceQuery { service }): Query<ServiceQuery>,
 ) -> Result<Json<SeedLookup>, ApiError> {
-    let Some(raw) = query.get("service") else {
+    let Some(name) = service else {
         return Ok(Json(SeedLookup::All(whole_map(&state))));
     };
-    let name = parse_service(raw, "service")?;
     let instances = state.view.service(name.as_str(), None).instances;
     if instances.is_empty() {
         return Err(ApiError::not_found(

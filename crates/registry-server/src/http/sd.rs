@@ -23,7 +23,7 @@ use serde::Serialize;
 use url::{Host, Url};
 use utoipa::ToSchema;
 
-use super::extract::{QueryParams, parse_service};
+use super::extract::{Query, ServiceQuery};
 use super::{ApiError, AppState};
 
 /// Metadata key whose value becomes `__metrics_path__` (Prometheus scrapes `/metrics`
@@ -67,12 +67,8 @@ pub struct TargetGroup {
 )]
 async fn prometheus(
     State(state): State<AppState>,
-    query: QueryParams,
+    Query(ServiceQuery { service }): Query<ServiceQuery>,
 ) -> Result<Json<Vec<TargetGroup>>, ApiError> {
-    let service = query
-        .get("service")
-        .map(|raw| parse_service(raw, "service"))
-        .transpose()?;
     let system = state
         .view
         .system_status(service.as_ref().map(|s| s.as_str()), crate::clock::now());

@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use registry_api::{INDEX_HEADER, ServiceList, Status};
+use serde::Deserialize;
 
-use super::extract::{QueryParams, ServicePath, parse_index};
+use super::extract::{Query, ServicePath, param};
 use super::{ApiError, AppState};
 
 /// `wait` when a blocking query gives none.
@@ -43,10 +44,15 @@ async fn list(State(state): State<AppState>) -> Json<ServiceList> {
     Json(state.view.services())
 }
 
-pub fn parse_status(raw: &str) -> Result<Status, String> {
-    Status::parse(raw).ok_or_else(|| {
-        format!("'{raw}' is not a status; use passing, warning, critical or maintenance")
-    })
+/// The query of a lookup.
+#[derive(Deserialize)]
+struct LookupQuery {
+    #[serde(default, deserialize_with = "param")]
+    status: Option<Status>,
+    #[serde(default, deserialize_with = "param")]
+    index: Option<u64>,
+    #[serde(default, deserialize_with = "param")]
+    wait: Option<Duration>,
 }
 
 /// `GET /v1/services/{service}?status=&index=&wait=`.
@@ -71,14 +77,14 @@ pub fn parse_status(raw: &str) -> Result<Status, String> {
 async fn one(
     State(state): State<AppState>,
     ServicePath(service): ServicePath,
-    query: QueryParams,
+    Query(query): Query<LookupQuery>,
 ) -> Result<Response, ApiError> {
-    let only = query.parse("status", parse_status)?;
-    let index = query.parse("index", parse_index)?;
-    let wait = query
-        .parse("wait", registry_api::parse_duration)?
-        .unwrap_or(DEFAULT_WAIT)
-        .min(MAX_WAIT);
+    let LookupQuery {
+        status: only,
+        index,
+        wait,
+    } = query;
+    let wait = wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
     // `index=0` never blocks: the caller has seen nothing yet and learns the index now.
     if let Some(known) = index.filter(|&known| known > 0) {
         wait_for_change(&state, service.as_str(), known, wait).await;

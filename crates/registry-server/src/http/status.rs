@@ -6,9 +6,10 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use registry_api::{History, SelfPreservation, SystemStatus};
+use registry_api::{History, InstanceId, SelfPreservation, ServiceName, SystemStatus};
+use serde::Deserialize;
 
-use super::extract::{QueryParams, parse_service, rfc3339};
+use super::extract::{Query, param};
 use super::{ApiError, AppState};
 
 /// Most events one history answer carries.
@@ -18,6 +19,15 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/status", get(system_status))
         .route("/v1/history", get(history))
+}
+
+/// The query of `GET /v1/status`.
+#[derive(Deserialize)]
+struct StatusQuery {
+    #[serde(default, deserialize_with = "param")]
+    at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "param")]
+    service: Option<ServiceName>,
 }
 
 /// `GET /v1/status[?at=RFC3339][&service=S]`.
@@ -39,13 +49,8 @@ pub fn router() -> Router<AppState> {
 )]
 async fn system_status(
     State(state): State<AppState>,
-    query: QueryParams,
+    Query(StatusQuery { at, service }): Query<StatusQuery>,
 ) -> Result<Json<SystemStatus>, ApiError> {
-    let at = query.parse("at", rfc3339)?;
-    let service = query
-        .get("service")
-        .map(|raw| parse_service(raw, "service"))
-        .transpose()?;
     let only = service.as_ref().map(|s| s.as_str());
     let now = crate::clock::now();
     let Some(at) = at.filter(|at| *at < now) else {
@@ -102,6 +107,19 @@ async fn history_starts_at(state: &AppState) -> Option<DateTime<Utc>> {
     }
 }
 
+/// The query of the history.
+#[derive(Deserialize)]
+struct HistoryQuery {
+    #[serde(default, deserialize_with = "param")]
+    service: Option<ServiceName>,
+    #[serde(default, deserialize_with = "param")]
+    instance: Option<InstanceId>,
+    #[serde(default, deserialize_with = "param")]
+    since: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "param")]
+    until: Option<DateTime<Utc>>,
+}
+
 /// `GET /v1/history?service=S[&instance=I][&since=&until=]`: oldest first, `[since, until)`.
 #[utoipa::path(
     get,
@@ -123,17 +141,15 @@ async fn history_starts_at(state: &AppState) -> Option<DateTime<Utc>> {
 )]
 async fn history(
     State(state): State<AppState>,
-    query: QueryParams,
+    Query(query): Query<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
-    let service = query
-        .get("service")
-        .ok_or_else(|| ApiError::invalid("service", "service is required"))
-        .and_then(|raw| parse_service(raw, "service"))?;
-    let instance = query.parse("instance", |raw| {
-        registry_api::InstanceId::parse(raw).map_err(|m| format!("instance id {m}"))
-    })?;
-    let since = query.parse("since", rfc3339)?;
-    let until = query.parse("until", rfc3339)?;
+    let HistoryQuery {
+        service,
+        instance,
+        since,
+        until,
+    } = query;
+    let service = service.ok_or_else(|| ApiError::invalid("service", "service is required"))?;
     if let (Some(since), Some(until)) = (since, until)
         && since > until
     {
