@@ -5,10 +5,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{Backend, TempDir, TestRegistry, binary, eventually};
+use crate::support::{Backend, TempDir, TestRegistry, binary, checked_spec, eventually};
 use axum::Router;
 use axum::routing::get;
-use registry_api::{CheckSpec, ErrorBody, ErrorCode, InstanceSpec, Status};
+use registry_api::{ErrorBody, ErrorCode, InstanceSpec, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
@@ -131,18 +131,9 @@ async fn healthy_instance() -> String {
 }
 
 async fn register_checked(registry: &TestRegistry, id: &str, url: &str) {
-    let mut spec = InstanceSpec::new(url);
-    spec.ttl_seconds = Some(0);
-    spec.check = Some(CheckSpec {
-        http: Some("/health".into()),
-        tcp: None,
-        interval_seconds: Some(1),
-        timeout_seconds: Some(1),
-        expect_json: None,
-    });
     registry
         .api
-        .register("checked", id, &spec)
+        .register("checked", id, &checked_spec(url, "/health"))
         .await
         .expect("register");
 }

@@ -55,6 +55,21 @@ macro_rules! both_stores {
     };
 }
 
+/// A spec without a lease whose status only its HTTP check on `path`, every second, decides
+/// (nothing lapses during a test).
+pub fn checked_spec(url: &str, path: &str) -> registry_api::InstanceSpec {
+    let mut spec = registry_api::InstanceSpec::new(url);
+    spec.ttl_seconds = Some(0);
+    spec.check = Some(registry_api::CheckSpec {
+        http: Some(path.to_owned()),
+        tcp: None,
+        interval_seconds: Some(1),
+        timeout_seconds: Some(1),
+        expect_json: None,
+    });
+    spec
+}
+
 /// A registry served from this process.
 pub struct TestRegistry {
     pub addr: SocketAddr,

@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{Backend, TempDir, TestRegistry};
+use crate::support::{Backend, TempDir, TestRegistry, checked_spec};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use registry_api::{CheckSpec, InstanceSpec, Status};
+use registry_api::Status;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -302,21 +302,11 @@ async fn answer(State(state): State<Arc<SumState>>, uri: Uri) -> Response {
     state.id.clone().into_response()
 }
 
-/// Registered without a lease and with an active check on `/healthz` every second, so
-/// that only the check decides the status (and nothing lapses during the test).
+/// Registered with only its check on `/healthz` deciding its status.
 async fn register(registry: &TestRegistry, id: &str, sum: &Sum) {
-    let mut spec = InstanceSpec::new(sum.url());
-    spec.ttl_seconds = Some(0);
-    spec.check = Some(CheckSpec {
-        http: Some("/healthz".into()),
-        tcp: None,
-        interval_seconds: Some(1),
-        timeout_seconds: Some(1),
-        expect_json: None,
-    });
     registry
         .api
-        .register("sum", id, &spec)
+        .register("sum", id, &checked_spec(&sum.url(), "/healthz"))
         .await
         .unwrap_or_else(|e| panic!("register {id}: {e}"));
 }
