@@ -328,19 +328,10 @@ async function httpCheck(consul) {
     port,
     checks: [{ http: `http://127.0.0.1:${port}/health`, interval: "1s", timeout: "1s" }],
   });
-  await eventually(
-    "the HTTP-checked instance passing",
-    async () => same(await passingIds(consul, "js-http"), ["js-http-1"]),
-    CHECK_TURNS_WITHIN_MS,
-  );
-  server.closeAllConnections();
-  await new Promise((resolve) => server.close(resolve));
-  await eventually(
-    "the HTTP-checked instance critical after its server stopped",
-    () => statusIs(consul, "js-http", "js-http-1", "service:js-http-1", "critical"),
-    CHECK_TURNS_WITHIN_MS,
-  );
-  await consul.agent.service.deregister("js-http-1");
+  await passingThenCritical(consul, "js-http", "js-http-1", "the HTTP-checked instance", "its server stopped", async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  });
 }
 
 async function tcpCheck(consul) {
@@ -360,19 +351,26 @@ async function tcpCheck(consul) {
     port,
     check: { tcp: `127.0.0.1:${port}`, interval: "1s", timeout: "1s" },
   });
+  await passingThenCritical(consul, "js-tcp", "js-tcp-1", "the TCP-checked instance", "its listener closed", async () => {
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  });
+}
+
+// An actively checked instance turns passing, then critical once `stop` takes its target away.
+async function passingThenCritical(consul, service, id, what, stopped, stop) {
   await eventually(
-    "the TCP-checked instance passing",
-    async () => same(await passingIds(consul, "js-tcp"), ["js-tcp-1"]),
+    `${what} passing`,
+    async () => same(await passingIds(consul, service), [id]),
     CHECK_TURNS_WITHIN_MS,
   );
-  for (const socket of sockets) socket.destroy();
-  await new Promise((resolve) => server.close(resolve));
+  await stop();
   await eventually(
-    "the TCP-checked instance critical after its listener closed",
-    () => statusIs(consul, "js-tcp", "js-tcp-1", "service:js-tcp-1", "critical"),
+    `${what} critical after ${stopped}`,
+    () => statusIs(consul, service, id, `service:${id}`, "critical"),
     CHECK_TURNS_WITHIN_MS,
   );
-  await consul.agent.service.deregister("js-tcp-1");
+  await consul.agent.service.deregister(id);
 }
 
 async function deregister(consul) {

@@ -304,19 +304,12 @@ def http_check(c):
     check = consul.Check.http(f"http://127.0.0.1:{port}/health", "1s", timeout="1s")
     ok = c.agent.service.register("py-http", service_id="py-http-1", address="127.0.0.1", port=port, check=check)
     expect(ok is True, f"register with an HTTP check answered {ok!r}")
-    eventually(
-        "the HTTP-checked instance passing",
-        lambda: passing_ids(c, "py-http") == ["py-http-1"],
-        within=CHECK_TURNS_WITHIN,
-    )
-    server.shutdown()
-    server.server_close()
-    eventually(
-        "the HTTP-checked instance critical after its server stopped",
-        lambda: status_is(c, "py-http", "py-http-1", "service:py-http-1", "critical"),
-        within=CHECK_TURNS_WITHIN,
-    )
-    expect(c.agent.service.deregister("py-http-1") is True, "deregister py-http-1")
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    passing_then_critical(c, "py-http", "py-http-1", stop, "the HTTP-checked instance", "its server stopped")
 
 
 def tcp_check(c):
@@ -328,18 +321,23 @@ def tcp_check(c):
     check = consul.Check.tcp("127.0.0.1", port, "1s", timeout="1s")
     ok = c.agent.service.register("py-tcp", service_id="py-tcp-1", address="127.0.0.1", port=port, check=check)
     expect(ok is True, f"register with a TCP check answered {ok!r}")
+    passing_then_critical(c, "py-tcp", "py-tcp-1", listener.close, "the TCP-checked instance", "its listener closed")
+
+
+def passing_then_critical(c, service, service_id, stop, what, stopped):
+    """An actively checked instance turns passing, then critical once `stop` takes its target away."""
     eventually(
-        "the TCP-checked instance passing",
-        lambda: passing_ids(c, "py-tcp") == ["py-tcp-1"],
+        f"{what} passing",
+        lambda: passing_ids(c, service) == [service_id],
         within=CHECK_TURNS_WITHIN,
     )
-    listener.close()
+    stop()
     eventually(
-        "the TCP-checked instance critical after its listener closed",
-        lambda: status_is(c, "py-tcp", "py-tcp-1", "service:py-tcp-1", "critical"),
+        f"{what} critical after {stopped}",
+        lambda: status_is(c, service, service_id, f"service:{service_id}", "critical"),
         within=CHECK_TURNS_WITHIN,
     )
-    expect(c.agent.service.deregister("py-tcp-1") is True, "deregister py-tcp-1")
+    expect(c.agent.service.deregister(service_id) is True, f"deregister {service_id}")
 
 
 def maintenance(c):
