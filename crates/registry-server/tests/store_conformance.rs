@@ -1658,3 +1658,84 @@ async fn postgres_accepts_the_reworded_migration_2() {
         .await
         .expect("migrates over the old checksum");
 }
+
+/// A group is planned from rows read without locks. When another writer changes a row
+/// between that read and the group's write, the write must not overwrite the other
+/// writer's change: the group is planned again on the row as it now is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_row_changed_after_the_read_is_planned_again() {
+    use sqlx::Connection as _;
+    let url = Backend::Postgres.fresh_url().await;
+    let store = Backend::Postgres.open(&url).await;
+    let now = clock::now();
+    let spec = spec("sum", "a", 10);
+    store
+        .apply(
+            "sum",
+            "a",
+            now,
+            Box::new(move |old| lifecycle::register(old, &spec, now)),
+        )
+        .await
+        .expect("register");
+
+    // Another writer changes the row and holds its lock, so that the group's read sees
+    // the row as it was and its write waits for the other's commit.
+    let mut other = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut other)
+        .await
+        .expect("begin");
+    sqlx::query(
+        "UPDATE instances SET record = jsonb_set(record, '{tags}', '[\"changed-meanwhile\"]') \
+         WHERE service = 'sum' AND id = 'a'",
+    )
+    .execute(&mut other)
+    .await
+    .expect("the other writer's change");
+    let maintenance = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            on_existing(store.as_ref(), "sum", "a", now, move |record| {
+                lifecycle::set_maintenance(record, true, now)
+            })
+            .await
+        }
+    });
+    let mut watcher = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .expect("activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group's write never waited for the other writer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    sqlx::query("COMMIT")
+        .execute(&mut other)
+        .await
+        .expect("commit");
+
+    let applied = maintenance.await.expect("task");
+    let record = applied.record.expect("the instance");
+    assert!(record.maintenance, "the group's change is written");
+    assert_eq!(
+        record.tags,
+        ["changed-meanwhile"],
+        "and the other writer's change is kept"
+    );
+    let stored = store.snapshot().await.expect("snapshot").records;
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].maintenance && stored[0].tags == ["changed-meanwhile"]);
+    assert_eq!(store.current_index().await.expect("index"), 2);
+}

@@ -6,24 +6,24 @@
 //! rows are then locked for update against lease renewals, and the single `registry_meta`
 //! row, locked by the index increment until commit, makes transactions commit in index
 //! order. Locks are always taken in that order, so writers cannot deadlock. Changes are
-//! written in groups, one transaction each ([`group_commit`]).
+//! written in groups ([`group_commit`]), each by one statement in a transaction of its own
+//! (`registry_write_group`, migration 0008).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use registry_api::{Event, Instance};
-use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Acquire, PgConnection};
 
-use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, Row, RowWrite};
+use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Row, RowWrite};
 use super::{
     Applied, ClaimedCheck, HistoryStart, IndexedColumns, Notification, Snapshot, Store, StoreError,
-    StoreResult, Transition, after_column, from_millis, index_column, lease_payloads, millis,
-    missing_meta, parse_events, parse_lease_payload, parse_record, to_index,
+    StoreResult, Transition, after_column, from_millis, lease_payloads, millis, missing_meta,
+    parse_events, parse_lease_payload, parse_record, to_index,
 };
-use crate::record::InstanceRecord;
 use crate::self_preservation::{LeaseSurvey, Mode};
 
 /// Enough for the request handlers and the background sweeps of one replica without
@@ -583,59 +583,139 @@ impl Store for PostgresStore {
     }
 }
 
-/// Writes groups of changes, each in one transaction (see [`group_commit`]).
+/// Writes groups of changes (see [`group_commit`]): each group is planned from its rows as
+/// read without locks and written by one statement, `registry_write_group` (migration
+/// 0008), in an implicit transaction: a round trip to read, one to write and commit. The
+/// statement writes only if no row changed since it was read; when one did (another
+/// replica, a lease renewal), the group is planned again from rows read under its locks.
 struct PgGroupWriter {
     pool: PgPool,
 }
+
+/// The SQLSTATE `registry_write_group` raises when a row changed after it was read.
+const ROW_CHANGED: &str = "RG001";
+
+/// A stored row as a group reads it: its record and its version (`xmin`).
+type StoredRow = (String, String, String, String);
 
 #[async_trait]
 impl GroupWriter for PgGroupWriter {
     async fn write(&self, group: &[Pending]) -> StoreResult<Vec<StoreResult<Applied>>> {
         let keys: BTreeSet<Key> = group.iter().map(Pending::key).collect();
         let (services, ids): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-        let mut tx = self.pool.begin().await?;
-        // Locks every key of the group, then reads the rows that exist (migration 0004
-        // says why this takes a function).
-        let stored: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT service, id, record::text FROM registry_lock_instances($1, $2)")
-                .bind(&services)
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
-        let loaded = stored
-            .into_iter()
-            .map(|(service, id, record)| {
-                let record = parse_record(&record).map_err(|error| error.to_string());
-                ((service, id), record)
-            })
-            .collect();
-        let plan = group_commit::plan(group, loaded);
-        write_rows(&mut tx, &plan.rows).await?;
-        let events = append_events(&mut tx, &plan).await?;
+        let mut conn = self.pool.acquire().await?;
+        let stored = read_rows(&mut conn, &services, &ids).await?;
+        match write_group(&mut conn, group, &services, &ids, stored).await {
+            Err(StoreError::Database(sqlx::Error::Database(error)))
+                if error.code().as_deref() == Some(ROW_CHANGED) => {}
+            answers => return answers,
+        }
+        // Locks every key of the group (migration 0004 says why this takes a function),
+        // then reads the rows again: under the locks, none can change before the write.
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT count(*) FROM registry_lock_instances($1, $2)")
+            .bind(&services)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        let stored = read_rows(&mut tx, &services, &ids).await?;
+        let answers = write_group(&mut tx, group, &services, &ids, stored).await?;
         tx.commit().await?;
-        Ok(plan.answers(events))
+        Ok(answers)
     }
 }
 
-/// sqlx does not set `TCP_NODELAY` on its sockets. A statement larger than a TLS record
-/// or the socket's send buffer (both 16 KiB, the buffer at first) leaves in two writes,
-/// and Nagle's algorithm holds the second until the server acknowledges the first, which
-/// it may delay by 40 ms: a group of 40 registrations written in one statement took 42 ms
-/// instead of 1. Statements that carry many rows are therefore cut so that each stays
-/// under this size (a single row larger than this goes alone), which leaves room for the
-/// statement's text and the protocol's framing within 16 KiB.
-const STATEMENT_BYTES: usize = 15 * 1024;
-
-/// Whether a statement holding `rows` rows of `bytes` in all must be written before a row
-/// of `more` bytes joins it: it would go over [`STATEMENT_BYTES`].
-fn full(rows: usize, bytes: usize, more: usize) -> bool {
-    rows > 0 && bytes + more > STATEMENT_BYTES
+/// The stored rows of the keys `services` x `ids` (absent keys have none).
+async fn read_rows(
+    conn: &mut PgConnection,
+    services: &[String],
+    ids: &[String],
+) -> StoreResult<Vec<StoredRow>> {
+    Ok(sqlx::query_as(
+        "SELECT service, id, record::text, xmin::text FROM instances \
+         WHERE (service, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+    )
+    .bind(services)
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
 }
 
-/// Rows of `instances` as columns, the shape `UNNEST` takes; `bytes` is about what they
-/// weigh in a statement.
+/// Plans `group` on the rows `stored` and writes it with `registry_write_group`, which
+/// fails with [`ROW_CHANGED`] if a row is no longer as read.
+async fn write_group(
+    conn: &mut PgConnection,
+    group: &[Pending],
+    services: &[String],
+    ids: &[String],
+    stored: Vec<StoredRow>,
+) -> StoreResult<Vec<StoreResult<Applied>>> {
+    let mut versions: HashMap<Key, String> = HashMap::with_capacity(stored.len());
+    let mut loaded = HashMap::with_capacity(stored.len());
+    for (service, id, record, version) in stored {
+        let record = parse_record(&record).map_err(|error| error.to_string());
+        versions.insert((service.clone(), id.clone()), version);
+        loaded.insert((service, id), record);
+    }
+    let plan = group_commit::plan(group, loaded);
+    if plan.rows.is_empty() && plan.event_count() == 0 {
+        // Nothing changes: the answers stand on what was read.
+        return Ok(plan.answers(Vec::new()));
+    }
+    let versions: Vec<Option<String>> = services
+        .iter()
+        .zip(ids)
+        .map(|(service, id)| versions.remove(&(service.clone(), id.clone())))
+        .collect();
+    let rows = GroupRows::of(&plan.rows)?;
+    // Numbered by the statement, which sets each body's index as it appends it.
+    let mut events = plan.events(0);
+    let mut event_columns = EventColumns::default();
+    for event in &events {
+        event_columns.add(event)?;
+    }
+    let first_index: Option<i64> = sqlx::query_scalar(
+        "SELECT registry_write_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+           $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+    )
+    .bind(services)
+    .bind(ids)
+    .bind(versions)
+    .bind(rows.deleted_services)
+    .bind(rows.deleted_ids)
+    .bind(rows.is_new)
+    .bind(rows.service)
+    .bind(rows.id)
+    .bind(rows.record)
+    .bind(rows.status)
+    .bind(rows.lease_deadline_ms)
+    .bind(rows.ttl_ms)
+    .bind(rows.critical_since_ms)
+    .bind(rows.check_interval_ms)
+    .bind(rows.now_ms)
+    .bind(rows.reschedule_check)
+    .bind(rows.held_deadline_ms)
+    .bind(rows.reap_after_ms)
+    .bind(event_columns.at_ms)
+    .bind(event_columns.service)
+    .bind(event_columns.instance)
+    .bind(event_columns.kind)
+    .bind(event_columns.body)
+    .fetch_one(conn)
+    .await?;
+    if let Some(first_index) = first_index {
+        for (event, index) in events.iter_mut().zip(to_index(first_index)?..) {
+            event.index = index;
+        }
+    }
+    Ok(plan.answers(events))
+}
+
+/// A group's rows as columns, the shape `UNNEST` takes: each changed instance's final row
+/// (the record and the columns derived from it), and the keys of the rows to delete.
 #[derive(Default)]
-struct RowColumns {
+struct GroupRows {
+    is_new: Vec<bool>,
     service: Vec<String>,
     id: Vec<String>,
     record: Vec<String>,
@@ -648,228 +728,65 @@ struct RowColumns {
     reschedule_check: Vec<bool>,
     held_deadline_ms: Vec<Option<i64>>,
     reap_after_ms: Vec<Option<i64>>,
-    bytes: usize,
+    deleted_services: Vec<String>,
+    deleted_ids: Vec<String>,
 }
 
-/// The rows of [`RowColumns`] as a table `r`, for `concat!`.
-macro_rules! rows_table {
-    () => {
-        "UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
-         $7::bigint[], $8::bigint[], $9::bigint[], $10::bool[], $11::bigint[], \
-         $12::bigint[]) \
-         AS r(service, id, record, status, lease_deadline_ms, ttl_ms, critical_since_ms, \
-         check_interval_ms, now_ms, reschedule_check, held_deadline_ms, reap_after_ms)"
-    };
-}
-
-/// New rows. next_check_ms: none without a check, otherwise `now` (checked at once).
-const INSERT_ROWS: &str = concat!(
-    "INSERT INTO instances (service, id, record, status, lease_deadline_ms, ttl_ms, \
-       critical_since_ms, check_interval_ms, next_check_ms, held_deadline_ms, reap_after_ms) \
-     SELECT service, id, record::jsonb, status, lease_deadline_ms, ttl_ms, critical_since_ms, \
-       check_interval_ms, CASE WHEN check_interval_ms IS NULL THEN NULL ELSE now_ms END, \
-       held_deadline_ms, reap_after_ms \
-     FROM ",
-    rows_table!()
-);
-
-/// Stored rows. next_check_ms: none without a check; `now` when asked (new or changed
-/// check); otherwise the schedule the check sweep keeps.
-const UPDATE_ROWS: &str = concat!(
-    "UPDATE instances AS i SET \
-       record = r.record::jsonb, status = r.status, \
-       lease_deadline_ms = r.lease_deadline_ms, ttl_ms = r.ttl_ms, \
-       critical_since_ms = r.critical_since_ms, check_interval_ms = r.check_interval_ms, \
-       held_deadline_ms = r.held_deadline_ms, reap_after_ms = r.reap_after_ms, \
-       next_check_ms = CASE \
-         WHEN r.check_interval_ms IS NULL THEN NULL \
-         WHEN r.reschedule_check THEN r.now_ms \
-         ELSE COALESCE(i.next_check_ms, r.now_ms) END \
-     FROM ",
-    rows_table!(),
-    " WHERE i.service = r.service AND i.id = r.id"
-);
-
-impl RowColumns {
-    /// Takes one row, written first if the statement would grow too large with it.
-    async fn add(
-        &mut self,
-        conn: &mut PgConnection,
-        statement: &'static str,
-        record: &InstanceRecord,
-        now: DateTime<Utc>,
-        reschedule_check: bool,
-    ) -> StoreResult<()> {
-        let json = serde_json::to_string(record)?;
-        // Each row also carries its lengths, status and five numbers in binary arrays.
-        let bytes = json.len() + record.service.len() + record.id.len() + 96;
-        if full(self.service.len(), self.bytes, bytes) {
-            self.execute(&mut *conn, statement).await?;
+impl GroupRows {
+    fn of(rows: &[Row]) -> StoreResult<Self> {
+        let mut columns = Self::default();
+        for row in rows {
+            let (record, now, is_new, reschedule_check) = match &row.write {
+                RowWrite::Insert { record, now } => (record, *now, true, true),
+                RowWrite::Update {
+                    record,
+                    reschedule_check,
+                    now,
+                } => (record, *now, false, *reschedule_check),
+                RowWrite::Delete => {
+                    columns.deleted_services.push(row.key.0.clone());
+                    columns.deleted_ids.push(row.key.1.clone());
+                    continue;
+                }
+            };
+            let indexed = IndexedColumns::of(record);
+            columns.is_new.push(is_new);
+            columns.service.push(record.service.clone());
+            columns.id.push(record.id.clone());
+            columns.record.push(serde_json::to_string(record)?);
+            columns.status.push(indexed.status);
+            columns.lease_deadline_ms.push(indexed.lease_deadline_ms);
+            columns.ttl_ms.push(indexed.ttl_ms);
+            columns.critical_since_ms.push(indexed.critical_since_ms);
+            columns.check_interval_ms.push(indexed.check_interval_ms);
+            columns.now_ms.push(millis(now));
+            columns.reschedule_check.push(reschedule_check);
+            columns.held_deadline_ms.push(indexed.held_deadline_ms);
+            columns.reap_after_ms.push(indexed.reap_after_ms);
         }
-        let columns = IndexedColumns::of(record);
-        self.bytes += bytes;
-        self.service.push(record.service.clone());
-        self.id.push(record.id.clone());
-        self.record.push(json);
-        self.status.push(columns.status);
-        self.lease_deadline_ms.push(columns.lease_deadline_ms);
-        self.ttl_ms.push(columns.ttl_ms);
-        self.critical_since_ms.push(columns.critical_since_ms);
-        self.check_interval_ms.push(columns.check_interval_ms);
-        self.now_ms.push(millis(now));
-        self.reschedule_check.push(reschedule_check);
-        self.held_deadline_ms.push(columns.held_deadline_ms);
-        self.reap_after_ms.push(columns.reap_after_ms);
-        Ok(())
-    }
-
-    /// Runs `statement` ([`INSERT_ROWS`] or [`UPDATE_ROWS`]) with the rows taken so far.
-    async fn execute(
-        &mut self,
-        conn: &mut PgConnection,
-        statement: &'static str,
-    ) -> StoreResult<()> {
-        let rows = std::mem::take(self);
-        if rows.service.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(statement)
-            .bind(rows.service)
-            .bind(rows.id)
-            .bind(rows.record)
-            .bind(rows.status)
-            .bind(rows.lease_deadline_ms)
-            .bind(rows.ttl_ms)
-            .bind(rows.critical_since_ms)
-            .bind(rows.check_interval_ms)
-            .bind(rows.now_ms)
-            .bind(rows.reschedule_check)
-            .bind(rows.held_deadline_ms)
-            .bind(rows.reap_after_ms)
-            .execute(conn)
-            .await?;
-        Ok(())
+        Ok(columns)
     }
 }
 
-/// Writes each changed instance's final row: records and the columns derived from them.
-async fn write_rows(conn: &mut PgConnection, rows: &[Row]) -> StoreResult<()> {
-    let mut inserts = RowColumns::default();
-    let mut updates = RowColumns::default();
-    let (mut deleted_services, mut deleted_ids) = (Vec::new(), Vec::new());
-    for row in rows {
-        match &row.write {
-            RowWrite::Insert { record, now } => {
-                inserts
-                    .add(&mut *conn, INSERT_ROWS, record, *now, true)
-                    .await?;
-            }
-            RowWrite::Update {
-                record,
-                reschedule_check,
-                now,
-            } => {
-                updates
-                    .add(&mut *conn, UPDATE_ROWS, record, *now, *reschedule_check)
-                    .await?;
-            }
-            RowWrite::Delete => {
-                deleted_services.push(row.key.0.clone());
-                deleted_ids.push(row.key.1.clone());
-            }
-        }
-    }
-    inserts.execute(&mut *conn, INSERT_ROWS).await?;
-    updates.execute(&mut *conn, UPDATE_ROWS).await?;
-    if !deleted_services.is_empty() {
-        sqlx::query(
-            "DELETE FROM instances \
-             WHERE (service, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-        )
-        .bind(deleted_services)
-        .bind(deleted_ids)
-        .execute(conn)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Rows of `events` as columns (see [`RowColumns`]).
+/// A group's events as columns (see [`GroupRows`]).
 #[derive(Default)]
 struct EventColumns {
-    idx: Vec<i64>,
     at_ms: Vec<i64>,
     service: Vec<String>,
     instance: Vec<String>,
     kind: Vec<&'static str>,
     body: Vec<String>,
-    bytes: usize,
 }
 
 impl EventColumns {
-    /// Takes one event, written first if the statement would grow too large with it.
-    async fn add(&mut self, conn: &mut PgConnection, event: &Event) -> StoreResult<()> {
-        let body = serde_json::to_string(event)?;
-        // Each event also carries its lengths, kind and two numbers in binary arrays.
-        let bytes = body.len() + event.service.len() + event.instance.len() + 64;
-        if full(self.idx.len(), self.bytes, bytes) {
-            self.insert(&mut *conn).await?;
-        }
-        self.bytes += bytes;
-        self.idx.push(index_column(event.index)?);
+    fn add(&mut self, event: &Event) -> StoreResult<()> {
         self.at_ms.push(millis(event.at));
         self.service.push(event.service.clone());
         self.instance.push(event.instance.clone());
         self.kind.push(event.kind.as_str());
-        self.body.push(body);
+        self.body.push(serde_json::to_string(event)?);
         Ok(())
     }
-
-    async fn insert(&mut self, conn: &mut PgConnection) -> StoreResult<()> {
-        let rows = std::mem::take(self);
-        if rows.idx.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO events (idx, at_ms, service, instance, kind, body) \
-             SELECT idx, at_ms, service, instance, kind, body::jsonb \
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-               $6::text[]) AS e(idx, at_ms, service, instance, kind, body)",
-        )
-        .bind(rows.idx)
-        .bind(rows.at_ms)
-        .bind(rows.service)
-        .bind(rows.instance)
-        .bind(rows.kind)
-        .bind(rows.body)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-}
-
-/// Takes the group's indexes and appends its events. The meta row stays locked until
-/// commit, so the next writer gets its indexes only after these are visible.
-async fn append_events(conn: &mut PgConnection, plan: &Plan) -> StoreResult<Vec<Event>> {
-    let count = plan.event_count();
-    if count == 0 {
-        return Ok(Vec::new());
-    }
-    let last: Option<i64> = sqlx::query_scalar(
-        "UPDATE registry_meta SET current_index = current_index + $1 WHERE id = 1 \
-         RETURNING current_index",
-    )
-    .bind(count)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let last = last.ok_or_else(missing_meta)?;
-    let events = plan.events(to_index(last - count + 1)?);
-    let mut columns = EventColumns::default();
-    for event in &events {
-        columns.add(&mut *conn, event).await?;
-    }
-    columns.insert(conn).await?;
-    Ok(events)
 }
 
 async fn read_current_index(conn: &mut PgConnection) -> StoreResult<u64> {
