@@ -133,7 +133,7 @@ impl Nsd {
 
 /// SIGTERM with `kill` (signalling from Rust would need `libc` and unsafe code), then
 /// SIGKILL after 10 s.
-async fn terminate(child: &mut Child) -> anyhow::Result<()> {
+pub async fn terminate(child: &mut Child) -> anyhow::Result<()> {
     if let Some(pid) = child.id() {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])

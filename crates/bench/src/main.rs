@@ -6,12 +6,14 @@
 //! run on the same two cores (so the ratio holds on a noisy machine), registrations,
 //! heartbeats, watch fan-out, failure detection, propagation between replicas, resident
 //! memory per instance, and DNS queries in turns with NSD answering the same records.
-//! Postgres's own limit is measured in the same run, next to the registry's figures:
-//! pgbench writing a registration's rows.
+//! Peers and limits are measured in the same run, next to the registry's own figures:
+//! etcd doing the same operations over gRPC, and pgbench writing a registration's rows.
 //! `--quick` (or `BENCH_QUICK=1`) runs the same phases with small counts, as a smoke
 //! test of the program itself; its figures mean nothing.
 
 mod dns;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod load;
 mod pgbench;
 mod registry;
@@ -102,6 +104,7 @@ impl Plan {
             "tracing",
             "heartbeats",
             "registrations",
+            "etcd",
             "pgbench",
             "fanout",
             "detection",
@@ -359,7 +362,7 @@ struct RegistryFigures {
 }
 
 /// Lookups, the ceiling, tracing on and off (on SQLite), heartbeats, registrations,
-/// fan-out and detection on one backend; on Postgres, pgbench right after the
+/// fan-out and detection on one backend; on Postgres, etcd and pgbench right after the
 /// registry's registrations, so that their figures are taken minutes apart at most.
 async fn one_backend(
     plan: &Plan,
@@ -440,6 +443,17 @@ async fn one_backend(
             target,
             pass,
             json!({ "wrk": wrk_json(&writes), "seeding_per_second": seed_rate }),
+        );
+    }
+
+    if backend == Backend::Postgres && plan.runs("etcd") {
+        #[cfg(feature = "etcd")]
+        etcd::report_rows(plan, &registry, http, &figures, report).await?;
+        #[cfg(not(feature = "etcd"))]
+        report.not_measured(
+            "postgres: registrations / etcd lease grant + put",
+            ">= 3",
+            "registry-bench built without its etcd feature (make bench enables it when protoc is installed)",
         );
     }
 
