@@ -7,7 +7,7 @@
 
 .PHONY: bench bench-quick
 
-bench: ## Measure speed and memory (release build, SQLite and Postgres; about 5 minutes)
+bench: ## Measure speed and memory (release build, SQLite and Postgres; about 6 minutes)
 	@$(MAKE) --no-print-directory bench-run BENCH_ARGS=
 
 bench-quick: ## Smoke run of the benchmark with small counts (figures mean nothing)
