@@ -12,7 +12,7 @@
 //! registry writes a group; the single row of `registry_meta` (one index increment per
 //! group, not per registration) is left out, so several clients never wait on each other.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ pub async fn report_rows(
     plan: &Plan,
     admin_url: &str,
     http: &reqwest::Client,
-    registry: &RegistryFigures,
+    figures: &RegistryFigures,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let ratio_label = format!(
@@ -78,7 +78,7 @@ pub async fn report_rows(
         .context("no batched one-client pgbench run")?;
     report.ratio(
         ratio_label,
-        registry.registrations_per_second,
+        figures.registrations_per_second,
         batched.registrations_per_second,
         Some(0.3),
     );
@@ -102,7 +102,7 @@ struct PgbenchRun {
 /// rows, and runs pgbench in its three forms.
 async fn measure(
     plan: &Plan,
-    pgbench: &std::path::Path,
+    pgbench: &Path,
     database: &Database,
     http: &reqwest::Client,
 ) -> anyhow::Result<Vec<PgbenchRun>> {
@@ -308,7 +308,7 @@ fn quoted(text: &str, data_type: &str) -> String {
 /// Runs pgbench with `script` on `clients` connections, one thread (as wrk), prepared
 /// statements (as the registry's sqlx), for `duration`.
 async fn run(
-    pgbench: &std::path::Path,
+    pgbench: &Path,
     database_url: &str,
     script: &str,
     batch: usize,
