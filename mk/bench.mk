@@ -1,12 +1,13 @@
 # `make bench`: the registry's speed and memory against its targets (docs/performance.md).
 # Release build, wrk as the load generator (installed here as root), dnsperf and NSD for
-# the DNS row (installed here as root; without them the bench skips that row and says
-# why), Postgres found or started by scripts/ensure-postgres.sh; writes
+# the DNS row, etcd and protoc for the etcd rows (installed here as root; without them
+# the bench skips those rows and says why), Postgres found or started by
+# scripts/ensure-postgres.sh (its pgbench gives the pgbench rows); writes
 # target/bench/latest.json.
 
 .PHONY: bench bench-quick
 
-bench: ## Measure speed and memory (release build, SQLite and Postgres; about 5 minutes)
+bench: ## Measure speed and memory (release build, SQLite and Postgres; about 6 minutes)
 	@$(MAKE) --no-print-directory bench-run BENCH_ARGS=
 
 bench-quick: ## Smoke run of the benchmark with small counts (figures mean nothing)
@@ -37,6 +38,22 @@ bench-run:
 	    echo "the DNS row needs dnsperf and nsd (sudo apt-get install dnsperf nsd): skipped" >&2; \
 	  fi; \
 	fi
-	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench
+	@# etcd's rows: Debian's etcd 3.4, and protoc to build the bench's etcd client (the
+	@# etcd feature, which only this target enables: make test and CI build without
+	@# protoc). Debian's package may also start its own etcd service; the bench starts
+	@# one of its own on free ports and leaves that alone.
+	@if ! PATH="$$PATH:/usr/sbin:/sbin" command -v etcd >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing etcd-server and protobuf-compiler with apt-get..." >&2; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server protobuf-compiler >/dev/null 2>&1 || \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server protobuf-compiler >&2; } || \
+	    echo "etcd-server and protobuf-compiler could not be installed: the etcd rows are skipped" >&2; \
+	  else \
+	    echo "the etcd rows need etcd and protoc (sudo apt-get install etcd-server protobuf-compiler): skipped" >&2; \
+	  fi; \
+	fi
+	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench \
+	  $$(command -v protoc >/dev/null 2>&1 && echo --features registry-bench/etcd)
 	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
 	  "$${CARGO_TARGET_DIR:-target}/release/registry-bench" $(BENCH_ARGS)

@@ -48,7 +48,7 @@ pub fn missing_tools() -> Option<String> {
 
 /// `name` on `PATH`, or in the system folders Debian puts daemons in (`nsd` is in
 /// `/usr/sbin`, which is not on a user's `PATH`).
-fn find_program(name: &str) -> Option<PathBuf> {
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
@@ -133,7 +133,7 @@ impl Nsd {
 
 /// SIGTERM with `kill` (signalling from Rust would need `libc` and unsafe code), then
 /// SIGKILL after 10 s.
-async fn terminate(child: &mut Child) -> anyhow::Result<()> {
+pub async fn terminate(child: &mut Child) -> anyhow::Result<()> {
     if let Some(pid) = child.id() {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])

@@ -131,7 +131,9 @@ end
     )
 }
 
-/// Registrations of new instances, each a new id, spread over 100 services `reg-*`.
+/// Registrations of new instances, each a new id, spread over 100 services `reg-*`
+/// (request `counter` registers `registration_key(counter)` with
+/// `registration_body(counter)`).
 pub fn registration_script() -> String {
     format!(
         r#"
@@ -143,6 +145,21 @@ request = function()
   return wrk.format("PUT", "/v1/services/reg-" .. (counter % 100) .. "/instances/w-" .. counter, headers, body)
 end
 {DONE}"#
+    )
+}
+
+/// The service and instance id of the `counter`th registration of `registration_script`.
+pub fn registration_key(counter: u64) -> (String, String) {
+    (format!("reg-{}", counter % 100), format!("w-{counter}"))
+}
+
+/// The body of the `counter`th registration of `registration_script`, for the peers'
+/// rows, which write the same registrations (etcd's value, pgbench's rows).
+pub fn registration_body(counter: u64) -> String {
+    format!(
+        r#"{{"url":"http://10.1.{}.{}:8080/","tags":["bench"],"metadata":{{"version":"1.0.0"}},"ttl_seconds":600}}"#,
+        counter % 250,
+        counter % 199
     )
 }
 

@@ -6,11 +6,16 @@
 //! run on the same two cores (so the ratio holds on a noisy machine), registrations,
 //! heartbeats, watch fan-out, failure detection, propagation between replicas, resident
 //! memory per instance, and DNS queries in turns with NSD answering the same records.
+//! Peers and limits are measured in the same run, next to the registry's own figures:
+//! etcd doing the same operations over gRPC, and pgbench writing a registration's rows.
 //! `--quick` (or `BENCH_QUICK=1`) runs the same phases with small counts, as a smoke
 //! test of the program itself; its figures mean nothing.
 
 mod dns;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod load;
+mod pgbench;
 mod registry;
 mod scenarios;
 
@@ -49,6 +54,10 @@ struct Plan {
     /// Instances of the service the DNS queries ask for.
     dns_instances: usize,
     dnsperf: dns::DnsperfOptions,
+    /// pgbench's batched form: registrations per transaction, and clients of its second
+    /// run (its first has one, as the registry writes one group at a time).
+    pgbench_batch: usize,
+    pgbench_clients: usize,
     /// The phases to run (`BENCH_PHASES=lookups,fanout,...`); all when unset.
     phases: Vec<String>,
     backends: Vec<String>,
@@ -75,6 +84,8 @@ impl Plan {
             dns_seconds: 8,
             dns_instances: 10,
             dnsperf: DNSPERF,
+            pgbench_batch: 32,
+            pgbench_clients: 4,
             phases: list_from_env("BENCH_PHASES"),
             backends: list_from_env("BENCH_BACKENDS"),
         }
@@ -93,6 +104,8 @@ impl Plan {
             "tracing",
             "heartbeats",
             "registrations",
+            "etcd",
+            "pgbench",
             "fanout",
             "detection",
         ]
@@ -179,6 +192,41 @@ impl Report {
         self.rows.push(row);
     }
 
+    /// A row saying why `metric` was not measured.
+    fn not_measured(&mut self, metric: impl Into<String>, target: &str, reason: &str) {
+        let metric = metric.into();
+        eprintln!("  {metric}: skipped, {reason}");
+        self.add(
+            metric,
+            format!("not measured: {reason}"),
+            target,
+            None,
+            json!({ "skipped": reason }),
+        );
+    }
+
+    /// A row of the registry's figure over a peer's or a limit's, when the registry's was
+    /// measured in this run; `at_least` is the target, if any.
+    fn ratio(
+        &mut self,
+        metric: impl Into<String>,
+        registry: Option<f64>,
+        peer: f64,
+        at_least: Option<f64>,
+    ) {
+        let Some(registry) = registry else {
+            return;
+        };
+        let ratio = registry / peer.max(1.0);
+        self.add(
+            metric,
+            format!("{ratio:.2} ({registry:.0}/s / {peer:.0}/s)"),
+            at_least.map_or(String::new(), |target| format!(">= {target}")),
+            at_least.map(|target| ratio >= target),
+            json!({ "ratio": ratio, "registry_per_second": registry, "peer_per_second": peer }),
+        );
+    }
+
     fn table(&self) -> String {
         let verdict = |pass: Option<bool>| match pass {
             Some(true) => "pass",
@@ -254,7 +302,16 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
         }
         eprintln!("[{}]", backend.name());
         let database = Database::fresh(backend, &admin_url).await?;
-        let outcome = one_backend(&plan, backend, &database, &side, &http, &mut report).await;
+        let outcome = one_backend(
+            &plan,
+            backend,
+            &database,
+            &admin_url,
+            &side,
+            &http,
+            &mut report,
+        )
+        .await;
         database.drop_now().await?;
         outcome?;
     }
@@ -296,12 +353,22 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The registry's rates on one backend in this run, for the peers' ratio rows.
+#[derive(Debug, Default)]
+struct RegistryFigures {
+    lookups_per_second: Option<f64>,
+    heartbeats_per_second: Option<f64>,
+    registrations_per_second: Option<f64>,
+}
+
 /// Lookups, the ceiling, tracing on and off (on SQLite), heartbeats, registrations,
-/// fan-out and detection on one backend.
+/// fan-out and detection on one backend; on Postgres, etcd and pgbench right after the
+/// registry's registrations, so that their figures are taken minutes apart at most.
 async fn one_backend(
     plan: &Plan,
     backend: Backend,
     database: &Database,
+    admin_url: &str,
     side: &SideServer,
     http: &reqwest::Client,
     report: &mut Report,
@@ -321,8 +388,10 @@ async fn one_backend(
     .await?;
     scenarios::check_seeded(http, &registry, plan.per_service).await?;
 
+    let mut figures = RegistryFigures::default();
     if plan.runs("lookups") {
-        lookups(plan, backend, database, &registry, side, http, report).await?;
+        figures.lookups_per_second =
+            Some(lookups(plan, backend, database, &registry, side, http, report).await?);
     }
 
     if plan.runs("heartbeats") {
@@ -335,6 +404,7 @@ async fn one_backend(
             load_for,
         )
         .await?;
+        figures.heartbeats_per_second = Some(beats.per_second);
         report.add(
             format!("{name}: heartbeats/s"),
             beats.summary(),
@@ -363,6 +433,7 @@ async fn one_backend(
             ),
             Backend::Sqlite => ("", (!clean(&writes)).then_some(false)),
         };
+        figures.registrations_per_second = Some(writes.per_second);
         report.add(
             format!("{name}: registrations/s, {} writers", plan.writers),
             format!(
@@ -373,6 +444,21 @@ async fn one_backend(
             pass,
             json!({ "wrk": wrk_json(&writes), "seeding_per_second": seed_rate }),
         );
+    }
+
+    if backend == Backend::Postgres && plan.runs("etcd") {
+        #[cfg(feature = "etcd")]
+        etcd::report_rows(plan, &registry, http, &figures, report).await?;
+        #[cfg(not(feature = "etcd"))]
+        report.not_measured(
+            "postgres: registrations / etcd lease grant + put",
+            ">= 3",
+            "registry-bench built without its etcd feature (make bench enables it when protoc is installed)",
+        );
+    }
+
+    if backend == Backend::Postgres && plan.runs("pgbench") {
+        pgbench::report_rows(plan, admin_url, http, &figures, report).await?;
     }
 
     if plan.runs("fanout") {
@@ -416,6 +502,7 @@ async fn one_backend(
 /// lookup's bytes and (on SQLite) a second registry on the same database exporting traces
 /// over OTLP to a sink that accepts them: every figure of one round is taken within
 /// seconds of the others, so the load the rest of the machine adds weighs on all alike.
+/// Answers the registry's lookups per second.
 async fn lookups(
     plan: &Plan,
     backend: Backend,
@@ -424,7 +511,7 @@ async fn lookups(
     side: &SideServer,
     http: &reqwest::Client,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     let name = backend.name();
     let answer = http
         .get(registry.url("/v1/services/svc-0?status=passing"))
@@ -584,7 +671,7 @@ async fn lookups(
             json!({ "off": wrk_json(&served), "on": wrk_json(on) }),
         );
     }
-    Ok(())
+    Ok(served.per_second)
 }
 
 /// Three replicas on one Postgres database: write on one, read on the other two.
@@ -685,14 +772,7 @@ async fn dns_queries(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     if let Some(reason) = dns::missing_tools() {
-        eprintln!("  DNS row skipped: {reason}");
-        report.add(
-            "dns: registry / NSD",
-            format!("not measured: {reason}"),
-            ">= 0.50",
-            None,
-            json!({ "skipped": reason }),
-        );
+        report.not_measured("dns: registry / NSD", ">= 0.50", &reason);
         return Ok(());
     }
     let expected: Vec<Ipv4Addr> = (0..plan.dns_instances).map(dns::instance_address).collect();
