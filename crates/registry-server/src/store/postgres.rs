@@ -34,6 +34,10 @@ const MAX_CONNECTIONS: u32 = 10;
 /// than queue behind a pool that cannot connect.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Groups of changes written at once: while one waits for its commit's flush, the next
+/// is read, checked and written up to the index row (docs/performance.md).
+const GROUPS_IN_FLIGHT: usize = 2;
+
 /// A snapshot in which every committed index is visible together with all lower ones.
 const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
@@ -60,7 +64,7 @@ impl PostgresStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        let writes = GroupCommit::start(PgGroupWriter { pool: pool.clone() });
+        let writes = GroupCommit::start(PgGroupWriter { pool: pool.clone() }, GROUPS_IN_FLIGHT);
         Ok(Self { pool, writes })
     }
 }

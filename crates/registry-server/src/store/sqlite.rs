@@ -78,9 +78,13 @@ impl SqliteStore {
                 .connect_with(options)
                 .await?
         };
-        let writes = GroupCommit::start(SqliteGroupWriter {
-            writer: writer.clone(),
-        });
+        // One group at a time: the single writer connection would hold a second anyway.
+        let writes = GroupCommit::start(
+            SqliteGroupWriter {
+                writer: writer.clone(),
+            },
+            1,
+        );
         Ok(Self {
             writer,
             reader,
