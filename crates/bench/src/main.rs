@@ -55,7 +55,7 @@ struct Plan {
     dns_instances: usize,
     dnsperf: dns::DnsperfOptions,
     /// pgbench's batched form: registrations per transaction, and clients of its second
-    /// run (its first has one, as the registry writes one group at a time).
+    /// run (its first has one): as many as the registry's groups in flight on Postgres.
     pgbench_batch: usize,
     pgbench_clients: usize,
     /// The phases to run (`BENCH_PHASES=lookups,fanout,...`); all when unset.
@@ -85,7 +85,7 @@ impl Plan {
             dns_instances: 10,
             dnsperf: DNSPERF,
             pgbench_batch: 32,
-            pgbench_clients: 4,
+            pgbench_clients: 2,
             phases: list_from_env("BENCH_PHASES"),
             backends: list_from_env("BENCH_BACKENDS"),
         }

@@ -29,9 +29,9 @@ use crate::{Plan, RegistryFigures, Report, load, scenarios};
 const TEMPLATE_REGISTRATION: u64 = 1;
 
 /// Measures pgbench unbatched (one registration per transaction, one client) and
-/// batched (`pgbench_batch` per transaction, one client, then `pgbench_clients`), and
-/// adds their rows and the registry's share of the batched one-client figure (the
-/// registry writes one group at a time).
+/// batched (`pgbench_batch` per transaction, one client, then `pgbench_clients`: as many
+/// as the registry has groups in flight on Postgres), and adds their rows and the
+/// registry's share of the batched figure with `pgbench_clients`.
 pub async fn report_rows(
     plan: &Plan,
     admin_url: &str,
@@ -40,8 +40,8 @@ pub async fn report_rows(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let ratio_label = format!(
-        "postgres: registrations / pgbench {} per transaction, 1 client",
-        plan.pgbench_batch
+        "postgres: registrations / pgbench {} per transaction, {} clients",
+        plan.pgbench_batch, plan.pgbench_clients
     );
     let Some(pgbench) = binary() else {
         report.not_measured(
@@ -74,8 +74,8 @@ pub async fn report_rows(
     }
     let batched = runs
         .iter()
-        .find(|run| run.batch == plan.pgbench_batch && run.clients == 1)
-        .context("no batched one-client pgbench run")?;
+        .find(|run| run.batch == plan.pgbench_batch && run.clients == plan.pgbench_clients)
+        .context("no batched pgbench run")?;
     report.ratio(
         ratio_label,
         figures.registrations_per_second,
