@@ -1,5 +1,5 @@
-//! Group commit: changes that arrive while a transaction is being written wait for it and
-//! are then written together, in one transaction of their own.
+//! Group commit: changes that arrive while groups are being written wait for one to
+//! finish and are then written together, in one transaction of their own.
 //!
 //! A durable commit costs a disk flush and a turn at the index row, which every change
 //! needs (commits happen in index order). Paying that once per change capped a Postgres
