@@ -10,6 +10,7 @@
 //! test of the program itself; its figures mean nothing.
 
 mod dns;
+mod instructions;
 mod load;
 mod registry;
 mod scenarios;
@@ -200,6 +201,9 @@ impl Report {
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Some(mode) = instructions::Mode::from_args() {
+        return mode.run();
+    }
     let quick = std::env::args().skip(1).any(|a| a == "--quick")
         || std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
