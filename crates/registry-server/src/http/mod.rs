@@ -14,6 +14,7 @@ mod sd;
 mod services;
 mod status;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,8 +57,28 @@ pub struct AppState {
     pub epoch: HeaderValue,
 }
 
+/// What a listener serves: a router behind the [`front`] middleware.
+pub trait Api:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Api for T where
+    T: tower::Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The whole API.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> impl Api {
+    let timeout = state.settings.request_timeout;
     let bounded = Router::new()
         .merge(instances::router())
         .merge(services::router())
@@ -68,7 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(dashboard::router())
         .merge(consul::router())
-        .layer(middleware::from_fn_with_state(state.clone(), time_limit));
+        .layer(middleware::from_fn_with_state(timeout, time_limit));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
         .merge(services::long_poll_router())
@@ -79,20 +100,40 @@ pub fn router(state: AppState) -> Router {
 
 /// Consul's routes alone, for `REGISTRY_CONSUL_ADDR` (the port Consul clients assume),
 /// with the same admission as the registry's port.
-pub fn consul_router(state: AppState) -> Router {
-    let bounded = consul::router().layer(middleware::from_fn_with_state(state.clone(), time_limit));
+pub fn consul_router(state: AppState) -> impl Api {
+    let timeout = state.settings.request_timeout;
+    let bounded = consul::router().layer(middleware::from_fn_with_state(timeout, time_limit));
     finish(bounded.merge(consul::long_poll_router()), state)
 }
 
-/// The fallbacks and the admission and observation layers every listener has.
-fn finish(routes: Router<AppState>, state: AppState) -> Router {
-    routes
+/// What admission needs of the state, apart from the handlers' (cloned for every
+/// request: one `Arc`).
+struct Admission {
+    settings: Arc<Settings>,
+    write_limit: Option<Arc<crate::rate_limit::WriteRateLimit>>,
+    epoch: HeaderValue,
+}
+
+/// The fallbacks every listener has, and [`front`] around the whole router: once per
+/// request, before routing. Layered on the router instead (`Router::layer`), it would
+/// wrap every route, and every request would clone it with its route.
+fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
+    let admission = Arc::new(Admission {
+        settings: state.settings.clone(),
+        write_limit: state.write_limit.clone(),
+        epoch: state.epoch.clone(),
+    });
+    let routed = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(note_route))
-        .layer(middleware::from_fn_with_state(state.clone(), admit))
-        .layer(middleware::from_fn(observe))
-        .with_state(state)
+        .with_state(state);
+    tower::Layer::layer(&middleware::from_fn_with_state(admission, front), routed)
+}
+
+/// Observation around admission, in one middleware: [`observe`], then [`admit`].
+async fn front(State(admission): State<Arc<Admission>>, request: Request, next: Next) -> Response {
+    observe(request, |request| admit(&admission, request, next)).await
 }
 
 /// Times every request into `registry_http_request_duration_seconds`, labelled with the
@@ -101,7 +142,10 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
 ///
 /// Each request runs in a server span, a child of the `traceparent` received, named by
 /// method and route template once routing has happened.
-async fn observe(request: Request, next: Next) -> Response {
+async fn observe<F>(request: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let span = tracing::info_span!(
@@ -113,7 +157,7 @@ async fn observe(request: Request, next: Next) -> Response {
         http.response.status_code = tracing::field::Empty,
     );
     telemetry::continue_from(&span, request.headers());
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = next(request).instrument(span.clone()).await;
     let route = response
         .extensions()
         .get::<MatchedPath>()
@@ -143,9 +187,9 @@ async fn note_route(matched: MatchedPath, request: Request, next: Next) -> Respo
 
 /// 503 in our error shape (with `Retry-After`) for a request that takes longer than
 /// `REGISTRY_REQUEST_TIMEOUT`, reading its body included (a client sending it slowly).
-async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn time_limit(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
     let consul = consul::is_consul_path(request.uri().path());
-    match tokio::time::timeout(state.settings.request_timeout, next.run(request)).await {
+    match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => refusal(
             consul,
@@ -191,23 +235,23 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 ///
 /// Every v1 answer, refusals included, leaves with the database's epoch
 /// (`Registry-Epoch`): here rather than in a layer of its own, for the same reason.
-async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn admit(admission: &Admission, request: Request, next: Next) -> Response {
     let v1 = request.uri().path().starts_with("/v1/");
-    let epoch = v1.then(|| state.epoch.clone());
-    let mut response = admitted(state, request, next).await;
+    let epoch = v1.then(|| admission.epoch.clone());
+    let mut response = admitted(admission, request, next).await;
     if let Some(epoch) = epoch {
         response.headers_mut().insert(EPOCH_HEADER, epoch);
     }
     response
 }
 
-async fn admitted(state: AppState, request: Request, next: Next) -> Response {
-    if let Some(limit) = &state.write_limit
+async fn admitted(admission: &Admission, request: Request, next: Next) -> Response {
+    if let Some(limit) = &admission.write_limit
         && let Some(refused) = rate_limited(limit, &request)
     {
         return refused;
     }
-    if !authorized(&state.settings, &request) {
+    if !authorized(&admission.settings, &request) {
         let consul = consul::is_consul_path(request.uri().path());
         drain(request.into_body()).await;
         if consul {
