@@ -37,9 +37,28 @@ use crate::store::Store;
 use crate::view::View;
 use crate::writer::Writer;
 
-/// What every handler shares.
+/// What every handler shares. In one `Arc`: axum clones the state several times for
+/// every request (the route, the handler, the extractor), and a clone of each field
+/// would be an atomic increment (and a decrement on drop) per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What every handler shares, behind [`AppState`].
+pub struct Shared {
     /// Reads that the view cannot answer (history, time travel).
     pub store: Arc<dyn Store>,
     /// Reads.
@@ -47,10 +66,8 @@ pub struct AppState {
     /// Every write.
     pub writer: Arc<Writer>,
     pub settings: Arc<Settings>,
-    /// Cancelled at shutdown so long polls and streams end and let the server stop. In an
-    /// `Arc`: the state is cloned several times per request, and cloning the token itself
-    /// takes a lock.
-    pub shutdown: Arc<CancellationToken>,
+    /// Cancelled at shutdown so long polls and streams end and let the server stop.
+    pub shutdown: CancellationToken,
     /// `REGISTRY_WRITE_RATE_LIMIT`, when set.
     pub write_limit: Option<Arc<crate::rate_limit::WriteRateLimit>>,
     /// The database's epoch, read once at start-up, as every v1 answer carries it.
