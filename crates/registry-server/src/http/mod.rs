@@ -15,7 +15,9 @@ mod services;
 mod status;
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -143,7 +145,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
     let routed = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn(note_route))
+        .route_layer(NoteRoute)
         .with_state(state);
     tower::Layer::layer(&middleware::from_fn_with_state(admission, front), routed)
 }
@@ -198,11 +200,65 @@ where
 
 /// Tells `observe` which route template matched: `observe` runs outside the router (so
 /// that refused and unknown requests are timed too), where axum's `MatchedPath` is not
-/// known, so the route's answer carries it out.
-async fn note_route(matched: MatchedPath, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    response.extensions_mut().insert(matched);
-    response
+/// known, so the route's answer carries it out. A layer of its own rather than
+/// `middleware::from_fn`: it is on every route, and `from_fn` clones the route's service
+/// and boxes it and its future for every request.
+#[derive(Clone, Copy)]
+struct NoteRoute;
+
+impl<S> tower::Layer<S> for NoteRoute {
+    type Service = RouteNoted<S>;
+
+    fn layer(&self, inner: S) -> RouteNoted<S> {
+        RouteNoted(inner)
+    }
+}
+
+/// A route's service under [`NoteRoute`].
+#[derive(Clone)]
+struct RouteNoted<S>(S);
+
+impl<S> tower::Service<Request> for RouteNoted<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = NotingRoute<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        NotingRoute {
+            answer: self.0.call(request),
+            matched,
+        }
+    }
+}
+
+/// A route's answer, to which the route template is added when it is ready.
+struct NotingRoute<F> {
+    answer: F,
+    matched: Option<MatchedPath>,
+}
+
+impl<F, E> Future for NotingRoute<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut response = std::task::ready!(Pin::new(&mut self.answer).poll(cx))?;
+        if let Some(matched) = self.matched.take() {
+            response.extensions_mut().insert(matched);
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// 503 in our error shape (with `Retry-After`) for a request that takes longer than
