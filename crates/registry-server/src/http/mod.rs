@@ -108,7 +108,7 @@ pub fn router(state: AppState) -> impl Api {
         .merge(openapi::router())
         .merge(dashboard::router())
         .merge(consul::router())
-        .layer(middleware::from_fn_with_state(timeout, time_limit));
+        .layer(TimeLimit(timeout));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
         .merge(services::long_poll_router())
@@ -121,7 +121,7 @@ pub fn router(state: AppState) -> impl Api {
 /// with the same admission as the registry's port.
 pub fn consul_router(state: AppState) -> impl Api {
     let timeout = state.settings.request_timeout;
-    let bounded = consul::router().layer(middleware::from_fn_with_state(timeout, time_limit));
+    let bounded = consul::router().layer(TimeLimit(timeout));
     finish(bounded.merge(consul::long_poll_router()), state)
 }
 
@@ -263,14 +263,54 @@ where
 
 /// 503 in our error shape (with `Retry-After`) for a request that takes longer than
 /// `REGISTRY_REQUEST_TIMEOUT`, reading its body included (a client sending it slowly).
-async fn time_limit(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
-    let consul = consul::is_consul_path(request.uri().path());
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => refusal(
-            consul,
-            ApiError::unavailable("the request took too long; retry shortly"),
-        ),
+/// A tower layer rather than `middleware::from_fn`, for the reason given at
+/// [`NoteRoute`]: it is on every ordinary route.
+#[derive(Clone, Copy)]
+struct TimeLimit(Duration);
+
+impl<S> tower::Layer<S> for TimeLimit {
+    type Service = TimeLimited<S>;
+
+    fn layer(&self, inner: S) -> TimeLimited<S> {
+        TimeLimited {
+            inner,
+            limit: self.0,
+        }
+    }
+}
+
+/// A route's service under [`TimeLimit`].
+#[derive(Clone)]
+struct TimeLimited<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S> tower::Service<Request> for TimeLimited<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let consul = consul::is_consul_path(request.uri().path());
+        let answer = tokio::time::timeout(self.limit, self.inner.call(request));
+        Box::pin(async move {
+            match answer.await {
+                Ok(answer) => answer,
+                Err(_) => Ok(refusal(
+                    consul,
+                    ApiError::unavailable("the request took too long; retry shortly"),
+                )),
+            }
+        })
     }
 }
 
