@@ -125,34 +125,21 @@ pub fn consul_router(state: AppState) -> impl Api {
     finish(bounded.merge(consul::long_poll_router()), state)
 }
 
-/// What admission needs of the state, apart from the handlers' (cloned for every
-/// request: one `Arc`).
-struct Admission {
-    settings: Arc<Settings>,
-    write_limit: Option<Arc<crate::rate_limit::WriteRateLimit>>,
-    epoch: HeaderValue,
-}
-
 /// The fallbacks every listener has, and [`front`] around the whole router: once per
 /// request, before routing. Layered on the router instead (`Router::layer`), it would
 /// wrap every route, and every request would clone it with its route.
 fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
-    let admission = Arc::new(Admission {
-        settings: state.settings.clone(),
-        write_limit: state.write_limit.clone(),
-        epoch: state.epoch.clone(),
-    });
     let routed = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(NoteRoute)
-        .with_state(state);
-    tower::Layer::layer(&middleware::from_fn_with_state(admission, front), routed)
+        .with_state(state.clone());
+    tower::Layer::layer(&middleware::from_fn_with_state(state, front), routed)
 }
 
 /// Observation around admission, in one middleware: [`observe`], then [`admit`].
-async fn front(State(admission): State<Arc<Admission>>, request: Request, next: Next) -> Response {
-    observe(request, |request| admit(&admission, request, next)).await
+async fn front(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    observe(request, |request| admit(&state, request, next)).await
 }
 
 /// Times every request into `registry_http_request_duration_seconds`, labelled with the
@@ -351,23 +338,23 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 ///
 /// Every v1 answer, refusals included, leaves with the database's epoch
 /// (`Registry-Epoch`): here rather than in a layer of its own, for the same reason.
-async fn admit(admission: &Admission, request: Request, next: Next) -> Response {
+async fn admit(state: &AppState, request: Request, next: Next) -> Response {
     let v1 = request.uri().path().starts_with("/v1/");
-    let epoch = v1.then(|| admission.epoch.clone());
-    let mut response = admitted(admission, request, next).await;
+    let epoch = v1.then(|| state.epoch.clone());
+    let mut response = admitted(state, request, next).await;
     if let Some(epoch) = epoch {
         response.headers_mut().insert(EPOCH_HEADER, epoch);
     }
     response
 }
 
-async fn admitted(admission: &Admission, request: Request, next: Next) -> Response {
-    if let Some(limit) = &admission.write_limit
+async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
+    if let Some(limit) = &state.write_limit
         && let Some(refused) = rate_limited(limit, &request)
     {
         return refused;
     }
-    if !authorized(&admission.settings, &request) {
+    if !authorized(&state.settings, &request) {
         let consul = consul::is_consul_path(request.uri().path());
         drain(request.into_body()).await;
         if consul {
