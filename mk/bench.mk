@@ -5,7 +5,7 @@
 # scripts/ensure-postgres.sh (its pgbench gives the pgbench rows); writes
 # target/bench/latest.json.
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-instructions
 
 bench: ## Measure speed and memory (release build, SQLite and Postgres; about 6 minutes)
 	@$(MAKE) --no-print-directory bench-run BENCH_ARGS=
@@ -57,3 +57,20 @@ bench-run:
 	  $$(command -v protoc >/dev/null 2>&1 && echo --features registry-bench/etcd)
 	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
 	  "$${CARGO_TARGET_DIR:-target}/release/registry-bench" $(BENCH_ARGS)
+
+# Instructions per request under callgrind: the measure of a change to the request path
+# that the machine's load does not move (docs/performance.md). Not part of make test.
+bench-instructions: ## Instructions per lookup, heartbeat, /healthz, registration (callgrind; a few minutes)
+	@if ! command -v valgrind >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing valgrind with apt-get..." >&2; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null 2>&1 || \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >&2; }; \
+	  else \
+	    echo "make bench-instructions needs valgrind: sudo apt-get install valgrind" >&2; exit 1; \
+	  fi; \
+	fi
+	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench
+	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
+	  "$${CARGO_TARGET_DIR:-target}/release/registry-bench" --instructions

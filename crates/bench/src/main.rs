@@ -14,6 +14,7 @@
 mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod instructions;
 mod load;
 mod pgbench;
 mod registry;
@@ -248,6 +249,9 @@ impl Report {
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Some(mode) = instructions::Mode::from_args() {
+        return mode.run();
+    }
     let quick = std::env::args().skip(1).any(|a| a == "--quick")
         || std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {

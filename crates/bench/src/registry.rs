@@ -150,7 +150,25 @@ impl Registry {
     /// Starts the registry on port 0 with `database_url` and `envs`, and waits (at most
     /// 60 s) until it logs the address it listens on.
     pub async fn start(database_url: &str, envs: &[(&str, String)]) -> anyhow::Result<Self> {
-        let mut command = Command::new(registry_binary()?);
+        Self::start_under(&[], database_url, envs).await
+    }
+
+    /// [`Registry::start`], run by `wrapper` (a program and its arguments, such as
+    /// valgrind's) when it is not empty.
+    pub async fn start_under(
+        wrapper: &[String],
+        database_url: &str,
+        envs: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let binary = registry_binary()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("serve")
             .env_clear()
@@ -200,6 +218,11 @@ impl Registry {
             dns,
             log_lines,
         })
+    }
+
+    /// Its process id (valgrind's, when it runs under valgrind: the same process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// How many lines it has logged since it listens.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::check_targets::AllowedNetworks;
 use crate::config::{DatabaseKind, Settings};
 use crate::dns::{DnsListeners, Zone};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::store::{PostgresStore, SqliteStore, Store, Timed};
 use crate::view::View;
 use crate::workers::{CheckClient, Workers};
@@ -84,16 +84,16 @@ impl Application {
             None => None,
         };
         let view = Arc::new(view);
-        let state = AppState {
+        let state = AppState::new(Shared {
             writer: Arc::new(Writer::new(store.clone(), view.clone())),
             store,
             view,
             write_limit: crate::rate_limit::WriteRateLimit::new(settings.write_rate_limit)
                 .map(Arc::new),
             settings: Arc::new(settings),
-            shutdown: Arc::new(CancellationToken::new()),
+            shutdown: CancellationToken::new(),
             epoch,
-        };
+        });
         Ok(Self {
             listener,
             consul_listener,

@@ -120,8 +120,11 @@ impl Heartbeats {
         if !self.writing.load(Ordering::Acquire) {
             return None;
         }
-        let mut renewed = self.view.instance(service, id)?;
-        let lease_expires_at = renewed_lease(&renewed, now)?;
+        // Read in place, not copied: the instance's strings, tags and metadata would be
+        // allocated and freed again on every heartbeat.
+        let (status, lease_expires_at) = self.view.read_instance(service, id, |instance| {
+            renewed_lease(instance, now).map(|lease| (instance.status, lease))
+        })??;
         let queued = self.queue().push(Heartbeat {
             service: service.to_owned(),
             id: id.to_owned(),
@@ -130,10 +133,8 @@ impl Heartbeats {
         if !queued {
             return None;
         }
-        renewed.last_heartbeat_at = now;
-        renewed.lease_expires_at = Some(lease_expires_at);
-        let status = renewed.status;
-        self.view.touch(renewed);
+        self.view
+            .renew_lease(service, id, now, lease_expires_at, status);
         Some(HeartbeatResponse {
             status,
             lease_expires_at: Some(lease_expires_at),

@@ -305,7 +305,51 @@ impl View {
         }
     }
 
+    /// What `read` makes of one instance as reads show it now, if the view knows it,
+    /// without copying the instance.
+    pub fn read_instance<T>(
+        &self,
+        service: &str,
+        id: &str,
+        read: impl FnOnce(&Instance) -> T,
+    ) -> Option<T> {
+        self.read()
+            .services
+            .get(service)
+            .and_then(|s| s.instances.get(id))
+            .map(read)
+    }
+
+    /// Shows a heartbeat at `at` that renewed the lease of an instance read with `status`
+    /// and nothing reported, to `lease_expires_at`: what [`Self::touch`] does with such an
+    /// instance, without copying it. The lease is left alone when the instance changed
+    /// status since, or shows a newer heartbeat.
+    pub fn renew_lease(
+        &self,
+        service: &str,
+        id: &str,
+        at: DateTime<Utc>,
+        lease_expires_at: DateTime<Utc>,
+        status: Status,
+    ) {
+        let mut state = self.write();
+        let Some(view) = state.services.get_mut(service) else {
+            return;
+        };
+        if let Some(known) = view.instances.get_mut(id)
+            && at > known.last_heartbeat_at
+            && known.status == status
+        {
+            known.last_heartbeat_at = at;
+            known.lease_expires_at = Some(lease_expires_at);
+            known.lease_status = None;
+            known.lease_output = None;
+        }
+        view.changed();
+    }
+
     /// One instance as reads show it now, if the view knows it.
+    #[cfg(test)]
     pub fn instance(&self, service: &str, id: &str) -> Option<Instance> {
         self.read()
             .services

@@ -14,7 +14,10 @@ mod sd;
 mod services;
 mod status;
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -36,9 +39,28 @@ use crate::store::Store;
 use crate::view::View;
 use crate::writer::Writer;
 
-/// What every handler shares.
+/// What every handler shares. In one `Arc`: axum clones the state several times for
+/// every request (the route, the handler, the extractor), and a clone of each field
+/// would be an atomic increment (and a decrement on drop) per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What every handler shares, behind [`AppState`].
+pub struct Shared {
     /// Reads that the view cannot answer (history, time travel).
     pub store: Arc<dyn Store>,
     /// Reads.
@@ -46,18 +68,36 @@ pub struct AppState {
     /// Every write.
     pub writer: Arc<Writer>,
     pub settings: Arc<Settings>,
-    /// Cancelled at shutdown so long polls and streams end and let the server stop. In an
-    /// `Arc`: the state is cloned several times per request, and cloning the token itself
-    /// takes a lock.
-    pub shutdown: Arc<CancellationToken>,
+    /// Cancelled at shutdown so long polls and streams end and let the server stop.
+    pub shutdown: CancellationToken,
     /// `REGISTRY_WRITE_RATE_LIMIT`, when set.
     pub write_limit: Option<Arc<crate::rate_limit::WriteRateLimit>>,
     /// The database's epoch, read once at start-up, as every v1 answer carries it.
     pub epoch: HeaderValue,
 }
 
+/// What a listener serves: a router behind the [`front`] middleware.
+pub trait Api:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Api for T where
+    T: tower::Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The whole API.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> impl Api {
+    let timeout = state.settings.request_timeout;
     let bounded = Router::new()
         .merge(instances::router())
         .merge(services::router())
@@ -68,7 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(dashboard::router())
         .merge(consul::router())
-        .layer(middleware::from_fn_with_state(state.clone(), time_limit));
+        .layer(TimeLimit(timeout));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
         .merge(services::long_poll_router())
@@ -79,20 +119,27 @@ pub fn router(state: AppState) -> Router {
 
 /// Consul's routes alone, for `REGISTRY_CONSUL_ADDR` (the port Consul clients assume),
 /// with the same admission as the registry's port.
-pub fn consul_router(state: AppState) -> Router {
-    let bounded = consul::router().layer(middleware::from_fn_with_state(state.clone(), time_limit));
+pub fn consul_router(state: AppState) -> impl Api {
+    let timeout = state.settings.request_timeout;
+    let bounded = consul::router().layer(TimeLimit(timeout));
     finish(bounded.merge(consul::long_poll_router()), state)
 }
 
-/// The fallbacks and the admission and observation layers every listener has.
-fn finish(routes: Router<AppState>, state: AppState) -> Router {
-    routes
+/// The fallbacks every listener has, and [`front`] around the whole router: once per
+/// request, before routing. Layered on the router instead (`Router::layer`), it would
+/// wrap every route, and every request would clone it with its route.
+fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
+    let routed = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn(note_route))
-        .layer(middleware::from_fn_with_state(state.clone(), admit))
-        .layer(middleware::from_fn(observe))
-        .with_state(state)
+        .route_layer(NoteRoute)
+        .with_state(state.clone());
+    tower::Layer::layer(&middleware::from_fn_with_state(state, front), routed)
+}
+
+/// Observation around admission, in one middleware: [`observe`], then [`admit`].
+async fn front(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    observe(request, |request| admit(&state, request, next)).await
 }
 
 /// Times every request into `registry_http_request_duration_seconds`, labelled with the
@@ -101,7 +148,10 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
 ///
 /// Each request runs in a server span, a child of the `traceparent` received, named by
 /// method and route template once routing has happened.
-async fn observe(request: Request, next: Next) -> Response {
+async fn observe<F>(request: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let span = tracing::info_span!(
@@ -112,8 +162,11 @@ async fn observe(request: Request, next: Next) -> Response {
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
-    telemetry::continue_from(&span, request.headers());
-    let response = next.run(request).instrument(span.clone()).await;
+    // Spans are off unless traces are exported: then the caller's trace is not looked for.
+    if !span.is_disabled() {
+        telemetry::continue_from(&span, request.headers());
+    }
+    let response = next(request).instrument(span.clone()).await;
     let route = response
         .extensions()
         .get::<MatchedPath>()
@@ -134,23 +187,117 @@ async fn observe(request: Request, next: Next) -> Response {
 
 /// Tells `observe` which route template matched: `observe` runs outside the router (so
 /// that refused and unknown requests are timed too), where axum's `MatchedPath` is not
-/// known, so the route's answer carries it out.
-async fn note_route(matched: MatchedPath, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    response.extensions_mut().insert(matched);
-    response
+/// known, so the route's answer carries it out. A layer of its own rather than
+/// `middleware::from_fn`: it is on every route, and `from_fn` clones the route's service
+/// and boxes it and its future for every request.
+#[derive(Clone, Copy)]
+struct NoteRoute;
+
+impl<S> tower::Layer<S> for NoteRoute {
+    type Service = RouteNoted<S>;
+
+    fn layer(&self, inner: S) -> RouteNoted<S> {
+        RouteNoted(inner)
+    }
+}
+
+/// A route's service under [`NoteRoute`].
+#[derive(Clone)]
+struct RouteNoted<S>(S);
+
+impl<S> tower::Service<Request> for RouteNoted<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = NotingRoute<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        NotingRoute {
+            answer: self.0.call(request),
+            matched,
+        }
+    }
+}
+
+/// A route's answer, to which the route template is added when it is ready.
+struct NotingRoute<F> {
+    answer: F,
+    matched: Option<MatchedPath>,
+}
+
+impl<F, E> Future for NotingRoute<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut response = std::task::ready!(Pin::new(&mut self.answer).poll(cx))?;
+        if let Some(matched) = self.matched.take() {
+            response.extensions_mut().insert(matched);
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// 503 in our error shape (with `Retry-After`) for a request that takes longer than
 /// `REGISTRY_REQUEST_TIMEOUT`, reading its body included (a client sending it slowly).
-async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let consul = consul::is_consul_path(request.uri().path());
-    match tokio::time::timeout(state.settings.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => refusal(
-            consul,
-            ApiError::unavailable("the request took too long; retry shortly"),
-        ),
+/// A tower layer rather than `middleware::from_fn`, for the reason given at
+/// [`NoteRoute`]: it is on every ordinary route.
+#[derive(Clone, Copy)]
+struct TimeLimit(Duration);
+
+impl<S> tower::Layer<S> for TimeLimit {
+    type Service = TimeLimited<S>;
+
+    fn layer(&self, inner: S) -> TimeLimited<S> {
+        TimeLimited {
+            inner,
+            limit: self.0,
+        }
+    }
+}
+
+/// A route's service under [`TimeLimit`].
+#[derive(Clone)]
+struct TimeLimited<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S> tower::Service<Request> for TimeLimited<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let consul = consul::is_consul_path(request.uri().path());
+        let answer = tokio::time::timeout(self.limit, self.inner.call(request));
+        Box::pin(async move {
+            match answer.await {
+                Ok(answer) => answer,
+                Err(_) => Ok(refusal(
+                    consul,
+                    ApiError::unavailable("the request took too long; retry shortly"),
+                )),
+            }
+        })
     }
 }
 
@@ -191,7 +338,7 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 ///
 /// Every v1 answer, refusals included, leaves with the database's epoch
 /// (`Registry-Epoch`): here rather than in a layer of its own, for the same reason.
-async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn admit(state: &AppState, request: Request, next: Next) -> Response {
     let v1 = request.uri().path().starts_with("/v1/");
     let epoch = v1.then(|| state.epoch.clone());
     let mut response = admitted(state, request, next).await;
@@ -201,7 +348,7 @@ async fn admit(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-async fn admitted(state: AppState, request: Request, next: Next) -> Response {
+async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
     if let Some(limit) = &state.write_limit
         && let Some(refused) = rate_limited(limit, &request)
     {
