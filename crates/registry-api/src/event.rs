@@ -81,6 +81,7 @@ impl Reason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     pub index: u64,
+    #[serde(serialize_with = "crate::time::serialize")]
     pub at: DateTime<Utc>,
     pub service: String,
     /// The instance id.

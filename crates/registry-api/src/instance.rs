@@ -154,6 +154,7 @@ impl Check {
 /// The outcome of the latest active check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CheckResult {
+    #[serde(serialize_with = "crate::time::serialize")]
     pub at: DateTime<Utc>,
     pub status: Status,
     /// What happened, e.g. `HTTP 200`, `timed out after 2s`.
@@ -171,10 +172,14 @@ pub struct Instance {
     pub metadata: BTreeMap<String, String>,
     pub ttl_seconds: u32,
     pub check: Option<Check>,
+    #[serde(serialize_with = "crate::time::serialize")]
     pub registered_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::time::serialize")]
     pub last_heartbeat_at: DateTime<Utc>,
     /// `null` when the instance has no lease (`ttl_seconds: 0`).
+    #[serde(serialize_with = "crate::time::serialize_option")]
     pub lease_expires_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::time::serialize")]
     pub status_changed_at: DateTime<Utc>,
     pub last_check: Option<CheckResult>,
     /// The instance's own reaping time, when it set one (`deregister_critical_after`).

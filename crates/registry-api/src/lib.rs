@@ -13,6 +13,7 @@ mod instance;
 mod names;
 mod responses;
 mod seed;
+pub mod time;
 mod trace_parent;
 
 pub use backoff::{Backoff, Jitter};

@@ -37,10 +37,12 @@ pub struct ServiceInstances {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SystemStatus {
     pub index: u64,
+    #[serde(serialize_with = "crate::time::serialize")]
     pub at: DateTime<Utc>,
     /// The oldest moment `GET /v1/status?at=` answers for (where the kept history
     /// starts); absent when the database could not be asked.
     #[serde(default)]
+    #[serde(serialize_with = "crate::time::serialize_option")]
     pub history_starts_at: Option<DateTime<Utc>>,
     /// The database's epoch (the `Registry-Epoch` header); absent from registries older
     /// than it.
@@ -58,6 +60,7 @@ pub struct SystemStatus {
 pub struct SelfPreservation {
     pub active: bool,
     /// When it began; `null` when not active.
+    #[serde(serialize_with = "crate::time::serialize_option")]
     pub since: Option<DateTime<Utc>>,
     /// Instances whose lapse is held now (`lease_held: true`).
     pub held: u64,
@@ -96,6 +99,7 @@ impl ServiceStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatResponse {
     pub status: Status,
+    #[serde(serialize_with = "crate::time::serialize_option")]
     pub lease_expires_at: Option<DateTime<Utc>>,
 }
 

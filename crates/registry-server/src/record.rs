@@ -17,9 +17,12 @@ pub struct InstanceRecord {
     pub metadata: BTreeMap<String, String>,
     pub ttl_seconds: u32,
     pub check: Option<Check>,
+    #[serde(serialize_with = "registry_api::time::serialize")]
     pub registered_at: DateTime<Utc>,
+    #[serde(serialize_with = "registry_api::time::serialize")]
     pub last_heartbeat_at: DateTime<Utc>,
     /// `None` when the instance has no lease.
+    #[serde(serialize_with = "registry_api::time::serialize_option")]
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// The lease ran out and no heartbeat came since.
     pub lease_expired: bool,
@@ -35,6 +38,7 @@ pub struct InstanceRecord {
     pub check_failures: u32,
     pub last_check: Option<CheckResult>,
     pub status: Status,
+    #[serde(serialize_with = "registry_api::time::serialize")]
     pub status_changed_at: DateTime<Utc>,
     /// The instance's own reaping time in seconds; `None`: the registry's setting.
     #[serde(default)]
