@@ -8,9 +8,15 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serializer;
 
+/// A time as the wire writes it (also where it is written outside serde: a query
+/// parameter, a record patched in SQL).
+pub fn format(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
 /// Serializes a time (`serialize_with`).
 pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    serializer.serialize_str(&format(*at))
 }
 
 /// Serializes an optional time (`serialize_with`): `null` when absent.
@@ -41,6 +47,22 @@ mod tests {
     struct Chronos {
         at: DateTime<Utc>,
         maybe: Option<DateTime<Utc>>,
+    }
+
+    #[test]
+    fn format_is_what_serde_writes() {
+        for ms in [
+            1_800_000_000_000,
+            1_800_000_000_001,
+            1_800_000_000_010,
+            1_800_000_000_100,
+            1_800_000_000_999,
+            0,
+        ] {
+            let at = DateTime::from_timestamp_millis(ms).expect("valid time");
+            let serde = serde_json::to_value(at).expect("serialize");
+            assert_eq!(serde, serde_json::Value::String(format(at)), "{ms}");
+        }
     }
 
     #[test]

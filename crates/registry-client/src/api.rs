@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use registry_api::{
     EPOCH_HEADER, HeartbeatResponse, History, Instance, InstanceSpec, ServiceInstances,
@@ -428,7 +428,8 @@ impl RegistryApi {
             .call(|base| {
                 let mut url = endpoint(base, &["v1", "status"])?;
                 if let Some(at) = at {
-                    url.query_pairs_mut().append_pair("at", &rfc3339(at));
+                    url.query_pairs_mut()
+                        .append_pair("at", &registry_api::time::format(at));
                 }
                 Ok(self.request(Method::GET, url))
             })
@@ -455,10 +456,10 @@ impl RegistryApi {
                         query.append_pair("instance", instance);
                     }
                     if let Some(since) = since {
-                        query.append_pair("since", &rfc3339(since));
+                        query.append_pair("since", &registry_api::time::format(since));
                     }
                     if let Some(until) = until {
-                        query.append_pair("until", &rfc3339(until));
+                        query.append_pair("until", &registry_api::time::format(until));
                     }
                 }
                 Ok(self.request(Method::GET, url))
@@ -786,10 +787,6 @@ fn parse_base_url(raw: &str) -> Result<Url> {
     Ok(url)
 }
 
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
 fn decode<T: DeserializeOwned>(reply: &Reply) -> Result<T> {
     serde_json::from_slice(&reply.body)
         .map_err(|e| ClientError::Decode(format!("{}: {e}", reply.path)))
@@ -895,7 +892,7 @@ mod tests {
             .with_ymd_and_hms(2026, 5, 1, 10, 0, 0)
             .single()
             .expect("valid");
-        assert_eq!(rfc3339(at), "2026-05-01T10:00:00Z");
+        assert_eq!(registry_api::time::format(at), "2026-05-01T10:00:00Z");
     }
 
     #[test]

@@ -327,13 +327,6 @@ pub(crate) fn not_renewed(batch: Vec<Heartbeat>, renewed: &[(String, String)]) -
         .collect()
 }
 
-/// A time as the record's JSON holds it: exactly the string serde writes for a
-/// `DateTime<Utc>` (RFC 3339, `Z`, fraction only when not zero), so that a record patched
-/// in SQL reads back equal to one written whole.
-pub(crate) fn json_time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
-
 /// What a change feed announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notification {
@@ -552,22 +545,6 @@ mod tests {
             service: service.into(),
             id: id.into(),
             at: DateTime::from_timestamp_millis(at_ms).expect("valid time"),
-        }
-    }
-
-    #[test]
-    fn json_time_is_what_serde_writes() {
-        for ms in [
-            1_800_000_000_000,
-            1_800_000_000_001,
-            1_800_000_000_010,
-            1_800_000_000_100,
-            1_800_000_000_999,
-            0,
-        ] {
-            let at = DateTime::from_timestamp_millis(ms).expect("valid time");
-            let serde = serde_json::to_value(at).expect("serialize");
-            assert_eq!(serde, serde_json::Value::String(json_time(at)), "{ms}");
         }
     }
 

@@ -512,12 +512,16 @@ impl Store for PostgresStore {
         let services: Vec<String> = batch.iter().map(|h| h.service.clone()).collect();
         let ids: Vec<String> = batch.iter().map(|h| h.id.clone()).collect();
         let at_ms: Vec<i64> = batch.iter().map(|h| millis(h.at)).collect();
-        let at_text: Vec<String> = batch.iter().map(|h| super::json_time(h.at)).collect();
+        let at_text: Vec<String> = batch
+            .iter()
+            .map(|h| registry_api::time::format(h.at))
+            .collect();
         // `live` locks the rows in key order before any is updated: two replicas renewing
         // overlapping batches then wait for each other instead of deadlocking. The lease
-        // is `at + ttl` of the row itself, written as serde writes a time (`json_time`:
-        // the fraction only when not zero); the lease never moves back. A lapsed lease
-        // (`lease_deadline_ms` NULL with a ttl) is left to the full heartbeat transition.
+        // is `at + ttl` of the row itself, written as serde writes a time
+        // (`registry_api::time::format`: the fraction only when not zero); the lease never
+        // moves back. A lapsed lease (`lease_deadline_ms` NULL with a ttl) is left to the
+        // full heartbeat transition.
         // `moved`: the record now holds this heartbeat (not an older one's later lease).
         let mut tx = self.pool.begin().await?;
         let renewed: Vec<(String, String, i64, bool)> = sqlx::query_as(

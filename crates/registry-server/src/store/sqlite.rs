@@ -457,14 +457,14 @@ impl Store for SqliteStore {
                     h.service.as_str(),
                     h.id.as_str(),
                     millis(h.at),
-                    super::json_time(h.at),
+                    registry_api::time::format(h.at),
                 )
             })
             .collect();
         // The lease is `at + ttl` of the row itself, written as serde writes a time
-        // (`json_time`: the fraction only when not zero); the lease never moves back. A
-        // lapsed lease (`lease_deadline_ms` NULL with a ttl) is left to the full heartbeat
-        // transition. On the writer, as every write.
+        // (`registry_api::time::format`: the fraction only when not zero); the lease never
+        // moves back. A lapsed lease (`lease_deadline_ms` NULL with a ttl) is left to the
+        // full heartbeat transition. On the writer, as every write.
         let renewed: Vec<(String, String)> = sqlx::query_as(
             "UPDATE instances SET \
                record = CASE \
