@@ -125,8 +125,7 @@ async fn measure() -> anyhow::Result<()> {
             .map(|row| json!({ "operation": row.operation, "instructions": row.instructions }))
             .collect::<Vec<_>>(),
     });
-    std::fs::write(&path, serde_json::to_string_pretty(&document)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    crate::write_json(&path, &document)?;
     eprintln!(
         "wrote {} in {} s",
         path.display(),
@@ -257,17 +256,12 @@ async fn registry_rows(
         operation: "registration of a new instance, durable (PUT, Postgres)",
         instructions: dumps
             .count(|i| {
-                http.put(registry.url(&format!(
-                    "/v1/services/reg-{}/instances/w-{i}",
-                    i % 100
-                )))
-                .header("content-type", "application/json")
-                .body(format!(
-                    r#"{{"url":"http://10.1.{}.{}:8080/","tags":["bench"],"metadata":{{"version":"1.0.0"}},"ttl_seconds":600}}"#,
-                    i % 250,
-                    i % 199
-                ))
-                .send()
+                let n = i as u64;
+                let (service, id) = crate::load::registration_key(n);
+                http.put(registry.url(&format!("/v1/services/{service}/instances/{id}")))
+                    .header("content-type", "application/json")
+                    .body(crate::load::registration_body(n))
+                    .send()
             })
             .await?,
     });

@@ -344,17 +344,41 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
         "plan": plan,
         "results": report.rows,
     });
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&document)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    write_json(&path, &document)?;
     eprintln!(
         "wrote {} in {} s (Postgres fsync={fsync}, synchronous_commit={synchronous_commit})",
         path.display(),
         started.elapsed().as_secs()
     );
     Ok(())
+}
+
+/// Writes a run's figures to `path` (`target/bench/`), making the folder if need be.
+fn write_json(path: &std::path::Path, document: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(document)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A row of the registry's rate as a share of the no-op ceiling taken in turns with it,
+/// with its target share.
+fn share_of_ceiling(
+    report: &mut Report,
+    metric: String,
+    served: &WrkResult,
+    ceiling: &WrkResult,
+    target: f64,
+) {
+    let share = served.per_second / ceiling.per_second.max(1.0);
+    report.add(
+        metric,
+        format!("{}; / ceiling: {share:.2}", served.summary()),
+        format!(">= {target:.2} of the ceiling"),
+        Some(share >= target && clean(served)),
+        wrk_json(served),
+    );
 }
 
 /// The registry's rates on one backend in this run, for the peers' ratio rows.
@@ -632,21 +656,19 @@ async fn lookups(
         None,
         wrk_json(&sized),
     );
-    let healthz_ratio = healthz.per_second / ceiling.per_second.max(1.0);
-    report.add(
+    share_of_ceiling(
+        report,
         format!("{name}: registry GET /healthz/s"),
-        format!("{}; / ceiling: {healthz_ratio:.2}", healthz.summary()),
-        ">= 0.85 of the ceiling",
-        Some(healthz_ratio >= 0.85 && clean(&healthz)),
-        wrk_json(&healthz),
+        &healthz,
+        &ceiling,
+        0.85,
     );
-    let beats_ratio = beats.per_second / ceiling.per_second.max(1.0);
-    report.add(
+    share_of_ceiling(
+        report,
         format!("{name}: heartbeats/s in turns with the ceiling"),
-        format!("{}; / ceiling: {beats_ratio:.2}", beats.summary()),
-        ">= 0.65 of the ceiling",
-        Some(beats_ratio >= 0.65 && clean(&beats)),
-        wrk_json(&beats),
+        &beats,
+        &ceiling,
+        0.65,
     );
     if consul {
         let (served, sized) = (results[5], results[6]);
