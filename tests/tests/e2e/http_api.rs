@@ -1295,15 +1295,7 @@ both_stores!(
         assert_eq!(body.index, 2);
         assert_eq!(body.services.len(), 2);
         // Like `GET /v1/status`, it says where the kept history starts.
-        let live: registry_api::SystemStatus = registry
-            .http
-            .get(registry.url("/v1/status"))
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("a /v1/status body");
+        let live = api.status(None).await.expect("status");
         assert!(body.history_starts_at.is_some(), "{}", reset.data);
         assert_eq!(body.history_starts_at, live.history_starts_at);
 
