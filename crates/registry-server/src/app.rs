@@ -85,7 +85,11 @@ impl Application {
         };
         let view = Arc::new(view);
         let state = AppState::new(Shared {
-            writer: Arc::new(Writer::new(store.clone(), view.clone())),
+            writer: Arc::new(Writer::new(
+                store.clone(),
+                view.clone(),
+                settings.clock.clone(),
+            )),
             store,
             view,
             write_limit: crate::rate_limit::WriteRateLimit::new(settings.write_rate_limit)

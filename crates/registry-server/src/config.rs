@@ -259,6 +259,8 @@ pub struct Settings {
     pub dns_ttl: u32,
     /// `REGISTRY_DNS_ONLY_PASSING`.
     pub dns_only_passing: bool,
+    /// Where every time the registry dates comes from: the system's, which tests move.
+    pub clock: crate::clock::Clock,
 }
 
 /// Secrets stay out of logs and panics: tokens are shown as set or not, the database
@@ -289,6 +291,7 @@ impl std::fmt::Debug for Settings {
             .field("dns_domain", &self.dns_domain)
             .field("dns_ttl", &self.dns_ttl)
             .field("dns_only_passing", &self.dns_only_passing)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -413,6 +416,7 @@ impl ServeArgs {
             dns_domain: self.dns_domain.clone(),
             dns_ttl: u32::try_from(dns_ttl).unwrap_or(0),
             dns_only_passing: self.dns_only_passing,
+            clock: crate::clock::Clock::default(),
         })
     }
 }
@@ -440,6 +444,7 @@ impl Settings {
             dns_domain: "consul".to_owned(),
             dns_ttl: 0,
             dns_only_passing: false,
+            clock: crate::clock::Clock::default(),
         }
     }
 

@@ -284,6 +284,7 @@ mod tests {
 
     use registry_api::{InstanceId, InstanceSpec, Reason, ServiceName, Status};
 
+    use crate::clock::Clock;
     use crate::lifecycle::{self, Mutation};
     use crate::store::test_store::TestStore;
     use crate::writer::Writer;
@@ -425,12 +426,12 @@ mod tests {
                 .expect("register");
         }
         let view = Arc::new(View::load(store.as_ref()).await.expect("view"));
-        let writer = Writer::new(store.clone(), view.clone());
+        let writer = Writer::new(store.clone(), view.clone(), Clock::default());
         (store, view, writer)
     }
 
     async fn setup(count: usize, ttl: u32) -> (Arc<TestStore>, Arc<View>, Writer) {
-        setup_at(count, ttl, crate::clock::now()).await
+        setup_at(count, ttl, Clock::default().now()).await
     }
 
     async fn stored(store: &TestStore, id: &str) -> crate::record::InstanceRecord {
@@ -447,7 +448,7 @@ mod tests {
     #[tokio::test]
     async fn many_heartbeats_are_one_statement_and_reads_see_them_at_once() {
         let (store, view, heartbeats) = setup(50, 10).await;
-        let at = crate::clock::now() + chrono::Duration::milliseconds(3);
+        let at = Clock::default().now() + chrono::Duration::milliseconds(3);
         let written_before = stored(&store, "i7").await;
 
         for round in 0..3 {
@@ -489,7 +490,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_lapsed_and_leaseless_instances_take_the_full_path() {
         let (store, view, heartbeats) = setup(1, 1).await;
-        let now = crate::clock::now();
+        let now = Clock::default().now();
         assert_eq!(heartbeats.queue_heartbeat("sum", "ghost", now), None);
         let deadline = view
             .instance("sum", "i0")
@@ -507,7 +508,7 @@ mod tests {
     async fn a_lease_that_lapsed_before_the_flush_revives_with_its_event() {
         // Registered a while ago: the view still shows the lease live at `received`, but
         // by now another replica has expired it, before this one flushes.
-        let registered = crate::clock::now() - chrono::Duration::seconds(30);
+        let registered = Clock::default().now() - chrono::Duration::seconds(30);
         let (store, view, heartbeats) = setup_at(1, 10, registered).await;
         let received = registered + chrono::Duration::seconds(9);
         heartbeats
@@ -548,7 +549,7 @@ mod tests {
     #[tokio::test]
     async fn a_flush_stopped_halfway_keeps_its_batch_for_the_next() {
         let (store, _view, heartbeats) = setup(1, 10).await;
-        let now = crate::clock::now();
+        let now = Clock::default().now();
         heartbeats
             .queue_heartbeat("sum", "i0", now)
             .expect("queued");
@@ -570,7 +571,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_survives_an_outage_and_heartbeats_meanwhile_take_the_full_path() {
         let (store, _view, heartbeats) = setup(2, 10).await;
-        let now = crate::clock::now();
+        let now = Clock::default().now();
         heartbeats
             .queue_heartbeat("sum", "i0", now)
             .expect("queued");

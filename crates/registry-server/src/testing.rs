@@ -116,7 +116,7 @@ pub async fn register_in(store: &dyn crate::store::Store, id: &str) -> crate::st
             10,
         )
         .expect("valid");
-    let now = crate::clock::now();
+    let now = crate::clock::Clock::default().now();
     store
         .apply(
             "sum",

@@ -122,7 +122,7 @@ impl Workers {
         // an outage (up to the pool's acquire timeout) must date the return when it
         // happened, or leases get back less than the full TTL promised.
         self.writer.store().ping().await?;
-        let now = crate::clock::now();
+        let now = self.settings.clock.now();
         let max_gap = chrono::Duration::from_std(OUTAGE_AFTER).unwrap_or(chrono::Duration::MAX);
         if self.writer.store().mark_alive(now, max_gap).await? {
             tracing::info!(
@@ -254,7 +254,7 @@ impl Workers {
     async fn prune(&self) -> StoreResult<()> {
         let retention = chrono::Duration::from_std(self.settings.history_retention)
             .unwrap_or(chrono::Duration::MAX);
-        let before = crate::clock::now() - retention;
+        let before = self.settings.clock.now() - retention;
         let pruned = self.writer.store().prune_history(before).await?;
         if pruned > 0 {
             tracing::info!(pruned, "pruned history older than the retention");
@@ -313,7 +313,7 @@ impl Checker {
     }
 
     async fn start_due(&self) -> StoreResult<()> {
-        let now = crate::clock::now();
+        let now = self.workers.settings.clock.now();
         let available = u32::try_from(self.slots.available_permits()).unwrap_or(u32::MAX);
         if available == 0 {
             return Ok(());
@@ -369,7 +369,7 @@ impl Checker {
         check: &Check,
         outcome: CheckOutcome,
     ) -> StoreResult<()> {
-        let now = crate::clock::now();
+        let now = self.workers.settings.clock.now();
         let check = check.clone();
         self.workers
             .writer

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use registry_api::HeartbeatResponse;
 
+use crate::clock::Clock;
 use crate::heartbeats::Heartbeats;
 use crate::lifecycle::{self, Mutation};
 use crate::store::{Applied, Store, StoreResult, Transition};
@@ -20,14 +21,16 @@ pub struct Writer {
     store: Arc<dyn Store>,
     view: Arc<View>,
     heartbeats: Heartbeats,
+    clock: Clock,
 }
 
 impl Writer {
-    pub fn new(store: Arc<dyn Store>, view: Arc<View>) -> Self {
+    pub fn new(store: Arc<dyn Store>, view: Arc<View>, clock: Clock) -> Self {
         Self {
             heartbeats: Heartbeats::new(store.clone(), view.clone()),
             store,
             view,
+            clock,
         }
     }
 
@@ -78,7 +81,7 @@ impl Writer {
         while let Some(heartbeat) = left.next() {
             // Dated now, not when received: a revival must not come before the expiry it
             // undoes.
-            let now = crate::clock::now().max(heartbeat.at);
+            let now = self.clock.now().max(heartbeat.at);
             let replayed = self
                 .change(
                     &heartbeat.service,

@@ -11,12 +11,17 @@ use registry_api::{
     CheckSpec, EventKind, Instance, InstanceId, InstanceSpec, Reason, ServiceName, Status,
     Validated,
 };
-use registry_server::clock;
+use registry_server::clock::Clock;
 use registry_server::lifecycle::{self, CheckOutcome, Mutation};
 use registry_server::record::InstanceRecord;
 use registry_server::self_preservation::Mode;
 use registry_server::store::{Applied, Heartbeat, HistoryStart, PostgresStore, SqliteStore, Store};
 use registry_server::testing;
+
+/// Now, as the registry dates it.
+fn now() -> DateTime<Utc> {
+    Clock::default().now()
+}
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -242,7 +247,7 @@ fn by_key(mut instances: Vec<Instance>) -> Vec<Instance> {
 async fn registering_a_new_instance_appends_event_1(backend: Backend) {
     let store = backend.fresh().await;
     assert_eq!(store.current_index().await.expect("index"), 0);
-    let now = clock::now();
+    let now = now();
 
     let applied = put(&*store, &spec("sum", "a", 10), now).await;
 
@@ -272,7 +277,7 @@ async fn registering_a_new_instance_appends_event_1(backend: Backend) {
 
 async fn identical_replacement_appends_nothing_but_is_saved(backend: Backend) {
     let store = backend.fresh().await;
-    let t0 = clock::now();
+    let t0 = now();
     put(&*store, &spec("sum", "a", 10), t0).await;
 
     let again = put(&*store, &spec("sum", "a", 10), t0 + secs(3)).await;
@@ -301,7 +306,7 @@ async fn identical_replacement_appends_nothing_but_is_saved(backend: Backend) {
 
 async fn heartbeat_of_an_unknown_instance_changes_nothing(backend: Backend) {
     let store = backend.fresh().await;
-    let now = clock::now();
+    let now = now();
     let saw_none = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&saw_none);
 
@@ -346,7 +351,7 @@ async fn heartbeat_of_an_unknown_instance_changes_nothing(backend: Backend) {
 async fn index_increases_by_one_per_change_across_instances(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
 
     let applied = [
         put(s, &spec("sum", "a", 10), t0).await,
@@ -385,7 +390,7 @@ async fn index_increases_by_one_per_change_across_instances(backend: Backend) {
 async fn events_after_filters_by_service_and_limits(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec("sum", "a", 10), t0).await;
     put(s, &spec("mult", "a", 10), t0).await;
     put(s, &spec("sum", "b", 10), t0).await;
@@ -409,7 +414,7 @@ async fn events_after_filters_by_service_and_limits(backend: Backend) {
 async fn snapshot_is_consistent_with_the_index(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     let empty = s.snapshot().await.expect("snapshot");
     assert_eq!((empty.index, empty.records.len()), (0, 0));
 
@@ -440,7 +445,7 @@ async fn snapshot_is_consistent_with_the_index(backend: Backend) {
 async fn deregistering_appends_removed_and_forgets_the_instance(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec("sum", "a", 10), t0).await;
     let last = record_of(&maintenance(s, "sum", "a", true, t0 + secs(1)).await);
 
@@ -487,7 +492,7 @@ async fn deregistering_appends_removed_and_forgets_the_instance(backend: Backend
 async fn expired_leases_finds_only_due_leases(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec("sum", "a", 10), t0).await;
     put(s, &spec("sum", "b", 30), t0).await;
     put(s, &spec("sum", "nolease", 0), t0).await;
@@ -522,7 +527,7 @@ async fn expired_leases_finds_only_due_leases(backend: Backend) {
 async fn expired_leases_respect_the_grace_after_a_recovery(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     let gap = secs(5);
     put(s, &spec("sum", "a", 10), t0).await;
     put(s, &spec("sum", "b", 30), t0).await;
@@ -565,7 +570,7 @@ async fn hold(store: &dyn Store, service: &str, id: &str, now: DateTime<Utc>) ->
 async fn the_lease_survey_counts_silent_leases_before_any_lapse(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec("sum", "a", 10), t0).await;
     put(s, &spec("sum", "b", 10), t0 + secs(3)).await;
     put(s, &spec("sum", "nolease", 0), t0).await;
@@ -601,7 +606,7 @@ async fn the_lease_survey_counts_silent_leases_before_any_lapse(backend: Backend
 async fn held_lapses_are_found_kept_out_of_renewals_and_expired_later(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec("sum", "a", 10), t0).await;
     put(s, &spec("sum", "b", 10), t0).await;
     let held = hold(s, "sum", "a", t0 + secs(10)).await;
@@ -681,7 +686,7 @@ async fn held_lapses_are_found_kept_out_of_renewals_and_expired_later(backend: B
 async fn one_replica_switches_self_preservation_and_time_travel_sees_it(backend: Backend) {
     let url = backend.fresh_url().await;
     let (a, b) = (backend.open(&url).await, backend.open(&url).await);
-    let t0 = clock::now();
+    let t0 = now();
     let on = Mode {
         since: Some(t0 + secs(1)),
         armed: true,
@@ -729,7 +734,7 @@ async fn one_replica_switches_self_preservation_and_time_travel_sees_it(backend:
 async fn reapable_finds_instances_critical_long_enough(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec("sum", "a", 10), t0).await;
     put(s, &spec("sum", "b", 10), t0).await;
     // Critical since at most `at`, with the registry's reaping time of one minute.
@@ -764,7 +769,7 @@ async fn reapable_finds_instances_critical_long_enough(backend: Backend) {
 async fn an_instance_s_own_reaping_time_wins_over_the_registry_s(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     let mut quick = spec("sum", "quick", 10);
     quick.deregister_critical_after = Some(5);
     let mut kept = spec("sum", "kept", 10);
@@ -802,7 +807,7 @@ async fn an_instance_s_own_reaping_time_wins_over_the_registry_s(backend: Backen
 async fn claimed_checks_are_pushed_one_interval_ahead(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec_with_check("sum", "a", "/status", 5), t0).await;
     put(s, &spec_with_check("sum", "c", "/status", 10), t0).await;
     put(s, &spec("sum", "unchecked", 10), t0).await;
@@ -874,7 +879,7 @@ async fn timeline(s: &dyn Store, t0: DateTime<Utc>) {
 async fn history_filters_by_instance_and_half_open_time_range(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     timeline(s, t0).await;
     let history = |service, instance, since, until, limit| async move {
         indexes(
@@ -933,7 +938,7 @@ async fn history_filters_by_instance_and_half_open_time_range(backend: Backend) 
 async fn state_at_answers_a_past_moment(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     timeline(s, t0).await;
     let events = s.events_after(0, None, 100).await.expect("events");
     let shown = |index: u64| {
@@ -971,7 +976,7 @@ async fn state_at_answers_a_past_moment(backend: Backend) {
 async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     let initial = s.history_start().await.expect("history start");
     assert_eq!(initial.index, 0);
     assert!(
@@ -1038,7 +1043,7 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
 async fn times_round_trip_exactly(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now() + ms(1); // an odd millisecond, kept exact
+    let t0 = now() + ms(1); // an odd millisecond, kept exact
     let registered = put(s, &spec_with_check("sum", "a", "/status", 5), t0).await;
     let check = record_of(&registered).check.expect("a check");
     let checked_at = t0 + ms(1234);
@@ -1080,7 +1085,7 @@ async fn times_round_trip_exactly(backend: Backend) {
 async fn data_survives_reconnecting(backend: Backend) {
     let url = backend.fresh_url().await;
     let store = backend.open(&url).await;
-    let t0 = clock::now();
+    let t0 = now();
     put(&*store, &spec("sum", "a", 10), t0).await;
     maintenance(&*store, "sum", "a", true, t0 + secs(1)).await;
     put(&*store, &spec_with_check("mult", "b", "/status", 5), t0).await;
@@ -1121,7 +1126,7 @@ async fn concurrent_changes_get_gap_free_indexes_in_commit_order(backend: Backen
     const WRITES: usize = 10;
     const TOTAL: u64 = (INSTANCES + TASKS * WRITES) as u64;
     let store = backend.fresh().await;
-    let t0 = clock::now();
+    let t0 = now();
     for i in 0..INSTANCES {
         put(&*store, &spec("sum", &format!("i{i}"), 10), t0).await;
     }
@@ -1156,7 +1161,7 @@ async fn concurrent_changes_get_gap_free_indexes_in_commit_order(backend: Backen
             let mut appended = Vec::new();
             for write in 0..WRITES {
                 let id = format!("i{}", (task + write) % INSTANCES);
-                let now = clock::now();
+                let now = now();
                 let applied = on_existing(&*store, "sum", &id, now, move |r| {
                     lifecycle::set_maintenance(r, !r.maintenance, now)
                 })
@@ -1238,7 +1243,7 @@ async fn concurrent_registrations_of_one_new_instance_append_one_event(backend: 
 /// `writers` concurrent registrations of one new instance, spread over `stores`: answers
 /// how many found it new and how many appended an event.
 async fn race_to_create(stores: &[Arc<dyn Store>], writers: usize) -> (usize, usize) {
-    let now = clock::now();
+    let now = now();
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..writers {
         let store = Arc::clone(&stores[writer % stores.len()]);
@@ -1280,7 +1285,7 @@ async fn two_processes_registering_one_new_instance_append_one_event(backend: Ba
 async fn a_change_that_cannot_be_written_fails_alone(backend: Backend) {
     const WRITERS: usize = 40;
     let store = backend.fresh().await;
-    let now = clock::now();
+    let now = now();
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..WRITERS {
         let store = Arc::clone(&store);
@@ -1370,7 +1375,7 @@ async fn record_in(store: &dyn Store, service: &str, id: &str) -> Option<Instanc
 async fn renew_leases_renews_live_leases_in_one_call_without_events(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     let a = record_of(&put(s, &spec("sum", "a", 10), t0).await);
     let b = record_of(&put(s, &spec("mult", "b", 30), t0).await);
     let index = s.current_index().await.expect("index");
@@ -1418,7 +1423,7 @@ async fn renew_leases_renews_live_leases_in_one_call_without_events(backend: Bac
 async fn renew_leases_answers_back_lapsed_and_unknown_instances(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec("sum", "lapsed", 1), t0).await;
     let live = record_of(&put(s, &spec("sum", "live", 10), t0).await);
     let lapsed = record_of(&expire(s, "sum", "lapsed", t0 + secs(1)).await);
@@ -1467,7 +1472,7 @@ async fn renew_leases_answers_back_lapsed_and_unknown_instances(backend: Backend
 async fn renew_leases_keeps_ttl_0_instances_without_a_lease(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     let checked = record_of(&put(s, &spec_with_check("sum", "c", "/status", 5), t0).await);
     assert_eq!(checked.lease_expires_at, None);
     let at = t0 + ms(2_345);
@@ -1501,7 +1506,7 @@ async fn renew_leases_keeps_ttl_0_instances_without_a_lease(backend: Backend) {
 async fn renew_leases_never_moves_a_lease_back(backend: Backend) {
     let store = backend.fresh().await;
     let s = &*store;
-    let t0 = clock::now();
+    let t0 = now();
     put(s, &spec("sum", "a", 10), t0).await;
     let latest = record_of(&heartbeat(s, "sum", "a", t0 + secs(5)).await);
 
@@ -1550,7 +1555,7 @@ async fn renew_leases_writes_times_as_serde_does(backend: Backend) {
     let store = backend.open(&url).await;
     let s = &*store;
     // A whole second (serde writes no fraction) and odd milliseconds (three digits).
-    let t0 = DateTime::from_timestamp(clock::now().timestamp(), 0).expect("whole second");
+    let t0 = DateTime::from_timestamp(now().timestamp(), 0).expect("whole second");
     let a = record_of(&put(s, &spec("sum", "a", 10), t0).await);
     let b = record_of(&put(s, &spec("sum", "b", 7), t0).await);
     let c = record_of(&put(s, &spec("sum", "c", 0), t0).await);
@@ -1600,7 +1605,7 @@ async fn concurrent_renewals_of_overlapping_batches_all_succeed(backend: Backend
     const INSTANCES: usize = 100;
     const TASKS: usize = 8;
     let store = backend.fresh().await;
-    let t0 = clock::now();
+    let t0 = now();
     for i in 0..INSTANCES {
         put(&*store, &spec("sum", &format!("i{i:03}"), 10), t0).await;
     }
@@ -1667,7 +1672,7 @@ async fn postgres_a_row_changed_after_the_read_is_planned_again() {
     use sqlx::Connection as _;
     let url = Backend::Postgres.fresh_url().await;
     let store = Backend::Postgres.open(&url).await;
-    let now = clock::now();
+    let now = now();
     let spec = spec("sum", "a", 10);
     store
         .apply(

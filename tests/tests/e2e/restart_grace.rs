@@ -5,14 +5,18 @@ use std::time::Duration;
 
 use crate::support::{Backend, TestRegistry, eventually};
 use registry_api::{InstanceSpec, Status};
+use registry_server::clock::Clock;
 
 both_stores!(
     leases_get_a_full_ttl_after_a_registry_outage,
     |backend: Backend| async move {
-        let registry = TestRegistry::start(backend).await;
+        // Both registries run on one clock, which the test moves past the lease while
+        // neither runs.
+        let clock = Clock::default();
+        let registry = TestRegistry::start_with(backend, |s| s.clock = clock.clone()).await;
         let mut spec = InstanceSpec::new("http://10.0.0.1:4040");
         spec.ttl_seconds = Some(3);
-        registry
+        let registered = registry
             .api
             .register("sum", "sum-1", &spec)
             .await
@@ -20,13 +24,16 @@ both_stores!(
         let database_url = registry.database_url.clone();
         registry.stop().await;
 
-        // The registry is down for longer than the lease: on purpose, time must pass.
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // The registry is down for longer than the lease.
+        clock.advance(Duration::from_secs(4));
+        let lease_ran_out = registered.instance.lease_expires_at.expect("a lease");
+        assert!(lease_ran_out < clock.now(), "the lease ran out meanwhile");
 
-        let restarted = TestRegistry::start_on(database_url, |_| {}).await;
+        let restarted = TestRegistry::start_on(database_url, |s| s.clock = clock.clone()).await;
         let came_back = tokio::time::Instant::now();
         // Give the expiry sweep (every 250 ms) several rounds: the lease is over, yet the
-        // instance must stay passing because the registry itself was away.
+        // instance must stay passing because the registry itself was away. A fixed wait on
+        // purpose: no polling can show that nothing happens.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let during_grace = restarted.api.service("sum", None).await.expect("lookup");
         assert_eq!(during_grace.instances[0].status, Status::Passing);

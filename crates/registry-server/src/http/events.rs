@@ -92,9 +92,7 @@ fn feed(
         let only = service.as_ref().map(|s| s.as_str().to_owned());
         let mut cursor = start;
         if let Some(history_starts_at) = reset {
-            let mut status = state
-                .view
-                .system_status(only.as_deref(), crate::clock::now());
+            let mut status = state.view.system_status(only.as_deref(), state.now());
             status.epoch = super::status::epoch(&state);
             status.history_starts_at = Some(history_starts_at);
             cursor = status.index;

@@ -110,7 +110,7 @@ async fn register(
         path.id.clone(),
         state.settings.default_ttl_seconds(),
     )?;
-    let now = crate::clock::now();
+    let now = state.now();
     let applied = state
         .writer
         .change(
@@ -154,7 +154,7 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     refuse_body(&headers)?;
     crate::metrics::heartbeat();
-    let now = crate::clock::now();
+    let now = state.now();
     if state.writer.database_unreachable() {
         // Fail fast: the client retries on another replica before its lease runs out.
         return Err(ApiError::unavailable(
@@ -228,7 +228,7 @@ async fn set_status(
         .reason
         .map(|reason| maintenance_reason(&reason).map(|()| reason))
         .transpose()?;
-    let now = crate::clock::now();
+    let now = state.now();
     let applied = state
         .writer
         .change(
@@ -292,7 +292,7 @@ async fn deregister(
         .change(
             path.service.as_str(),
             path.id.as_str(),
-            crate::clock::now(),
+            state.now(),
             Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
         )
         .await?;

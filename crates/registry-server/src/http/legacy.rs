@@ -74,7 +74,7 @@ async fn register(
         deregister_critical_after: None,
         initial_status: None,
     };
-    let now = crate::clock::now();
+    let now = state.now();
     let applied = state
         .writer
         .change(
@@ -138,7 +138,7 @@ async fn lookup(
 fn whole_map(state: &AppState) -> BTreeMap<String, SeedService> {
     state
         .view
-        .system_status(None, crate::clock::now())
+        .system_status(None, state.now())
         .services
         .into_iter()
         .filter_map(|service| {

@@ -76,6 +76,13 @@ pub struct Shared {
     pub epoch: HeaderValue,
 }
 
+impl Shared {
+    /// Now, by the registry's clock (see [`crate::clock`]).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.settings.clock.now()
+    }
+}
+
 /// What a listener serves: a router behind the [`front`] middleware.
 pub trait Api:
     tower::Service<Request, Response = Response, Error = Infallible, Future: Send>

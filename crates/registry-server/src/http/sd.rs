@@ -71,7 +71,7 @@ async fn prometheus(
 ) -> Result<Json<Vec<TargetGroup>>, ApiError> {
     let system = state
         .view
-        .system_status(service.as_ref().map(|s| s.as_str()), crate::clock::now());
+        .system_status(service.as_ref().map(|s| s.as_str()), state.now());
     let groups = system
         .services
         .iter()

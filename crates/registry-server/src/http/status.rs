@@ -52,7 +52,7 @@ async fn system_status(
     Query(StatusQuery { at, service }): Query<StatusQuery>,
 ) -> Result<Json<SystemStatus>, ApiError> {
     let only = service.as_ref().map(|s| s.as_str());
-    let now = crate::clock::now();
+    let now = state.now();
     let Some(at) = at.filter(|at| *at < now) else {
         let mut status = state.view.system_status(only, now);
         status.history_starts_at = history_starts_at(&state).await;

@@ -79,7 +79,7 @@ async fn register(
                 error.message
             ))
         })?;
-    let now = crate::clock::now();
+    let now = state.now();
     state
         .writer
         .change(
@@ -150,7 +150,7 @@ async fn deregister(
         .change(
             &instance.service,
             &instance.id,
-            crate::clock::now(),
+            state.now(),
             Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
         )
         .await?;
@@ -180,7 +180,7 @@ async fn maintenance(
         crate::http::instances::maintenance_reason(reason)?;
     }
     let instance = one_instance(&state, &id)?;
-    let now = crate::clock::now();
+    let now = state.now();
     state
         .writer
         .change(
@@ -288,7 +288,7 @@ async fn report(
                 .collect::<String>()
         })
         .filter(|n| !n.is_empty());
-    let now = crate::clock::now();
+    let now = state.now();
     if state.writer.database_unreachable() {
         return Err(ConsulError::new(
             StatusCode::SERVICE_UNAVAILABLE,
