@@ -3,9 +3,12 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// A service name: a DNS label (`[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`), so it can double as a
 /// Kubernetes Service name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ServiceName(String);
 
 impl ServiceName {
@@ -38,7 +41,8 @@ impl fmt::Display for ServiceName {
 
 /// An instance id: 1-128 of `[A-Za-z0-9._-]`, so pod names fit; `.` and `..` are refused
 /// because they would be path segments.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct InstanceId(String);
 
 impl InstanceId {
@@ -85,6 +89,27 @@ impl fmt::Display for InstanceId {
     }
 }
 
+// Text that is not a valid name does not deserialize into one.
+macro_rules! text_conversions {
+    ($name:ident) => {
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(raw: String) -> Result<Self, String> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0
+            }
+        }
+    };
+}
+text_conversions!(ServiceName);
+text_conversions!(InstanceId);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +142,14 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", "a:b", &"x".repeat(129)] {
             assert!(InstanceId::parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn names_serialize_as_text_and_refuse_invalid_text() {
+        let name: ServiceName = serde_json::from_str("\"sum\"").expect("valid");
+        assert_eq!(serde_json::to_string(&name).expect("text"), "\"sum\"");
+        assert!(serde_json::from_str::<ServiceName>("\"Sum\"").is_err());
+        assert!(serde_json::from_str::<InstanceId>("\"a/b\"").is_err());
     }
 
     #[test]

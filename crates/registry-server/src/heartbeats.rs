@@ -37,9 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use registry_api::{HeartbeatResponse, Instance};
+use registry_api::{HeartbeatResponse, Instance, InstanceId, ServiceName};
 
-use crate::store::{Heartbeat, Store, StoreResult};
+use crate::store::{Heartbeat, InstanceKey, Store, StoreResult};
 use crate::view::View;
 
 /// How often queued heartbeats are written.
@@ -113,8 +113,8 @@ impl Heartbeats {
     /// heartbeat must take the full path through the store.
     pub fn try_queue(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
     ) -> Option<HeartbeatResponse> {
         if !self.writing.load(Ordering::Acquire) {
@@ -122,19 +122,21 @@ impl Heartbeats {
         }
         // Read in place, not copied: the instance's strings, tags and metadata would be
         // allocated and freed again on every heartbeat.
-        let (status, lease_expires_at) = self.view.read_instance(service, id, |instance| {
-            renewed_lease(instance, now).map(|lease| (instance.status, lease))
-        })??;
+        let (status, lease_expires_at) =
+            self.view
+                .read_instance(service.as_str(), id.as_str(), |instance| {
+                    renewed_lease(instance, now).map(|lease| (instance.status, lease))
+                })??;
         let queued = self.queue().push(Heartbeat {
-            service: service.to_owned(),
-            id: id.to_owned(),
+            service: service.clone(),
+            id: id.clone(),
             at: now,
         });
         if !queued {
             return None;
         }
         self.view
-            .renew_lease(service, id, now, lease_expires_at, status);
+            .renew_lease(service.as_str(), id.as_str(), now, lease_expires_at, status);
         Some(HeartbeatResponse {
             status,
             lease_expires_at: Some(lease_expires_at),
@@ -226,7 +228,7 @@ fn renewed_lease(instance: &Instance, now: DateTime<Utc>) -> Option<DateTime<Utc
 /// Heartbeats waiting to be written: the newest per instance, at most `capacity` instances.
 #[derive(Debug)]
 struct Queue {
-    pending: HashMap<(String, String), DateTime<Utc>>,
+    pending: HashMap<InstanceKey, DateTime<Utc>>,
     capacity: usize,
 }
 
@@ -293,10 +295,18 @@ mod tests {
         DateTime::from_timestamp_millis(1_800_000_000_000 + ms).expect("valid time")
     }
 
+    fn sum() -> ServiceName {
+        ServiceName::parse("sum").expect("name")
+    }
+
+    fn instance_id(raw: &str) -> InstanceId {
+        InstanceId::parse(raw).expect("id")
+    }
+
     fn beat(id: &str, at: DateTime<Utc>) -> Heartbeat {
         Heartbeat {
-            service: "sum".into(),
-            id: id.into(),
+            service: sum(),
+            id: instance_id(id),
             at,
         }
     }
@@ -417,8 +427,8 @@ mod tests {
                 .expect("valid");
             store
                 .apply(
-                    "sum",
-                    &format!("i{i}"),
+                    &sum(),
+                    &instance_id(&format!("i{i}")),
                     now,
                     Box::new(move |old| lifecycle::register(old, &spec, now)),
                 )
@@ -455,8 +465,8 @@ mod tests {
             for i in 0..50 {
                 let answer = heartbeats
                     .queue_heartbeat(
-                        "sum",
-                        &format!("i{i}"),
+                        &sum(),
+                        &instance_id(&format!("i{i}")),
                         at + chrono::Duration::milliseconds(round),
                     )
                     .expect("a live lease is queued");
@@ -491,16 +501,25 @@ mod tests {
     async fn unknown_lapsed_and_leaseless_instances_take_the_full_path() {
         let (store, view, heartbeats) = setup(1, 1).await;
         let now = Clock::default().now();
-        assert_eq!(heartbeats.queue_heartbeat("sum", "ghost", now), None);
+        assert_eq!(
+            heartbeats.queue_heartbeat(&sum(), &instance_id("ghost"), now),
+            None
+        );
         let deadline = view
             .instance("sum", "i0")
             .and_then(|i| i.lease_expires_at)
             .expect("a lease");
-        assert_eq!(heartbeats.queue_heartbeat("sum", "i0", deadline), None);
+        assert_eq!(
+            heartbeats.queue_heartbeat(&sum(), &instance_id("i0"), deadline),
+            None
+        );
         drop(store);
 
         let (_, _, leaseless) = setup(1, 0).await;
-        assert_eq!(leaseless.queue_heartbeat("sum", "i0", now), None);
+        assert_eq!(
+            leaseless.queue_heartbeat(&sum(), &instance_id("i0"), now),
+            None
+        );
         assert_eq!(leaseless.queued_heartbeats(), 0);
     }
 
@@ -512,13 +531,13 @@ mod tests {
         let (store, view, heartbeats) = setup_at(1, 10, registered).await;
         let received = registered + chrono::Duration::seconds(9);
         heartbeats
-            .queue_heartbeat("sum", "i0", received)
+            .queue_heartbeat(&sum(), &instance_id("i0"), received)
             .expect("queued");
         let later = registered + chrono::Duration::seconds(11);
         let expired = store
             .apply(
-                "sum",
-                "i0",
+                &sum(),
+                &instance_id("i0"),
                 later,
                 Box::new(move |old| {
                     old.map_or(Mutation::Unchanged, |o| lifecycle::expire_lease(o, later))
@@ -551,7 +570,7 @@ mod tests {
         let (store, _view, heartbeats) = setup(1, 10).await;
         let now = Clock::default().now();
         heartbeats
-            .queue_heartbeat("sum", "i0", now)
+            .queue_heartbeat(&sum(), &instance_id("i0"), now)
             .expect("queued");
         let gate = store.hold_renewals();
         let stopped = tokio::time::timeout(
@@ -573,14 +592,14 @@ mod tests {
         let (store, _view, heartbeats) = setup(2, 10).await;
         let now = Clock::default().now();
         heartbeats
-            .queue_heartbeat("sum", "i0", now)
+            .queue_heartbeat(&sum(), &instance_id("i0"), now)
             .expect("queued");
         store.down.store(true, Ordering::SeqCst);
 
         assert!(heartbeats.flush_heartbeats().await.is_err());
         assert_eq!(heartbeats.queued_heartbeats(), 1, "the batch is kept");
         assert_eq!(
-            heartbeats.queue_heartbeat("sum", "i1", now),
+            heartbeats.queue_heartbeat(&sum(), &instance_id("i1"), now),
             None,
             "while the store cannot be written, callers must see it"
         );
@@ -592,7 +611,9 @@ mod tests {
         assert_eq!(heartbeats.queued_heartbeats(), 0);
         assert_eq!(stored(&store, "i0").await.last_heartbeat_at, now);
         assert!(
-            heartbeats.queue_heartbeat("sum", "i1", now).is_some(),
+            heartbeats
+                .queue_heartbeat(&sum(), &instance_id("i1"), now)
+                .is_some(),
             "the fast path is back"
         );
     }

@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
 use crate::self_preservation::{self, Decision};
-use crate::store::StoreResult;
+use crate::store::{InstanceKey, StoreResult, stored_key};
 use crate::writer::Writer;
 
 /// How often leases, reaping and due checks are looked at.
@@ -269,7 +269,7 @@ impl Workers {
 struct Checker {
     workers: Workers,
     client: CheckClient,
-    in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    in_flight: Arc<Mutex<HashSet<InstanceKey>>>,
     slots: Arc<Semaphore>,
 }
 
@@ -329,7 +329,7 @@ impl Checker {
             let Some(check) = record.check.clone() else {
                 continue;
             };
-            let key = (record.service.clone(), record.id.clone());
+            let key = stored_key(record.service.clone(), record.id.clone())?;
             let fresh = self
                 .in_flight
                 .lock()
@@ -347,7 +347,7 @@ impl Checker {
                 let outcome = this.probe(&record.url, &check).await;
                 crate::metrics::check_result(outcome.status);
                 if let Err(error) = this.report(&key, &check, outcome).await {
-                    tracing::warn!(service = key.0, instance = key.1, %error, "could not record a check result");
+                    tracing::warn!(service = %key.0, instance = %key.1, %error, "could not record a check result");
                 }
                 this.finish(&key);
                 drop(permit);
@@ -356,7 +356,7 @@ impl Checker {
         Ok(())
     }
 
-    fn finish(&self, key: &(String, String)) {
+    fn finish(&self, key: &InstanceKey) {
         self.in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -365,7 +365,7 @@ impl Checker {
 
     async fn report(
         &self,
-        key: &(String, String),
+        key: &InstanceKey,
         check: &Check,
         outcome: CheckOutcome,
     ) -> StoreResult<()> {

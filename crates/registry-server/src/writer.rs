@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use registry_api::HeartbeatResponse;
+use registry_api::{HeartbeatResponse, InstanceId, ServiceName};
 
 use crate::clock::Clock;
 use crate::heartbeats::Heartbeats;
@@ -50,8 +50,8 @@ impl Writer {
     #[tracing::instrument(name = "store change", skip(self, now, transition))]
     pub async fn change(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
@@ -66,8 +66,8 @@ impl Writer {
     /// and answered at once. `None`: it must take the full path ([`Self::change`]).
     pub fn queue_heartbeat(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
     ) -> Option<HeartbeatResponse> {
         self.heartbeats.try_queue(service, id, now)

@@ -15,7 +15,9 @@ use registry_server::clock::Clock;
 use registry_server::lifecycle::{self, CheckOutcome, Mutation};
 use registry_server::record::InstanceRecord;
 use registry_server::self_preservation::Mode;
-use registry_server::store::{Applied, Heartbeat, HistoryStart, PostgresStore, SqliteStore, Store};
+use registry_server::store::{
+    Applied, Heartbeat, HistoryStart, InstanceKey, PostgresStore, SqliteStore, Store,
+};
 use registry_server::testing;
 
 /// Now, as the registry dates it.
@@ -160,8 +162,8 @@ async fn on_existing(
 ) -> Applied {
     store
         .apply(
-            service,
-            id,
+            &name(service),
+            &iid(id),
             now,
             Box::new(move |old: Option<&InstanceRecord>| old.map_or(Mutation::Unchanged, &change)),
         )
@@ -173,8 +175,8 @@ async fn put(store: &dyn Store, spec: &Validated, now: DateTime<Utc>) -> Applied
     let owned = spec.clone();
     store
         .apply(
-            spec.service.as_str(),
-            spec.id.as_str(),
+            &spec.service,
+            &spec.id,
             now,
             Box::new(move |old: Option<&InstanceRecord>| lifecycle::register(old, &owned, now)),
         )
@@ -221,13 +223,19 @@ fn record_of(applied: &Applied) -> InstanceRecord {
     applied.record.clone().expect("a record")
 }
 
-fn pairs(keys: &[(&str, &str)]) -> Vec<(String, String)> {
-    keys.iter()
-        .map(|(s, i)| ((*s).to_owned(), (*i).to_owned()))
-        .collect()
+fn name(raw: &str) -> ServiceName {
+    ServiceName::parse(raw).expect("service name")
 }
 
-fn sorted(mut keys: Vec<(String, String)>) -> Vec<(String, String)> {
+fn iid(raw: &str) -> InstanceId {
+    InstanceId::parse(raw).expect("instance id")
+}
+
+fn pairs(keys: &[(&str, &str)]) -> Vec<InstanceKey> {
+    keys.iter().map(|(s, i)| (name(s), iid(i))).collect()
+}
+
+fn sorted(mut keys: Vec<InstanceKey>) -> Vec<InstanceKey> {
     keys.sort();
     keys
 }
@@ -312,8 +320,8 @@ async fn heartbeat_of_an_unknown_instance_changes_nothing(backend: Backend) {
 
     let applied = store
         .apply(
-            "sum",
-            "ghost",
+            &name("sum"),
+            &iid("ghost"),
             now,
             Box::new(move |old: Option<&InstanceRecord>| {
                 flag.store(old.is_none(), Ordering::SeqCst);
@@ -396,8 +404,15 @@ async fn events_after_filters_by_service_and_limits(backend: Backend) {
     put(s, &spec("sum", "b", 10), t0).await;
     put(s, &spec("mult", "b", 10), t0).await;
 
-    let after = |after, service, limit| async move {
-        indexes(&s.events_after(after, service, limit).await.expect("events"))
+    let after = |after, service: Option<&str>, limit| {
+        let service = service.map(name);
+        async move {
+            indexes(
+                &s.events_after(after, service.as_ref(), limit)
+                    .await
+                    .expect("events"),
+            )
+        }
     };
     assert_eq!(after(0, None, 100).await, vec![1, 2, 3, 4]);
     assert_eq!(after(1, None, 2).await, vec![2, 3]);
@@ -407,7 +422,10 @@ async fn events_after_filters_by_service_and_limits(backend: Backend) {
     assert_eq!(after(4, None, 10).await, Vec::<u64>::new());
     assert_eq!(after(0, Some("concat"), 10).await, Vec::<u64>::new());
     assert_eq!(after(u64::MAX, None, 10).await, Vec::<u64>::new());
-    let events = s.events_after(0, Some("mult"), 10).await.expect("events");
+    let events = s
+        .events_after(0, Some(&name("mult")), 10)
+        .await
+        .expect("events");
     assert!(events.iter().all(|e| e.service == "mult"));
 }
 
@@ -881,12 +899,15 @@ async fn history_filters_by_instance_and_half_open_time_range(backend: Backend) 
     let s = &*store;
     let t0 = now();
     timeline(s, t0).await;
-    let history = |service, instance, since, until, limit| async move {
-        indexes(
-            &s.history(service, instance, since, until, limit)
-                .await
-                .expect("history"),
-        )
+    let history = |service: &str, instance: Option<&str>, since, until, limit| {
+        let (service, instance) = (name(service), instance.map(iid));
+        async move {
+            indexes(
+                &s.history(&service, instance.as_ref(), since, until, limit)
+                    .await
+                    .expect("history"),
+            )
+        }
     };
 
     assert_eq!(
@@ -1068,7 +1089,7 @@ async fn times_round_trip_exactly(backend: Backend) {
         .collect();
     assert_eq!(stored, applied);
     assert_eq!(
-        s.history("sum", None, Some(t0), Some(checked_at + ms(1)), 10)
+        s.history(&name("sum"), None, Some(t0), Some(checked_at + ms(1)), 10)
             .await
             .expect("history"),
         applied
@@ -1258,7 +1279,7 @@ async fn race_to_create(stores: &[Arc<dyn Store>], writers: usize) -> (usize, us
                 lifecycle::register(old, &spec, now)
             };
             store
-                .apply("sum", "a", now, Box::new(transition))
+                .apply(&name("sum"), &iid("a"), now, Box::new(transition))
                 .await
                 .expect("apply")
         });
@@ -1314,7 +1335,9 @@ async fn a_change_that_cannot_be_written_fails_alone(backend: Backend) {
                 13 => lifecycle::register(old, &self::spec("sum", "elsewhere", 10), now),
                 _ => lifecycle::register(old, &spec, now),
             };
-            let applied = store.apply("sum", &id, now, Box::new(transition)).await;
+            let applied = store
+                .apply(&name("sum"), &iid(&id), now, Box::new(transition))
+                .await;
             (n, applied)
         });
     }
@@ -1339,8 +1362,8 @@ async fn a_change_that_cannot_be_written_fails_alone(backend: Backend) {
 
 fn beat(service: &str, id: &str, at: DateTime<Utc>) -> Heartbeat {
     Heartbeat {
-        service: service.into(),
-        id: id.into(),
+        service: name(service),
+        id: iid(id),
         at,
     }
 }
@@ -1676,8 +1699,8 @@ async fn postgres_a_row_changed_after_the_read_is_planned_again() {
     let spec = spec("sum", "a", 10);
     store
         .apply(
-            "sum",
-            "a",
+            &name("sum"),
+            &iid("a"),
             now,
             Box::new(move |old| lifecycle::register(old, &spec, now)),
         )

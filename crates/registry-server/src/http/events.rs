@@ -89,10 +89,11 @@ fn feed(
     reset: Option<DateTime<Utc>>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream(move |tx| async move {
-        let only = service.as_ref().map(|s| s.as_str().to_owned());
         let mut cursor = start;
         if let Some(history_starts_at) = reset {
-            let mut status = state.view.system_status(only.as_deref(), state.now());
+            let mut status = state
+                .view
+                .system_status(service.as_ref().map(ServiceName::as_str), state.now());
             status.epoch = super::status::epoch(&state);
             status.history_starts_at = Some(history_starts_at);
             cursor = status.index;
@@ -110,7 +111,7 @@ fn feed(
             // Mark the current index seen before reading, so a change that lands after
             // the read wakes the wait below.
             changes.borrow_and_update();
-            let batch = match next_events(&state, cursor, only.as_deref()).await {
+            let batch = match next_events(&state, cursor, service.as_ref()).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(%error, "event stream could not read events; closing it");
@@ -139,11 +140,11 @@ fn feed(
 async fn next_events(
     state: &AppState,
     cursor: u64,
-    service: Option<&str>,
+    service: Option<&ServiceName>,
 ) -> Result<Vec<Event>, crate::store::StoreError> {
     match state
         .view
-        .recent_events_after(cursor, service, BATCH as usize)
+        .recent_events_after(cursor, service.map(ServiceName::as_str), BATCH as usize)
     {
         Some(events) => Ok(events),
         None => state.store.events_after(cursor, service, BATCH).await,

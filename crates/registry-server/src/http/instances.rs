@@ -114,8 +114,8 @@ async fn register(
     let applied = state
         .writer
         .change(
-            path.service.as_str(),
-            path.id.as_str(),
+            &path.service,
+            &path.id,
             now,
             Box::new(move |old| lifecycle::register(old, &validated, now)),
         )
@@ -163,18 +163,14 @@ async fn heartbeat(
     }
     // A live lease is renewed in memory and written with others (crate::heartbeats);
     // anything else goes through the store now.
-    if let Some(renewed) =
-        state
-            .writer
-            .queue_heartbeat(path.service.as_str(), path.id.as_str(), now)
-    {
+    if let Some(renewed) = state.writer.queue_heartbeat(&path.service, &path.id, now) {
         return Ok(Json(renewed));
     }
     let applied = state
         .writer
         .change(
-            path.service.as_str(),
-            path.id.as_str(),
+            &path.service,
+            &path.id,
             now,
             Box::new(move |old| old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))),
         )
@@ -232,8 +228,8 @@ async fn set_status(
     let applied = state
         .writer
         .change(
-            path.service.as_str(),
-            path.id.as_str(),
+            &path.service,
+            &path.id,
             now,
             Box::new(move |old| {
                 old.map_or(Mutation::Unchanged, |o| {
@@ -290,8 +286,8 @@ async fn deregister(
     let applied = state
         .writer
         .change(
-            path.service.as_str(),
-            path.id.as_str(),
+            &path.service,
+            &path.id,
             state.now(),
             Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
         )

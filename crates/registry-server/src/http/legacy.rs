@@ -78,8 +78,8 @@ async fn register(
     let applied = state
         .writer
         .change(
-            name.as_str(),
-            id.as_str(),
+            &name,
+            &id,
             now,
             Box::new(move |old| lifecycle::register(old, &spec, now)),
         )

@@ -157,13 +157,7 @@ async fn history(
     }
     let events = state
         .store
-        .history(
-            service.as_str(),
-            instance.as_ref().map(|i| i.as_str()),
-            since,
-            until,
-            HISTORY_LIMIT,
-        )
+        .history(&service, instance.as_ref(), since, until, HISTORY_LIMIT)
         .await?;
     Ok(Json(History { events }))
 }

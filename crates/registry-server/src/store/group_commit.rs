@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use registry_api::Event;
+use registry_api::{Event, InstanceId, ServiceName};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Applied, StoreError, StoreResult, Transition, ensure_key, make_event};
@@ -33,12 +33,12 @@ use crate::record::InstanceRecord;
 pub(crate) const MAX_GROUP: usize = 64;
 
 /// An instance's key: service and id.
-pub(crate) type Key = (String, String);
+pub(crate) type Key = super::InstanceKey;
 
 /// One change waiting for its group.
 pub(crate) struct Pending {
-    pub service: String,
-    pub id: String,
+    pub service: ServiceName,
+    pub id: InstanceId,
     pub now: DateTime<Utc>,
     pub transition: Transition,
     reply: oneshot::Sender<StoreResult<Applied>>,
@@ -80,15 +80,15 @@ impl GroupCommit {
     /// Queues a change and waits until its group is committed (or failed).
     pub async fn apply(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
-            service: service.to_owned(),
-            id: id.to_owned(),
+            service: service.clone(),
+            id: id.clone(),
             now,
             transition,
             reply,
@@ -447,8 +447,8 @@ mod tests {
     ) -> Pending {
         let (reply, _) = oneshot::channel();
         Pending {
-            service: "sum".into(),
-            id: id.into(),
+            service: ServiceName::parse("sum").expect("name"),
+            id: InstanceId::parse(id).expect("id"),
             now,
             transition: Box::new(transition),
             reply,
@@ -467,7 +467,10 @@ mod tests {
     }
 
     fn key(id: &str) -> Key {
-        ("sum".into(), id.into())
+        (
+            ServiceName::parse("sum").expect("name"),
+            InstanceId::parse(id).expect("id"),
+        )
     }
 
     fn applied(result: &StoreResult<Applied>) -> &Applied {

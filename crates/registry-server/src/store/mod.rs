@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use registry_api::{Event, Instance};
+use registry_api::{Event, Instance, InstanceId, ServiceName};
 
 use crate::lifecycle::Mutation;
 use crate::record::InstanceRecord;
@@ -26,6 +26,9 @@ use crate::self_preservation::{LeaseSurvey, Mode};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
+
+/// Which instance: its service and its id, both checked at the edge.
+pub type InstanceKey = (ServiceName, InstanceId);
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +132,8 @@ pub trait Store: Send + Sync + 'static {
     /// index. Commits before returning: an `Ok` is durable.
     async fn apply(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied>;
@@ -146,15 +149,15 @@ pub trait Store: Send + Sync + 'static {
     async fn events_after(
         &self,
         after: u64,
-        service: Option<&str>,
+        service: Option<&ServiceName>,
         limit: u32,
     ) -> StoreResult<Vec<Event>>;
 
     /// Events of `service` (and `instance`) with `since <= at < until`, oldest first.
     async fn history(
         &self,
-        service: &str,
-        instance: Option<&str>,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
         limit: u32,
@@ -183,11 +186,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Instances whose lease deadline has passed at `now` and whose grace after the last
     /// recovery is over, at most `limit`.
-    async fn expired_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<(String, String)>>;
+    async fn expired_leases(&self, now: DateTime<Utc>, limit: u32)
+    -> StoreResult<Vec<InstanceKey>>;
 
     /// Instances critical at `now` for at least their own reaping time, else `after` (the
     /// registry's; zero = never), at most `limit`. After a recovery (see
@@ -198,7 +198,7 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         after: std::time::Duration,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>>;
+    ) -> StoreResult<Vec<InstanceKey>>;
 
     /// The self-preservation mode and the leases that are silent at `now`, counted before
     /// any lapse is applied (docs/operations.md, Self-preservation). A lease is silent
@@ -219,11 +219,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Instances whose lapse is held and whose grace after the last recovery is over at
     /// `now`, earliest deadline first, at most `limit`.
-    async fn held_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<(String, String)>>;
+    async fn held_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<InstanceKey>>;
 
     /// When the self-preservation on at `at` began; `None` if it was off then.
     async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>>;
@@ -287,8 +283,8 @@ pub trait Store: Send + Sync + 'static {
 /// One heartbeat received at `at`, waiting to be written with others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
-    pub service: String,
-    pub id: String,
+    pub service: ServiceName,
+    pub id: InstanceId,
     pub at: DateTime<Utc>,
 }
 
@@ -300,11 +296,11 @@ fn renewed_until(record: &InstanceRecord, at: DateTime<Utc>) -> DateTime<Utc> {
 /// wins; an older one is superseded, not "not applied"), in key order so that row locks
 /// are always taken in the same order.
 pub(crate) fn latest_per_instance(heartbeats: &[Heartbeat]) -> Vec<Heartbeat> {
-    let mut latest: std::collections::BTreeMap<(&str, &str), &Heartbeat> =
+    let mut latest: std::collections::BTreeMap<(&ServiceName, &InstanceId), &Heartbeat> =
         std::collections::BTreeMap::new();
     for heartbeat in heartbeats {
         latest
-            .entry((heartbeat.service.as_str(), heartbeat.id.as_str()))
+            .entry((&heartbeat.service, &heartbeat.id))
             .and_modify(|kept| {
                 if heartbeat.at > kept.at {
                     *kept = heartbeat;
@@ -316,14 +312,12 @@ pub(crate) fn latest_per_instance(heartbeats: &[Heartbeat]) -> Vec<Heartbeat> {
 }
 
 /// The heartbeats of `batch` whose instance is not among the `renewed` keys.
-pub(crate) fn not_renewed(batch: Vec<Heartbeat>, renewed: &[(String, String)]) -> Vec<Heartbeat> {
-    let renewed: std::collections::HashSet<(&str, &str)> = renewed
-        .iter()
-        .map(|(service, id)| (service.as_str(), id.as_str()))
-        .collect();
+pub(crate) fn not_renewed(batch: Vec<Heartbeat>, renewed: &[InstanceKey]) -> Vec<Heartbeat> {
+    let renewed: std::collections::HashSet<(&ServiceName, &InstanceId)> =
+        renewed.iter().map(|(service, id)| (service, id)).collect();
     batch
         .into_iter()
-        .filter(|h| !renewed.contains(&(h.service.as_str(), h.id.as_str())))
+        .filter(|h| !renewed.contains(&(&h.service, &h.id)))
         .collect()
 }
 
@@ -374,7 +368,7 @@ pub(crate) fn lease_payloads(renewed: &[Heartbeat]) -> StoreResult<Vec<String>> 
 
 /// Reads a payload written by [`lease_payloads`].
 pub(crate) fn parse_lease_payload(payload: &str) -> StoreResult<Vec<Heartbeat>> {
-    let entries: Vec<(String, String, i64)> = serde_json::from_str(payload)?;
+    let entries: Vec<(ServiceName, InstanceId, i64)> = serde_json::from_str(payload)?;
     entries
         .into_iter()
         .map(|(service, id, at_ms)| {
@@ -391,8 +385,12 @@ pub(crate) fn parse_lease_payload(payload: &str) -> StoreResult<Vec<Heartbeat>> 
 
 /// The row is keyed by the arguments of `apply` but described by the record: a transition
 /// returning another instance's record is a bug that must not overwrite that instance.
-pub(crate) fn ensure_key(record: &InstanceRecord, service: &str, id: &str) -> StoreResult<()> {
-    if record.service == service && record.id == id {
+pub(crate) fn ensure_key(
+    record: &InstanceRecord,
+    service: &ServiceName,
+    id: &InstanceId,
+) -> StoreResult<()> {
+    if record.service == service.as_str() && record.id == id.as_str() {
         Ok(())
     } else {
         Err(StoreError::Corrupt(format!(
@@ -400,6 +398,23 @@ pub(crate) fn ensure_key(record: &InstanceRecord, service: &str, id: &str) -> St
             record.service, record.id
         )))
     }
+}
+
+/// An instance's key as the store or the view holds it (text), checked as the edge
+/// checks it: anything else is corrupt data.
+pub(crate) fn stored_key(service: String, id: String) -> StoreResult<InstanceKey> {
+    let corrupt =
+        |error: String| StoreError::Corrupt(format!("stored key {service}/{id}: {error}"));
+    let name = ServiceName::parse(&service).map_err(corrupt)?;
+    let id = InstanceId::parse(&id).map_err(corrupt)?;
+    Ok((name, id))
+}
+
+/// [`stored_key`] of each `(service, id)` row.
+pub(crate) fn stored_keys(rows: Vec<(String, String)>) -> StoreResult<Vec<InstanceKey>> {
+    rows.into_iter()
+        .map(|(service, id)| stored_key(service, id))
+        .collect()
 }
 
 pub(crate) fn parse_record(json: &str) -> StoreResult<InstanceRecord> {
@@ -542,8 +557,8 @@ mod tests {
 
     fn beat(service: &str, id: &str, at_ms: i64) -> Heartbeat {
         Heartbeat {
-            service: service.into(),
-            id: id.into(),
+            service: ServiceName::parse(service).expect("name"),
+            id: InstanceId::parse(id).expect("id"),
             at: DateTime::from_timestamp_millis(at_ms).expect("valid time"),
         }
     }
@@ -565,7 +580,8 @@ mod tests {
                 beat("sum", "b", 9)
             ]
         );
-        let left = not_renewed(batch, &[("sum".into(), "a".into())]);
+        let renewed = stored_keys(vec![("sum".into(), "a".into())]).expect("keys");
+        let left = not_renewed(batch, &renewed);
         assert_eq!(left, vec![beat("mult", "a", 1), beat("sum", "b", 9)]);
     }
 

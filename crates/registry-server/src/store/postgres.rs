@@ -14,15 +14,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use registry_api::{Event, Instance};
+use registry_api::{Event, Instance, InstanceId, ServiceName};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Acquire, PgConnection};
 
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Row, RowWrite};
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, Notification, Snapshot, Store, StoreError,
-    StoreResult, Transition, after_column, from_millis, lease_payloads, millis, missing_meta,
-    parse_events, parse_lease_payload, parse_record, to_index,
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceKey, Notification, Snapshot,
+    Store, StoreError, StoreResult, Transition, after_column, from_millis, lease_payloads, millis,
+    missing_meta, parse_events, parse_lease_payload, parse_record, stored_key, stored_keys,
+    to_index,
 };
 use crate::self_preservation::{LeaseSurvey, Mode};
 
@@ -169,8 +170,8 @@ impl Store for PostgresStore {
 
     async fn apply(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
@@ -212,7 +213,7 @@ impl Store for PostgresStore {
     async fn events_after(
         &self,
         after: u64,
-        service: Option<&str>,
+        service: Option<&ServiceName>,
         limit: u32,
     ) -> StoreResult<Vec<Event>> {
         let rows: Vec<String> = sqlx::query_scalar(
@@ -221,7 +222,7 @@ impl Store for PostgresStore {
              ORDER BY idx LIMIT $3",
         )
         .bind(after_column(after))
-        .bind(service)
+        .bind(service.map(ServiceName::as_str))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -230,8 +231,8 @@ impl Store for PostgresStore {
 
     async fn history(
         &self,
-        service: &str,
-        instance: Option<&str>,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
         limit: u32,
@@ -242,8 +243,8 @@ impl Store for PostgresStore {
              AND ($3::bigint IS NULL OR at_ms >= $3) AND ($4::bigint IS NULL OR at_ms < $4) \
              ORDER BY idx LIMIT $5",
         )
-        .bind(service)
-        .bind(instance)
+        .bind(service.as_str())
+        .bind(instance.map(InstanceId::as_str))
         .bind(since.map(millis))
         .bind(until.map(millis))
         .bind(i64::from(limit))
@@ -371,7 +372,7 @@ impl Store for PostgresStore {
         &self,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<InstanceKey>> {
         let rows = sqlx::query_as(
             "SELECT i.service, i.id FROM instances i, registry_meta m \
              WHERE m.id = 1 AND i.lease_deadline_ms <= $1 \
@@ -382,7 +383,7 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows)
+        stored_keys(rows)
     }
 
     async fn reapable(
@@ -390,7 +391,7 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
         after: std::time::Duration,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<InstanceKey>> {
         // Time the registry itself was away does not count as critical time.
         let rows = sqlx::query_as(super::REAPABLE)
             .bind(millis(now))
@@ -398,7 +399,7 @@ impl Store for PostgresStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows)
+        stored_keys(rows)
     }
 
     async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
@@ -446,11 +447,7 @@ impl Store for PostgresStore {
         Ok(switched)
     }
 
-    async fn held_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    async fn held_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<InstanceKey>> {
         let rows = sqlx::query_as(
             "SELECT i.service, i.id FROM instances i, registry_meta m \
              WHERE m.id = 1 AND i.held_deadline_ms IS NOT NULL \
@@ -461,7 +458,7 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows)
+        stored_keys(rows)
     }
 
     async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
@@ -509,8 +506,8 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let services: Vec<String> = batch.iter().map(|h| h.service.clone()).collect();
-        let ids: Vec<String> = batch.iter().map(|h| h.id.clone()).collect();
+        let services: Vec<&str> = batch.iter().map(|h| h.service.as_str()).collect();
+        let ids: Vec<&str> = batch.iter().map(|h| h.id.as_str()).collect();
         let at_ms: Vec<i64> = batch.iter().map(|h| millis(h.at)).collect();
         let at_text: Vec<String> = batch
             .iter()
@@ -563,10 +560,14 @@ impl Store for PostgresStore {
         // The other replicas show these renewals too (crate::replication).
         // The payload carries the heartbeat times, so receivers need no read; several
         // payloads when the batch is large. Delivered at commit, not at all on rollback.
+        let renewed: Vec<(Key, i64, bool)> = renewed
+            .into_iter()
+            .map(|(service, id, at_ms, moved)| Ok((stored_key(service, id)?, at_ms, moved)))
+            .collect::<StoreResult<_>>()?;
         let moved: Vec<super::Heartbeat> = renewed
             .iter()
-            .filter(|(_, _, _, moved)| *moved)
-            .map(|(service, id, at_ms, _)| {
+            .filter(|(_, _, moved)| *moved)
+            .map(|((service, id), at_ms, _)| {
                 Ok(super::Heartbeat {
                     service: service.clone(),
                     id: id.clone(),
@@ -583,10 +584,7 @@ impl Store for PostgresStore {
                 .await?;
         }
         tx.commit().await?;
-        let renewed: Vec<(String, String)> = renewed
-            .into_iter()
-            .map(|(service, id, _, _)| (service, id))
-            .collect();
+        let renewed: Vec<Key> = renewed.into_iter().map(|(key, _, _)| key).collect();
         Ok(super::not_renewed(batch, &renewed))
     }
 }
@@ -609,11 +607,19 @@ type StoredRow = (String, String, String, String);
 #[async_trait]
 impl GroupWriter for PgGroupWriter {
     async fn write(&self, group: &[Pending]) -> StoreResult<Vec<StoreResult<Applied>>> {
-        let keys: BTreeSet<Key> = group.iter().map(Pending::key).collect();
-        let (services, ids): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+        let keys: Vec<Key> = group
+            .iter()
+            .map(Pending::key)
+            .collect::<BTreeSet<Key>>()
+            .into_iter()
+            .collect();
+        let (services, ids): (Vec<String>, Vec<String>) = keys
+            .iter()
+            .map(|(service, id)| (service.to_string(), id.to_string()))
+            .unzip();
         let mut conn = self.pool.acquire().await?;
         let stored = read_rows(&mut conn, &services, &ids).await?;
-        match write_group(&mut conn, group, &services, &ids, stored).await {
+        match write_group(&mut conn, group, &keys, stored).await {
             Err(StoreError::Database(sqlx::Error::Database(error)))
                 if error.code().as_deref() == Some(ROW_CHANGED) => {}
             answers => return answers,
@@ -627,7 +633,7 @@ impl GroupWriter for PgGroupWriter {
             .execute(&mut *tx)
             .await?;
         let stored = read_rows(&mut tx, &services, &ids).await?;
-        let answers = write_group(&mut tx, group, &services, &ids, stored).await?;
+        let answers = write_group(&mut tx, group, &keys, stored).await?;
         tx.commit().await?;
         Ok(answers)
     }
@@ -654,28 +660,28 @@ async fn read_rows(
 async fn write_group(
     conn: &mut PgConnection,
     group: &[Pending],
-    services: &[String],
-    ids: &[String],
+    keys: &[Key],
     stored: Vec<StoredRow>,
 ) -> StoreResult<Vec<StoreResult<Applied>>> {
     let mut versions: HashMap<Key, String> = HashMap::with_capacity(stored.len());
     let mut loaded = HashMap::with_capacity(stored.len());
     for (service, id, record, version) in stored {
+        let key = stored_key(service, id)?;
         let record = parse_record(&record).map_err(|error| error.to_string());
-        versions.insert((service.clone(), id.clone()), version);
-        loaded.insert((service, id), record);
+        versions.insert(key.clone(), version);
+        loaded.insert(key, record);
     }
     let plan = group_commit::plan(group, loaded);
     if plan.rows.is_empty() && plan.event_count() == 0 {
         // Nothing changes: the answers stand on what was read.
         return Ok(plan.answers(Vec::new()));
     }
-    let versions: Vec<Option<String>> = services
-        .iter()
-        .zip(ids)
-        .map(|(service, id)| versions.remove(&(service.clone(), id.clone())))
-        .collect();
+    let versions: Vec<Option<String>> = keys.iter().map(|key| versions.remove(key)).collect();
     let rows = GroupRows::of(&plan.rows)?;
+    let (services, ids): (Vec<&str>, Vec<&str>) = keys
+        .iter()
+        .map(|(service, id)| (service.as_str(), id.as_str()))
+        .unzip();
     // Numbered by the statement, which sets each body's index as it appends it.
     let mut events = plan.events(0);
     let mut event_columns = EventColumns::default();
@@ -752,8 +758,8 @@ impl GroupRows {
                     now,
                 } => (record, *now, false, *reschedule_check),
                 RowWrite::Delete => {
-                    columns.deleted_services.push(row.key.0.clone());
-                    columns.deleted_ids.push(row.key.1.clone());
+                    columns.deleted_services.push(row.key.0.to_string());
+                    columns.deleted_ids.push(row.key.1.to_string());
                     continue;
                 }
             };

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use registry_api::{Event, Instance};
+use registry_api::{Event, Instance, InstanceId, ServiceName};
 use sqlx::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -20,9 +20,9 @@ use sqlx::sqlite::{
 
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, RowWrite};
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, Snapshot, Store, StoreResult, Transition,
-    after_column, from_millis, index_column, millis, missing_meta, parse_events, parse_record,
-    to_index,
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceKey, Snapshot, Store, StoreResult,
+    Transition, after_column, from_millis, index_column, millis, missing_meta, parse_events,
+    parse_record, stored_keys, to_index,
 };
 use crate::record::InstanceRecord;
 use crate::self_preservation::{LeaseSurvey, Mode};
@@ -109,8 +109,8 @@ impl Store for SqliteStore {
 
     async fn apply(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
@@ -153,7 +153,7 @@ impl Store for SqliteStore {
     async fn events_after(
         &self,
         after: u64,
-        service: Option<&str>,
+        service: Option<&ServiceName>,
         limit: u32,
     ) -> StoreResult<Vec<Event>> {
         let rows: Vec<String> = sqlx::query_scalar(
@@ -162,7 +162,7 @@ impl Store for SqliteStore {
              ORDER BY idx LIMIT ?3",
         )
         .bind(after_column(after))
-        .bind(service)
+        .bind(service.map(ServiceName::as_str))
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
@@ -171,8 +171,8 @@ impl Store for SqliteStore {
 
     async fn history(
         &self,
-        service: &str,
-        instance: Option<&str>,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
         limit: u32,
@@ -183,8 +183,8 @@ impl Store for SqliteStore {
              AND (?3 IS NULL OR at_ms >= ?3) AND (?4 IS NULL OR at_ms < ?4) \
              ORDER BY idx LIMIT ?5",
         )
-        .bind(service)
-        .bind(instance)
+        .bind(service.as_str())
+        .bind(instance.map(InstanceId::as_str))
         .bind(since.map(millis))
         .bind(until.map(millis))
         .bind(i64::from(limit))
@@ -311,7 +311,7 @@ impl Store for SqliteStore {
         &self,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<InstanceKey>> {
         let rows = sqlx::query_as(
             "SELECT i.service, i.id FROM instances i, registry_meta m \
              WHERE m.id = 1 AND i.lease_deadline_ms <= ?1 \
@@ -322,7 +322,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows)
+        stored_keys(rows)
     }
 
     async fn reapable(
@@ -330,7 +330,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         after: std::time::Duration,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<InstanceKey>> {
         // Time the registry itself was away does not count as critical time.
         let rows = sqlx::query_as(super::REAPABLE)
             .bind(millis(now))
@@ -338,7 +338,7 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;
-        Ok(rows)
+        stored_keys(rows)
     }
 
     async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
@@ -386,11 +386,7 @@ impl Store for SqliteStore {
         Ok(switched)
     }
 
-    async fn held_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    async fn held_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<InstanceKey>> {
         let rows = sqlx::query_as(
             "SELECT i.service, i.id FROM instances i, registry_meta m \
              WHERE m.id = 1 AND i.held_deadline_ms IS NOT NULL \
@@ -401,7 +397,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows)
+        stored_keys(rows)
     }
 
     async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
@@ -489,7 +485,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(&rows)?)
         .fetch_all(&self.writer)
         .await?;
-        Ok(super::not_renewed(batch, &renewed))
+        Ok(super::not_renewed(batch, &stored_keys(renewed)?))
     }
 }
 
@@ -508,8 +504,8 @@ impl GroupWriter for SqliteGroupWriter {
         for (service, id) in keys {
             let stored: Option<String> =
                 sqlx::query_scalar("SELECT record FROM instances WHERE service = ?1 AND id = ?2")
-                    .bind(&service)
-                    .bind(&id)
+                    .bind(service.as_str())
+                    .bind(id.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
             if let Some(stored) = stored {
@@ -528,8 +524,8 @@ impl GroupWriter for SqliteGroupWriter {
                 } => save(&mut tx, record, *now, *reschedule_check).await?,
                 RowWrite::Delete => {
                     sqlx::query("DELETE FROM instances WHERE service = ?1 AND id = ?2")
-                        .bind(&row.key.0)
-                        .bind(&row.key.1)
+                        .bind(row.key.0.as_str())
+                        .bind(row.key.1.as_str())
                         .execute(&mut *tx)
                         .await?;
                 }

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use registry_api::{Event, Instance};
+use registry_api::{Event, Instance, InstanceId, ServiceName};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::self_preservation::{LeaseSurvey, Mode};
 
 use super::{
-    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, Notification, Snapshot,
-    SqliteStore, Store, StoreError, StoreResult, Transition,
+    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceKey, Notification,
+    Snapshot, SqliteStore, Store, StoreError, StoreResult, Transition,
 };
 
 pub struct TestStore {
@@ -136,8 +136,8 @@ impl Store for TestStore {
     }
     async fn apply(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
@@ -153,7 +153,7 @@ impl Store for TestStore {
     async fn events_after(
         &self,
         after: u64,
-        service: Option<&str>,
+        service: Option<&ServiceName>,
         limit: u32,
     ) -> StoreResult<Vec<Event>> {
         let events = self.inner.events_after(after, service, limit).await;
@@ -165,8 +165,8 @@ impl Store for TestStore {
     }
     async fn history(
         &self,
-        service: &str,
-        instance: Option<&str>,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
         limit: u32,
@@ -194,7 +194,7 @@ impl Store for TestStore {
         &self,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<InstanceKey>> {
         self.inner.expired_leases(now, limit).await
     }
     async fn reapable(
@@ -202,7 +202,7 @@ impl Store for TestStore {
         now: DateTime<Utc>,
         after: std::time::Duration,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<InstanceKey>> {
         self.inner.reapable(now, after, limit).await
     }
     async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
@@ -217,11 +217,7 @@ impl Store for TestStore {
         self.writable()?;
         self.inner.switch_self_preservation(from, to, at).await
     }
-    async fn held_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    async fn held_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<InstanceKey>> {
         self.inner.held_leases(now, limit).await
     }
     async fn self_preservation_at(&self, at: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {

@@ -4,11 +4,11 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use registry_api::{Event, Instance};
+use registry_api::{Event, Instance, InstanceId, ServiceName};
 
 use super::{
-    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, Snapshot, Store, StoreResult,
-    Transition,
+    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceKey, Snapshot, Store,
+    StoreResult, Transition,
 };
 use crate::metrics::timed;
 use crate::self_preservation::{LeaseSurvey, Mode};
@@ -27,8 +27,8 @@ impl<S: Store> Store for Timed<S> {
 
     async fn apply(
         &self,
-        service: &str,
-        id: &str,
+        service: &ServiceName,
+        id: &InstanceId,
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
@@ -46,7 +46,7 @@ impl<S: Store> Store for Timed<S> {
     async fn events_after(
         &self,
         after: u64,
-        service: Option<&str>,
+        service: Option<&ServiceName>,
         limit: u32,
     ) -> StoreResult<Vec<Event>> {
         timed("events_after", self.0.events_after(after, service, limit)).await
@@ -54,8 +54,8 @@ impl<S: Store> Store for Timed<S> {
 
     async fn history(
         &self,
-        service: &str,
-        instance: Option<&str>,
+        service: &ServiceName,
+        instance: Option<&InstanceId>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
         limit: u32,
@@ -91,7 +91,7 @@ impl<S: Store> Store for Timed<S> {
         &self,
         now: DateTime<Utc>,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<InstanceKey>> {
         timed("expired_leases", self.0.expired_leases(now, limit)).await
     }
 
@@ -100,7 +100,7 @@ impl<S: Store> Store for Timed<S> {
         now: DateTime<Utc>,
         after: std::time::Duration,
         limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<InstanceKey>> {
         timed("reapable", self.0.reapable(now, after, limit)).await
     }
 
@@ -121,11 +121,7 @@ impl<S: Store> Store for Timed<S> {
         .await
     }
 
-    async fn held_leases(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<(String, String)>> {
+    async fn held_leases(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<InstanceKey>> {
         timed("held_leases", self.0.held_leases(now, limit)).await
     }
 

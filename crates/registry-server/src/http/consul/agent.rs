@@ -15,6 +15,7 @@ use super::wire::{self, check_ids};
 use super::{ConsulError, ConsulQuery, with_index};
 use crate::http::AppState;
 use crate::lifecycle::{self, Mutation};
+use crate::store::InstanceKey;
 
 /// Longest note or output a TTL check's report keeps, in characters (Consul's default
 /// output limit is 4 KiB); the rest is cut.
@@ -83,8 +84,8 @@ async fn register(
     state
         .writer
         .change(
-            mapped.service.as_str(),
-            mapped.id.as_str(),
+            &mapped.service,
+            &mapped.id,
             now,
             Box::new(move |old| lifecycle::register(old, &validated, now)),
         )
@@ -116,6 +117,11 @@ fn consul_field(field: &str) -> String {
     field.to_owned()
 }
 
+/// The key of an instance the view holds, typed again for the write path.
+fn key_of(instance: Instance) -> Result<InstanceKey, ConsulError> {
+    Ok(crate::store::stored_key(instance.service, instance.id)?)
+}
+
 /// The one instance with this id: 404 when none, 409 naming the services when several.
 fn one_instance(state: &AppState, id: &str) -> Result<Instance, ConsulError> {
     let mut found = state.view.instances_with_id(id);
@@ -144,12 +150,12 @@ async fn deregister(
     _query: ConsulQuery,
     Path(id): Path<String>,
 ) -> Result<Response, ConsulError> {
-    let instance = one_instance(&state, &id)?;
+    let (service, instance_id) = key_of(one_instance(&state, &id)?)?;
     let applied = state
         .writer
         .change(
-            &instance.service,
-            &instance.id,
+            &service,
+            &instance_id,
             state.now(),
             Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
         )
@@ -179,13 +185,13 @@ async fn maintenance(
     if let Some(reason) = &because {
         crate::http::instances::maintenance_reason(reason)?;
     }
-    let instance = one_instance(&state, &id)?;
+    let (service, instance_id) = key_of(one_instance(&state, &id)?)?;
     let now = state.now();
     state
         .writer
         .change(
-            &instance.service,
-            &instance.id,
+            &service,
+            &instance_id,
             now,
             Box::new(move |old| {
                 old.map_or(Mutation::Unchanged, |o| {
@@ -243,7 +249,7 @@ async fn update(
 
 /// The instance whose TTL check `check_id` names (`service:<ID>`, or `service:<ID>:<n>`
 /// when it has several checks, the TTL check first).
-fn ttl_check_owner(state: &AppState, check_id: &str) -> Result<Instance, ConsulError> {
+fn ttl_check_owner(state: &AppState, check_id: &str) -> Result<InstanceKey, ConsulError> {
     let unknown = || ConsulError::not_found(format!("Unknown check ID \"{check_id}\""));
     if check_id.starts_with("_service_maintenance:") {
         return Err(ConsulError::bad_request(format!(
@@ -261,7 +267,7 @@ fn ttl_check_owner(state: &AppState, check_id: &str) -> Result<Instance, ConsulE
     let count = usize::from(has_ttl) + usize::from(instance.check.is_some());
     let ids = check_ids(&instance.id, count.max(1));
     match ids.iter().position(|known| known == check_id) {
-        Some(0) if has_ttl => Ok(instance),
+        Some(0) if has_ttl => key_of(instance),
         Some(_) => Err(ConsulError::bad_request(format!(
             "check \"{check_id}\" is not a TTL check: the registry runs it itself"
         ))),
@@ -277,7 +283,7 @@ async fn report(
     status: Status,
     note: Option<String>,
 ) -> Result<Response, ConsulError> {
-    let instance = ttl_check_owner(state, check_id)?;
+    let (service, instance_id) = ttl_check_owner(state, check_id)?;
     // Kept as reported (newlines included), cut to Consul's limit as Consul does, without
     // NUL, which Postgres cannot store in JSON.
     let note = note
@@ -301,7 +307,7 @@ async fn report(
     if plain
         && state
             .writer
-            .queue_heartbeat(&instance.service, &instance.id, now)
+            .queue_heartbeat(&service, &instance_id, now)
             .is_some()
     {
         return Ok(done(state));
@@ -309,8 +315,8 @@ async fn report(
     state
         .writer
         .change(
-            &instance.service,
-            &instance.id,
+            &service,
+            &instance_id,
             now,
             Box::new(move |old| {
                 old.map_or(Mutation::Unchanged, |o| {
