@@ -16,6 +16,11 @@
 //!   v1, and the script must see its registry follow;
 //! - at the end the client deregistered itself on stop.
 //!
+//! Across protocols: the first `backend` instance is registered through Consul's API, so
+//! the scripts find an instance Consul registered; and with py-eureka-client, the instance
+//! it registered is found by py-consul's `health.service` (the Consul scripts' `show`
+//! mode), by `dig` on the DNS interface and by `registry-client` (`registry.api`).
+//!
 //! `scripts/ensure-tools.sh` installs both clients (`make test` runs it); without them
 //! these tests fail, saying so.
 
@@ -23,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::dns_dig::dig;
 use crate::support::{Backend, TestRegistry, repository};
 use registry_api::{InstanceSpec, Status};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -91,16 +97,21 @@ fn require_node_client() {
 struct Client {
     service: String,
     id: String,
+    port: u16,
+    /// Whether to find it through Consul's API and DNS too.
+    across: bool,
 }
 
 impl Client {
     /// The app `app` registering port `port` with the clients' default instance id
     /// (`127.0.0.1:<app in lower case>:<port>`), as the model holds it.
-    fn new(app: &str, port: u16) -> Self {
+    fn new(app: &str, port: u16, across: bool) -> Self {
         let service = app.to_ascii_lowercase();
         Self {
             id: format!("127.0.0.1_3a{service}_3a{port}"),
             service,
+            port,
+            across,
         }
     }
 }
@@ -168,6 +179,55 @@ fn backend(port: u16) -> InstanceSpec {
     spec
 }
 
+/// The first backend, registered through Consul's API (no check: always passing).
+async fn register_backend_through_consul(registry: &TestRegistry) {
+    let answer = registry
+        .http
+        .put(registry.url("/v1/agent/service/register"))
+        .body(r#"{"Name": "backend", "ID": "backend-1", "Address": "127.0.0.1", "Port": 7001}"#)
+        .send()
+        .await
+        .expect("the registry answers");
+    assert!(
+        answer.status().is_success(),
+        "Consul registration: {}",
+        answer.status()
+    );
+}
+
+/// The client's instance as py-consul's `health.service` and `dig` find it.
+async fn found_across(registry: &TestRegistry, client: &Client) -> Result<(), String> {
+    let output = Command::new(python())
+        .arg(repository().join("tests/consul-py/consul_client_test.py"))
+        .args(["show", &client.service])
+        .env("REGISTRY_CONSUL_URL", &registry.base_url)
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .output()
+        .await
+        .map_err(|e| format!("run py-consul: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    let shown: serde_json::Value = serde_json::from_str(first)
+        .map_err(|e| format!("py-consul's answer is not JSON ({e}): {text}"))?;
+    let found = shown["nodes"].as_array().into_iter().flatten().any(|node| {
+        node["Service"]["ID"] == client.id.as_str()
+            && node["Service"]["Port"] == client.port
+            && node["Service"]["Address"] == "127.0.0.1"
+    });
+    if !found {
+        return Err(format!(
+            "py-consul's health.service does not show it: {shown}"
+        ));
+    }
+    let dns = registry.dns_addr.ok_or("the DNS interface is off")?;
+    let answer = dig(dns, &format!("{}.service.consul", client.service), "A", &[]).await;
+    if answer.answers("A") != ["127.0.0.1"] {
+        return Err(format!("dig does not find it:\n{}", answer.text));
+    }
+    Ok(())
+}
+
 async fn register_backend(registry: &TestRegistry, n: u16) {
     registry
         .api
@@ -181,6 +241,9 @@ async fn at(registry: &TestRegistry, client: &Client, name: &str) -> Result<(), 
     match name {
         "registered" => {
             stays_passing(registry, client).await?;
+            if client.across {
+                found_across(registry, client).await?;
+            }
             register_backend(registry, 2).await;
         }
         "out-of-service" => until(registry, client, Some(Status::Maintenance)).await?,
@@ -208,21 +271,24 @@ async fn at(registry: &TestRegistry, client: &Client, name: &str) -> Result<(), 
 
 /// Runs a client's script to its end, answering its waits, and fails with its whole output
 /// unless it says `ok` and its instance is gone afterwards.
-async fn run(mut command: Command, app: &str, port: u16) {
-    let registry = TestRegistry::start(Backend::Sqlite).await;
+async fn run(mut command: Command, client: Client) {
+    let registry = TestRegistry::start_with(Backend::Sqlite, |settings| {
+        settings.dns_addr = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await;
     let guarded = TestRegistry::start_with(Backend::Sqlite, |settings| {
         settings.token = Some(WRITE_TOKEN.to_owned());
         settings.read_token = Some(READ_TOKEN.to_owned());
     })
     .await;
-    register_backend(&registry, 1).await;
-    let client = Client::new(app, port);
+    register_backend_through_consul(&registry).await;
+    let app = client.service.to_ascii_uppercase();
     command
         .env("REGISTRY_EUREKA_URL", registry.url("/eureka"))
         .env("REGISTRY_GUARDED_EUREKA_URL", guarded.url("/eureka"))
         .env("REGISTRY_WRITE_TOKEN", WRITE_TOKEN)
         .env("EUREKA_APP", app)
-        .env("EUREKA_PORT", port.to_string())
+        .env("EUREKA_PORT", client.port.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -291,7 +357,7 @@ async fn run(mut command: Command, app: &str, port: u16) {
 async fn py_eureka_client_registers_renews_discovers_and_deregisters() {
     let mut command = Command::new(python());
     command.arg(repository().join("tests/eureka-py/eureka_client_test.py"));
-    run(command, "PY-CLIENT", 9101).await;
+    run(command, Client::new("PY-CLIENT", 9101, true)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,5 +367,5 @@ async fn eureka_js_client_registers_renews_discovers_and_deregisters() {
     command
         .arg("eureka_client_test.mjs")
         .current_dir(eureka_js_dir());
-    run(command, "JS-CLIENT", 9102).await;
+    run(command, Client::new("JS-CLIENT", 9102, false)).await;
 }
