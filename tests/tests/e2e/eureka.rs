@@ -229,11 +229,33 @@ async fn answers_are_xml_unless_json_is_asked_for_and_xml_bodies_register() {
         "XMLAPP"
     );
 
+    // One application, in both formats, the instance list a list even for one.
+    let app_xml = call(&registry, Method::GET, "/eureka/v2/apps/XMLAPP", None, None).await;
+    assert!(app_xml.content_type.contains("xml"));
+    assert!(
+        app_xml
+            .text
+            .contains("<application><name>XMLAPP</name><instance>"),
+        "{}",
+        app_xml.text
+    );
+    let app_json = get_json(&registry, "/eureka/apps/xmlapp").await.json();
+    assert!(app_json["application"]["instance"].is_array(), "{app_json}");
+    assert_eq!(
+        get_json(&registry, "/eureka/apps/NOAPP").await.status,
+        StatusCode::NOT_FOUND
+    );
+
     // VIP addresses are searchable.
     let vip = get_json(&registry, "/eureka/vips/xml-vip").await.json();
     assert_eq!(
         vip["applications"]["application"][0]["instance"][0]["app"],
         "XMLAPP"
+    );
+    let svip = get_json(&registry, "/eureka/svips/xmlapp").await.json();
+    assert_eq!(
+        svip["applications"]["application"][0]["name"], "XMLAPP",
+        "{svip}"
     );
     let none = get_json(&registry, "/eureka/vips/other").await.json();
     assert_eq!(none["applications"]["application"], json!([]));

@@ -151,26 +151,31 @@ fn wants_json(headers: &HeaderMap) -> bool {
 
 /// A document (`{"<root>": ...}`) in the format the request asks for.
 fn answer(headers: &HeaderMap, document: &Value) -> Response {
-    if wants_json(headers) {
-        let body = serde_json::to_vec(document).unwrap_or_else(|_| b"{}".to_vec());
-        (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response()
+    let json = wants_json(headers);
+    answer_bytes(json, bytes::Bytes::from(encode(json, document)))
+}
+
+/// A document as JSON or as XML.
+fn encode(json: bool, document: &Value) -> Vec<u8> {
+    if json {
+        serde_json::to_vec(document).unwrap_or_else(|_| b"{}".to_vec())
     } else {
-        (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/xml"),
-            )],
-            xml::write(document),
-        )
-            .into_response()
+        xml::write(document)
     }
+}
+
+/// An answer already encoded, with its content type.
+fn answer_bytes(json: bool, body: bytes::Bytes) -> Response {
+    let content_type = if json {
+        "application/json"
+    } else {
+        "application/xml"
+    };
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
 }
 
 /// A body read by its `Content-Type` (JSON or XML); without one, by its first character.

@@ -8,12 +8,13 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
+use bytes::Bytes;
 use registry_api::{EventKind, Instance};
 use serde_json::{Value, json};
 
 use super::render::{self, applications, grouped, hashcode};
 use super::writes::find;
-use super::{EurekaError, answer, ids};
+use super::{EurekaError, answer, answer_bytes, encode, ids, wants_json};
 use crate::http::AppState;
 
 /// How far back `GET /eureka/apps/delta` looks, as Eureka's server keeps its changes.
@@ -82,7 +83,8 @@ async fn delta(State(state): State<AppState>, headers: HeaderMap) -> Response {
     answer(&headers, &applications(index, hashcode(&all), apps))
 }
 
-/// `GET /eureka/apps/{app}`: 404 when the app has no instance.
+/// `GET /eureka/apps/{app}`: 404 when the app has no instance. Made once per state of the
+/// service and format, and shared by the lookups that follow until the service changes.
 async fn one_app(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -90,15 +92,25 @@ async fn one_app(
 ) -> Result<Response, EurekaError> {
     let missing = || EurekaError::not_found(format!("app '{app}' is not registered"));
     let service = ids::service_of_app(&app).map_err(|_| missing())?;
-    let instances = state.view.service(service.as_str(), None).instances;
-    if instances.is_empty() {
+    let json = wants_json(&headers);
+    let key = if json {
+        "eureka-app-json"
+    } else {
+        "eureka-app-xml"
+    };
+    let (_, body) = state
+        .view
+        .service_answer(service.as_str(), key, |_, instances| {
+            if instances.is_empty() {
+                return Bytes::new();
+            }
+            let document = json!({"application": render::application(service.as_str(), instances)});
+            Bytes::from(encode(json, &document))
+        });
+    if body.is_empty() {
         return Err(missing());
     }
-    let refs: Vec<&Instance> = instances.iter().collect();
-    Ok(answer(
-        &headers,
-        &json!({"application": render::application(service.as_str(), &refs)}),
-    ))
+    Ok(answer_bytes(json, body))
 }
 
 /// `GET /eureka/apps/{app}/{id}`.

@@ -215,6 +215,48 @@ pub fn write(document: &Value) -> Vec<u8> {
     writer.into_inner()
 }
 
+/// The order Eureka's server writes its elements in (JSON objects here have none); other
+/// names (metadata keys) follow in the order they come.
+const ORDER: [&str; 33] = [
+    "versions__delta",
+    "apps__hashcode",
+    "application",
+    "name",
+    "instance",
+    "instanceId",
+    "hostName",
+    "app",
+    "ipAddr",
+    "status",
+    "overriddenstatus",
+    "port",
+    "securePort",
+    "countryId",
+    "dataCenterInfo",
+    "leaseInfo",
+    "renewalIntervalInSecs",
+    "durationInSecs",
+    "registrationTimestamp",
+    "lastRenewalTimestamp",
+    "evictionTimestamp",
+    "serviceUpTimestamp",
+    "metadata",
+    "homePageUrl",
+    "statusPageUrl",
+    "healthCheckUrl",
+    "secureHealthCheckUrl",
+    "vipAddress",
+    "secureVipAddress",
+    "isCoordinatingDiscoveryServer",
+    "lastUpdatedTimestamp",
+    "lastDirtyTimestamp",
+    "actionType",
+];
+
+fn rank(name: &str) -> usize {
+    ORDER.iter().position(|n| *n == name).unwrap_or(ORDER.len())
+}
+
 fn scalar(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -249,10 +291,12 @@ fn element(writer: &mut Writer<Vec<u8>>, name: &str, value: &Value) {
             if let Some(text) = fields.get("$").and_then(scalar) {
                 let _ = writer.write_event(Event::Text(BytesText::new(&text)));
             }
-            for (key, child) in fields {
-                if key.starts_with('@') || key == "$" {
-                    continue;
-                }
+            let mut children: Vec<(&String, &Value)> = fields
+                .iter()
+                .filter(|(key, _)| !key.starts_with('@') && *key != "$")
+                .collect();
+            children.sort_by_key(|(key, _)| rank(key));
+            for (key, child) in children {
                 element(writer, key, child);
             }
             let _ = writer.write_event(Event::End(BytesEnd::new(name)));
