@@ -232,6 +232,47 @@ mod tests {
     }
 
     #[test]
+    fn bodies_are_read_by_their_content_type_or_their_first_character() {
+        let with = |content_type: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(content_type) = content_type {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            }
+            headers
+        };
+        let json = br#"{"instance": {"app": "A"}}"#;
+        let xml = b"<instance><app>A</app></instance>";
+        for (headers, body) in [
+            (with(Some("application/json; charset=utf-8")), &json[..]),
+            (with(Some("application/xml")), &xml[..]),
+            (with(Some("text/xml")), &xml[..]),
+            (with(None), &json[..]),
+            (with(None), &xml[..]),
+        ] {
+            let document = decode(&headers, body).expect("read");
+            assert_eq!(document["instance"]["app"], "A");
+        }
+        let refused =
+            |headers: HeaderMap, body: &[u8]| decode(&headers, body).expect_err("refused").status;
+        assert_eq!(
+            refused(with(Some("text/csv")), b"a,b"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            refused(with(None), b"a,b"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            refused(with(Some("application/json")), xml),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            refused(with(Some("application/xml")), json),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
     fn eureka_paths_are_told_from_ours() {
         assert!(is_eureka_path("/eureka/apps"));
         assert!(is_eureka_path("/eureka/v2/apps/SUM"));
