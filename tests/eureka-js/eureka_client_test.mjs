@@ -200,9 +200,13 @@ async function main() {
     guardedClient.getInstancesByAppId('JS-GUARDED').length === 1,
     'the guarded registry did not list the instance',
   );
+  await new Promise((resolve) => guardedClient.once('heartbeat', resolve));
   await stopped(guardedClient);
 
   step('stop');
+  // Stopped right after a renewal, so that none is in flight when the instance is
+  // cancelled (one answered 404 would make the client register again).
+  await new Promise((resolve) => eureka.once('heartbeat', resolve));
   await stopped(eureka);
   console.log('ok');
   process.exit(0);

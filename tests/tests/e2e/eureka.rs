@@ -130,6 +130,38 @@ both_stores!(
         let by_id = get_json(&registry, &format!("/eureka/instances/{}", encoded(id))).await;
         assert_eq!(by_id.json()["instance"]["instanceId"], id);
 
+        // eureka-js-client's default prefix takes every write too.
+        let v2 = call(
+            &registry,
+            Method::POST,
+            "/eureka/v2/apps/OTHER",
+            Some((
+                "application/json",
+                body("OTHER", "h:other:1", 9000, "UP").to_string(),
+            )),
+            None,
+        )
+        .await;
+        assert_eq!(v2.status, StatusCode::NO_CONTENT, "{}", v2.text);
+        let renewed = call(
+            &registry,
+            Method::PUT,
+            "/eureka/v2/apps/OTHER/h:other:1",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(renewed.status, StatusCode::OK);
+        let cancelled = call(
+            &registry,
+            Method::DELETE,
+            "/eureka/v2/apps/OTHER/h:other:1",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(cancelled.status, StatusCode::OK);
+
         // Renew: 200; an unknown instance: 404, so the client registers again.
         let renew = |path: String| {
             let registry = &registry;
