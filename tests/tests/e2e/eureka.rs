@@ -108,6 +108,18 @@ both_stores!(
         assert_eq!(v1.instances[0].url, "http://127.0.0.1:8080/");
         assert_eq!(v1.instances[0].ttl_seconds, 90);
         assert!(v1.instances[0].tags.contains(&"vip:sum".to_owned()));
+        // The VIP address is searchable through the other APIs, e.g. Consul's tag filter.
+        let consul = get_json(&registry, "/v1/health/service/sum?tag=vip:sum")
+            .await
+            .json();
+        assert_eq!(
+            consul[0]["Service"]["ID"], "10.0.0.1_3aSUM_3a8080",
+            "{consul}"
+        );
+        let none = get_json(&registry, "/v1/health/service/sum?tag=vip:other")
+            .await
+            .json();
+        assert_eq!(none, json!([]));
 
         // JSON when asked for, the id exactly as sent, on both prefixes.
         for prefix in ["/eureka", "/eureka/v2"] {
