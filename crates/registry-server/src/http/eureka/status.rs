@@ -100,14 +100,14 @@ pub fn with_status(
     forced: bool,
     now: DateTime<Utc>,
 ) -> Mutation {
-    let (mut record, change, reschedule_check) = match mutation {
+    let (mut record, change, reschedule_check, saved) = match mutation {
         Mutation::Save {
             record,
             change,
             reschedule_check,
-        } => (record, change, reschedule_check),
+        } => (record, change, reschedule_check, true),
         Mutation::Unchanged => match old {
-            Some(old) => (old.clone(), None, false),
+            Some(old) => (old.clone(), None, false, false),
             None => return Mutation::Unchanged,
         },
         delete @ Mutation::Delete { .. } => return delete,
@@ -122,6 +122,10 @@ pub fn with_status(
     let moved = before.maintenance != record.maintenance
         || before.maintenance_reason != record.maintenance_reason
         || before.lease_status != record.lease_status;
+    if !saved && !moved {
+        // An override that is already in place: nothing to write.
+        return Mutation::Unchanged;
+    }
     let change = match change {
         Some(mut change) => {
             change.to = Some(after);
@@ -210,6 +214,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         };
+        assert_eq!(
+            with_status(
+                Some(&out),
+                Mutation::Unchanged,
+                EurekaStatus::OutOfService,
+                true,
+                now
+            ),
+            Mutation::Unchanged
+        );
         let again = registered(EurekaStatus::Up, Some(&out));
         assert_eq!(of(&again.to_instance()), EurekaStatus::OutOfService);
         assert_eq!(
