@@ -122,7 +122,7 @@ async fn one_instance(
     let missing =
         || EurekaError::not_found(format!("instance '{id}' of app '{app}' is not registered"));
     let service = ids::service_of_app(&app).map_err(|_| missing())?;
-    let instance = find(&state, &service, &id).ok_or_else(missing)?;
+    let (_, instance) = find(&state, &service, &id).ok_or_else(missing)?;
     Ok(answer(
         &headers,
         &json!({"instance": render::instance(&instance, "ADDED")}),

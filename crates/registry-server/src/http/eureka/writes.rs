@@ -5,7 +5,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
-use registry_api::{EventKind, Instance, Reason, ServiceName, Status, limits};
+use registry_api::{EventKind, Instance, InstanceId, Reason, ServiceName, Status, limits};
 
 use super::wire::{self, EurekaStatus, keys};
 use super::{EurekaError, decode, ids, status};
@@ -44,14 +44,19 @@ fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str>
         .map(|(_, v)| v.as_str())
 }
 
-/// The instance a Eureka app and id name, as the view holds it now.
-pub fn find(state: &AppState, service: &ServiceName, eureka_id: &str) -> Option<Instance> {
+/// The instance a Eureka app and id name, as the view holds it now, with its model id.
+pub fn find(
+    state: &AppState,
+    service: &ServiceName,
+    eureka_id: &str,
+) -> Option<(InstanceId, Instance)> {
     ids::candidates(eureka_id).into_iter().find_map(|id| {
         state
             .view
             .instances_with_id(id.as_str())
             .into_iter()
             .find(|i| i.service == service.as_str())
+            .map(|instance| (id, instance))
     })
 }
 
@@ -59,11 +64,16 @@ fn unknown(app: &str, id: &str) -> EurekaError {
     EurekaError::not_found(format!("instance '{id}' of app '{app}' is not registered"))
 }
 
-/// The service and the instance of a request on one instance: 404 when either is unknown.
-fn known(state: &AppState, app: &str, id: &str) -> Result<(ServiceName, Instance), EurekaError> {
+/// The service, the model id and the instance of a request on one instance: 404 when
+/// the app or the instance is unknown.
+fn known(
+    state: &AppState,
+    app: &str,
+    id: &str,
+) -> Result<(ServiceName, InstanceId, Instance), EurekaError> {
     let service = ids::service_of_app(app).map_err(|_| unknown(app, id))?;
-    let instance = find(state, &service, id).ok_or_else(|| unknown(app, id))?;
-    Ok((service, instance))
+    let (model_id, instance) = find(state, &service, id).ok_or_else(|| unknown(app, id))?;
+    Ok((service, model_id, instance))
 }
 
 /// `POST /eureka/apps/{app}`: exactly 204, as clients check.
@@ -115,7 +125,7 @@ async fn renew(
     Path((app, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, EurekaError> {
-    let (service, instance) = known(&state, &app, &id)?;
+    let (service, model_id, instance) = known(&state, &app, &id)?;
     if status::needs_registration(&instance) {
         return Err(unknown(&app, &id));
     }
@@ -141,7 +151,7 @@ async fn renew(
     // A live lease is renewed in memory and written with others, as v1 heartbeats are.
     if state
         .writer
-        .queue_heartbeat(service.as_str(), &instance.id, now)
+        .queue_heartbeat(service.as_str(), model_id.as_str(), now)
         .is_some()
     {
         return Ok(StatusCode::OK.into_response());
@@ -151,7 +161,7 @@ async fn renew(
         .writer
         .change(
             service.as_str(),
-            &instance.id,
+            model_id.as_str(),
             now,
             Box::new(move |old| {
                 old.map_or(Mutation::Unchanged, |o| {
@@ -172,12 +182,12 @@ async fn cancel(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<Response, EurekaError> {
-    let (service, instance) = known(&state, &app, &id)?;
+    let (service, model_id, _) = known(&state, &app, &id)?;
     let applied = state
         .writer
         .change(
             service.as_str(),
-            &instance.id,
+            model_id.as_str(),
             crate::clock::now(),
             Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
         )
@@ -195,13 +205,13 @@ async fn force_status(
     id: &str,
     wanted: EurekaStatus,
 ) -> Result<Response, EurekaError> {
-    let (service, instance) = known(state, app, id)?;
+    let (service, model_id, _) = known(state, app, id)?;
     let now = crate::clock::now();
     let applied = state
         .writer
         .change(
             service.as_str(),
-            &instance.id,
+            model_id.as_str(),
             now,
             Box::new(move |old| status::with_status(old, Mutation::Unchanged, wanted, true, now)),
         )
@@ -279,7 +289,7 @@ async fn update_metadata(
             )));
         }
     }
-    let (service, instance) = known(&state, &app, &id)?;
+    let (service, model_id, instance) = known(&state, &app, &id)?;
     let mut merged = instance.metadata.clone();
     merged.extend(pairs.iter().cloned());
     if merged.len() > limits::MAX_METADATA_PAIRS {
@@ -292,7 +302,7 @@ async fn update_metadata(
         .writer
         .change(
             service.as_str(),
-            &instance.id,
+            model_id.as_str(),
             crate::clock::now(),
             Box::new(move |old| {
                 let Some(old) = old else {
