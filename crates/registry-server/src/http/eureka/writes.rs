@@ -53,9 +53,7 @@ pub fn find(
     ids::candidates(eureka_id).into_iter().find_map(|id| {
         state
             .view
-            .instances_with_id(id.as_str())
-            .into_iter()
-            .find(|i| i.service == service.as_str())
+            .read_instance(service.as_str(), id.as_str(), Instance::clone)
             .map(|instance| (id, instance))
     })
 }
