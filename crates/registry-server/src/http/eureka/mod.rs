@@ -25,9 +25,12 @@ mod xml;
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use registry_api::{InstanceId, ServiceName};
 use serde_json::Value;
 
 use super::{ApiError, AppState};
+use crate::store::{Applied, Transition};
 
 /// The path prefixes Eureka clients use: `/eureka` (Spring's default) and `/eureka/v2`
 /// (eureka-js-client's default).
@@ -122,6 +125,34 @@ impl IntoResponse for EurekaError {
         }
         response
     }
+}
+
+/// One change of one instance through the registry's write path.
+async fn change(
+    state: &AppState,
+    service: &ServiceName,
+    id: &InstanceId,
+    now: DateTime<Utc>,
+    transition: Transition,
+) -> Result<Applied, EurekaError> {
+    Ok(state
+        .writer
+        .change(service.as_str(), id.as_str(), now, transition)
+        .await?)
+}
+
+/// A renewal of a live lease, queued and shown at once; `false`: it must take
+/// [`change`].
+fn queue_heartbeat(
+    state: &AppState,
+    service: &ServiceName,
+    id: &InstanceId,
+    now: DateTime<Utc>,
+) -> bool {
+    state
+        .writer
+        .queue_heartbeat(service.as_str(), id.as_str(), now)
+        .is_some()
 }
 
 /// A refusal on a Eureka path from the layers in front of the routes (auth, size, time).

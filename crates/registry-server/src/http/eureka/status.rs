@@ -166,8 +166,12 @@ mod tests {
     use super::*;
     use registry_api::{InstanceId, InstanceSpec, ServiceName};
 
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default()
+    }
+
     fn registered(status: EurekaStatus, old: Option<&InstanceRecord>) -> InstanceRecord {
-        let now = crate::clock::now();
+        let now = at();
         let spec = InstanceSpec::new("http://10.0.0.1:8080")
             .validate(
                 ServiceName::parse("sum").expect("name"),
@@ -199,7 +203,7 @@ mod tests {
 
     #[test]
     fn an_override_outlives_registrations_and_starting_does_not() {
-        let now = crate::clock::now();
+        let now = at();
         let up = registered(EurekaStatus::Up, None);
         let out = match with_status(
             Some(&up),
@@ -237,7 +241,7 @@ mod tests {
 
     #[test]
     fn an_override_removed_without_a_value_asks_for_a_registration() {
-        let now = crate::clock::now();
+        let now = at();
         let up = registered(EurekaStatus::Up, None);
         let Mutation::Save { record, .. } = with_status(
             Some(&up),

@@ -8,7 +8,7 @@ use axum::routing::{post, put};
 use registry_api::{EventKind, Instance, InstanceId, Reason, ServiceName, Status, limits};
 
 use super::wire::{self, EurekaStatus, keys};
-use super::{EurekaError, decode, ids, status};
+use super::{EurekaError, change, decode, ids, queue_heartbeat, status};
 use crate::http::{ApiError, AppState};
 use crate::lifecycle::{self, Change, Mutation};
 
@@ -100,18 +100,17 @@ async fn register(
         .map_err(ApiError::from)?;
     let reported = registration.status;
     let now = crate::clock::now();
-    state
-        .writer
-        .change(
-            service.as_str(),
-            id.as_str(),
-            now,
-            Box::new(move |old| {
-                let registered = lifecycle::register(old, &validated, now);
-                status::with_status(old, registered, reported, false, now)
-            }),
-        )
-        .await?;
+    change(
+        &state,
+        &service,
+        &id,
+        now,
+        Box::new(move |old| {
+            let registered = lifecycle::register(old, &validated, now);
+            status::with_status(old, registered, reported, false, now)
+        }),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -147,28 +146,23 @@ async fn renew(
         ));
     }
     // A live lease is renewed in memory and written with others, as v1 heartbeats are.
-    if state
-        .writer
-        .queue_heartbeat(service.as_str(), model_id.as_str(), now)
-        .is_some()
-    {
+    if queue_heartbeat(&state, &service, &model_id, now) {
         return Ok(StatusCode::OK.into_response());
     }
     // A status the instance reported (DOWN) holds across renewals, as in Eureka.
-    let applied = state
-        .writer
-        .change(
-            service.as_str(),
-            model_id.as_str(),
-            now,
-            Box::new(move |old| {
-                old.map_or(Mutation::Unchanged, |o| {
-                    let held = o.lease_status.unwrap_or(Status::Passing);
-                    lifecycle::report(o, held, o.lease_output.clone(), now)
-                })
-            }),
-        )
-        .await?;
+    let applied = change(
+        &state,
+        &service,
+        &model_id,
+        now,
+        Box::new(move |old| {
+            old.map_or(Mutation::Unchanged, |o| {
+                let held = o.lease_status.unwrap_or(Status::Passing);
+                lifecycle::report(o, held, o.lease_output.clone(), now)
+            })
+        }),
+    )
+    .await?;
     if applied.record.is_none() {
         return Err(unknown(&app, &id));
     }
@@ -181,15 +175,14 @@ async fn cancel(
     Path((app, id)): Path<(String, String)>,
 ) -> Result<Response, EurekaError> {
     let (service, model_id, _) = known(&state, &app, &id)?;
-    let applied = state
-        .writer
-        .change(
-            service.as_str(),
-            model_id.as_str(),
-            crate::clock::now(),
-            Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
-        )
-        .await?;
+    let applied = change(
+        &state,
+        &service,
+        &model_id,
+        crate::clock::now(),
+        Box::new(|old| old.map_or(Mutation::Unchanged, lifecycle::deregister)),
+    )
+    .await?;
     if !applied.existed {
         return Err(unknown(&app, &id));
     }
@@ -205,15 +198,14 @@ async fn force_status(
 ) -> Result<Response, EurekaError> {
     let (service, model_id, _) = known(state, app, id)?;
     let now = crate::clock::now();
-    let applied = state
-        .writer
-        .change(
-            service.as_str(),
-            model_id.as_str(),
-            now,
-            Box::new(move |old| status::with_status(old, Mutation::Unchanged, wanted, true, now)),
-        )
-        .await?;
+    let applied = change(
+        state,
+        &service,
+        &model_id,
+        now,
+        Box::new(move |old| status::with_status(old, Mutation::Unchanged, wanted, true, now)),
+    )
+    .await?;
     if applied.record.is_none() {
         return Err(unknown(app, id));
     }
@@ -296,34 +288,33 @@ async fn update_metadata(
             limits::MAX_METADATA_PAIRS
         )));
     }
-    let applied = state
-        .writer
-        .change(
-            service.as_str(),
-            model_id.as_str(),
-            crate::clock::now(),
-            Box::new(move |old| {
-                let Some(old) = old else {
-                    return Mutation::Unchanged;
-                };
-                let mut record = old.clone();
-                record.metadata.extend(pairs.iter().cloned());
-                if record.metadata == old.metadata {
-                    return Mutation::Unchanged;
-                }
-                Mutation::Save {
-                    change: Some(Change {
-                        kind: EventKind::Updated,
-                        reason: Reason::Updated,
-                        from: Some(old.status),
-                        to: Some(record.status),
-                    }),
-                    record,
-                    reschedule_check: false,
-                }
-            }),
-        )
-        .await?;
+    let applied = change(
+        &state,
+        &service,
+        &model_id,
+        crate::clock::now(),
+        Box::new(move |old| {
+            let Some(old) = old else {
+                return Mutation::Unchanged;
+            };
+            let mut record = old.clone();
+            record.metadata.extend(pairs.iter().cloned());
+            if record.metadata == old.metadata {
+                return Mutation::Unchanged;
+            }
+            Mutation::Save {
+                change: Some(Change {
+                    kind: EventKind::Updated,
+                    reason: Reason::Updated,
+                    from: Some(old.status),
+                    to: Some(record.status),
+                }),
+                record,
+                reschedule_check: false,
+            }
+        }),
+    )
+    .await?;
     if !applied.existed {
         return Err(unknown(&app, &id));
     }
