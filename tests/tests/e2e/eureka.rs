@@ -562,6 +562,22 @@ async fn bad_bodies_are_a_clear_4xx_never_a_500() {
         (
             "BAD",
             "application/xml",
+            "<instance><hostName>h</hostName><port>80</port></instance>".to_owned(),
+        ),
+        (
+            "BAD",
+            "application/xml",
+            r#"<instance><app>BAD</app><hostName>h</hostName><port enabled="true">99999</port></instance>"#.to_owned(),
+        ),
+        (
+            "BAD",
+            "application/xml",
+            "<instance><app>BAD</app><hostName>h</hostName><port>80</port><status>SLEEPY</status></instance>".to_owned(),
+        ),
+        ("BAD", "application/xml", format!("<instance>{}</instance>", "<a>".repeat(40))),
+        (
+            "BAD",
+            "application/xml",
             r#"<?xml version="1.0"?><!DOCTYPE instance [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]><instance><app>&b;</app></instance>"#.to_owned(),
         ),
         ("BAD", "application/xml", "<instance><app>&ext;</app></instance>".to_owned()),
