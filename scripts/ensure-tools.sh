@@ -9,6 +9,9 @@
 # - the npm package `consul` (pinned by tests/consul-js/package-lock.json) in
 #   tests/consul-js/node_modules, and `py-consul` in .venv/, the unmodified Consul clients
 #   the Consul API is tested with;
+# - the npm package `eureka-js-client` (pinned by tests/eureka-js/package-lock.json) in
+#   tests/eureka-js/node_modules, and `py-eureka-client` in .venv/, the unmodified Eureka
+#   clients the Eureka API is tested with;
 # - `dig` from Debian's `dnsutils`, which asks the DNS interface in its tests, and
 #   Debian's HAProxy (/usr/sbin/haproxy, not on every user's PATH), which follows it;
 # - schemathesis in .venv/ (scripts/ensure-venv.sh), for the API fuzz test against
@@ -56,6 +59,7 @@ done
 npm_folders=(
   tests/browser:playwright-core
   tests/consul-js:consul
+  tests/eureka-js:eureka-js-client
 )
 npm_ci_in=()
 for pair in "${npm_folders[@]}"; do
@@ -65,7 +69,7 @@ done
 need_npm_ci=false
 [ "${#npm_ci_in[@]}" -eq 0 ] || need_npm_ci=true
 
-scripts/ensure-venv.sh schemathesis==4.32.5 py-consul==1.8.0
+scripts/ensure-venv.sh schemathesis==4.32.5 py-consul==1.8.0 py-eureka-client==0.13.3
 scripts/ensure-k8s-tools.sh
 
 if [ "${#packages[@]}" -eq 0 ] && ! $need_npm_ci; then

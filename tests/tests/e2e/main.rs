@@ -19,6 +19,7 @@ mod discovery;
 mod dns_malformed;
 mod dns_replicas;
 mod dns_wire;
+mod eureka;
 mod heartbeats;
 mod http_api;
 mod lifecycle;

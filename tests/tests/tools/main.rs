@@ -20,6 +20,7 @@ mod chart_contract;
 mod consul_clients;
 mod dashboard;
 mod dns_dig;
+mod eureka_clients;
 mod haproxy_dns;
 mod metrics;
 mod partition;

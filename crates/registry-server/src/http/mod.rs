@@ -4,6 +4,7 @@
 mod consul;
 mod dashboard;
 mod error;
+mod eureka;
 mod events;
 mod extract;
 mod instances;
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> impl Api {
         .merge(openapi::router())
         .merge(dashboard::router())
         .merge(consul::router())
+        .merge(eureka::router())
         .layer(TimeLimit(timeout));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
@@ -294,13 +296,13 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let consul = consul::is_consul_path(request.uri().path());
+        let path = request.uri().path().to_owned();
         let answer = tokio::time::timeout(self.limit, self.inner.call(request));
         Box::pin(async move {
             match answer.await {
                 Ok(answer) => answer,
                 Err(_) => Ok(refusal(
-                    consul,
+                    &path,
                     ApiError::unavailable("the request took too long; retry shortly"),
                 )),
             }
@@ -308,11 +310,13 @@ where
     }
 }
 
-/// A refusal in the shape of the API asked: Consul's plain text on Consul's paths, our
-/// JSON error elsewhere.
-fn refusal(consul: bool, error: ApiError) -> Response {
-    if consul {
+/// A refusal in the shape of the API asked: Consul's plain text on Consul's paths,
+/// Eureka's status codes on Eureka's, our JSON error elsewhere.
+fn refusal(path: &str, error: ApiError) -> Response {
+    if consul::is_consul_path(path) {
         consul::ConsulError::from(error).into_response()
+    } else if eureka::is_eureka_path(path) {
+        eureka::refusal(error)
     } else {
         error.into_response()
     }
@@ -324,12 +328,18 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     if consul::is_consul_path(uri.path()) {
         return consul::unrouted(&method, &uri);
     }
+    if eureka::is_eureka_path(uri.path()) {
+        return eureka::unrouted();
+    }
     ApiError::new(ErrorCode::NotFound, "no such route; see /openapi.json").into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
     if consul::is_consul_path(uri.path()) {
         return consul::method_not_allowed(&method);
+    }
+    if eureka::is_eureka_path(uri.path()) {
+        return eureka::method_not_allowed();
     }
     ApiError::new(
         ErrorCode::MethodNotAllowed,
@@ -363,9 +373,13 @@ async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
     }
     if !authorized(&state.settings, &request) {
         let consul = consul::is_consul_path(request.uri().path());
+        let eureka = eureka::is_eureka_path(request.uri().path());
         drain(request.into_body()).await;
         if consul {
             return consul::ConsulError::permission_denied().into_response();
+        }
+        if eureka {
+            return eureka::refusal(ApiError::unauthorized());
         }
         return ApiError::unauthorized().into_response();
     }
@@ -378,10 +392,7 @@ async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
         || request.headers().contains_key(header::TRANSFER_ENCODING);
     let mut response = if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
         // 413 before reading a body whose declared length is too large.
-        refusal(
-            consul::is_consul_path(request.uri().path()),
-            extract::too_large(),
-        )
+        refusal(request.uri().path(), extract::too_large())
     } else {
         next.run(request).await
     };
@@ -404,7 +415,7 @@ fn rate_limited(limit: &crate::rate_limit::WriteRateLimit, request: &Request) ->
     let peer = crate::serve::peer(request).filter(|_| is_write)?;
     let wait = limit.admit(peer.ip(), std::time::Instant::now()).err()?;
     let mut response = refusal(
-        consul::is_consul_path(request.uri().path()),
+        request.uri().path(),
         ApiError::new(
             ErrorCode::RateLimited,
             "too many writes from this client; retry after the time in Retry-After",
@@ -448,7 +459,11 @@ fn authorized(settings: &Settings, request: &Request) -> bool {
     // Consul clients send `X-Consul-Token` or `?token=`; v1 takes `?token=` only on the
     // event stream (browsers' EventSource cannot set headers).
     let consul = consul::is_consul_path(path);
+    // Eureka clients send Basic auth from the user info of their server URL: the token is
+    // its password (the user name is not checked).
+    let eureka = eureka::is_eureka_path(path);
     let presented = bearer_token(request)
+        .or_else(|| eureka.then(|| basic_password(request)).flatten())
         .or_else(|| consul.then(|| consul_token(request)).flatten())
         .or_else(|| {
             (consul || path == "/v1/events")
@@ -495,6 +510,25 @@ fn bearer_token(request: &Request) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
+}
+
+fn basic_password(request: &Request) -> Option<String> {
+    use base64::Engine as _;
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_owned())
 }
 
 fn consul_token(request: &Request) -> Option<String> {
