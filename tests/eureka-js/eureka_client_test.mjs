@@ -6,8 +6,10 @@
 // (this client's app name) and EUREKA_PORT (the port it registers).
 //
 // The client registers itself with a 3 s lease renewed every second and fetches the whole
-// registry every second (its delta handling removes the wrong instance of an app, so the
-// test leaves deltas off for this client). The script prints `step <name>` as it goes; at
+// registry every second. Its delta handling replaces or removes the first instance of an
+// app whatever the instance (it indexes the app's list with an array), which is right only
+// for apps of one instance: the `delta` step follows such an app with deltas on; the rest
+// of the script leaves them off (the client's default). The script prints `step <name>` as it goes; at
 // `wait <name>` it waits for the Rust test to check the registry (or change it) and answer
 // `go` on standard input. It prints `ok` at the end, or `failed: <what>` and exits 1.
 
@@ -64,10 +66,13 @@ async function eventually(what, probe, within = SHOWS_WITHIN_MS) {
   throw new Error(`timed out after ${within} ms waiting for ${what}; last: ${last}`);
 }
 
-function client(serviceUrl, instance, extra = {}) {
+// `extra` goes into the client's `eureka` settings, `top` beside them (`shouldUseDelta`,
+// `requestMiddleware`).
+function client(serviceUrl, instance, extra = {}, top = {}) {
   return new Eureka({
     logger,
     instance,
+    ...top,
     eureka: {
       serviceUrls: { default: [`${serviceUrl}/apps/`] },
       heartbeatInterval: 1000,
@@ -175,6 +180,55 @@ async function main() {
     const ids = eureka.getInstancesByAppId('BACKEND').map((i) => i.instanceId).sort();
     return JSON.stringify(ids) === '["backend-1","backend-3"]';
   });
+
+  step('delta');
+  // A client with deltas on, started (one full fetch) before another client adds an app,
+  // follows the app's arrival, its drain and return, and its end through deltas alone.
+  const asked = [];
+  const watcher = client(
+    url,
+    instanceOf('JS-WATCHER', 'js-watcher-1', 9997, 'js-watcher'),
+    { registerWithEureka: false, filterUpInstances: false },
+    {
+      shouldUseDelta: true,
+      // The client's own hook on every request it makes: here, to see which it makes.
+      requestMiddleware: (opts, done) => {
+        asked.push(opts.uri);
+        done(opts);
+      },
+    },
+  );
+  await started(watcher);
+  expect(watcher.hasFullRegistry, 'the watcher fetched the registry once');
+  const fullFetches = () => asked.filter((uri) => uri === '').length;
+  const watched = () => watcher.getInstancesByAppId('JS-DELTA');
+  const shown = (status) => () => {
+    const all = watched();
+    return all.length === 1 && all[0].instanceId === 'js-delta-1' && all[0].status === status;
+  };
+  const other = client(url, instanceOf('JS-DELTA', 'js-delta-1', 9998, 'js-delta'), {
+    fetchRegistry: false,
+  });
+  await started(other);
+  await eventually('the added app through a delta', shown('UP'));
+  const drained = await request(other, {
+    method: 'PUT',
+    uri: 'JS-DELTA/js-delta-1/status?value=OUT_OF_SERVICE',
+  });
+  expect(drained.status === 200, `PUT status: ${drained.status} ${drained.body}`);
+  await eventually('the drained instance through a delta', shown('OUT_OF_SERVICE'));
+  const undrained = await request(other, {
+    method: 'DELETE',
+    uri: 'JS-DELTA/js-delta-1/status?value=UP',
+  });
+  expect(undrained.status === 200, `DELETE status: ${undrained.status} ${undrained.body}`);
+  await eventually('the instance back UP through a delta', shown('UP'));
+  await new Promise((resolve) => other.once('heartbeat', resolve));
+  await stopped(other);
+  await eventually('the app gone through a delta', () => watched().length === 0);
+  await stopped(watcher);
+  const deltas = asked.filter((uri) => uri === 'delta').length;
+  expect(fullFetches() === 1 && deltas >= 4, `the watcher asked ${JSON.stringify(asked)}`);
 
   step('guarded');
   const guarded = process.env.REGISTRY_GUARDED_EUREKA_URL;

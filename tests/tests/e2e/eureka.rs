@@ -501,6 +501,17 @@ async fn the_hashcode_and_the_delta_follow_the_whole_registry() {
         None,
     )
     .await;
+    // A change after the registration is the latest action: MODIFIED, as on Eureka's
+    // server (a client holding the instance ignores an ADDED).
+    let modified = call(
+        &registry,
+        Method::PUT,
+        "/eureka/apps/WEB/web-1/metadata?zone=b",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(modified.status, 200, "{}", modified.text);
     let delta = get_json(&registry, "/eureka/apps/delta").await.json();
     assert_eq!(delta["applications"]["apps__hashcode"], "UP_2_");
     let mut actions: Vec<(String, String)> = delta["applications"]["application"]
@@ -521,7 +532,7 @@ async fn the_hashcode_and_the_delta_follow_the_whole_registry() {
         [
             ("h:one:1".to_owned(), "ADDED".to_owned()),
             ("h:one:2".to_owned(), "DELETED".to_owned()),
-            ("web-1".to_owned(), "ADDED".to_owned()),
+            ("web-1".to_owned(), "MODIFIED".to_owned()),
         ]
     );
     registry.stop().await;

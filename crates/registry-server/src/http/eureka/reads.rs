@@ -57,12 +57,14 @@ async fn delta(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .iter()
         .map(|i| ((i.service.as_str(), i.id.as_str()), i))
         .collect();
-    // The latest change of each instance in the window, with what it was.
+    // The latest change of each instance in the window, with what it left. Its action is
+    // the latest change's, as on Eureka's server: a client that already holds the
+    // instance ignores an `ADDED` (eureka-js-client does), so a change after the
+    // registration is `MODIFIED`.
     let mut changed: BTreeMap<(String, String), (bool, Instance)> = BTreeMap::new();
     for event in events.iter().filter(|e| e.at >= since && e.index <= index) {
         let key = (event.service.clone(), event.instance.clone());
-        let added = event.kind == EventKind::Registered
-            || changed.get(&key).is_some_and(|(added, _)| *added);
+        let added = event.kind == EventKind::Registered;
         changed.insert(key, (added, event.snapshot.clone()));
     }
     let mut by_service: BTreeMap<String, Vec<Value>> = BTreeMap::new();
