@@ -74,6 +74,17 @@ async def main():
 
     step("start")
     await client.start()
+    # From here on the client follows the registry by deltas alone: it fetches everything
+    # again only when its copy's hash code differs from the registry's, which must never
+    # happen. Its full fetch is counted (the method its delta loop calls on a mismatch).
+    full_fetches = []
+    full_fetch = client._EurekaClient__pull_full_registry
+
+    async def counted_full_fetch():
+        full_fetches.append(time.monotonic())
+        await full_fetch()
+
+    client._EurekaClient__pull_full_registry = counted_full_fetch
     wait("registered")
 
     step("discover")
@@ -133,6 +144,7 @@ async def main():
         return local == remote and local
 
     await eventually("the client's hash code to match the registry's", same_hash)
+    expect(not full_fetches, f"the client fetched everything again {len(full_fetches)} times")
 
     step("guarded")
     guarded = os.environ["REGISTRY_GUARDED_EUREKA_URL"]

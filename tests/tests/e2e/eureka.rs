@@ -538,6 +538,32 @@ async fn the_hashcode_and_the_delta_follow_the_whole_registry() {
     registry.stop().await;
 }
 
+both_stores!(
+    the_delta_holds_the_changes_made_before_and_after_a_restart,
+    |backend| async move {
+        let registry = TestRegistry::start(backend).await;
+        register(&registry, "ONE", "h:one:1", 9001, "UP").await;
+        let database_url = registry.database_url.clone();
+        registry.stop().await;
+
+        // A registry started on a database with history: its view holds no event yet.
+        let restarted = TestRegistry::start_on(database_url, |_| {}).await;
+        register(&restarted, "ONE", "h:one:2", 9002, "UP").await;
+        let delta = get_json(&restarted, "/eureka/apps/delta").await.json();
+        let mut ids: Vec<String> = delta["applications"]["application"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .flat_map(|app| app["instance"].as_array().cloned().unwrap_or_default())
+            .map(|i| i["instanceId"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["h:one:1", "h:one:2"], "{delta}");
+        assert_eq!(delta["applications"]["apps__hashcode"], "UP_2_");
+        restarted.stop().await;
+    }
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_a_clear_4xx_never_a_500() {
     let registry = TestRegistry::start(Backend::Sqlite).await;

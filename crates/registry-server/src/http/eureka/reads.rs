@@ -21,7 +21,7 @@ use crate::http::AppState;
 const DELTA_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(180);
 /// Most recent events the delta reads; older changes are left to a full fetch (a client
 /// whose copy then differs sees the hash code differ and fetches everything).
-const DELTA_EVENTS: u64 = 4_000;
+const DELTA_EVENTS: u32 = 4_000;
 
 pub fn router(prefix: &str) -> Router<AppState> {
     Router::new()
@@ -46,13 +46,16 @@ async fn all_apps(State(state): State<AppState>, headers: HeaderMap) -> Response
 
 /// `GET /eureka/apps/delta`: the instances that changed in the last 180 s, each with its
 /// `actionType`, and the hash code of the whole registry after them.
-async fn delta(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn delta(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, EurekaError> {
     let (index, all) = state.view.all_instances();
     let since = state.now() - DELTA_WINDOW;
-    let events = state
-        .view
-        .recent_events_after(index.saturating_sub(DELTA_EVENTS), None, usize::MAX)
-        .unwrap_or_default();
+    let after = index.saturating_sub(u64::from(DELTA_EVENTS));
+    // The view keeps the latest events since it was loaded; right after a start (or a
+    // burst), older ones come from the store, or the delta would miss them.
+    let events = match state.view.recent_events_after(after, None, usize::MAX) {
+        Some(events) => events,
+        None => state.store.events_after(after, None, DELTA_EVENTS).await?,
+    };
     let now_by_key: BTreeMap<(&str, &str), &Instance> = all
         .iter()
         .map(|i| ((i.service.as_str(), i.id.as_str()), i))
@@ -82,7 +85,7 @@ async fn delta(State(state): State<AppState>, headers: HeaderMap) -> Response {
             json!({"name": ids::app_of_service(&service), "instance": instances})
         })
         .collect();
-    answer(&headers, &applications(index, hashcode(&all), apps))
+    Ok(answer(&headers, &applications(index, hashcode(&all), apps)))
 }
 
 /// `GET /eureka/apps/{app}`: 404 when the app has no instance. Made once per state of the
