@@ -51,6 +51,27 @@ impl BadBody {
 
 type Parsed<T> = Result<T, BadBody>;
 
+/// The data-center classes and names Eureka's Java client reads back (`@class` as a Java
+/// class, `name` as an enum): one instance with another would fail every Java client's
+/// fetch of the registry, so they are refused, as Eureka's server refuses them.
+const DATA_CENTER_CLASSES: [&str; 3] = [
+    "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo",
+    "com.netflix.appinfo.MyDataCenterInfo",
+    "com.netflix.appinfo.AmazonInfo",
+];
+const DATA_CENTER_NAMES: [&str; 3] = ["Netflix", "Amazon", "MyOwn"];
+
+/// `value` when absent or one of `allowed`.
+fn one_of(value: Option<String>, what: &str, allowed: &[&str]) -> Parsed<Option<String>> {
+    match value {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(BadBody::new(format!(
+            "{what} must be one of {}, not '{v}'",
+            allowed.join(", ")
+        ))),
+        other => Ok(other),
+    }
+}
+
 /// An instance status as Eureka names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EurekaStatus {
@@ -296,7 +317,14 @@ pub fn parse_registration(document: &Value) -> Parsed<Registration> {
         }
     }
     let (data_center_class, data_center_name) = match f.get("dataCenterInfo") {
-        Some(Value::Object(dc)) => (text(dc, "@class")?, text(dc, "name")?),
+        Some(Value::Object(dc)) => (
+            one_of(
+                text(dc, "@class")?,
+                "dataCenterInfo @class",
+                &DATA_CENTER_CLASSES,
+            )?,
+            one_of(text(dc, "name")?, "dataCenterInfo name", &DATA_CENTER_NAMES)?,
+        ),
         _ => (None, None),
     };
     let last_dirty_timestamp = text(f, "lastDirtyTimestamp")?
@@ -498,6 +526,14 @@ mod tests {
                 b["instance"]["port"] = json!({"$": 1, "@enabled": "false"});
             })
             .contains("enabled port")
+        );
+        assert!(
+            refused(&|b| b["instance"]["dataCenterInfo"]["@class"] = json!("java.lang.Runtime"))
+                .contains("dataCenterInfo @class")
+        );
+        assert!(
+            refused(&|b| b["instance"]["dataCenterInfo"]["name"] = json!("Moon"))
+                .contains("dataCenterInfo name")
         );
         assert!(parse_registration(&json!({"app": "X"})).is_err());
         assert!(parse_registration(&json!({"instance": []})).is_err());
