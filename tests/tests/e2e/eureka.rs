@@ -588,6 +588,39 @@ async fn bad_bodies_are_a_clear_4xx_never_a_500() {
         edit(&mut body);
         body.to_string()
     };
+    // Each protection on its own: a valid body over the size limit, closed elements nested
+    // past the depth limit, a DTD that declares nothing to expand.
+    let specific: Vec<(&str, String, StatusCode, &str)> = vec![
+        (
+            "application/json",
+            edited(&|b| b["instance"]["metadata"]["pad"] = json!("x".repeat(70 * 1024))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+        (
+            "application/xml",
+            format!(
+                "<instance><app>BAD</app>{}{}</instance>",
+                "<a>".repeat(40),
+                "</a>".repeat(40)
+            ),
+            StatusCode::BAD_REQUEST,
+            "nested too deeply",
+        ),
+        (
+            "application/xml",
+            r#"<?xml version="1.0"?><!DOCTYPE instance><instance><app>BAD</app></instance>"#
+                .to_owned(),
+            StatusCode::BAD_REQUEST,
+            "DTD",
+        ),
+    ];
+    for (content_type, body, status, reason) in specific {
+        let shown = body.chars().take(120).collect::<String>();
+        let answer = post("BAD", content_type, body).await;
+        assert_eq!(answer.status, status, "{shown}: {}", answer.text);
+        assert!(answer.text.contains(reason), "{shown}: {}", answer.text);
+    }
     let cases: Vec<(&str, &str, String)> = vec![
         ("BAD", "application/json", edited(&|b| b["instance"]["app"] = json!(null))),
         ("BAD", "application/json", edited(&|b| b["instance"]["port"] = json!({"$": "eighty"}))),
