@@ -565,6 +565,34 @@ both_stores!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_another_api_holds_under_the_same_eureka_id_is_a_conflict() {
+    let registry = TestRegistry::start(Backend::Sqlite).await;
+    registry
+        .api
+        .register("sum", "my_id", &InstanceSpec::new("http://10.0.0.1:80"))
+        .await
+        .expect("v1 register");
+    // Eureka's `my_id` would be stored as `my_5fid` and read back as `my_id` too.
+    let taken = call(
+        &registry,
+        Method::POST,
+        "/eureka/apps/SUM",
+        Some((
+            "application/json",
+            body("SUM", "my_id", 9000, "UP").to_string(),
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{}", taken.text);
+    // The instance of the other API is still the one Eureka reads as `my_id`.
+    let shown = get_json(&registry, "/eureka/apps/SUM/my_id").await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.text);
+    assert_eq!(shown.json()["instance"]["hostName"], "10.0.0.1");
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_a_clear_4xx_never_a_500() {
     let registry = TestRegistry::start(Backend::Sqlite).await;
     let post = |app: &str, content_type: &str, body: String| {

@@ -91,6 +91,20 @@ async fn register(
         )));
     }
     let id = ids::model_id(&registration.instance_id).map_err(EurekaError::bad_request)?;
+    // An instance of another API whose id reads as this one on Eureka (`my_id`, which a
+    // Eureka registration stores as `my_5fid`): two instances under one Eureka id would
+    // make clients' copies differ from the registry's hash code forever.
+    if let Some((other, _)) = find(&state, &service, &registration.instance_id)
+        && other != id
+    {
+        return Err(EurekaError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "instance id '{}' is taken in app '{app}' by the instance '{other}' of another API; deregister it there or choose another id",
+                registration.instance_id
+            ),
+        ));
+    }
     let validated = wire::to_spec(&registration)?
         .validate(
             service.clone(),
