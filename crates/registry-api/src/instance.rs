@@ -88,6 +88,45 @@ pub struct InstanceSpec {
     pub initial_status: Option<Status>,
 }
 
+/// Checks a whole metadata map against the limits (docs/api.md, Limits): every writer of
+/// metadata (a registration, Eureka's metadata update) goes through it.
+pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    if metadata.len() > limits::MAX_METADATA_PAIRS {
+        return Err(FieldError::new(
+            "metadata",
+            format!("at most {} pairs", limits::MAX_METADATA_PAIRS),
+        ));
+    }
+    for (key, value) in metadata {
+        let key_chars = key.chars().count();
+        if key_chars == 0 || key_chars > limits::MAX_METADATA_KEY_CHARS {
+            return Err(FieldError::new(
+                "metadata",
+                format!(
+                    "keys must be 1 to {} characters",
+                    limits::MAX_METADATA_KEY_CHARS
+                ),
+            ));
+        }
+        if has_control(key) {
+            return Err(FieldError::new("metadata", format!("keys: {NO_CONTROL}")));
+        }
+        if has_control(value) {
+            return Err(FieldError::new(format!("metadata.{key}"), NO_CONTROL));
+        }
+        if value.chars().count() > limits::MAX_METADATA_VALUE_CHARS {
+            return Err(FieldError::new(
+                format!("metadata.{key}"),
+                format!(
+                    "must be at most {} characters",
+                    limits::MAX_METADATA_VALUE_CHARS
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl InstanceSpec {
     /// A spec with only a URL, everything else at its default.
     pub fn new(url: impl Into<String>) -> Self {
@@ -254,39 +293,7 @@ impl InstanceSpec {
                 return Err(FieldError::new(format!("tags.{i}"), NO_CONTROL));
             }
         }
-        if self.metadata.len() > limits::MAX_METADATA_PAIRS {
-            return Err(FieldError::new(
-                "metadata",
-                format!("at most {} pairs", limits::MAX_METADATA_PAIRS),
-            ));
-        }
-        for (key, value) in &self.metadata {
-            let key_chars = key.chars().count();
-            if key_chars == 0 || key_chars > limits::MAX_METADATA_KEY_CHARS {
-                return Err(FieldError::new(
-                    "metadata",
-                    format!(
-                        "keys must be 1 to {} characters",
-                        limits::MAX_METADATA_KEY_CHARS
-                    ),
-                ));
-            }
-            if has_control(key) {
-                return Err(FieldError::new("metadata", format!("keys: {NO_CONTROL}")));
-            }
-            if has_control(value) {
-                return Err(FieldError::new(format!("metadata.{key}"), NO_CONTROL));
-            }
-            if value.chars().count() > limits::MAX_METADATA_VALUE_CHARS {
-                return Err(FieldError::new(
-                    format!("metadata.{key}"),
-                    format!(
-                        "must be at most {} characters",
-                        limits::MAX_METADATA_VALUE_CHARS
-                    ),
-                ));
-            }
-        }
+        validate_metadata(&self.metadata)?;
         let ttl_seconds = self.ttl_seconds.unwrap_or(default_ttl_seconds);
         if ttl_seconds > limits::MAX_TTL_SECONDS {
             return Err(FieldError::new(

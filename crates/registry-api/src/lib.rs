@@ -22,7 +22,7 @@ pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 pub use event::{Event, EventKind, Reason};
 pub use instance::{
     Check, CheckResult, CheckSpec, Instance, InstanceSpec, Status, StatusChange, URL_PATTERN,
-    Validated, limits, validate_url,
+    Validated, limits, validate_metadata, validate_url,
 };
 pub use names::{InstanceId, ServiceName};
 pub use responses::{

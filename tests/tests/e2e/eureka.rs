@@ -471,6 +471,17 @@ async fn the_status_override_drains_and_removing_it_asks_for_a_registration() {
     )
     .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // Metadata updates keep the model's limits.
+    let long = call(
+        &registry,
+        Method::PUT,
+        &format!("{path}/metadata?color={}", "x".repeat(600)),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST, "{}", long.text);
+    assert!(long.text.contains("metadata.color"), "{}", long.text);
     registry.stop().await;
 }
 

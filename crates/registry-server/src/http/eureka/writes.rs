@@ -5,7 +5,9 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
-use registry_api::{EventKind, Instance, InstanceId, Reason, ServiceName, Status, limits};
+use registry_api::{
+    EventKind, Instance, InstanceId, Reason, ServiceName, Status, validate_metadata,
+};
 
 use super::wire::{self, EurekaStatus, keys};
 use super::{EurekaError, change, decode, ids, queue_heartbeat, status};
@@ -270,38 +272,16 @@ async fn update_metadata(
     RawQuery(query): RawQuery,
 ) -> Result<Response, EurekaError> {
     let pairs = query_pairs(query.as_deref());
-    for (key, value) in &pairs {
-        let key_chars = key.chars().count();
-        if key_chars == 0 || key_chars > limits::MAX_METADATA_KEY_CHARS {
-            return Err(EurekaError::bad_request(format!(
-                "metadata keys must be 1 to {} characters",
-                limits::MAX_METADATA_KEY_CHARS
-            )));
-        }
-        if key.starts_with(keys::PREFIX) {
-            return Err(EurekaError::bad_request(format!(
-                "metadata key '{key}': keys starting with '{}' are the registry's own",
-                keys::PREFIX
-            )));
-        }
-        if value.chars().count() > limits::MAX_METADATA_VALUE_CHARS
-            || key.chars().chain(value.chars()).any(char::is_control)
-        {
-            return Err(EurekaError::bad_request(format!(
-                "metadata.{key}: at most {} characters, without control characters",
-                limits::MAX_METADATA_VALUE_CHARS
-            )));
-        }
+    if let Some((key, _)) = pairs.iter().find(|(key, _)| key.starts_with(keys::PREFIX)) {
+        return Err(EurekaError::bad_request(format!(
+            "metadata key '{key}': keys starting with '{}' are the registry's own",
+            keys::PREFIX
+        )));
     }
     let (service, model_id, instance) = known(&state, &app, &id)?;
     let mut merged = instance.metadata.clone();
     merged.extend(pairs.iter().cloned());
-    if merged.len() > limits::MAX_METADATA_PAIRS {
-        return Err(EurekaError::bad_request(format!(
-            "at most {} metadata pairs",
-            limits::MAX_METADATA_PAIRS
-        )));
-    }
+    validate_metadata(&merged).map_err(ApiError::from)?;
     let applied = change(
         &state,
         &service,
