@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, assembled here with auth, size limits and
 //! timeouts, checked in this order: auth, then size, then content (docs/api.md, Errors).
 
+mod address;
 mod consul;
 mod dashboard;
 mod error;

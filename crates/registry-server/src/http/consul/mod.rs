@@ -152,21 +152,7 @@ impl From<crate::store::StoreError> for ConsulError {
 
 impl IntoResponse for ConsulError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            )],
-            self.message,
-        )
-            .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        crate::http::error::plain_text(self.status, self.message)
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::render::{self, Context};
 use super::{ConsulError, ConsulQuery, answer, answer_bytes, block, to_json};
 use crate::http::AppState;
+use crate::http::address::UrlAddress;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -277,10 +278,7 @@ async fn catalog_nodes(
     query: ConsulQuery,
 ) -> Result<Response, ConsulError> {
     let (index, instances) = everything(&state, &query).await?;
-    let hosts: BTreeSet<String> = instances
-        .iter()
-        .map(|i| render::address_and_port(i).0)
-        .collect();
+    let hosts: BTreeSet<String> = instances.iter().map(|i| UrlAddress::of(i).host).collect();
     let ctx = ctx(&state, index);
     let out: Vec<Value> = hosts.iter().map(|h| render::node(h, &ctx)).collect();
     Ok(answer(index, &Value::Array(out)))

@@ -8,27 +8,13 @@ use registry_api::{Instance, Status};
 use serde_json::{Value, json};
 
 use super::wire::check_ids;
+use crate::http::address::UrlAddress;
 
 /// What every shape needs besides the instance.
 pub struct Context<'a> {
     pub datacenter: &'a str,
     /// The Consul index of the answer, used as `CreateIndex`/`ModifyIndex`.
     pub index: u64,
-}
-
-/// An instance's address and port, as Consul shows them (from the instance's URL).
-pub fn address_and_port(instance: &Instance) -> (String, u16) {
-    match url::Url::parse(&instance.url) {
-        Ok(url) => {
-            let host = match url.host() {
-                Some(url::Host::Ipv6(v6)) => v6.to_string(),
-                Some(host) => host.to_string(),
-                None => String::new(),
-            };
-            (host, url.port_or_known_default().unwrap_or(0))
-        }
-        Err(_) => (String::new(), 0),
-    }
 }
 
 /// A UUID that is a pure function of the host (two FNV-1a hashes), so a node keeps its id
@@ -83,7 +69,11 @@ pub fn node(host: &str, ctx: &Context<'_>) -> Value {
 
 /// The service as the agent and the health endpoint show it.
 pub fn agent_service(instance: &Instance, ctx: &Context<'_>) -> Value {
-    let (address, port) = address_and_port(instance);
+    let UrlAddress {
+        host: address,
+        port,
+        ..
+    } = UrlAddress::of(instance);
     json!({
         "ID": instance.id,
         "Service": instance.service,
@@ -102,7 +92,11 @@ pub fn agent_service(instance: &Instance, ctx: &Context<'_>) -> Value {
 
 /// `GET /v1/catalog/service/{service}`: node and service in one flat object.
 pub fn catalog_entry(instance: &Instance, ctx: &Context<'_>) -> Value {
-    let (address, port) = address_and_port(instance);
+    let UrlAddress {
+        host: address,
+        port,
+        ..
+    } = UrlAddress::of(instance);
     json!({
         "ID": node_id(&address),
         "Node": node_name(&address),
@@ -129,7 +123,7 @@ pub fn catalog_entry(instance: &Instance, ctx: &Context<'_>) -> Value {
 
 /// `GET /v1/health/service/{service}`: one entry.
 pub fn health_entry(instance: &Instance, ctx: &Context<'_>) -> Value {
-    let (address, _) = address_and_port(instance);
+    let address = UrlAddress::of(instance).host;
     json!({
         "Node": node(&address, ctx),
         "Service": agent_service(instance, ctx),
@@ -150,7 +144,7 @@ fn consul_status(status: Status) -> &'static str {
 /// comes from the instance's combined status and what it shows of each source
 /// (docs/consul.md, Checks).
 pub fn checks(instance: &Instance, ctx: &Context<'_>) -> Vec<Value> {
-    let (address, _) = address_and_port(instance);
+    let address = UrlAddress::of(instance).host;
     let node = node_name(&address);
     let has_ttl = instance.ttl_seconds > 0;
     let active = instance.check.as_ref();

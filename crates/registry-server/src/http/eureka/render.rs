@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use super::ids::{app_of_service, eureka_id};
 use super::status;
 use super::wire::{self, Port, keys};
+use crate::http::address::UrlAddress;
 
 /// Eureka's data center class for an instance that is not on AWS.
 const DEFAULT_DATA_CENTER_CLASS: &str = "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo";
@@ -28,27 +29,15 @@ fn port_value(port: Port) -> Value {
     json!({"$": port.number, "@enabled": if port.enabled { "true" } else { "false" }})
 }
 
-/// The host, scheme and port of an instance's URL.
-fn url_parts(instance: &Instance) -> (String, String, u16) {
-    match url::Url::parse(&instance.url) {
-        Ok(url) => {
-            let host = match url.host() {
-                Some(url::Host::Ipv6(v6)) => v6.to_string(),
-                Some(host) => host.to_string(),
-                None => String::new(),
-            };
-            let port = url.port_or_known_default().unwrap_or(0);
-            (host, url.scheme().to_owned(), port)
-        }
-        Err(_) => (String::new(), "http".to_owned(), 0),
-    }
-}
-
 /// One instance, with `actionType` when it is part of a delta.
 pub fn instance(instance: &Instance, action: &str) -> Value {
     let meta = &instance.metadata;
     let kept = |key: &str| meta.get(key).cloned();
-    let (host, scheme, url_port) = url_parts(instance);
+    let UrlAddress {
+        scheme,
+        host,
+        port: url_port,
+    } = UrlAddress::of(instance);
     let port = kept(keys::PORT)
         .and_then(|p| Port::from_stored(&p))
         .unwrap_or(Port {
