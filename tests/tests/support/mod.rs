@@ -195,6 +195,49 @@ pub fn repository() -> PathBuf {
         .to_path_buf()
 }
 
+/// What to do when a tool the tests use is missing.
+const INSTALL: &str = "run scripts/ensure-tools.sh (make test does)";
+
+/// `.venv/bin/python` with `module` (from the PyPI package `package`) importable; fails
+/// with the way out when either is missing.
+pub fn venv_python(module: &str, package: &str) -> PathBuf {
+    let python = repository().join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: {INSTALL}",
+        python.display()
+    );
+    let import = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .expect("run .venv/bin/python");
+    assert!(
+        import.status.success(),
+        "{package} is not installed in .venv: {INSTALL}"
+    );
+    python
+}
+
+/// Fails with the way out when node, or the npm `package` installed in `tests/<folder>`,
+/// is missing.
+pub fn require_node_package(folder: &str, package: &str) {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("node cannot run ({e}): apt-get install nodejs, or {INSTALL}"));
+    assert!(node.status.success(), "node --version failed: {INSTALL}");
+    let installed = repository()
+        .join("tests")
+        .join(folder)
+        .join("node_modules")
+        .join(package);
+    assert!(
+        installed.is_dir(),
+        "{} is missing: npm ci in tests/{folder}, or {INSTALL}",
+        installed.display()
+    );
+}
+
 /// Path of a binary of this workspace, built next to the test executable.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::support::{Backend, TestRegistry, eventually, repository};
+use crate::support::{
+    Backend, TestRegistry, eventually, repository, require_node_package, venv_python,
+};
 use registry_api::InstanceSpec;
 use registry_client::{CallerOptions, Discovery, ServiceClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -37,29 +39,9 @@ const SHOWS_WITHIN: Duration = Duration::from_secs(10);
 const WRITE_TOKEN: &str = "consul-clients-write";
 const READ_TOKEN: &str = "consul-clients-read";
 
-fn fix() -> &'static str {
-    "run scripts/ensure-tools.sh (make test does)"
-}
-
 /// `.venv/bin/python`, with `py-consul` importable.
 fn python() -> PathBuf {
-    let python = repository().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: {}",
-        python.display(),
-        fix()
-    );
-    let import = std::process::Command::new(&python)
-        .args(["-c", "import consul"])
-        .output()
-        .expect("run .venv/bin/python");
-    assert!(
-        import.status.success(),
-        "py-consul is not installed in .venv: {}",
-        fix()
-    );
-    python
+    venv_python("consul", "py-consul")
 }
 
 fn python_script() -> PathBuf {
@@ -72,23 +54,7 @@ fn consul_js_dir() -> PathBuf {
 
 /// Fails with the way out when node or the npm `consul` package is missing.
 fn require_node_client() {
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "node cannot run ({e}): apt-get install nodejs, or {}",
-                fix()
-            )
-        });
-    assert!(node.status.success(), "node --version failed: {}", fix());
-    let package = consul_js_dir().join("node_modules/consul");
-    assert!(
-        package.is_dir(),
-        "{} is missing: npm ci in tests/consul-js, or {}",
-        package.display(),
-        fix()
-    );
+    require_node_package("consul-js", "consul");
 }
 
 fn unix_ms() -> u128 {

@@ -29,7 +29,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::dns_dig::dig;
-use crate::support::{Backend, TestRegistry, repository};
+use crate::support::{Backend, TestRegistry, repository, require_node_package, venv_python};
 use registry_api::{InstanceSpec, Status};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -44,29 +44,9 @@ const STAYS_FOR: Duration = Duration::from_secs(10);
 const WRITE_TOKEN: &str = "eureka-clients-write";
 const READ_TOKEN: &str = "eureka-clients-read";
 
-fn fix() -> &'static str {
-    "run scripts/ensure-tools.sh (make test does)"
-}
-
 /// `.venv/bin/python`, with `py-eureka-client` importable.
 fn python() -> PathBuf {
-    let python = repository().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: {}",
-        python.display(),
-        fix()
-    );
-    let import = std::process::Command::new(&python)
-        .args(["-c", "import py_eureka_client"])
-        .output()
-        .expect("run .venv/bin/python");
-    assert!(
-        import.status.success(),
-        "py-eureka-client is not installed in .venv: {}",
-        fix()
-    );
-    python
+    venv_python("py_eureka_client", "py-eureka-client")
 }
 
 fn eureka_js_dir() -> PathBuf {
@@ -74,23 +54,7 @@ fn eureka_js_dir() -> PathBuf {
 }
 
 fn require_node_client() {
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "node cannot run ({e}): apt-get install nodejs, or {}",
-                fix()
-            )
-        });
-    assert!(node.status.success(), "node --version failed: {}", fix());
-    let package = eureka_js_dir().join("node_modules/eureka-js-client");
-    assert!(
-        package.is_dir(),
-        "{} is missing: npm ci in tests/eureka-js, or {}",
-        package.display(),
-        fix()
-    );
+    require_node_package("eureka-js", "eureka-js-client");
 }
 
 /// What the test knows of the script's own instance.
