@@ -297,13 +297,13 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let path = request.uri().path().to_owned();
+        let api = ApiOfPath::of(request.uri().path());
         let answer = tokio::time::timeout(self.limit, self.inner.call(request));
         Box::pin(async move {
             match answer.await {
                 Ok(answer) => answer,
                 Err(_) => Ok(refusal(
-                    &path,
+                    api,
                     ApiError::unavailable("the request took too long; retry shortly"),
                 )),
             }
@@ -311,15 +311,34 @@ where
     }
 }
 
+/// Which API a request's path belongs to, so that a refusal made before its handler
+/// answers in that API's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiOfPath {
+    Ours,
+    Consul,
+    Eureka,
+}
+
+impl ApiOfPath {
+    fn of(path: &str) -> Self {
+        if consul::is_consul_path(path) {
+            Self::Consul
+        } else if eureka::is_eureka_path(path) {
+            Self::Eureka
+        } else {
+            Self::Ours
+        }
+    }
+}
+
 /// A refusal in the shape of the API asked: Consul's plain text on Consul's paths,
 /// Eureka's status codes on Eureka's, our JSON error elsewhere.
-fn refusal(path: &str, error: ApiError) -> Response {
-    if consul::is_consul_path(path) {
-        consul::ConsulError::from(error).into_response()
-    } else if eureka::is_eureka_path(path) {
-        eureka::refusal(error)
-    } else {
-        error.into_response()
+fn refusal(api: ApiOfPath, error: ApiError) -> Response {
+    match api {
+        ApiOfPath::Consul => consul::ConsulError::from(error).into_response(),
+        ApiOfPath::Eureka => eureka::refusal(error),
+        ApiOfPath::Ours => error.into_response(),
     }
 }
 
@@ -373,16 +392,13 @@ async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
         return refused;
     }
     if !authorized(&state.settings, &request) {
-        let consul = consul::is_consul_path(request.uri().path());
-        let eureka = eureka::is_eureka_path(request.uri().path());
+        let api = ApiOfPath::of(request.uri().path());
         drain(request.into_body()).await;
-        if consul {
-            return consul::ConsulError::permission_denied().into_response();
-        }
-        if eureka {
-            return eureka::refusal(ApiError::unauthorized());
-        }
-        return ApiError::unauthorized().into_response();
+        return match api {
+            // Consul answers a missing or wrong token with 403.
+            ApiOfPath::Consul => consul::ConsulError::permission_denied().into_response(),
+            _ => refusal(api, ApiError::unauthorized()),
+        };
     }
     let declared = request
         .headers()
@@ -393,7 +409,7 @@ async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
         || request.headers().contains_key(header::TRANSFER_ENCODING);
     let mut response = if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
         // 413 before reading a body whose declared length is too large.
-        refusal(request.uri().path(), extract::too_large())
+        refusal(ApiOfPath::of(request.uri().path()), extract::too_large())
     } else {
         next.run(request).await
     };
@@ -416,7 +432,7 @@ fn rate_limited(limit: &crate::rate_limit::WriteRateLimit, request: &Request) ->
     let peer = crate::serve::peer(request).filter(|_| is_write)?;
     let wait = limit.admit(peer.ip(), std::time::Instant::now()).err()?;
     let mut response = refusal(
-        request.uri().path(),
+        ApiOfPath::of(request.uri().path()),
         ApiError::new(
             ErrorCode::RateLimited,
             "too many writes from this client; retry after the time in Retry-After",
