@@ -16,6 +16,20 @@ use crate::lifecycle::{self, Mutation};
 use crate::store::{Applied, Store, StoreResult, Transition};
 use crate::view::View;
 
+/// What every API answers (in its own shape, with 503) to a renewal refused because the
+/// database is unreachable.
+pub const UNREACHABLE: &str = "the registry's database is unreachable; retry on another replica";
+
+/// What a renewal came to ([`Writer::renew`]).
+pub enum Renewal {
+    /// The database has not been reached for a while: refused, nothing written.
+    Unreachable,
+    /// A live lease, renewed in memory: the answer.
+    Queued(HeartbeatResponse),
+    /// Written through the full transition.
+    Written(Box<Applied>),
+}
+
 /// Owns the store, the view and the heartbeat queue for every writer of this process.
 pub struct Writer {
     store: Arc<dyn Store>,
@@ -60,6 +74,31 @@ impl Writer {
             tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
         }
         Ok(applied)
+    }
+
+    /// A renewal of a lease, as every API takes one (v1's heartbeat, Consul's TTL check
+    /// report, Eureka's renew): refused at once while the database is unreachable, so that
+    /// the client retries on another replica before its lease runs out; with `may_queue`,
+    /// a live lease is renewed in memory and written with others ([`crate::heartbeats`]);
+    /// anything else is written through `full` now.
+    pub async fn renew(
+        &self,
+        service: &ServiceName,
+        id: &InstanceId,
+        now: DateTime<Utc>,
+        may_queue: bool,
+        full: Transition,
+    ) -> StoreResult<Renewal> {
+        crate::metrics::heartbeat();
+        if self.database_unreachable() {
+            return Ok(Renewal::Unreachable);
+        }
+        if may_queue && let Some(renewed) = self.queue_heartbeat(service, id, now) {
+            return Ok(Renewal::Queued(renewed));
+        }
+        Ok(Renewal::Written(Box::new(
+            self.change(service, id, now, full).await?,
+        )))
     }
 
     /// A heartbeat received at `now` on a lease the view knows to be live: queued, shown

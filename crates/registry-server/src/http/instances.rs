@@ -13,6 +13,7 @@ use super::extract::{ApiJson, path_error};
 use super::{ApiError, AppState};
 use crate::lifecycle::{self, Mutation};
 use crate::record::InstanceRecord;
+use crate::writer::{Renewal, UNREACHABLE};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -153,28 +154,22 @@ async fn heartbeat(
     headers: HeaderMap,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     refuse_body(&headers)?;
-    crate::metrics::heartbeat();
     let now = state.now();
-    if state.writer.database_unreachable() {
-        // Fail fast: the client retries on another replica before its lease runs out.
-        return Err(ApiError::unavailable(
-            "the registry's database is unreachable; retry on another replica",
-        ));
-    }
-    // A live lease is renewed in memory and written with others (crate::heartbeats);
-    // anything else goes through the store now.
-    if let Some(renewed) = state.writer.queue_heartbeat(&path.service, &path.id, now) {
-        return Ok(Json(renewed));
-    }
-    let applied = state
+    let renewal = state
         .writer
-        .change(
+        .renew(
             &path.service,
             &path.id,
             now,
+            true,
             Box::new(move |old| old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))),
         )
         .await?;
+    let applied = match renewal {
+        Renewal::Unreachable => return Err(ApiError::unavailable(UNREACHABLE)),
+        Renewal::Queued(renewed) => return Ok(Json(renewed)),
+        Renewal::Written(applied) => applied,
+    };
     let record = stored(applied.record, &path)?;
     Ok(Json(HeartbeatResponse {
         status: record.status,

@@ -16,6 +16,7 @@ use super::{ConsulError, ConsulQuery, with_index};
 use crate::http::AppState;
 use crate::lifecycle::{self, Mutation};
 use crate::store::InstanceKey;
+use crate::writer::{Renewal, UNREACHABLE};
 
 /// Longest note or output a TTL check's report keeps, in characters (Consul's default
 /// output limit is 4 KiB); the rest is cut.
@@ -295,29 +296,16 @@ async fn report(
         })
         .filter(|n| !n.is_empty());
     let now = state.now();
-    if state.writer.database_unreachable() {
-        return Err(ConsulError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the registry's database is unreachable; retry on another replica",
-        ));
-    }
     // A plain `pass` on a live lease is a heartbeat: renewed in memory and written with
     // others, as v1 heartbeats are (the queue refuses a lease that reported something).
     let plain = status == Status::Passing && note.is_none();
-    if plain
-        && state
-            .writer
-            .queue_heartbeat(&service, &instance_id, now)
-            .is_some()
-    {
-        return Ok(done(state));
-    }
-    state
+    let renewal = state
         .writer
-        .change(
+        .renew(
             &service,
             &instance_id,
             now,
+            plain,
             Box::new(move |old| {
                 old.map_or(Mutation::Unchanged, |o| {
                     lifecycle::report(o, status, note.clone(), now)
@@ -325,5 +313,11 @@ async fn report(
             }),
         )
         .await?;
-    Ok(done(state))
+    match renewal {
+        Renewal::Unreachable => Err(ConsulError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNREACHABLE,
+        )),
+        Renewal::Queued(_) | Renewal::Written(_) => Ok(done(state)),
+    }
 }

@@ -124,17 +124,6 @@ async fn change(
     Ok(state.writer.change(service, id, now, transition).await?)
 }
 
-/// A renewal of a live lease, queued and shown at once; `false`: it must take
-/// [`change`].
-fn queue_heartbeat(
-    state: &AppState,
-    service: &ServiceName,
-    id: &InstanceId,
-    now: DateTime<Utc>,
-) -> bool {
-    state.writer.queue_heartbeat(service, id, now).is_some()
-}
-
 /// A refusal on a Eureka path from the layers in front of the routes (auth, size, time).
 pub fn refusal(error: ApiError) -> Response {
     EurekaError::from(error).into_response()

@@ -10,9 +10,10 @@ use registry_api::{
 };
 
 use super::wire::{self, EurekaStatus, keys};
-use super::{EurekaError, change, decode, ids, queue_heartbeat, status};
+use super::{EurekaError, change, decode, ids, status};
 use crate::http::{ApiError, AppState};
 use crate::lifecycle::{self, Change, Mutation};
+use crate::writer::{Renewal, UNREACHABLE};
 
 pub fn router(prefix: &str) -> Router<AppState> {
     Router::new()
@@ -153,36 +154,31 @@ async fn renew(
     {
         return Err(unknown(&app, &id));
     }
-    crate::metrics::heartbeat();
     let now = state.now();
-    if state.writer.database_unreachable() {
-        return Err(EurekaError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the registry's database is unreachable; retry on another replica",
-        ));
-    }
-    // A live lease is renewed in memory and written with others, as v1 heartbeats are.
-    if queue_heartbeat(&state, &service, &model_id, now) {
-        return Ok(StatusCode::OK.into_response());
-    }
     // A status the instance reported (DOWN) holds across renewals, as in Eureka.
-    let applied = change(
-        &state,
-        &service,
-        &model_id,
-        now,
-        Box::new(move |old| {
-            old.map_or(Mutation::Unchanged, |o| {
-                let held = o.lease_status.unwrap_or(Status::Passing);
-                lifecycle::report(o, held, o.lease_output.clone(), now)
-            })
-        }),
-    )
-    .await?;
-    if applied.record.is_none() {
-        return Err(unknown(&app, &id));
+    let renewal = state
+        .writer
+        .renew(
+            &service,
+            &model_id,
+            now,
+            true,
+            Box::new(move |old| {
+                old.map_or(Mutation::Unchanged, |o| {
+                    let held = o.lease_status.unwrap_or(Status::Passing);
+                    lifecycle::report(o, held, o.lease_output.clone(), now)
+                })
+            }),
+        )
+        .await?;
+    match renewal {
+        Renewal::Unreachable => Err(EurekaError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNREACHABLE,
+        )),
+        Renewal::Written(applied) if applied.record.is_none() => Err(unknown(&app, &id)),
+        Renewal::Queued(_) | Renewal::Written(_) => Ok(StatusCode::OK.into_response()),
     }
-    Ok(StatusCode::OK.into_response())
 }
 
 /// `DELETE /eureka/apps/{app}/{id}`: exactly 200, as clients check; 404 when unknown.
