@@ -195,6 +195,75 @@ pub fn repository() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs a client script that talks to its test over its standard streams: each line it
+/// prints goes to `answer`, whose reply (if any) is written back as a line; an `Err` from
+/// `answer` stops the script. Fails, with the script's output and the end of its standard
+/// error, unless it ends within `deadline` and successfully, its last line `ok`.
+pub async fn run_script(
+    mut command: Command,
+    deadline: Duration,
+    mut answer: impl AsyncFnMut(String) -> Result<Option<String>, String>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start the script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr_text = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut seen = Vec::new();
+    let mut problem = None;
+    let talk = async {
+        while let Some(line) = stdout.next_line().await.expect("read the script's output") {
+            seen.push(line.clone());
+            match answer(line).await {
+                Ok(Some(reply)) => {
+                    stdin
+                        .write_all(format!("{reply}\n").as_bytes())
+                        .await
+                        .expect("answer the script");
+                    stdin.flush().await.expect("answer the script");
+                }
+                Ok(None) => {}
+                Err(what) => {
+                    problem = Some(what);
+                    break;
+                }
+            }
+        }
+    };
+    let finished = tokio::time::timeout(deadline, talk).await.is_ok();
+    if !finished || problem.is_some() {
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await.expect("the script ends");
+    let errors = stderr_text.await.unwrap_or_default();
+    let output = seen.join("\n");
+    let tail = {
+        let lines: Vec<&str> = errors.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    if let Some(problem) = problem {
+        panic!("{problem}; the script said:\n{output}\n{tail}");
+    }
+    assert!(
+        finished,
+        "the script ran past {deadline:?}; its output:\n{output}\n{tail}"
+    );
+    assert!(
+        status.success() && seen.last().map(String::as_str) == Some("ok"),
+        "the script failed ({status}); its output:\n{output}\n{tail}"
+    );
+}
+
 /// What to do when a tool the tests use is missing.
 const INSTALL: &str = "run scripts/ensure-tools.sh (make test does)";
 

@@ -22,11 +22,11 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::{
-    Backend, TestRegistry, eventually, repository, require_node_package, venv_python,
+    Backend, TestRegistry, eventually, repository, require_node_package, run_script, venv_python,
 };
 use registry_api::InstanceSpec;
 use registry_client::{CallerOptions, Discovery, ServiceClient};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Longest a whole script may take (its active checks each need a few probe intervals).
@@ -94,61 +94,25 @@ async fn start_guarded() -> TestRegistry {
 
 /// Runs a scenarios script to its end, making the changes it asks for through v1, and
 /// fails with its whole output unless it says `ok`.
-async fn run_scenarios(mut command: Command, open: &TestRegistry) {
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("start the script");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut stderr = child.stderr.take().expect("stderr");
-    let stderr_text = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-
-    let mut seen = Vec::new();
-    let talk = async {
-        while let Some(line) = stdout.next_line().await.expect("read the script's output") {
-            seen.push(line.clone());
-            if let Some(service) = line.strip_prefix("change ") {
-                tokio::time::sleep(PARK).await;
-                let before = unix_ms();
-                open.api
-                    .register(
-                        service,
-                        &format!("{service}-2"),
-                        &InstanceSpec::new("http://127.0.0.1:9102"),
-                    )
-                    .await
-                    .expect("register the other client's instance through v1");
-                let after = unix_ms();
-                stdin
-                    .write_all(format!("changed {before} {after}\n").as_bytes())
-                    .await
-                    .expect("answer the script");
-                stdin.flush().await.expect("answer the script");
-            }
-        }
-    };
-    let finished = tokio::time::timeout(SCRIPT_DEADLINE, talk).await.is_ok();
-    if !finished {
-        let _ = child.start_kill();
-    }
-    let status = child.wait().await.expect("the script ends");
-    let errors = stderr_text.await.unwrap_or_default();
-    let output = seen.join("\n");
-    assert!(
-        finished,
-        "the script ran past {SCRIPT_DEADLINE:?}; its output:\n{output}\n{errors}"
-    );
-    assert!(
-        status.success() && seen.last().map(String::as_str) == Some("ok"),
-        "the script failed ({status}); its output:\n{output}\n{errors}"
-    );
+async fn run_scenarios(command: Command, open: &TestRegistry) {
+    run_script(command, SCRIPT_DEADLINE, async |line: String| {
+        let Some(service) = line.strip_prefix("change ") else {
+            return Ok(None);
+        };
+        tokio::time::sleep(PARK).await;
+        let before = unix_ms();
+        open.api
+            .register(
+                service,
+                &format!("{service}-2"),
+                &InstanceSpec::new("http://127.0.0.1:9102"),
+            )
+            .await
+            .expect("register the other client's instance through v1");
+        let after = unix_ms();
+        Ok(Some(format!("changed {before} {after}")))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

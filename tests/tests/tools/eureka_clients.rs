@@ -25,13 +25,13 @@
 //! these tests fail, saying so.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::dns_dig::dig;
-use crate::support::{Backend, TestRegistry, repository, require_node_package, venv_python};
+use crate::support::{
+    Backend, TestRegistry, repository, require_node_package, run_script, venv_python,
+};
 use registry_api::{InstanceSpec, Status};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 /// Longest a whole script may take.
@@ -252,60 +252,17 @@ async fn run(mut command: Command, client: Client) {
         .env("REGISTRY_GUARDED_EUREKA_URL", guarded.url("/eureka"))
         .env("REGISTRY_WRITE_TOKEN", WRITE_TOKEN)
         .env("EUREKA_APP", app)
-        .env("EUREKA_PORT", client.port.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("start the script");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut stderr = child.stderr.take().expect("stderr");
-    let stderr_text = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-
-    let mut seen = Vec::new();
-    let mut problem = None;
-    let talk = async {
-        while let Some(line) = stdout.next_line().await.expect("read the script's output") {
-            seen.push(line.clone());
-            if let Some(name) = line.strip_prefix("wait ") {
-                if let Err(what) = at(&registry, &client, name).await {
-                    problem = Some(format!("at {name}: {what}"));
-                    break;
-                }
-                stdin.write_all(b"go\n").await.expect("answer the script");
-                stdin.flush().await.expect("answer the script");
-            }
-        }
-    };
-    let finished = tokio::time::timeout(SCRIPT_DEADLINE, talk).await.is_ok();
-    if !finished || problem.is_some() {
-        let _ = child.start_kill();
-    }
-    let status = child.wait().await.expect("the script ends");
-    let errors = stderr_text.await.unwrap_or_default();
-    let output = seen.join("\n");
-    let tail: String = {
-        let lines: Vec<&str> = errors.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    };
-    assert!(
-        problem.is_none(),
-        "{}; the script said:\n{output}\n{tail}",
-        problem.unwrap_or_default()
-    );
-    assert!(
-        finished,
-        "the script ran past {SCRIPT_DEADLINE:?}; its output:\n{output}\n{tail}"
-    );
-    assert!(
-        status.success() && seen.last().map(String::as_str) == Some("ok"),
-        "the script failed ({status}); its output:\n{output}\n{tail}"
-    );
+        .env("EUREKA_PORT", client.port.to_string());
+    run_script(command, SCRIPT_DEADLINE, async |line: String| {
+        let Some(name) = line.strip_prefix("wait ") else {
+            return Ok(None);
+        };
+        at(&registry, &client, name)
+            .await
+            .map_err(|what| format!("at {name}: {what}"))?;
+        Ok(Some("go".to_owned()))
+    })
+    .await;
     until(&registry, &client, None)
         .await
         .unwrap_or_else(|what| panic!("after the client stopped: {what}"));
