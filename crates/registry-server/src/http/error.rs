@@ -83,6 +83,17 @@ impl From<StoreError> for ApiError {
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
 
+/// A body another protocol's adapter could not read (Consul's, Eureka's): each answers it
+/// as a 400 of its own, with this message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadBody(pub String);
+
+impl BadBody {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 /// An error as Consul's and Eureka's servers answer one: the status and a short plain-text
 /// reason; a 503 says when to retry, as ours do.
 pub fn plain_text(status: StatusCode, message: String) -> Response {

@@ -26,6 +26,7 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::error::BadBody;
 use super::{ApiError, AppState};
 
 /// `wait` when a blocking query gives none (Consul's default).
@@ -126,8 +127,8 @@ impl ConsulError {
     }
 }
 
-impl From<wire::BadBody> for ConsulError {
-    fn from(error: wire::BadBody) -> Self {
+impl From<BadBody> for ConsulError {
+    fn from(error: BadBody) -> Self {
         Self::bad_request(error.0)
     }
 }

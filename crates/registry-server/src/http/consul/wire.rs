@@ -11,15 +11,7 @@ use std::time::Duration;
 use registry_api::{CheckSpec, InstanceId, InstanceSpec, ServiceName, Status, limits};
 use serde_json::{Map, Value};
 
-/// A refusal of the body: answered as Consul does, 400 with the message as plain text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadBody(pub String);
-
-impl BadBody {
-    fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
-}
+use crate::http::error::BadBody;
 
 type Parsed<T> = Result<T, BadBody>;
 

@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use registry_api::{InstanceId, ServiceName};
 use serde_json::Value;
 
+use super::error::BadBody;
 use super::{ApiError, AppState};
 use crate::store::{Applied, Transition};
 
@@ -77,8 +78,8 @@ impl EurekaError {
     }
 }
 
-impl From<wire::BadBody> for EurekaError {
-    fn from(error: wire::BadBody) -> Self {
+impl From<BadBody> for EurekaError {
+    fn from(error: BadBody) -> Self {
         Self::bad_request(error.0)
     }
 }

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use registry_api::{InstanceSpec, limits};
 use serde_json::{Map, Value};
 
+use crate::http::error::BadBody;
+
 /// Metadata keys the adapter keeps its own fields under.
 pub mod keys {
     pub const PREFIX: &str = "eureka.";
@@ -38,16 +40,6 @@ pub const SECURE_VIP_TAG: &str = "svip:";
 pub const DEFAULT_DURATION_SECS: u32 = 90;
 /// Eureka's renewal interval default, shown when the instance gave none.
 pub const DEFAULT_RENEWAL_SECS: u32 = 30;
-
-/// A refusal of the body: 400 with the message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadBody(pub String);
-
-impl BadBody {
-    fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
-}
 
 type Parsed<T> = Result<T, BadBody>;
 
