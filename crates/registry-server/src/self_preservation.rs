@@ -36,8 +36,9 @@ impl Mode {
 pub struct LeaseSurvey {
     pub mode: Mode,
     /// Live leases: passing or warning instances with a lease that has not lapsed (held
-    /// lapses included).
-    pub leased: u64,
+    /// lapses included). Counted only when enough are silent to matter (at least
+    /// [`Limits::min`]); `None` otherwise.
+    pub leased: Option<u64>,
     /// Of those, the ones whose last sign of life (heartbeat, registration, or the end of
     /// an outage grace) is older than half their TTL, or whose lapse is held.
     pub silent: u64,
@@ -58,6 +59,16 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The fewest silent leases for which the live ones must be counted (fewer cannot
+    /// start the mode, or keep it; with the mode turned off, none can).
+    pub fn silent_to_count(&self) -> u64 {
+        if self.threshold > 0.0 {
+            self.min.max(1)
+        } else {
+            u64::MAX
+        }
+    }
+
     /// The defaults of the settings (docs/operations.md argues for them).
     pub const DEFAULT: Self = Self {
         threshold: 0.5,
@@ -103,8 +114,10 @@ impl Decision {
 /// least `min` of them, are silent.
 pub fn decide(survey: &LeaseSurvey, limits: &Limits, now: DateTime<Utc>) -> Decision {
     let suspect = limits.threshold > 0.0
-        && survey.silent >= limits.min.max(1)
-        && survey.silent as f64 > limits.threshold * survey.leased as f64;
+        && survey.silent >= limits.silent_to_count()
+        && survey
+            .leased
+            .is_some_and(|leased| survey.silent as f64 > limits.threshold * leased as f64);
     match (survey.mode.since, suspect) {
         (None, true) if survey.mode.armed => Decision::Enter,
         (None, false) if !survey.mode.armed => Decision::Rearm,
@@ -131,7 +144,7 @@ mod tests {
     fn survey(mode: Mode, leased: u64, silent: u64) -> LeaseSurvey {
         LeaseSurvey {
             mode,
-            leased,
+            leased: (silent >= LIMITS.silent_to_count()).then_some(leased),
             silent,
             held: 0,
         }

@@ -207,8 +207,8 @@ impl Workers {
     /// changes. Answers whether lapses are held now.
     async fn self_preservation(&self, now: chrono::DateTime<chrono::Utc>) -> StoreResult<bool> {
         let store = self.writer.store();
-        let survey = store.lease_survey(now).await?;
         let limits = &self.settings.self_preservation;
+        let survey = store.lease_survey(now, limits.silent_to_count()).await?;
         let decision = self_preservation::decide(&survey, limits, now);
         let mut mode = survey.mode;
         if decision != Decision::Keep {
@@ -217,7 +217,10 @@ impl Workers {
                 wanted
             } else {
                 // Another replica switched it first: take what it decided.
-                store.lease_survey(now).await?.mode
+                store
+                    .lease_survey(now, limits.silent_to_count())
+                    .await?
+                    .mode
             };
         }
         let shown = SelfPreservation {

@@ -203,8 +203,13 @@ pub trait Store: Send + Sync + 'static {
     /// The self-preservation mode and the leases that are silent at `now`, counted before
     /// any lapse is applied (docs/operations.md, Self-preservation). A lease is silent
     /// when its last sign of life is older than half its TTL; the end of an outage grace
-    /// counts as one (see [`Self::mark_alive`]).
-    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey>;
+    /// counts as one (see [`Self::mark_alive`]). The live leases are counted only when at
+    /// least `count_live_from` are silent (below, no share of them can matter).
+    async fn lease_survey(
+        &self,
+        now: DateTime<Utc>,
+        count_live_from: u64,
+    ) -> StoreResult<LeaseSurvey>;
 
     /// Switches the mode from `from` to `to`, only if it still is `from` (replicas decide
     /// at once; one wins), and records when it went on or off. Its end is recorded as a
@@ -446,20 +451,29 @@ pub(crate) fn missing_meta() -> StoreError {
     StoreError::Corrupt("the registry_meta row is missing".into())
 }
 
-/// [`Store::lease_survey`] in SQL both stores run (`$1`, which SQLite reads as one named parameter, is `now` in
-/// milliseconds): live
-/// leases are those of passing or warning instances whose lease has not lapsed, held or
-/// not.
-pub(crate) const LEASE_SURVEY: &str = "SELECT m.self_preservation_since_ms, \
-       m.self_preservation_armed, \
-       (SELECT COUNT(*) FROM instances WHERE held_deadline_ms IS NOT NULL), \
-       (SELECT COUNT(*) FROM instances i WHERE i.status IN ('passing', 'warning') \
-          AND (i.lease_deadline_ms IS NOT NULL OR i.held_deadline_ms IS NOT NULL)), \
-       (SELECT COUNT(*) FROM instances i WHERE i.status IN ('passing', 'warning') \
-          AND (i.held_deadline_ms IS NOT NULL \
-            OR (i.lease_deadline_ms - i.ttl_ms / 2 <= $1 \
-                AND COALESCE(m.recovered_ms, 0) + i.ttl_ms / 2 <= $1))) \
-     FROM registry_meta m WHERE m.id = 1";
+/// [`Store::lease_survey`] in SQL both stores run (`$1` is `now` in milliseconds, `$2` the
+/// silent leases from which the live ones are counted; SQLite reads them as named
+/// parameters numbered in order of first use, so `$1` must come first). Live leases are
+/// those of passing or warning instances whose lease has not lapsed, held or not; a held
+/// lease has no running deadline, so the held and the running silent ones are disjoint.
+/// The silent ones are read through their index (`instances_silent_from`); the live ones,
+/// which are every instance, only when that many are silent.
+pub(crate) const LEASE_SURVEY: &str = "WITH m AS (SELECT * FROM registry_meta WHERE id = 1), \
+     held AS (SELECT COUNT(*) AS n, \
+         COUNT(*) FILTER (WHERE status IN ('passing', 'warning')) AS live \
+       FROM instances WHERE held_deadline_ms IS NOT NULL), \
+     silent AS MATERIALIZED (SELECT held.live + ( \
+         SELECT COUNT(*) FROM instances i, m \
+         WHERE i.lease_deadline_ms IS NOT NULL AND i.status IN ('passing', 'warning') \
+           AND i.lease_deadline_ms - i.ttl_ms / 2 <= $1 \
+           AND COALESCE(m.recovered_ms, 0) + i.ttl_ms / 2 <= $1) AS n \
+       FROM held) \
+     SELECT m.self_preservation_since_ms, m.self_preservation_armed, held.n, \
+       CASE WHEN silent.n >= $2 THEN ( \
+         SELECT COUNT(*) FROM instances i WHERE i.status IN ('passing', 'warning') \
+           AND (i.lease_deadline_ms IS NOT NULL OR i.held_deadline_ms IS NOT NULL)) END, \
+       silent.n \
+     FROM m, held, silent";
 
 /// [`Store::reapable`] in SQL both stores run: `$1` now, `$2` the registry's reaping time,
 /// `$3` the limit (milliseconds).
@@ -477,7 +491,7 @@ pub(crate) fn duration_millis(duration: std::time::Duration) -> i64 {
 
 /// A row of [`LEASE_SURVEY`] as the survey.
 pub(crate) fn lease_survey_of(
-    (since_ms, armed, held, leased, silent): (Option<i64>, bool, i64, i64, i64),
+    (since_ms, armed, held, leased, silent): (Option<i64>, bool, i64, Option<i64>, i64),
 ) -> StoreResult<LeaseSurvey> {
     let count = |n: i64| u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")));
     Ok(LeaseSurvey {
@@ -486,7 +500,7 @@ pub(crate) fn lease_survey_of(
             armed,
         },
         held: count(held)?,
-        leased: count(leased)?,
+        leased: leased.map(count).transpose()?,
         silent: count(silent)?,
     })
 }

@@ -402,9 +402,14 @@ impl Store for PostgresStore {
         stored_keys(rows)
     }
 
-    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
+    async fn lease_survey(
+        &self,
+        now: DateTime<Utc>,
+        count_live_from: u64,
+    ) -> StoreResult<LeaseSurvey> {
         let row = sqlx::query_as(super::LEASE_SURVEY)
             .bind(millis(now))
+            .bind(i64::try_from(count_live_from).unwrap_or(i64::MAX))
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(missing_meta)?;

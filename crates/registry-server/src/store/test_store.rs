@@ -205,8 +205,12 @@ impl Store for TestStore {
     ) -> StoreResult<Vec<InstanceKey>> {
         self.inner.reapable(now, after, limit).await
     }
-    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
-        self.inner.lease_survey(now).await
+    async fn lease_survey(
+        &self,
+        now: DateTime<Utc>,
+        count_live_from: u64,
+    ) -> StoreResult<LeaseSurvey> {
+        self.inner.lease_survey(now, count_live_from).await
     }
     async fn switch_self_preservation(
         &self,

@@ -104,8 +104,12 @@ impl<S: Store> Store for Timed<S> {
         timed("reapable", self.0.reapable(now, after, limit)).await
     }
 
-    async fn lease_survey(&self, now: DateTime<Utc>) -> StoreResult<LeaseSurvey> {
-        timed("lease_survey", self.0.lease_survey(now)).await
+    async fn lease_survey(
+        &self,
+        now: DateTime<Utc>,
+        count_live_from: u64,
+    ) -> StoreResult<LeaseSurvey> {
+        timed("lease_survey", self.0.lease_survey(now, count_live_from)).await
     }
 
     async fn switch_self_preservation(
