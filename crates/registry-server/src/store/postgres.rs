@@ -59,7 +59,7 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects (one connection is opened now, so a wrong URL fails at start).
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let options: PgConnectOptions = url.parse()?;
+        let options = super::quiet_statements(url.parse::<PgConnectOptions>()?);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)

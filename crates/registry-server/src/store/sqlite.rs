@@ -50,7 +50,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (and creates if missing) the database at `url`, e.g. `sqlite://registry.db`.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let options = super::quiet_statements(SqliteConnectOptions::from_str(url)?)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // Every acknowledged write must survive a crash or a power loss; WAL's
