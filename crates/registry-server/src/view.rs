@@ -435,6 +435,7 @@ impl View {
         ServiceList {
             index: state.index,
             services,
+            next_cursor: None,
         }
     }
 
@@ -665,6 +666,7 @@ pub fn system_status(
         epoch: None,
         self_preservation: SelfPreservation::default(),
         services,
+        next_cursor: None,
     }
 }
 
