@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::support::{Backend, TestRegistry};
 use chrono::{DateTime, Utc};
 use registry_api::{InstanceSpec, Status};
+use registry_client::PageRequest;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -143,6 +144,29 @@ both_stores!(
                 }
             }
         }
+        // The client walks the same pages.
+        let every_name = names(
+            get(&registry, "/v1/services").await["services"]
+                .as_array()
+                .expect("services"),
+        );
+        let mut page = PageRequest {
+            limit: Some(5),
+            ..PageRequest::default()
+        };
+        let (mut services, mut systems) = (Vec::new(), Vec::new());
+        loop {
+            let listed = registry.api.services_page(&page).await.expect("a page");
+            let system = registry.api.status_page(&page).await.expect("a page");
+            assert_eq!(listed.next_cursor, system.next_cursor);
+            services.extend(listed.services.into_iter().map(|s| s.name));
+            systems.extend(system.services.into_iter().map(|s| s.name));
+            match listed.next_cursor {
+                Some(next) => page = page.after(&next),
+                None => break,
+            }
+        }
+        assert_eq!((&services, &systems), (&every_name, &every_name));
         // A cursor alone gives pages of 100.
         let first = get(&registry, "/v1/services?limit=3").await;
         let cursor = first["next_cursor"].as_str().expect("more follow");
@@ -315,6 +339,12 @@ both_stores!(
                 .map(|(s, i)| (s.to_owned(), i.to_owned()))
         );
         assert_eq!(summary["critical_total"], 2);
+        let typed = registry.api.status_summary().await.expect("the summary");
+        assert_eq!(
+            serde_json::to_value(&typed).expect("serializes")["critical"],
+            summary["critical"]
+        );
+        assert_eq!((typed.services.warning, typed.critical_total), (2, 2));
         assert_eq!(
             summary["critical"][0], whole["services"][0]["instances"][1],
             "the instance as /v1/status shows it"
