@@ -146,20 +146,8 @@ impl Selection {
         services: &'a BTreeMap<String, V>,
         keep: impl Fn(&V) -> bool,
     ) -> Page<'a, V> {
-        let after = self.after.as_ref().map(|cursor| cursor.after.as_str());
-        let in_range: Box<dyn Iterator<Item = (&'a String, &'a V)>> = match &self.service {
-            Some(name) => Box::new(
-                services
-                    .get_key_value(name.as_str())
-                    .filter(|_| after.is_none_or(|after| after < name.as_str()))
-                    .into_iter(),
-            ),
-            None => Box::new(services.range::<str, _>((
-                after.map_or(Bound::Unbounded, Bound::Excluded),
-                Bound::Unbounded,
-            ))),
-        };
-        let mut selected = in_range
+        let mut selected = self
+            .after_the_cursor(services)
             .filter(|(name, value)| {
                 self.name.as_ref().is_none_or(|filter| filter.matches(name)) && keep(value)
             })
@@ -178,6 +166,25 @@ impl Selection {
             .map(|(name, _)| Cursor::after(name));
         Page { entries, next }
     }
+
+    /// The entries after the cursor (all without one), or only the named service's.
+    fn after_the_cursor<'a, V>(
+        &self,
+        services: &'a BTreeMap<String, V>,
+    ) -> Box<dyn Iterator<Item = (&'a String, &'a V)> + 'a> {
+        let after = self.after.as_ref().map(|cursor| cursor.after.as_str());
+        match &self.service {
+            Some(name) => {
+                let past_the_cursor = after.is_none_or(|after| after < name.as_str());
+                let named = services.get_key_value(name.as_str());
+                Box::new(named.filter(|_| past_the_cursor).into_iter())
+            }
+            None => Box::new(services.range::<str, _>((
+                after.map_or(Bound::Unbounded, Bound::Excluded),
+                Bound::Unbounded,
+            ))),
+        }
+    }
 }
 
 /// One page of a selection: its entries in name order, and where the next page starts.
@@ -185,15 +192,6 @@ impl Selection {
 pub struct Page<'a, V> {
     pub entries: Vec<(&'a str, &'a V)>,
     pub next: Option<Cursor>,
-}
-
-impl<V> Default for Page<'_, V> {
-    fn default() -> Self {
-        Self {
-            entries: Vec::new(),
-            next: None,
-        }
-    }
 }
 
 impl<V> Page<'_, V> {
