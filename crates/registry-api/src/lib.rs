@@ -27,7 +27,7 @@ pub use instance::{
 pub use names::{InstanceId, ServiceName};
 pub use responses::{
     HeartbeatResponse, History, SelfPreservation, ServiceInstances, ServiceList, ServiceStatus,
-    ServiceSummary, SystemStatus,
+    ServiceSummary, StatusCounts, StatusSummary, SystemStatus,
 };
 pub use seed::{SeedLookup, SeedRegistration, SeedService, SeedServiceSpec};
 pub use trace_parent::TraceParent;

@@ -12,6 +12,9 @@ use crate::{Event, Instance, Status};
 pub struct ServiceList {
     pub index: u64,
     pub services: Vec<ServiceSummary>,
+    /// Where the next page starts (`cursor=`); only in a paged answer that has one more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One service with its instance count per status.
@@ -53,6 +56,96 @@ pub struct SystemStatus {
     #[serde(default)]
     pub self_preservation: SelfPreservation,
     pub services: Vec<ServiceStatus>,
+    /// Where the next page starts (`cursor=`); only in a paged answer that has one more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/status?summary=true`: the whole system counted, with its critical instances
+/// first, instead of every instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusSummary {
+    pub index: u64,
+    #[serde(serialize_with = "crate::time::serialize")]
+    pub at: DateTime<Utc>,
+    /// As in [`SystemStatus`].
+    #[serde(default)]
+    #[serde(serialize_with = "crate::time::serialize_option")]
+    pub history_starts_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub epoch: Option<String>,
+    #[serde(default)]
+    pub self_preservation: SelfPreservation,
+    /// Instances per status.
+    pub instances: StatusCounts,
+    /// Services (those with instances) per rolled-up status ([`ServiceStatus::roll_up`]).
+    pub services: StatusCounts,
+    /// The critical instances in service then id order, at most
+    /// [`StatusSummary::MAX_CRITICAL`] of them.
+    pub critical: Vec<Instance>,
+    /// How many instances are critical, listed or not.
+    pub critical_total: u64,
+}
+
+impl StatusSummary {
+    /// Most critical instances one summary lists.
+    pub const MAX_CRITICAL: usize = 100;
+}
+
+/// How many of something (instances, services) have each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusCounts {
+    pub total: u64,
+    pub passing: u64,
+    pub warning: u64,
+    pub critical: u64,
+    pub maintenance: u64,
+}
+
+impl StatusCounts {
+    /// The counts of these statuses.
+    pub fn of(statuses: impl IntoIterator<Item = Status>) -> Self {
+        let mut counts = Self::default();
+        for status in statuses {
+            counts.add(status);
+        }
+        counts
+    }
+
+    pub fn add(&mut self, status: Status) {
+        self.total += 1;
+        *self.slot(status) += 1;
+    }
+
+    pub fn remove(&mut self, status: Status) {
+        self.total = self.total.saturating_sub(1);
+        let slot = self.slot(status);
+        *slot = slot.saturating_sub(1);
+    }
+
+    fn slot(&mut self, status: Status) -> &mut u64 {
+        match status {
+            Status::Passing => &mut self.passing,
+            Status::Warning => &mut self.warning,
+            Status::Critical => &mut self.critical,
+            Status::Maintenance => &mut self.maintenance,
+        }
+    }
+
+    /// The status of a service whose instances are counted here: `maintenance` if all are
+    /// in maintenance, `critical` if none is passing or warning, `warning` if any is not
+    /// passing, else `passing`.
+    pub fn roll_up(&self) -> Status {
+        if self.total > 0 && self.maintenance == self.total {
+            Status::Maintenance
+        } else if self.passing + self.warning == 0 {
+            Status::Critical
+        } else if self.passing < self.total {
+            Status::Warning
+        } else {
+            Status::Passing
+        }
+    }
 }
 
 /// The registry's self-preservation: while `active`, lease lapses are held.
@@ -74,24 +167,9 @@ pub struct ServiceStatus {
 }
 
 impl ServiceStatus {
-    /// Rolls instance statuses up: `critical` if none is passing or warning, `maintenance`
-    /// if all are in maintenance, `warning` if any is not passing, else `passing`.
+    /// Rolls instance statuses up, as [`StatusCounts::roll_up`] says.
     pub fn roll_up(instances: &[Instance]) -> Status {
-        let all_maintenance =
-            !instances.is_empty() && instances.iter().all(|i| i.status == Status::Maintenance);
-        if all_maintenance {
-            return Status::Maintenance;
-        }
-        let any_up = instances
-            .iter()
-            .any(|i| matches!(i.status, Status::Passing | Status::Warning));
-        if !any_up {
-            Status::Critical
-        } else if instances.iter().any(|i| i.status != Status::Passing) {
-            Status::Warning
-        } else {
-            Status::Passing
-        }
+        StatusCounts::of(instances.iter().map(|i| i.status)).roll_up()
     }
 }
 

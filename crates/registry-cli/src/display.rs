@@ -49,6 +49,7 @@ use registry_api::{Event, Instance, ServiceList, SystemStatus};
 ///             throttled,
 ///         ],
 ///     }],
+///     next_cursor: None,
 /// };
 /// assert_eq!(
 ///     format_status(&status),
@@ -147,6 +148,7 @@ fn instance_row(instance: &Instance, now: DateTime<Utc>) -> Vec<String> {
 ///             maintenance: 1,
 ///         },
 ///     ],
+///     next_cursor: None,
 /// };
 /// assert_eq!(
 ///     format_services(&list),
@@ -155,7 +157,7 @@ fn instance_row(instance: &Instance, now: DateTime<Utc>) -> Vec<String> {
 ///      sum            12       10        1         0            1\n"
 /// );
 /// assert_eq!(
-///     format_services(&ServiceList { index: 3, services: vec![] }),
+///     format_services(&ServiceList { index: 3, services: vec![], next_cursor: None }),
 ///     "no service is registered (index 3)\n"
 /// );
 /// ```
@@ -395,6 +397,7 @@ sum         warning      2 instances
             epoch: None,
             self_preservation: Default::default(),
             services: vec![],
+            next_cursor: None,
         };
         assert_eq!(
             format_status(&empty),
@@ -403,6 +406,7 @@ sum         warning      2 instances
         let none = ServiceList {
             index: 3,
             services: vec![],
+            next_cursor: None,
         };
         assert_eq!(
             format_services(&none),
@@ -423,6 +427,7 @@ sum         warning      2 instances
         let list = ServiceList {
             index: 9,
             services: vec![summary("concat", 1), summary("sum", 12)],
+            next_cursor: None,
         };
         let expected = "\
 NAME    INSTANCES  PASSING  WARNING  CRITICAL  MAINTENANCE

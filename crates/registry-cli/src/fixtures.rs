@@ -73,6 +73,7 @@ pub(crate) fn system() -> SystemStatus {
                 instances: vec![instance("sum-1", Status::Passing, 3), checked],
             },
         ],
+        next_cursor: None,
     }
 }
 

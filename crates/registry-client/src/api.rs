@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use registry_api::{
     EPOCH_HEADER, HeartbeatResponse, History, Instance, InstanceSpec, ServiceInstances,
-    ServiceList, Status, StatusChange, SystemStatus, format_duration,
+    ServiceList, Status, StatusChange, StatusSummary, SystemStatus, format_duration,
 };
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -59,6 +59,39 @@ pub struct Registered {
     pub instance: Instance,
     /// `true` when the instance is new (201), `false` when an existing one was replaced (200).
     pub created: bool,
+}
+
+/// Which page of services to read ([`RegistryApi::services_page`],
+/// [`RegistryApi::status_page`]): the default is the first page of 100 of every service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Only services whose name contains this text (case-insensitive).
+    pub name: Option<String>,
+    /// Page size, 1 to 1000 (100 when `None`).
+    pub limit: Option<u32>,
+    /// Where the page starts: the `next_cursor` of the page before.
+    pub cursor: Option<String>,
+}
+
+impl PageRequest {
+    /// The next page after an answer that gave `next_cursor`, with the same size and filter.
+    pub fn after(&self, next_cursor: &str) -> Self {
+        Self {
+            cursor: Some(next_cursor.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    fn add_to(&self, url: &mut Url) {
+        let mut pairs = url.query_pairs_mut();
+        if let Some(name) = &self.name {
+            pairs.append_pair("name", name);
+        }
+        pairs.append_pair("limit", &self.limit.unwrap_or(100).to_string());
+        if let Some(cursor) = &self.cursor {
+            pairs.append_pair("cursor", cursor);
+        }
+    }
 }
 
 /// Typed client of the registry's v1 HTTP API.
@@ -345,6 +378,20 @@ impl RegistryApi {
         decode(&reply)
     }
 
+    /// `GET /v1/services?limit=&cursor=&name=`: one page of services in name order;
+    /// `next_cursor` says where the next one starts ([`PageRequest::after`]), absent on
+    /// the last page.
+    pub async fn services_page(&self, page: &PageRequest) -> Result<ServiceList> {
+        let reply = self
+            .call(|base| {
+                let mut url = endpoint(base, &["v1", "services"])?;
+                page.add_to(&mut url);
+                Ok(self.request(Method::GET, url))
+            })
+            .await?;
+        decode(&reply)
+    }
+
     /// `GET /v1/services/{service}[?status=...]`: the instances of one service, now. An
     /// unknown service is an empty list, not an error.
     pub async fn service(
@@ -431,6 +478,32 @@ impl RegistryApi {
                     url.query_pairs_mut()
                         .append_pair("at", &registry_api::time::format(at));
                 }
+                Ok(self.request(Method::GET, url))
+            })
+            .await?;
+        decode(&reply)
+    }
+
+    /// `GET /v1/status?limit=&cursor=&name=`: one page of the system now, as
+    /// [`Self::services_page`] pages.
+    pub async fn status_page(&self, page: &PageRequest) -> Result<SystemStatus> {
+        let reply = self
+            .call(|base| {
+                let mut url = endpoint(base, &["v1", "status"])?;
+                page.add_to(&mut url);
+                Ok(self.request(Method::GET, url))
+            })
+            .await?;
+        decode(&reply)
+    }
+
+    /// `GET /v1/status?summary=true`: the system now, counted, with its first critical
+    /// instances.
+    pub async fn status_summary(&self) -> Result<StatusSummary> {
+        let reply = self
+            .call(|base| {
+                let mut url = endpoint(base, &["v1", "status"])?;
+                url.query_pairs_mut().append_pair("summary", "true");
                 Ok(self.request(Method::GET, url))
             })
             .await?;

@@ -546,6 +546,7 @@ mod tests {
                 status: Status::Passing,
                 instances: vec![instance("sum-1", Status::Passing)],
             }],
+            next_cursor: None,
         }
     }
 

@@ -35,7 +35,7 @@ pub mod metrics;
 pub mod registration;
 pub mod trace;
 
-pub use api::{Registered, RegistryApi};
+pub use api::{PageRequest, Registered, RegistryApi};
 pub use error::{ClientError, Result};
 pub use events::{EventStream, StreamItem};
 // Re-exports of the layers above RegistryApi (one line per module):
@@ -53,5 +53,5 @@ pub use registration::{Registration, RegistrationOptions, RegistrationState};
 pub use registry_api;
 pub use registry_api::{
     Event, EventKind, HeartbeatResponse, History, Instance, InstanceSpec, Reason, ServiceInstances,
-    ServiceList, Status, SystemStatus,
+    ServiceList, Status, StatusCounts, StatusSummary, SystemStatus,
 };

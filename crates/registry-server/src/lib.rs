@@ -13,12 +13,14 @@ mod heartbeats;
 mod http;
 pub mod lifecycle;
 mod metrics;
+mod paging;
 mod rate_limit;
 pub mod record;
 mod replication;
 pub mod self_preservation;
 mod serve;
 pub mod store;
+mod tally;
 // Test databases; only in test builds (the `testing` feature, which the workspace's tests
 // enable from their dev-dependencies).
 #[cfg(any(test, feature = "testing"))]

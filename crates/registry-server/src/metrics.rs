@@ -315,6 +315,7 @@ mod tests {
         let services = ServiceList {
             index: 0,
             services: Vec::new(),
+            next_cursor: None,
         };
         heartbeat();
         check_result(Status::Warning);

@@ -15,11 +15,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use registry_api::{
     Event, EventKind, Instance, SelfPreservation, ServiceInstances, ServiceList, ServiceStatus,
-    ServiceSummary, Status, SystemStatus,
+    ServiceSummary, Status, StatusCounts, StatusSummary, SystemStatus,
 };
 use tokio::sync::watch;
 
+use crate::paging::Selection;
 use crate::store::{Applied, Store, StoreResult};
+use crate::tally::Tally;
 
 /// How many recent events the view keeps for event streams (older ones come from the store).
 const RECENT_EVENTS: usize = 4_096;
@@ -31,6 +33,9 @@ struct ServiceView {
     /// Index of the service's latest event.
     index: u64,
     instances: BTreeMap<String, Instance>,
+    /// How many of the instances have each status (kept by [`State::put_instance`] and
+    /// [`State::remove_instance`]).
+    counts: StatusCounts,
     /// The lookup answer as JSON, made by the first lookup after a change and shared by
     /// every later one until the next change: cloning and serializing the instances was
     /// most of a lookup's cost, and a service is read far more often than it changes.
@@ -86,6 +91,89 @@ struct State {
     index: u64,
     services: BTreeMap<String, ServiceView>,
     recent: VecDeque<Event>,
+    tally: Tally,
+}
+
+impl State {
+    /// The state of these instances at `index` (to answer for a past moment).
+    fn of(index: u64, instances: impl IntoIterator<Item = Instance>) -> Self {
+        let mut state = Self {
+            index,
+            ..Self::default()
+        };
+        for instance in instances {
+            let (service, id) = (instance.service.clone(), instance.id.clone());
+            state.put_instance(&service, &id, instance);
+        }
+        state
+    }
+
+    /// Adds or replaces an instance, keeping the counts. The only way an instance's
+    /// status changes in the view, with [`Self::remove_instance`].
+    fn put_instance(&mut self, service: &str, id: &str, instance: Instance) {
+        let view = self.services.entry(service.to_owned()).or_default();
+        let after = Some(instance.status);
+        let before = view
+            .instances
+            .insert(id.to_owned(), instance)
+            .map(|i| i.status);
+        self.tally
+            .instance_changed((service, id), &mut view.counts, before, after);
+    }
+
+    fn remove_instance(&mut self, service: &str, id: &str) {
+        let Some(view) = self.services.get_mut(service) else {
+            return;
+        };
+        let before = view.instances.remove(id).map(|i| i.status);
+        self.tally
+            .instance_changed((service, id), &mut view.counts, before, None);
+    }
+
+    /// The selected services with their instances (those without instances left out).
+    fn system_status(&self, selection: &Selection, at: DateTime<Utc>) -> SystemStatus {
+        let page = selection.page(&self.services, |s| !s.instances.is_empty());
+        let services = page
+            .entries
+            .iter()
+            .map(|(name, service)| ServiceStatus {
+                name: (*name).to_owned(),
+                status: service.counts.roll_up(),
+                instances: service.instances.values().cloned().collect(),
+            })
+            .collect();
+        SystemStatus {
+            index: self.index,
+            at,
+            history_starts_at: None,
+            epoch: None,
+            self_preservation: SelfPreservation::default(),
+            services,
+            next_cursor: page.next_cursor(),
+        }
+    }
+
+    /// The counts of the whole system and its first critical instances: read from the
+    /// running counts, without visiting the other instances.
+    fn summary(&self, at: DateTime<Utc>) -> StatusSummary {
+        let critical = self
+            .tally
+            .critical()
+            .take(StatusSummary::MAX_CRITICAL)
+            .filter_map(|(service, id)| self.services.get(service)?.instances.get(id).cloned())
+            .collect();
+        StatusSummary {
+            index: self.index,
+            at,
+            history_starts_at: None,
+            epoch: None,
+            self_preservation: SelfPreservation::default(),
+            instances: self.tally.instances(),
+            services: self.tally.services(),
+            critical,
+            critical_total: self.tally.critical_total(),
+        }
+    }
 }
 
 /// The current state of the registry in memory.
@@ -113,10 +201,7 @@ impl View {
             state.services.entry(name).or_default().index = index;
         }
         for record in snapshot.records {
-            let service = state.services.entry(record.service.clone()).or_default();
-            service
-                .instances
-                .insert(record.id.clone(), record.to_instance());
+            state.put_instance(&record.service, &record.id, record.to_instance());
         }
         let (changes, _) = watch::channel(snapshot.index);
         Ok(Self {
@@ -245,13 +330,13 @@ impl View {
                 service.index = event.index;
                 service.changed();
                 if event.kind == EventKind::Removed {
-                    service.instances.remove(&event.instance);
+                    state.remove_instance(&event.service, &event.instance);
                 } else {
                     let mut fresh = event.snapshot.clone();
                     if let Some(known) = service.instances.get(&event.instance) {
                         keep_newest_observations(&mut fresh, known);
                     }
-                    service.instances.insert(event.instance.clone(), fresh);
+                    state.put_instance(&event.service, &event.instance, fresh);
                 }
                 crate::metrics::event_applied(&event);
                 if state.recent.len() == RECENT_EVENTS {
@@ -423,18 +508,24 @@ impl View {
         self.changes.receiver_count()
     }
 
-    /// `GET /v1/services`.
+    /// `GET /v1/services`: every service that has instances.
     pub fn services(&self) -> ServiceList {
+        self.services_selected(&Selection::default())
+    }
+
+    /// `GET /v1/services`: the selected services that have instances.
+    pub fn services_selected(&self, selection: &Selection) -> ServiceList {
         let state = self.read();
-        let services = state
-            .services
+        let page = selection.page(&state.services, |s| !s.instances.is_empty());
+        let services = page
+            .entries
             .iter()
-            .filter(|(_, s)| !s.instances.is_empty())
-            .map(|(name, s)| summarize(name, s.instances.values()))
+            .map(|(name, s)| summarize(name, &s.counts))
             .collect();
         ServiceList {
             index: state.index,
             services,
+            next_cursor: page.next_cursor(),
         }
     }
 
@@ -519,17 +610,21 @@ impl View {
 
     /// `GET /v1/status`: the whole system now, optionally one service only.
     pub fn system_status(&self, only_service: Option<&str>, at: DateTime<Utc>) -> SystemStatus {
-        let mut status = {
-            let state = self.read();
-            let instances = state
-                .services
-                .iter()
-                .filter(|(name, _)| only_service.is_none_or(|only| only == name.as_str()))
-                .flat_map(|(_, s)| s.instances.values().cloned());
-            system_status(state.index, at, instances)
-        };
+        self.system_status_selected(&Selection::only(only_service), at)
+    }
+
+    /// `GET /v1/status`: the selected services now.
+    pub fn system_status_selected(&self, selection: &Selection, at: DateTime<Utc>) -> SystemStatus {
+        let mut status = self.read().system_status(selection, at);
         status.self_preservation = self.self_preservation();
         status
+    }
+
+    /// `GET /v1/status?summary=true` now.
+    pub fn status_summary(&self, at: DateTime<Utc>) -> StatusSummary {
+        let mut summary = self.read().summary(at);
+        summary.self_preservation = self.self_preservation();
+        summary
     }
 
     /// The self-preservation mode, as last read from the database.
@@ -613,59 +708,34 @@ fn keep_newest_observations(target: &mut Instance, newer: &Instance) {
     }
 }
 
-fn summarize<'a>(name: &str, instances: impl Iterator<Item = &'a Instance>) -> ServiceSummary {
-    let mut summary = ServiceSummary {
+fn summarize(name: &str, counts: &StatusCounts) -> ServiceSummary {
+    ServiceSummary {
         name: name.to_owned(),
-        instances: 0,
-        passing: 0,
-        warning: 0,
-        critical: 0,
-        maintenance: 0,
-    };
-    for instance in instances {
-        summary.instances += 1;
-        match instance.status {
-            Status::Passing => summary.passing += 1,
-            Status::Warning => summary.warning += 1,
-            Status::Critical => summary.critical += 1,
-            Status::Maintenance => summary.maintenance += 1,
-        }
+        instances: counts.total,
+        passing: counts.passing,
+        warning: counts.warning,
+        critical: counts.critical,
+        maintenance: counts.maintenance,
     }
-    summary
 }
 
-/// Groups instances by service and rolls up each service's status.
+/// The selected services of a past state, made of its instances at `index`.
 pub fn system_status(
     index: u64,
     at: DateTime<Utc>,
     instances: impl IntoIterator<Item = Instance>,
+    selection: &Selection,
 ) -> SystemStatus {
-    let mut by_service: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
-    for instance in instances {
-        by_service
-            .entry(instance.service.clone())
-            .or_default()
-            .push(instance);
-    }
-    let services = by_service
-        .into_iter()
-        .map(|(name, mut instances)| {
-            instances.sort_by(|a, b| a.id.cmp(&b.id));
-            ServiceStatus {
-                status: ServiceStatus::roll_up(&instances),
-                name,
-                instances,
-            }
-        })
-        .collect();
-    SystemStatus {
-        index,
-        at,
-        history_starts_at: None,
-        epoch: None,
-        self_preservation: SelfPreservation::default(),
-        services,
-    }
+    State::of(index, instances).system_status(selection, at)
+}
+
+/// The summary of a past state, made of its instances at `index`.
+pub fn status_summary(
+    index: u64,
+    at: DateTime<Utc>,
+    instances: impl IntoIterator<Item = Instance>,
+) -> StatusSummary {
+    State::of(index, instances).summary(at)
 }
 
 #[cfg(test)]
@@ -738,6 +808,161 @@ mod tests {
             .expect("shown");
         assert_eq!(view.service_answer("sum", "k", make), (2, Bytes::from("2")));
         assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    /// An event putting instance `id` of `service` at `status`, or removing it (`None`).
+    fn change(
+        index: u64,
+        template: &Instance,
+        (service, id): (&str, &str),
+        status: Option<Status>,
+    ) -> Event {
+        let mut snapshot = template.clone();
+        snapshot.service = service.to_owned();
+        snapshot.id = id.to_owned();
+        snapshot.status = status.unwrap_or(snapshot.status);
+        Event {
+            index,
+            at: template.registered_at,
+            service: service.to_owned(),
+            instance: id.to_owned(),
+            kind: if status.is_some() {
+                EventKind::Updated
+            } else {
+                EventKind::Removed
+            },
+            from: None,
+            to: status,
+            reason: registry_api::Reason::Updated,
+            snapshot,
+        }
+    }
+
+    /// A view holding one instance of `sum` (made through a store), and that instance.
+    async fn view_and_template() -> (View, Instance) {
+        let store = store().await;
+        let view = View::load(&store).await.expect("view");
+        view.show_write(&register_in(&store, "a").await, &store)
+            .await
+            .expect("shown");
+        let template = view.instance("sum", "a").expect("registered");
+        (view, template)
+    }
+
+    /// The summary as a scan of every instance makes it.
+    fn recounted(
+        view: &View,
+        at: DateTime<Utc>,
+    ) -> (StatusCounts, StatusCounts, Vec<Instance>, u64) {
+        let all = view.system_status(None, at);
+        let instances = all.services.iter().flat_map(|s| &s.instances);
+        let critical: Vec<Instance> = instances
+            .clone()
+            .filter(|i| i.status == Status::Critical)
+            .cloned()
+            .collect();
+        (
+            StatusCounts::of(instances.map(|i| i.status)),
+            StatusCounts::of(
+                all.services
+                    .iter()
+                    .map(|s| ServiceStatus::roll_up(&s.instances)),
+            ),
+            critical
+                .iter()
+                .take(StatusSummary::MAX_CRITICAL)
+                .cloned()
+                .collect(),
+            critical.len() as u64,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_running_counts_agree_with_a_recount_after_any_changes() {
+        let (view, template) = view_and_template().await;
+        let statuses = [
+            None,
+            Some(Status::Passing),
+            Some(Status::Warning),
+            Some(Status::Critical),
+            Some(Status::Maintenance),
+        ];
+        // A fixed pseudo-random walk over 12 services of 15 instances each.
+        let mut seed: u64 = 7;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for index in 2..3_000 {
+            let service = format!("svc-{}", next(12));
+            let id = format!("i-{}", next(15));
+            let status = statuses[next(5) as usize];
+            view.apply_all([change(index, &template, (&service, &id), status)]);
+            if index % 500 == 0 {
+                let summary = view.status_summary(template.registered_at);
+                assert_eq!(
+                    (
+                        summary.instances,
+                        summary.services,
+                        summary.critical,
+                        summary.critical_total
+                    ),
+                    recounted(&view, template.registered_at),
+                    "after index {index}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_summary_at_100_000_instances_does_not_read_them_all() {
+        let (view, template) = view_and_template().await;
+        let mut index = 1;
+        let events = (0..10_000).flat_map(|service| {
+            let template = &template;
+            (0..10).map(move |id| {
+                let status = if (service + id) % 7 == 0 {
+                    Status::Critical
+                } else {
+                    Status::Passing
+                };
+                (
+                    format!("svc-{service:05}"),
+                    format!("i-{id}"),
+                    status,
+                    template,
+                )
+            })
+        });
+        let events: Vec<Event> = events
+            .map(|(service, id, status, template)| {
+                index += 1;
+                change(index, template, (&service, &id), Some(status))
+            })
+            .collect();
+        view.apply_all(events);
+        let at = template.registered_at;
+
+        let started = std::time::Instant::now();
+        let summary = view.status_summary(at);
+        let summary_took = started.elapsed();
+        let started = std::time::Instant::now();
+        let whole = view.system_status(None, at);
+        let whole_took = started.elapsed();
+
+        assert_eq!(summary.instances.total, 100_001);
+        assert_eq!(summary.critical.len(), StatusSummary::MAX_CRITICAL);
+        let template_critical = u64::from(template.status == Status::Critical);
+        assert_eq!(summary.critical_total, 14_285 + template_critical);
+        assert_eq!(whole.services.len(), 10_001);
+        println!("at 100,000 instances: summary {summary_took:?}, whole system {whole_took:?}");
+        // The summary copies 100 instances, the whole answer every one of them.
+        assert!(
+            summary_took * 20 < whole_took,
+            "the summary ({summary_took:?}) is not far cheaper than reading everything ({whole_took:?})"
+        );
     }
 
     #[tokio::test]

@@ -391,6 +391,21 @@ fn table() -> Vec<Case> {
         )
         .invalid("at"),
         Case::get("status of a bad service name", "/v1/status?service=Bad").invalid("service"),
+        Case::get("page size 0", "/v1/services?limit=0").invalid("limit"),
+        Case::get("page size over 1000", "/v1/status?limit=1001").invalid("limit"),
+        Case::get("page size not a number", "/v1/services?limit=ten").invalid("limit"),
+        Case::get("cursor not base64url", "/v1/services?cursor=!!").invalid("cursor"),
+        // base64url of version byte 9 and "sum": a cursor of a format never written.
+        Case::get("cursor of an unknown version", "/v1/status?cursor=CXN1bQ").invalid("cursor"),
+        Case::get("name filter no name holds", "/v1/services?name=a_b").invalid("name"),
+        Case::get("empty name filter", "/v1/status?name=").invalid("name"),
+        Case::get("summary not a flag", "/v1/status?summary=yes").invalid("summary"),
+        Case::get("summary of a page", "/v1/status?summary=true&limit=5").invalid("limit"),
+        Case::get(
+            "summary of one service",
+            "/v1/status?summary=true&service=sum",
+        )
+        .invalid("service"),
         Case::get("history without service", "/v1/history").invalid("service"),
         Case::get("history of a bad service name", "/v1/history?service=Sum").invalid("service"),
         Case::get(

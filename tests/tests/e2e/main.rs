@@ -23,6 +23,7 @@ mod eureka;
 mod heartbeats;
 mod http_api;
 mod lifecycle;
+mod paging;
 mod panic_routing;
 mod registration;
 mod registry_outage;

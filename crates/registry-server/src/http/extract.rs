@@ -227,6 +227,66 @@ impl FromQuery for registry_api::InstanceId {
     }
 }
 
+impl FromQuery for crate::paging::Limit {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        Self::parse(raw)
+    }
+}
+
+impl FromQuery for crate::paging::Cursor {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        Self::decode(raw)
+    }
+}
+
+impl FromQuery for crate::paging::NameFilter {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        Self::parse(raw)
+    }
+}
+
+/// Flags read `true` or `false`.
+impl FromQuery for bool {
+    fn from_query(raw: &str) -> Result<Self, String> {
+        match raw {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("'{raw}' is not true or false")),
+        }
+    }
+}
+
+/// The paging parameters of the reads that list services: `name`, `limit` and `cursor`,
+/// read by a [`Query`] of their own beside the route's other parameters.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PageQuery {
+    #[serde(default, deserialize_with = "param")]
+    pub name: Option<crate::paging::NameFilter>,
+    #[serde(default, deserialize_with = "param")]
+    pub limit: Option<crate::paging::Limit>,
+    #[serde(default, deserialize_with = "param")]
+    pub cursor: Option<crate::paging::Cursor>,
+}
+
+impl PageQuery {
+    /// The services these parameters select, besides `service` if given.
+    pub fn selection(self, service: Option<&str>) -> crate::paging::Selection {
+        crate::paging::Selection::new(service, self.name, self.limit, self.cursor)
+    }
+
+    /// Whether any paging parameter was given, and which first (to refuse them where they
+    /// do not apply).
+    pub fn first_given(&self) -> Option<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("limit", self.limit.is_some()),
+            ("cursor", self.cursor.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, given)| given.then_some(name))
+    }
+}
+
 /// An event index, from a query parameter or `Last-Event-ID`: 0 to `i64::MAX`, the range
 /// the store keeps.
 pub fn parse_index(raw: &str) -> Result<u64, String> {

@@ -61,6 +61,9 @@ pub fn router() -> Router<AppState> {
         registry_api::ServiceSummary,
         registry_api::ServiceInstances,
         registry_api::SystemStatus,
+        registry_api::StatusSummary,
+        registry_api::StatusCounts,
+        super::status::StatusAnswer,
         registry_api::SelfPreservation,
         registry_api::ServiceStatus,
         registry_api::HeartbeatResponse,
@@ -136,9 +139,17 @@ pub const NO_CONTROL_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
 /// An event index as text (`Last-Event-ID`): what `parse_index` accepts, 0 to `i64::MAX`.
 pub const INDEX_TEXT_PATTERN: &str = "^[0-9]{1,18}$";
 
+/// A paging cursor's alphabet (base64url without padding): what a cursor is written
+/// with, not a check of its content, which `Cursor::decode` makes (400 otherwise).
+pub const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]{2,}$";
+
+/// What `NameFilter::parse` accepts: part of a service name, in any case.
+pub const NAME_FILTER_PATTERN: &str = "^[A-Za-z0-9-]{1,63}$";
+
 /// Parameters take the rules of the parsers behind them: `service`, `id` and `instance`
 /// the name and id patterns, moments RFC 3339 (`format: date-time`), `wait` the duration
-/// pattern, indexes the range `parse_index` accepts.
+/// pattern, indexes the range `parse_index` accepts, `limit`, `cursor` and `name` what
+/// paging accepts.
 fn constrain_parameters(doc: &mut Value) {
     for (_, operation) in operations(doc) {
         let parameters = operation
@@ -153,6 +164,9 @@ fn constrain_parameters(doc: &mut Value) {
                 Some("id" | "instance") => json!({"pattern": INSTANCE_ID_PATTERN}),
                 Some("at" | "since" | "until") if is_moment => json!({"format": "date-time"}),
                 Some("wait") => json!({"pattern": DURATION_PATTERN}),
+                Some("limit") => json!({"minimum": 1, "maximum": crate::paging::MAX_LIMIT}),
+                Some("cursor") => json!({"pattern": CURSOR_PATTERN}),
+                Some("name") => json!({"pattern": NAME_FILTER_PATTERN}),
                 Some("index" | "since") => json!({"minimum": 0, "maximum": i64::MAX}),
                 Some("Last-Event-ID") => {
                     json!({"type": "string", "pattern": INDEX_TEXT_PATTERN, "format": null})
@@ -389,6 +403,34 @@ mod tests {
     }
 
     #[test]
+    fn paging_patterns_agree_with_the_parsers() {
+        let name = regex::Regex::new(NAME_FILTER_PATTERN).expect("name filter pattern");
+        for raw in [
+            "sum",
+            "SUM",
+            "a-b",
+            "0",
+            &"a".repeat(63),
+            &"a".repeat(64),
+            "",
+            "a_b",
+            "a b",
+            "é",
+        ] {
+            assert_eq!(
+                name.is_match(raw),
+                crate::paging::NameFilter::parse(raw).is_ok(),
+                "{raw:?}"
+            );
+        }
+        let cursor = regex::Regex::new(CURSOR_PATTERN).expect("cursor pattern");
+        for after in ["a", "sum", &"z".repeat(63)] {
+            let written = crate::paging::Cursor::after(after).encode();
+            assert!(cursor.is_match(&written), "{written}");
+        }
+    }
+
+    #[test]
     fn writes_may_answer_429() {
         let doc = document();
         let put = &doc["paths"]["/v1/services/{service}/instances/{id}"]["put"];
@@ -452,6 +494,52 @@ mod tests {
                 assert!(ids.contains(target), "link to unknown operation {target}");
             }
         }
+    }
+
+    #[test]
+    fn paging_and_the_summary_are_documented() {
+        let doc = document();
+        let parameters = |path: &str| -> Vec<String> {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        for path in ["/v1/services", "/v1/status"] {
+            for name in ["name", "limit", "cursor"] {
+                assert!(parameters(path).iter().any(|p| p == name), "{path}: {name}");
+            }
+        }
+        assert!(parameters("/v1/status").iter().any(|p| p == "summary"));
+        let limit = doc["paths"]["/v1/services"]["get"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "limit")
+            .map(|p| p["schema"]["maximum"].clone());
+        assert_eq!(limit, Some(json!(crate::paging::MAX_LIMIT)));
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field) in [
+            ("ServiceList", "next_cursor"),
+            ("SystemStatus", "next_cursor"),
+            ("StatusSummary", "critical"),
+            ("StatusSummary", "critical_total"),
+            ("StatusCounts", "maintenance"),
+        ] {
+            assert!(
+                schemas[schema]["properties"][field].is_object(),
+                "{schema}.{field}"
+            );
+        }
+        let answer = &doc["paths"]["/v1/status"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["$ref"];
+        assert_eq!(answer, "#/components/schemas/StatusAnswer");
+        assert_eq!(
+            schemas["StatusAnswer"]["oneOf"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]

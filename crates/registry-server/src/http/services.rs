@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use registry_api::{INDEX_HEADER, ServiceList, Status};
 use serde::Deserialize;
 
-use super::extract::{Query, ServicePath, param};
+use super::extract::{PageQuery, Query, ServicePath, param};
 use super::{ApiError, AppState};
 
 /// `wait` when a blocking query gives none.
@@ -29,19 +29,25 @@ pub fn long_poll_router() -> Router<AppState> {
     Router::new().route("/v1/services/{service}", get(one))
 }
 
-/// `GET /v1/services`.
+/// `GET /v1/services[?name=][&limit=][&cursor=]`.
 #[utoipa::path(
     get,
     path = "/v1/services",
     tag = "services",
-    summary = "Every service with its instance count per status",
+    summary = "Every service with its instance count per status, or one page of them",
+    params(
+        ("name" = Option<String>, Query, description = "Only services whose name contains this text (case-insensitive)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000: answers one page of services in name order, with `next_cursor` when more follow"),
+        ("cursor" = Option<String>, Query, description = "Where the page starts: a `next_cursor` as given (opaque); pages of 100 when no `limit`"),
+    ),
     responses(
         (status = 200, description = "Services", body = ServiceList),
+        (status = 400, description = "Invalid parameter", body = registry_api::ErrorBody),
         (status = 401, description = "Missing or wrong read token", body = registry_api::ErrorBody),
     )
 )]
-async fn list(State(state): State<AppState>) -> Json<ServiceList> {
-    Json(state.view.services())
+async fn list(State(state): State<AppState>, Query(page): Query<PageQuery>) -> Json<ServiceList> {
+    Json(state.view.services_selected(&page.selection(None)))
 }
 
 /// The query of a lookup.

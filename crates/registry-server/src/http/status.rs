@@ -6,11 +6,15 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use registry_api::{History, InstanceId, SelfPreservation, ServiceName, SystemStatus};
-use serde::Deserialize;
+use registry_api::{
+    History, InstanceId, SelfPreservation, ServiceName, StatusSummary, SystemStatus,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::extract::{Query, param};
+use super::extract::{PageQuery, Query, param};
 use super::{ApiError, AppState};
+use crate::paging::Selection;
 
 /// Most events one history answer carries.
 const HISTORY_LIMIT: u32 = 10_000;
@@ -21,27 +25,70 @@ pub fn router() -> Router<AppState> {
         .route("/v1/history", get(history))
 }
 
-/// The query of `GET /v1/status`.
+/// The query of `GET /v1/status` (its paging parameters are a [`PageQuery`]).
 #[derive(Deserialize)]
 struct StatusQuery {
     #[serde(default, deserialize_with = "param")]
     at: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "param")]
     service: Option<ServiceName>,
+    #[serde(default, deserialize_with = "param")]
+    summary: Option<bool>,
 }
 
-/// `GET /v1/status[?at=RFC3339][&service=S]`.
+/// What `GET /v1/status` answers: the services with their instances, or (`summary=true`)
+/// their counts.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum StatusAnswer {
+    System(SystemStatus),
+    Summary(StatusSummary),
+}
+
+impl StatusAnswer {
+    /// Adds what the view does not know: where the kept history starts, and the epoch.
+    fn with_context(
+        mut self,
+        history_starts_at: Option<DateTime<Utc>>,
+        epoch: Option<String>,
+    ) -> Self {
+        match &mut self {
+            Self::System(status) => {
+                status.history_starts_at = history_starts_at;
+                status.epoch = epoch;
+            }
+            Self::Summary(summary) => {
+                summary.history_starts_at = history_starts_at;
+                summary.epoch = epoch;
+            }
+        }
+        self
+    }
+
+    fn set_self_preservation(&mut self, mode: SelfPreservation) {
+        match self {
+            Self::System(status) => status.self_preservation = mode,
+            Self::Summary(summary) => summary.self_preservation = mode,
+        }
+    }
+}
+
+/// `GET /v1/status[?at=RFC3339][&service=S][&name=][&limit=][&cursor=][&summary=true]`.
 #[utoipa::path(
     get,
     path = "/v1/status",
     tag = "status",
-    summary = "The whole system now, or as it was at `at`",
+    summary = "The whole system now, or as it was at `at`; one page of it, or its summary",
     params(
         ("at" = Option<String>, Query, description = "RFC 3339 moment; the future means now"),
         ("service" = Option<String>, Query, description = "Only this service"),
+        ("name" = Option<String>, Query, description = "Only services whose name contains this text (case-insensitive)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000: answers one page of services in name order, with `next_cursor` when more follow"),
+        ("cursor" = Option<String>, Query, description = "Where the page starts: a `next_cursor` as given (opaque); pages of 100 when no `limit`"),
+        ("summary" = Option<bool>, Query, description = "`true`: the counts per status and the first critical instances (a StatusSummary) instead of the services; not with `service`, `name`, `limit` or `cursor`"),
     ),
     responses(
-        (status = 200, description = "The system", body = SystemStatus),
+        (status = 200, description = "The system (a SystemStatus), or its summary (a StatusSummary) with `summary=true`", body = StatusAnswer),
         (status = 400, description = "Invalid parameter, or `at` older than the kept history", body = registry_api::ErrorBody),
         (status = 401, description = "Missing or wrong read token", body = registry_api::ErrorBody),
         (status = 503, description = "Database unavailable; retry", body = registry_api::ErrorBody),
@@ -49,16 +96,63 @@ struct StatusQuery {
 )]
 async fn system_status(
     State(state): State<AppState>,
-    Query(StatusQuery { at, service }): Query<StatusQuery>,
-) -> Result<Json<SystemStatus>, ApiError> {
-    let only = service.as_ref().map(|s| s.as_str());
+    Query(StatusQuery {
+        at,
+        service,
+        summary,
+    }): Query<StatusQuery>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<StatusAnswer>, ApiError> {
+    let summary = summary.unwrap_or(false);
+    if summary {
+        refuse_selection_in_summary(service.as_ref(), &page)?;
+    }
+    let selection = page.selection(service.as_ref().map(ServiceName::as_str));
     let now = state.now();
-    let Some(at) = at.filter(|at| *at < now) else {
-        let mut status = state.view.system_status(only, now);
-        status.history_starts_at = history_starts_at(&state).await;
-        status.epoch = epoch(&state);
-        return Ok(Json(status));
+    let answer = match at.filter(|at| *at < now) {
+        None => live(&state, now, &selection, summary).await,
+        Some(at) => past(&state, at, &selection, summary).await?,
     };
+    Ok(Json(answer))
+}
+
+/// `GET /v1/status` now: served from the view.
+async fn live(
+    state: &AppState,
+    now: DateTime<Utc>,
+    selection: &Selection,
+    summary: bool,
+) -> StatusAnswer {
+    let answer = if summary {
+        StatusAnswer::Summary(state.view.status_summary(now))
+    } else {
+        StatusAnswer::System(state.view.system_status_selected(selection, now))
+    };
+    answer.with_context(history_starts_at(state).await, epoch(state))
+}
+
+/// A summary counts the whole system: it takes no parameter that selects services.
+fn refuse_selection_in_summary(
+    service: Option<&ServiceName>,
+    page: &PageQuery,
+) -> Result<(), ApiError> {
+    let given = service.map(|_| "service").or_else(|| page.first_given());
+    match given {
+        Some(field) => Err(ApiError::invalid(
+            field,
+            format!("{field} does not apply to summary=true, which counts the whole system"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `GET /v1/status?at=` for a moment past: rebuilt from the history.
+async fn past(
+    state: &AppState,
+    at: DateTime<Utc>,
+    selection: &Selection,
+    summary: bool,
+) -> Result<StatusAnswer, ApiError> {
     let start = state.store.history_start().await?;
     if at < start.at {
         return Err(ApiError::invalid(
@@ -72,18 +166,18 @@ async fn system_status(
     let (index, instances) = state.store.state_at(at).await?;
     let since = state.store.self_preservation_at(at).await?;
     let held = instances.iter().filter(|i| i.lease_held).count();
-    let instances = instances
-        .into_iter()
-        .filter(|i| only.is_none_or(|s| s == i.service));
-    let mut status = crate::view::system_status(index, at, instances);
-    status.history_starts_at = Some(start.at);
-    status.epoch = epoch(&state);
-    status.self_preservation = SelfPreservation {
+    let mut answer = if summary {
+        StatusAnswer::Summary(crate::view::status_summary(index, at, instances))
+    } else {
+        StatusAnswer::System(crate::view::system_status(index, at, instances, selection))
+    }
+    .with_context(Some(start.at), epoch(state));
+    answer.set_self_preservation(SelfPreservation {
         active: since.is_some(),
         since,
         held: u64::try_from(held).unwrap_or(u64::MAX),
-    };
-    Ok(Json(status))
+    });
+    Ok(answer)
 }
 
 /// The database's epoch, as the `Registry-Epoch` header carries it.
