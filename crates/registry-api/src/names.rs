@@ -12,14 +12,21 @@ use serde::{Deserialize, Serialize};
 pub struct ServiceName(String);
 
 impl ServiceName {
+    /// The longest name.
+    pub const MAX_LEN: usize = 63;
+
+    /// Whether a name may hold `byte` (where it may stand is [`Self::parse`]'s to say).
+    pub fn allows(byte: u8) -> bool {
+        byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-'
+    }
+
     /// Checks `raw` against the DNS label rules.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let bytes = raw.as_bytes();
-        if bytes.is_empty() || bytes.len() > 63 {
+        if bytes.is_empty() || bytes.len() > Self::MAX_LEN {
             return Err("must be 1 to 63 characters".into());
         }
-        let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
-        if !bytes.iter().all(|&b| allowed(b)) {
+        if !bytes.iter().all(|&b| Self::allows(b)) {
             return Err("may contain only lowercase letters, digits and '-'".into());
         }
         if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {

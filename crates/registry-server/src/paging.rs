@@ -80,10 +80,8 @@ pub struct NameFilter(String);
 impl NameFilter {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let text = raw.to_ascii_lowercase();
-        let possible = (1..=63).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let possible = (1..=ServiceName::MAX_LEN).contains(&text.len())
+            && text.bytes().all(ServiceName::allows);
         if possible {
             Ok(Self(text))
         } else {
