@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
 use crate::self_preservation::{self, Decision};
-use crate::store::{InstanceKey, StoreResult, stored_key};
+use crate::store::{InstanceKey, StoreResult, Transition, stored_key};
 use crate::writer::Writer;
 
 /// How often leases, reaping and due checks are looked at.
@@ -147,59 +147,59 @@ impl Workers {
         let store = self.writer.store();
         // Decided before any lapse is applied (docs/operations.md, Self-preservation).
         if self.self_preservation(now).await? {
-            for (service, id) in store.expired_leases(cutoff, SWEEP_BATCH).await? {
-                let applied = self
-                    .writer
-                    .change(
-                        &service,
-                        &id,
-                        now,
-                        Box::new(move |old| match old {
-                            Some(o) if o.lease_deadline().is_some_and(|d| d <= cutoff) => {
-                                lifecycle::hold_lease(o, now)
-                            }
-                            _ => Mutation::Unchanged,
-                        }),
-                    )
-                    .await?;
-                if applied.event.is_some() {
-                    crate::metrics::lapse_held();
-                }
+            let due = store.expired_leases(cutoff, SWEEP_BATCH).await?;
+            let held = self
+                .change_all(due, now, || {
+                    Box::new(move |old| match old {
+                        Some(o) if o.lease_deadline().is_some_and(|d| d <= cutoff) => {
+                            lifecycle::hold_lease(o, now)
+                        }
+                        _ => Mutation::Unchanged,
+                    })
+                })
+                .await?;
+            for _ in 0..held {
+                crate::metrics::lapse_held();
             }
         } else {
             // Lapses held while it lasted apply once the grace after its end is over too
             // (an instance whose heartbeats return renews its lease meanwhile).
-            let held = store.held_leases(cutoff, SWEEP_BATCH).await?;
-            let due = store.expired_leases(cutoff, SWEEP_BATCH).await?;
-            for (service, id) in held.into_iter().chain(due) {
-                self.writer
-                    .change(
-                        &service,
-                        &id,
-                        now,
-                        Box::new(move |old| match old {
-                            Some(o) if o.lease_ran_out(cutoff) => lifecycle::expire_lease(o, now),
-                            _ => Mutation::Unchanged,
-                        }),
-                    )
-                    .await?;
-            }
+            let mut lapsed = store.held_leases(cutoff, SWEEP_BATCH).await?;
+            lapsed.extend(store.expired_leases(cutoff, SWEEP_BATCH).await?);
+            self.change_all(lapsed, now, || {
+                Box::new(move |old| match old {
+                    Some(o) if o.lease_ran_out(cutoff) => lifecycle::expire_lease(o, now),
+                    _ => Mutation::Unchanged,
+                })
+            })
+            .await?;
         }
         let after = self.settings.deregister_critical_after;
-        for (service, id) in store.reapable(now, after, SWEEP_BATCH).await? {
-            let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-            self.writer
-                .change(
-                    &service,
-                    &id,
-                    now,
-                    Box::new(move |old| {
-                        old.map_or(Mutation::Unchanged, |o| lifecycle::reap(o, now, after))
-                    }),
-                )
-                .await?;
-        }
+        let reapable = store.reapable(now, after, SWEEP_BATCH).await?;
+        let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        self.change_all(reapable, now, || {
+            Box::new(move |old| old.map_or(Mutation::Unchanged, |o| lifecycle::reap(o, now, after)))
+        })
+        .await?;
         Ok(())
+    }
+
+    /// Applies the change `transition` makes to each of `keys`, all at once, so that the
+    /// store writes them in groups: a sweep after a zone was lost finds a thousand lapses,
+    /// and one change at a time paid a commit each (350-700 lapses a second). Answers how
+    /// many made an event; a failure ends the sweep (the rest wait for the next one).
+    async fn change_all(
+        &self,
+        keys: Vec<InstanceKey>,
+        now: chrono::DateTime<chrono::Utc>,
+        transition: impl Fn() -> Transition,
+    ) -> StoreResult<usize> {
+        let changes = keys.into_iter().map(|(service, id)| {
+            let transition = transition();
+            async move { self.writer.change(&service, &id, now, transition).await }
+        });
+        let applied = futures::future::try_join_all(changes).await?;
+        Ok(applied.iter().filter(|a| a.event.is_some()).count())
     }
 
     /// Reads the mode and the silent leases from the database, switches the mode as the
