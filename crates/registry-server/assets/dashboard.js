@@ -240,7 +240,8 @@
       }
     } else if (event.kind === 'registered' || event.kind === 'updated' || event.kind === 'status') {
       if (!service) {
-        if (!belongsOnPage(event.service)) return;
+        // A service the page read did not hold is new only if this registers it.
+        if (event.kind !== 'registered' || !belongsOnPage(event.service)) return;
         service = { name: event.service, status: 'passing', instances: new Map() };
         page.services.set(event.service, service);
         // Name order, as the server answers.
@@ -842,8 +843,12 @@
   function renderPager() {
     const page = state.page;
     const position = state.position;
+    const focused = document.activeElement;
     el.pagePrevious.disabled = position.before.length === 0;
     el.pageNext.disabled = !page || !page.nextCursor;
+    // A keyboard on the button just disabled (the first or last page) keeps its place.
+    if (focused === el.pageNext && el.pageNext.disabled && !el.pagePrevious.disabled) el.pagePrevious.focus();
+    if (focused === el.pagePrevious && el.pagePrevious.disabled && !el.pageNext.disabled) el.pageNext.focus();
     let text = `Page ${position.number}`;
     const total = state.summary && state.summary.services ? state.summary.services.total : null;
     if (!state.search && total !== null && total !== undefined) {
