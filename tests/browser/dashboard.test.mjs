@@ -33,17 +33,21 @@ const DEADLINE_MS = 20000;
 
 const log = (line) => console.error(`[dashboard test] ${line}`);
 
+// What the page shows within this time after an event came from the event stream, not
+// from its periodic reload (every 15 s).
+const EVENT_DEADLINE_MS = 5000;
+
 // Waits until `predicate(arg)`, evaluated in the page, is true; fails naming `what`.
-async function until(page, what, predicate, arg) {
+async function until(page, what, predicate, arg, timeout = DEADLINE_MS) {
   try {
-    await page.waitForFunction(predicate, arg, { timeout: DEADLINE_MS, polling: 100 });
+    await page.waitForFunction(predicate, arg, { timeout, polling: 100 });
   } catch (err) {
     const shown = await page.evaluate(() => ({
       connection: document.getElementById('connection')?.textContent.trim(),
       notice: document.getElementById('notice')?.textContent.trim(),
       mode: document.getElementById('mode')?.textContent.trim(),
     })).catch(() => ({}));
-    throw new Error(`timed out after ${DEADLINE_MS} ms waiting for ${what} (page shows ${JSON.stringify(shown)}): ${err.message}`);
+    throw new Error(`timed out after ${timeout} ms waiting for ${what} (page shows ${JSON.stringify(shown)}): ${err.message}`);
   }
 }
 
@@ -367,7 +371,8 @@ async function paging(browser) {
   });
   assert.ok(put.ok, `maintenance: HTTP ${put.status}`);
   await until(page, 'the summary counting the off-screen instance in maintenance', () =>
-    stat('maintenance') === '1' && document.querySelector('#service-summary [data-status="maintenance"]')?.dataset.count === '1');
+    stat('maintenance') === '1' && document.querySelector('#service-summary [data-status="maintenance"]')?.dataset.count === '1',
+  undefined, EVENT_DEADLINE_MS);
   await until(page, 'the change in the live feed', () => !!document.querySelector('#feed li[data-service="app-100"][data-to="maintenance"]'));
   assert.equal(await page.evaluate(() => {
     const now = [...document.querySelectorAll('#service-list article.service')];
@@ -383,8 +388,8 @@ async function paging(browser) {
   assert.equal(added.status, 201);
   await until(page, 'app-001-2 shown in the block of app-001', () =>
     !!document.querySelector('article[data-service="app-001"] tr[data-instance="app-001-2"]')
-    && /2 instances/.test(document.querySelector('article[data-service="app-001"] .count').textContent));
-  await until(page, `the summary counting ${PAGED_SERVICES + 1} instances`, (n) => stat('instances') === n, String(PAGED_SERVICES + 1));
+    && /2 instances/.test(document.querySelector('article[data-service="app-001"] .count').textContent), undefined, EVENT_DEADLINE_MS);
+  await until(page, `the summary counting ${PAGED_SERVICES + 1} instances`, (n) => stat('instances') === n, String(PAGED_SERVICES + 1), EVENT_DEADLINE_MS);
   assert.deepEqual(await page.evaluate(() => {
     const now = [...document.querySelectorAll('#service-list article.service')];
     return now.map((node, i) => (node === window.drawn[i] ? 'same' : node.dataset.service)).filter((x) => x !== 'same');
@@ -426,6 +431,27 @@ async function paging(browser) {
     document.getElementById('mode').dataset.mode === 'live'
     && document.querySelector('article[data-service="app-100"] tr[data-instance="app-100-1"]')?.dataset.status === 'maintenance');
   await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard-paging.png'), fullPage: true });
+
+  // On the last page: a service registered with a name after its last joins it, a service
+  // whose last instance goes leaves it; the other blocks stay as they are.
+  await page.evaluate(() => {
+    window.drawn = [...document.querySelectorAll('#service-list article.service')];
+  });
+  const last = `app-${PAGED_SERVICES - 1}`;
+  const joined = await fetch(`${PAGED_REGISTRY_URL}/v1/services/${last}a/instances/${last}a-1`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ url: 'http://10.0.5.3:8080/', ttl_seconds: 0 }),
+  });
+  assert.equal(joined.status, 201);
+  const gone = await fetch(`${PAGED_REGISTRY_URL}/v1/services/app-101/instances/app-101-1`, { method: 'DELETE' });
+  assert.equal(gone.status, 204);
+  await until(page, `${last}a added at the end of the page, app-101 gone from it`, (want) => listed() === want,
+    [...apps(100, PAGED_SERVICES).split(',').filter((name) => name !== 'app-101'), `${last}a`].join(), EVENT_DEADLINE_MS);
+  assert.deepEqual(await page.evaluate(() => {
+    const now = [...document.querySelectorAll('#service-list article.service')];
+    return now.filter((node) => !window.drawn.includes(node)).map((node) => node.dataset.service);
+  }), [`${last}a`], 'only the new service has a new block');
 
   assert.deepEqual(problems, [], 'the page logged errors');
   await context.close();
