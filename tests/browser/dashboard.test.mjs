@@ -20,6 +20,8 @@ const REGISTRY_URL = env('REGISTRY_URL');
 const GUARDED_REGISTRY_URL = env('GUARDED_REGISTRY_URL');
 const PROXIED_REGISTRY_URL = env('PROXIED_REGISTRY_URL');
 const PRESERVING_REGISTRY_URL = env('PRESERVING_REGISTRY_URL');
+const PAGED_REGISTRY_URL = env('PAGED_REGISTRY_URL');
+const PAGED_SERVICES = Number(env('PAGED_SERVICES'));
 const READ_TOKEN = env('READ_TOKEN');
 const LAPSE_SERVICE = env('LAPSE_SERVICE');
 const LAPSE_INSTANCE = env('LAPSE_INSTANCE');
@@ -31,17 +33,21 @@ const DEADLINE_MS = 20000;
 
 const log = (line) => console.error(`[dashboard test] ${line}`);
 
+// What the page shows within this time after an event came from the event stream, not
+// from its periodic reload (every 15 s).
+const EVENT_DEADLINE_MS = 5000;
+
 // Waits until `predicate(arg)`, evaluated in the page, is true; fails naming `what`.
-async function until(page, what, predicate, arg) {
+async function until(page, what, predicate, arg, timeout = DEADLINE_MS) {
   try {
-    await page.waitForFunction(predicate, arg, { timeout: DEADLINE_MS, polling: 100 });
+    await page.waitForFunction(predicate, arg, { timeout, polling: 100 });
   } catch (err) {
     const shown = await page.evaluate(() => ({
       connection: document.getElementById('connection')?.textContent.trim(),
       notice: document.getElementById('notice')?.textContent.trim(),
       mode: document.getElementById('mode')?.textContent.trim(),
     })).catch(() => ({}));
-    throw new Error(`timed out after ${DEADLINE_MS} ms waiting for ${what} (page shows ${JSON.stringify(shown)}): ${err.message}`);
+    throw new Error(`timed out after ${timeout} ms waiting for ${what} (page shows ${JSON.stringify(shown)}): ${err.message}`);
   }
 }
 
@@ -51,6 +57,18 @@ const rowStatus = (page, service, instance) =>
 function rowIs([service, instance, status]) {
   const row = document.querySelector(`article[data-service="${service}"] tr[data-instance="${instance}"]`);
   return !!row && row.dataset.status === status && row.querySelector('.instance-status .label')?.textContent === status;
+}
+
+// A moment as the page's datetime-local input holds it, in the browser's time zone.
+function localInput(page, ms) {
+  return page.evaluate((at) => {
+    const d = new Date(at);
+    const p = (n) => String(n).padStart(2, '0');
+    // The browser writes a whole minute without its seconds (and Playwright checks that
+    // the input holds exactly what was typed).
+    const seconds = d.getSeconds() ? `:${p(d.getSeconds())}` : '';
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}${seconds}`;
+  }, ms);
 }
 
 async function liveAndStructure(browser) {
@@ -98,7 +116,12 @@ async function liveAndStructure(browser) {
   console.log('stop-heartbeats');
   await until(page, `${LAPSE_SERVICE}/${LAPSE_INSTANCE} critical`, rowIs, [LAPSE_SERVICE, LAPSE_INSTANCE, 'critical']);
   assert.equal(await page.evaluate(() => window.notReloaded), true, 'the page reloaded');
-  assert.match(await page.title(), /^\(1 critical\) central-registry/);
+  // The title counts from the summary, read again after the change.
+  await until(page, 'the tab title counting the critical instance', () => /^\(1 critical\) central-registry/.test(document.title));
+  await until(page, 'the critical instance listed first', ([s, i]) =>
+    !document.getElementById('critical').hidden
+    && [...document.querySelectorAll('#critical-list li')].map((li) => `${li.dataset.service}/${li.dataset.instance}`).join() === `${s}/${i}`,
+  [LAPSE_SERVICE, LAPSE_INSTANCE]);
   await until(page, 'the lapse in the live feed', ([s, i]) =>
     !!document.querySelector(`#feed li[data-service="${s}"][data-instance="${i}"][data-to="critical"]`), [LAPSE_SERVICE, LAPSE_INSTANCE]);
   await until(page, `${LAPSE_SERVICE} rolled up to warning`, (s) =>
@@ -128,15 +151,7 @@ async function liveAndStructure(browser) {
   // Whole seconds (the input's precision), one before the (last) lapse: the lease was
   // renewed until at least its TTL before, so the instance was passing then.
   const before = Math.floor(Date.parse(lapse.at) / 1000) * 1000 - 1000;
-  const local = await page.evaluate((ms) => {
-    const d = new Date(ms);
-    const p = (n) => String(n).padStart(2, '0');
-    // The browser writes a whole minute without its seconds (and Playwright checks that
-    // the input holds exactly what was typed).
-    const seconds = d.getSeconds() ? `:${p(d.getSeconds())}` : '';
-    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}${seconds}`;
-  }, before);
-  await page.getByLabel('Go to (local time)').fill(local);
+  await page.getByLabel('Go to (local time)').fill(await localInput(page, before));
   await until(page, 'the page in "viewing" mode', () =>
     document.getElementById('mode').dataset.mode === 'past' && /Viewing/.test(document.getElementById('mode').textContent));
   await until(page, `${LAPSE_SERVICE}/${LAPSE_INSTANCE} passing at the earlier moment`, rowIs, [LAPSE_SERVICE, LAPSE_INSTANCE, 'passing']);
@@ -282,6 +297,166 @@ async function tokenRequired(browser) {
   await context.close();
 }
 
+// The names app-<from> to app-<to - 1> of the paged registry.
+const apps = (from, to) => Array.from({ length: to - from }, (_, i) => `app-${String(from + i).padStart(3, '0')}`).join();
+// Helpers for the predicates that run in the page: the services listed, a summary count.
+function pageHelpers() {
+  window.listed = () => [...document.querySelectorAll('#service-list article.service')].map((a) => a.dataset.service).join();
+  window.stat = (key) => document.querySelector(`#summary li.stat[data-stat="${key}"]`)?.dataset.count;
+}
+
+// More services than a page holds: the summary counts them all, Next and Previous walk the
+// pages, the search is answered by the server, and an event for a service not on the page
+// changes the counts without drawing the list again.
+async function paging(browser) {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
+  });
+  page.on('response', (answer) => {
+    if (answer.status() >= 400) problems.push(`failed request: ${answer.status()} ${answer.url()}`);
+  });
+  // The reads of services the page makes, to check what it asked the server.
+  const reads = [];
+  page.on('request', (request) => {
+    const url = new URL(request.url());
+    if (url.pathname === '/v1/status' && url.searchParams.get('summary') !== 'true') reads.push(url.searchParams);
+  });
+  const pages = Math.ceil(PAGED_SERVICES / 50);
+  await page.addInitScript(pageHelpers);
+
+  await page.goto(`${PAGED_REGISTRY_URL}/`);
+  await until(page, 'the first page: app-000 to app-049', (want) => listed() === want, apps(0, 50));
+  await until(page, `the summary counting ${PAGED_SERVICES} services and instances, all passing`, (n) =>
+    stat('services') === n && stat('instances') === n && stat('passing') === n && stat('critical') === '0'
+    && document.querySelector('#service-summary [data-status="passing"]')?.dataset.count === n
+    && document.getElementById('critical').hidden, String(PAGED_SERVICES));
+  await until(page, `the page indicator: page 1 of ${pages}`, (n) => /^Page 1 of /.test(document.getElementById('page-indicator').textContent)
+    && document.getElementById('page-indicator').textContent.startsWith(`Page 1 of ${n}`), pages);
+  await until(page, 'the connection shown as live', () => document.getElementById('connection').dataset.state === 'live');
+  assert.ok(reads.every((q) => q.get('limit') === '50'), `every read is paged: ${reads.map(String)}`);
+  assert.equal(await page.getByRole('button', { name: 'Previous page' }).isDisabled(), true, 'no page before the first');
+
+  // Next, Next: the last page; Previous, Previous: the first again.
+  await page.getByRole('button', { name: 'Next page' }).click();
+  await until(page, 'page 2: app-050 to app-099', (want) => listed() === want, apps(50, 100));
+  assert.ok(reads.at(-1).get('cursor'), `page 2 read with a cursor: ${reads.at(-1)}`);
+  await page.getByRole('button', { name: 'Next page' }).click();
+  await until(page, `page 3: app-100 to app-${PAGED_SERVICES - 1}`, (want) => listed() === want, apps(100, PAGED_SERVICES));
+  await until(page, 'Next disabled on the last page', (n) => document.getElementById('page-next').disabled
+    && document.getElementById('page-indicator').textContent.startsWith(`Page ${n} of ${n}`), pages);
+  await page.getByRole('button', { name: 'Previous page' }).click();
+  await until(page, 'page 2 again', (want) => listed() === want, apps(50, 100));
+  await page.getByRole('button', { name: 'Previous page' }).click();
+  await until(page, 'page 1 again', (want) => listed() === want, apps(0, 50));
+  await until(page, 'Previous disabled on the first page', () => document.getElementById('page-previous').disabled);
+
+  // An event for a service on no page shown: the counts change, the list is left alone.
+  const registered = await fetch(`${PAGED_REGISTRY_URL}/v1/history?service=app-${PAGED_SERVICES - 1}`).then((r) => r.json());
+  const lastRegistered = Date.parse(registered.events.at(-1).at);
+  // A whole second after every registration and before the change below, for time travel.
+  const beforeChange = Math.ceil((lastRegistered + 1) / 1000) * 1000;
+  await until(page, 'a whole second after the registrations', (t) => Date.now() > t + 50, beforeChange);
+  await page.evaluate(() => {
+    window.drawn = [...document.querySelectorAll('#service-list article.service')];
+    window.drawn.forEach((node) => { node.dataset.marked = 'yes'; });
+  });
+  const put = await fetch(`${PAGED_REGISTRY_URL}/v1/services/app-100/instances/app-100-1/status`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ status: 'maintenance' }),
+  });
+  assert.ok(put.ok, `maintenance: HTTP ${put.status}`);
+  await until(page, 'the summary counting the off-screen instance in maintenance', () =>
+    stat('maintenance') === '1' && document.querySelector('#service-summary [data-status="maintenance"]')?.dataset.count === '1',
+  undefined, EVENT_DEADLINE_MS);
+  await until(page, 'the change in the live feed', () => !!document.querySelector('#feed li[data-service="app-100"][data-to="maintenance"]'));
+  assert.equal(await page.evaluate(() => {
+    const now = [...document.querySelectorAll('#service-list article.service')];
+    return now.length === window.drawn.length && now.every((node, i) => node === window.drawn[i] && node.dataset.marked === 'yes');
+  }), true, 'an event for a service not on the page drew the list again');
+
+  // An event for a service on the page: its block only is drawn again.
+  const added = await fetch(`${PAGED_REGISTRY_URL}/v1/services/app-001/instances/app-001-2`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ url: 'http://10.0.5.2:8080/', ttl_seconds: 0 }),
+  });
+  assert.equal(added.status, 201);
+  await until(page, 'app-001-2 shown in the block of app-001', () =>
+    !!document.querySelector('article[data-service="app-001"] tr[data-instance="app-001-2"]')
+    && /2 instances/.test(document.querySelector('article[data-service="app-001"] .count').textContent), undefined, EVENT_DEADLINE_MS);
+  await until(page, `the summary counting ${PAGED_SERVICES + 1} instances`, (n) => stat('instances') === n, String(PAGED_SERVICES + 1), EVENT_DEADLINE_MS);
+  assert.deepEqual(await page.evaluate(() => {
+    const now = [...document.querySelectorAll('#service-list article.service')];
+    return now.map((node, i) => (node === window.drawn[i] ? 'same' : node.dataset.service)).filter((x) => x !== 'same');
+  }), ['app-001'], 'only the block of the service changed is drawn again');
+
+  // The search is answered by the server: services of the last page, from page 1.
+  const before = reads.length;
+  await page.getByLabel('Service name').fill('APP-11');
+  await until(page, 'the services whose name contains app-11', (want) => listed() === want, apps(110, 120));
+  const searched = reads.slice(before).filter((q) => q.get('name'));
+  assert.ok(searched.length >= 1 && searched.every((q) => q.get('name') === 'app-11' && q.get('limit') === '50' && !q.get('cursor')),
+    `the search read from the server, lower case, first page: ${reads.slice(before).map(String)}`);
+  await until(page, 'one page of results', () => document.getElementById('page-next').disabled
+    && /^Page 1\b.*names containing "app-11"/.test(document.getElementById('page-indicator').textContent));
+  await page.getByLabel('Service name').fill('app_1');
+  await until(page, 'a search no name can match, said without asking the server', () =>
+    document.getElementById('filter-name').getAttribute('aria-invalid') === 'true'
+    && /only a-z, 0-9 and -/.test(document.getElementById('service-list').textContent));
+  await page.getByLabel('Service name').fill('');
+  await until(page, 'page 1 again without the search', (want) => listed() === want, apps(0, 50));
+  assert.ok(!reads.at(-1).get('name'), 'the search cleared on the server too');
+
+  // Time travel keeps the page: page 3 a moment before the maintenance shows app-100 passing.
+  await page.getByRole('button', { name: 'Next page' }).click();
+  await page.getByRole('button', { name: 'Next page' }).click();
+  await until(page, 'page 3, app-100 in maintenance', () =>
+    listed().startsWith('app-100,')
+    && document.querySelector('article[data-service="app-100"] tr[data-instance="app-100-1"]')?.dataset.status === 'maintenance');
+  await page.getByLabel('Go to (local time)').fill(await localInput(page, beforeChange));
+  await until(page, 'page 3 at the earlier moment, app-100 passing', () =>
+    document.getElementById('mode').dataset.mode === 'past'
+    && document.querySelector('article[data-service="app-100"] tr[data-instance="app-100-1"]')?.dataset.status === 'passing'
+    && document.getElementById('critical').hidden && document.querySelector('#summary li.stat[data-stat="maintenance"]')?.dataset.count === '0');
+  const past = reads.at(-1);
+  assert.ok(past.get('at') && past.get('cursor') && past.get('limit') === '50', `the past page read with at and cursor: ${past}`);
+  assert.equal(await page.evaluate(() => document.getElementById('page-indicator').textContent.startsWith('Page 3')), true);
+  await page.getByRole('button', { name: 'Back to live' }).click();
+  await until(page, 'page 3 live again, app-100 in maintenance', () =>
+    document.getElementById('mode').dataset.mode === 'live'
+    && document.querySelector('article[data-service="app-100"] tr[data-instance="app-100-1"]')?.dataset.status === 'maintenance');
+  await page.screenshot({ path: join(ARTIFACTS_DIR, 'dashboard-paging.png'), fullPage: true });
+
+  // On the last page: a service registered with a name after its last joins it, a service
+  // whose last instance goes leaves it; the other blocks stay as they are.
+  await page.evaluate(() => {
+    window.drawn = [...document.querySelectorAll('#service-list article.service')];
+  });
+  const last = `app-${PAGED_SERVICES - 1}`;
+  const joined = await fetch(`${PAGED_REGISTRY_URL}/v1/services/${last}a/instances/${last}a-1`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ url: 'http://10.0.5.3:8080/', ttl_seconds: 0 }),
+  });
+  assert.equal(joined.status, 201);
+  const gone = await fetch(`${PAGED_REGISTRY_URL}/v1/services/app-101/instances/app-101-1`, { method: 'DELETE' });
+  assert.equal(gone.status, 204);
+  await until(page, `${last}a added at the end of the page, app-101 gone from it`, (want) => listed() === want,
+    [...apps(100, PAGED_SERVICES).split(',').filter((name) => name !== 'app-101'), `${last}a`].join(), EVENT_DEADLINE_MS);
+  assert.deepEqual(await page.evaluate(() => {
+    const now = [...document.querySelectorAll('#service-list article.service')];
+    return now.filter((node) => !window.drawn.includes(node)).map((node) => node.dataset.service);
+  }), [`${last}a`], 'only the new service has a new block');
+
+  assert.deepEqual(problems, [], 'the page logged errors');
+  await context.close();
+}
+
 const browser = await chromium.launch({
   executablePath: CHROMIUM_PATH,
   headless: true,
@@ -296,6 +471,7 @@ try {
     ['connection lost and back', outage],
     ['read token required', tokenRequired],
     ['self-preservation banner', selfPreservation],
+    ['paging, search, events off the page', paging],
   ]) {
     log(`scenario: ${name}`);
     await scenario(browser);

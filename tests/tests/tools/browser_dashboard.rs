@@ -8,7 +8,8 @@
 //! and this test stops renewing that lease, so the script can watch the row turn critical
 //! without a reload; `outage-start` cuts the proxy between a page and its registry and
 //! registers an instance meanwhile, `outage-end` restores the proxy, so the script can
-//! watch the page reconnect by itself and catch up. Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules`
+//! watch the page reconnect by itself and catch up. A registry of 120 services is walked
+//! a page at a time and searched. Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules`
 //! (`scripts/ensure-tools.sh` installs them); without them the test fails, saying so.
 
 use std::collections::BTreeSet;
@@ -31,6 +32,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(400);
 const READ_TOKEN: &str = "dashboard-read-token";
 /// The instance whose lease the test lets lapse: service, id, lease in seconds.
 const LAPSING: (&str, &str, u32) = ("search", "search-1", 2);
+
+/// Services of the registry the paging scenario walks: more than two pages of fifty.
+const PAGED_SERVICES: usize = 120;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -168,6 +172,22 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
             .expect("register a fleet instance");
     }
 
+    // More services than one page of the dashboard holds, one lease-less instance each:
+    // app-000 to app-119, three pages of fifty.
+    let paged = TestRegistry::start(Backend::Sqlite).await;
+    for n in 0..PAGED_SERVICES {
+        let service = format!("app-{n:03}");
+        paged
+            .api
+            .register(
+                &service,
+                &format!("{service}-1"),
+                &spec("http://10.0.5.1:8080/", 0),
+            )
+            .await
+            .expect("register a paged service");
+    }
+
     // The outage scenario reaches the registry through a proxy this test cuts and restores.
     let proxy = TcpProxy::start().await;
     proxy.set_target(open.addr);
@@ -184,6 +204,8 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
         .env("GUARDED_REGISTRY_URL", &guarded.base_url)
         .env("PROXIED_REGISTRY_URL", proxy.url())
         .env("PRESERVING_REGISTRY_URL", &preserving.base_url)
+        .env("PAGED_REGISTRY_URL", &paged.base_url)
+        .env("PAGED_SERVICES", PAGED_SERVICES.to_string())
         .env("READ_TOKEN", READ_TOKEN)
         .env("LAPSE_SERVICE", LAPSING.0)
         .env("LAPSE_INSTANCE", LAPSING.1)
@@ -251,6 +273,7 @@ async fn the_dashboard_shows_the_system_live_and_in_the_past_in_chromium() {
     );
 
     heartbeats.abort();
+    paged.stop().await;
     preserving.stop().await;
     guarded.stop().await;
     open.stop().await;

@@ -89,4 +89,44 @@ mod tests {
         assert!(is_open("/") && is_open(STYLE_PATH) && is_open(SCRIPT_PATH));
         assert!(!is_open("/v1/status"));
     }
+
+    /// Every element the script looks up by id is in the page: a missing one would only
+    /// fail in a browser, on the path that reaches it.
+    #[test]
+    fn every_element_the_script_looks_up_is_in_the_page() {
+        let ids: Vec<&str> = SCRIPT
+            .split("$('")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("')").map(|(id, _)| id))
+            .collect();
+        assert!(
+            ids.len() > 20,
+            "the script's lookups were not found: {ids:?}"
+        );
+        for id in [
+            "page-next",
+            "page-previous",
+            "page-indicator",
+            "critical-list",
+            "service-summary",
+        ] {
+            assert!(ids.contains(&id), "the script does not look up #{id}");
+        }
+        for id in ids {
+            assert!(
+                PAGE.contains(&format!("id=\"{id}\"")),
+                "the script looks up #{id}, which the page does not have"
+            );
+        }
+    }
+
+    /// The page never asks for the whole system: it reads the summary and pages.
+    #[test]
+    fn the_script_reads_the_summary_and_one_page_at_a_time() {
+        assert!(SCRIPT.contains("summary: 'true'"));
+        assert!(SCRIPT.contains("limit: String(PAGE_SIZE)"));
+        assert!(SCRIPT.contains("query.set('cursor'"));
+        assert!(SCRIPT.contains("query.set('name'"));
+        assert!(!SCRIPT.contains("api('/v1/status')"));
+    }
 }
