@@ -71,18 +71,27 @@ function localInput(page, ms) {
   }, ms);
 }
 
-async function liveAndStructure(browser) {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
+// A page in a context of its own that records what goes wrong on it: page errors, console
+// errors and, unless told otherwise, answers of 400 or more.
+async function watchedPage(browser, viewport, { failedRequests = true } = {}) {
+  const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   const problems = [];
   page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
   page.on('console', (msg) => {
     if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
   });
+  if (failedRequests) {
+    page.on('response', (answer) => {
+      if (answer.status() >= 400) problems.push(`failed request: ${answer.status()} ${answer.url()}`);
+    });
+  }
+  return { context, page, problems };
+}
+
+async function liveAndStructure(browser) {
   // The page makes no request that fails (the kept history's start comes with the status).
-  page.on('response', (answer) => {
-    if (answer.status() >= 400) problems.push(`failed request: ${answer.status()} ${answer.url()}`);
-  });
+  const { context, page, problems } = await watchedPage(browser, { width: 1366, height: 900 });
 
   log(`open ${REGISTRY_URL}/`);
   const response = await page.goto(`${REGISTRY_URL}/`);
@@ -242,13 +251,8 @@ async function unavailable(browser) {
 // A registry whose instances all went silent at once holds their lapses: the page says so
 // in a banner and marks each held lease, and no instance shows critical.
 async function selfPreservation(browser) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const page = await context.newPage();
-  const problems = [];
-  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
-  });
+  const { context, page, problems } = await watchedPage(browser, { width: 1280, height: 800 },
+    { failedRequests: false });
   await page.goto(`${PRESERVING_REGISTRY_URL}/`);
   await until(page, 'the self-preservation banner with every lapse held', () => {
     const banner = document.getElementById('preservation');
@@ -309,16 +313,7 @@ function pageHelpers() {
 // pages, the search is answered by the server, and an event for a service not on the page
 // changes the counts without drawing the list again.
 async function paging(browser) {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
-  const page = await context.newPage();
-  const problems = [];
-  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
-  });
-  page.on('response', (answer) => {
-    if (answer.status() >= 400) problems.push(`failed request: ${answer.status()} ${answer.url()}`);
-  });
+  const { context, page, problems } = await watchedPage(browser, { width: 1366, height: 900 });
   // The reads of services the page makes, to check what it asked the server.
   const reads = [];
   page.on('request', (request) => {
