@@ -37,10 +37,10 @@ bench-instructions: ## Instructions per lookup, heartbeat, /healthz, registratio
 
 # The registry at scale: SCALE_INSTANCES instances (100,000 services of 10 by default) on
 # a fresh Postgres database with two replicas; writes target/bench/scale.json
-# (docs/performance.md). Long (about 15 minutes at the default), so not part of make
+# (docs/performance.md). Long (about 12 minutes at the default), so not part of make
 # bench, make test or CI.
 SCALE_INSTANCES ?= 1000000
-bench-scale: ## The registry at a million instances, two replicas on Postgres (SCALE_INSTANCES=N for another size; about 15 minutes)
+bench-scale: ## The registry at a million instances, two replicas on Postgres (SCALE_INSTANCES=N for another size; about 12 minutes)
 	@scripts/ensure-bench-tools.sh "make bench-scale" wrk=wrk
 	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench
 	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
