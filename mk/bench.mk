@@ -5,7 +5,7 @@
 # scripts/ensure-postgres.sh (its pgbench gives the pgbench rows); writes
 # target/bench/latest.json.
 
-.PHONY: bench bench-quick bench-instructions
+.PHONY: bench bench-quick bench-instructions bench-scale
 
 bench: ## Measure speed and memory (release build, SQLite and Postgres; about 6 minutes)
 	@$(MAKE) --no-print-directory bench-run BENCH_ARGS=
@@ -34,3 +34,14 @@ bench-instructions: ## Instructions per lookup, heartbeat, /healthz, registratio
 	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench
 	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
 	  "$${CARGO_TARGET_DIR:-target}/release/registry-bench" --instructions
+
+# The registry at scale: SCALE_INSTANCES instances (100,000 services of 10 by default) on
+# a fresh Postgres database with two replicas; writes target/bench/scale.json
+# (docs/performance.md). Long (about 12 minutes at the default), so not part of make
+# bench, make test or CI.
+SCALE_INSTANCES ?= 1000000
+bench-scale: ## The registry at a million instances, two replicas on Postgres (SCALE_INSTANCES=N for another size; about 12 minutes)
+	@scripts/ensure-bench-tools.sh "make bench-scale" wrk=wrk
+	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench
+	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
+	  "$${CARGO_TARGET_DIR:-target}/release/registry-bench" --scale --instances $(SCALE_INSTANCES)

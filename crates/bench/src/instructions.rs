@@ -82,7 +82,7 @@ struct Row {
 async fn measure() -> anyhow::Result<()> {
     let started = Instant::now();
     let admin_url = crate::postgres_admin_url()?;
-    let dumps = crate::output_path(false)?.with_file_name("callgrind");
+    let dumps = crate::output_path("callgrind")?;
     // Dumps of an earlier run would be mistaken for this one's.
     if dumps.exists() {
         std::fs::remove_dir_all(&dumps)
@@ -113,7 +113,7 @@ async fn measure() -> anyhow::Result<()> {
         ));
     }
     println!("{table}");
-    let path = crate::output_path(false)?.with_file_name("instructions.json");
+    let path = crate::output_path("instructions.json")?;
     let document = json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
         "seconds": started.elapsed().as_secs(),

@@ -9,7 +9,8 @@
 //! Peers and limits are measured in the same run, next to the registry's own figures:
 //! etcd doing the same operations over gRPC, and pgbench writing a registration's rows.
 //! `--quick` (or `BENCH_QUICK=1`) runs the same phases with small counts, as a smoke
-//! test of the program itself; its figures mean nothing.
+//! test of the program itself; its figures mean nothing. `--scale` (`make bench-scale`)
+//! measures the registry at a million instances instead (`scale.rs`).
 
 mod dns;
 #[cfg(feature = "etcd")]
@@ -18,6 +19,7 @@ mod instructions;
 mod load;
 mod pgbench;
 mod registry;
+mod scale;
 mod scenarios;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -255,9 +257,12 @@ fn main() -> anyhow::Result<()> {
     let quick = std::env::args().skip(1).any(|a| a == "--quick")
         || std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("registry-bench [--quick]: measure the registry (see README, Benchmarks)");
+        println!(
+            "registry-bench [--quick | --scale [--instances N]]: measure the registry (see README, Benchmarks)"
+        );
         return Ok(());
     }
+    let scale_options = scale::Options::from_args()?;
     let plan = if quick { Plan::quick() } else { Plan::full() };
     // The bench's own tasks (seeding, watchers, blocking queries) are light: two workers,
     // like the registry's runtime on this machine.
@@ -265,7 +270,10 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run(plan))
+    match scale_options {
+        Some(options) => runtime.block_on(scale::run(options)),
+        None => runtime.block_on(run(plan)),
+    }
 }
 
 async fn run(mut plan: Plan) -> anyhow::Result<()> {
@@ -335,7 +343,11 @@ async fn run(mut plan: Plan) -> anyhow::Result<()> {
 
     let table = report.table();
     println!("{table}");
-    let path = output_path(plan.quick)?;
+    let path = output_path(if plan.quick {
+        "quick.json"
+    } else {
+        "latest.json"
+    })?;
     let document = json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
         "seconds": started.elapsed().as_secs(),
@@ -996,15 +1008,15 @@ fn postgres_admin_url() -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// `target/bench/latest.json` of the target folder this program was built in
-/// (`quick.json` for a quick run, so a smoke run never replaces the real figures).
-fn output_path(quick: bool) -> anyhow::Result<PathBuf> {
+/// `target/bench/<name>` of the target folder this program was built in (`latest.json`
+/// for a run, `quick.json` for a quick one, so a smoke run never replaces the real
+/// figures, `scale.json` for `--scale`).
+fn output_path(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let target = exe
         .parent()
         .and_then(|profile| profile.parent())
         .context("target folder")?;
-    let name = if quick { "quick.json" } else { "latest.json" };
     Ok(target.join("bench").join(name))
 }
 

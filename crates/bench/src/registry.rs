@@ -153,12 +153,31 @@ impl Registry {
         Self::start_under(&[], database_url, envs).await
     }
 
+    /// [`Registry::start`], waiting at most `within` until it listens (it loads the whole
+    /// registry from the database first, which takes long on a large one).
+    pub async fn start_within(
+        database_url: &str,
+        envs: &[(&str, String)],
+        within: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(&[], database_url, envs, within).await
+    }
+
     /// [`Registry::start`], run by `wrapper` (a program and its arguments, such as
     /// valgrind's) when it is not empty.
     pub async fn start_under(
         wrapper: &[String],
         database_url: &str,
         envs: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(wrapper, database_url, envs, Duration::from_secs(60)).await
+    }
+
+    async fn spawn(
+        wrapper: &[String],
+        database_url: &str,
+        envs: &[(&str, String)],
+        within: Duration,
     ) -> anyhow::Result<Self> {
         let binary = registry_binary()?;
         let mut command = match wrapper.split_first() {
@@ -184,7 +203,7 @@ impl Registry {
         let stderr = child.stderr.take().context("registry stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         let mut dns = None;
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        let addr = tokio::time::timeout(within, async {
             while let Some(line) = lines.next_line().await? {
                 // Logged before the HTTP address when REGISTRY_DNS_ADDR is set.
                 if let Some(addr) = listening_addr(&line, "DNS listening (UDP and TCP)") {
@@ -200,7 +219,7 @@ impl Registry {
             bail!("the registry exited before listening")
         })
         .await
-        .context("the registry did not listen within 60 s")??;
+        .with_context(|| format!("the registry did not listen within {} s", within.as_secs()))??;
         // Keep draining its log so it never blocks on a full pipe; errors are shown.
         let log_lines = Arc::new(AtomicU64::new(0));
         let counted = log_lines.clone();

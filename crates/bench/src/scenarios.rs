@@ -92,7 +92,7 @@ impl Spread {
 
 /// The body of a seeded instance: a URL, one tag, one metadata pair, a 10-minute lease
 /// (nothing expires while the bench runs).
-fn instance_body(k: usize) -> String {
+pub fn instance_body(k: usize) -> String {
     format!(
         r#"{{"url":"http://10.0.{}.{}:8080/","tags":["bench"],"metadata":{{"version":"1.0.0"}},"ttl_seconds":600}}"#,
         (k / 250) % 250,
@@ -100,8 +100,9 @@ fn instance_body(k: usize) -> String {
     )
 }
 
-/// Registers instances `from..to` of the seed layout (instance `k` is `i-{k / services}`
-/// of `svc-{k % services}`) with `writers` concurrent requests; answers registrations/s.
+/// Registers instances `0..count` of the seed layout (instance `k` is `i-{k / services}`
+/// of `svc-{k % services}`, with a 10-minute lease) with `writers` concurrent requests;
+/// answers registrations/s.
 pub async fn seed(
     http: &reqwest::Client,
     registry: &Registry,
@@ -110,20 +111,39 @@ pub async fn seed(
     writers: usize,
     label: &str,
 ) -> anyhow::Result<f64> {
+    register_many(http, count, writers, label, |k| {
+        (
+            registry.url(&format!(
+                "/v1/services/svc-{}/instances/i-{}",
+                k % services,
+                k / services
+            )),
+            instance_body(k),
+        )
+    })
+    .await
+}
+
+/// Sends `count` registrations, `writers` at a time, showing progress under `label`:
+/// registration `k` is a PUT of the body to the URL `request(k)` answers, made when the
+/// request is about to be sent. Answers registrations/s.
+pub async fn register_many(
+    http: &reqwest::Client,
+    count: usize,
+    writers: usize,
+    label: &str,
+    request: impl Fn(usize) -> (String, String),
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut progress = Progress::new(label, count);
     let mut requests = futures::stream::iter(0..count)
         .map(|k| {
-            let url = registry.url(&format!(
-                "/v1/services/svc-{}/instances/i-{}",
-                k % services,
-                k / services
-            ));
+            let (url, body) = request(k);
             async move {
                 let response = http
                     .put(url)
                     .header("content-type", "application/json")
-                    .body(instance_body(k))
+                    .body(body)
                     .send()
                     .await?;
                 let status = response.status();
@@ -144,7 +164,7 @@ pub async fn seed(
 }
 
 /// The service's index and its instances, from a (blocking) lookup.
-async fn lookup(
+pub async fn lookup(
     http: &reqwest::Client,
     url: String,
 ) -> anyhow::Result<(u64, Vec<serde_json::Value>)> {
@@ -194,7 +214,7 @@ async fn watchers_gauge(http: &reqwest::Client, registry: &Registry) -> anyhow::
         .context("no registry_watchers in /metrics")
 }
 
-async fn register(
+pub async fn register(
     http: &reqwest::Client,
     registry: &Registry,
     service: &str,

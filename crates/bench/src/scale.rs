@@ -1,0 +1,772 @@
+//! `registry-bench --scale [--instances N]` (run by `make bench-scale`): the registry at
+//! a size far past `make bench`'s 10,000 instances, one million by default (100,000
+//! services of 10), on one Postgres database with two replicas; writes
+//! `target/bench/scale.json`.
+//!
+//! Some costs grow with the size of the registry rather than with the request rate:
+//! loading it at start-up, the whole-system reads, time travel, a mass lapse applied by
+//! the lease sweep, memory. `make bench` cannot show them at its size, and a run at this
+//! size takes too long to be part of it, so it is a mode of its own, run by hand (never by
+//! `make test` or CI). It reuses the bench's pieces: the release registry as a child
+//! process on a fresh database, wrk for request rates, the report table.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::json;
+
+use crate::load;
+use crate::registry::{Backend, Database, Registry};
+use crate::scenarios::{self, Progress, Spread};
+use crate::{Report, clean, wrk_json};
+
+/// Instances per service, here and in the baseline.
+const PER_SERVICE: usize = 10;
+/// The size the lookups at scale are compared with (`make bench`'s).
+const BASELINE_INSTANCES: usize = 10_000;
+/// Concurrent registrations while seeding (as `make bench`'s writers).
+const WRITERS: usize = 64;
+/// The seeded instances' lease: a day, so none lapses while the bench runs and none needs
+/// a heartbeat.
+const SEED_TTL_SECONDS: u64 = 86_400;
+/// Lookups ask for one of the first this many services (10 instances each, in the
+/// registry at scale and in the baseline alike).
+const LOOKUP_SERVICES: usize = 1_000;
+/// Most leases the mass lapse lets run out (a tenth of the instances below a million).
+const LAPSE_MAX: usize = 100_000;
+
+/// What to run: `--scale`, and `--instances N` (a multiple of 10, at least 10,000).
+pub struct Options {
+    pub instances: usize,
+}
+
+impl Options {
+    /// `Some` when the arguments hold `--scale`.
+    pub fn from_args() -> anyhow::Result<Option<Self>> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if !args.iter().any(|a| a == "--scale") {
+            return Ok(None);
+        }
+        let mut instances = 1_000_000;
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            let value = match arg.strip_prefix("--instances") {
+                Some("") => rest.next().map(String::as_str),
+                Some(tail) => tail.strip_prefix('='),
+                None => continue,
+            };
+            let value = value.context("--instances needs a number")?;
+            instances = value
+                .replace(['_', ','], "")
+                .parse()
+                .with_context(|| format!("--instances {value}: not a number"))?;
+        }
+        ensure!(
+            instances >= BASELINE_INSTANCES && instances % PER_SERVICE == 0,
+            "--instances {instances}: a multiple of {PER_SERVICE}, at least {BASELINE_INSTANCES}"
+        );
+        Ok(Some(Self { instances }))
+    }
+}
+
+/// Runs every measure, prints the table, writes `target/bench/scale.json`.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ensure!(
+        load::wrk_available().await,
+        "wrk is missing: install it (apt-get install wrk); make bench-scale does as root"
+    );
+    let admin_url = crate::postgres_admin_url()?;
+    let (fsync, synchronous_commit) = crate::registry::postgres_durability(&admin_url).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let n = options.instances;
+    eprintln!(
+        "registry-bench --scale: {n} instances ({} services x {PER_SERVICE}) on Postgres, two replicas",
+        n / PER_SERVICE
+    );
+    let mut report = Report::default();
+    let baseline = Database::fresh(Backend::Postgres, &admin_url).await?;
+    let database = Database::fresh(Backend::Postgres, &admin_url).await?;
+    let outcome = measure(n, &baseline, &database, &http, &mut report).await;
+    baseline.drop_now().await?;
+    database.drop_now().await?;
+    outcome?;
+    let seconds = started.elapsed().as_secs();
+    report.add(
+        "whole run",
+        format!("{} min {} s", seconds / 60, seconds % 60),
+        "",
+        None,
+        json!({ "seconds": seconds }),
+    );
+    println!("{}", report.table());
+    let path = crate::output_path("scale.json")?;
+    let document = json!({
+        "generated_at": chrono::Utc::now().to_rfc3339(),
+        "seconds": seconds,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "postgres": { "fsync": fsync, "synchronous_commit": synchronous_commit },
+        "instances": n,
+        "results": report.rows,
+    });
+    crate::write_json(&path, &document)?;
+    eprintln!("wrote {} in {seconds} s", path.display());
+    Ok(())
+}
+
+/// The measures, in order, on the baseline registry (10,000 instances) and on replicas A
+/// and B of the registry at `n`.
+async fn measure(
+    n: usize,
+    baseline_db: &Database,
+    database: &Database,
+    http: &reqwest::Client,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // Self-preservation off: the mass lapse is applied, not held. Requests may take up to
+    // 5 minutes instead of 30 s, so that a slow time travel is measured, not cut at 503.
+    let envs = [
+        ("REGISTRY_SELF_PRESERVATION_THRESHOLD", "0".to_owned()),
+        ("REGISTRY_REQUEST_TIMEOUT", "5m".to_owned()),
+    ];
+    let services = n / PER_SERVICE;
+
+    eprintln!("[baseline: {BASELINE_INSTANCES} instances, for the lookups' ratio]");
+    let baseline = Registry::start(&baseline_db.url, &envs).await?;
+    scenarios::seed(
+        http,
+        &baseline,
+        BASELINE_INSTANCES / PER_SERVICE,
+        BASELINE_INSTANCES,
+        WRITERS,
+        "seeding",
+    )
+    .await?;
+    scenarios::check_seeded(http, &baseline, PER_SERVICE).await?;
+
+    eprintln!("[{n} instances, replica A]");
+    let a = Registry::start(&database.url, &envs).await?;
+    // One request of each kind first, so buffers every request needs count as baseline.
+    scenarios::register(http, &a, "warm-up", "i-0", seed_body(0, SEED_TTL_SECONDS)).await?;
+    scenarios::lookup(http, a.url("/v1/services/warm-up")).await?;
+    let rss_before = a.rss_kib()?;
+    let seeding = Instant::now();
+    let seed_rate = scenarios::register_many(http, n, WRITERS, "seeding", |k| {
+        (
+            a.url(&format!(
+                "/v1/services/svc-{}/instances/i-{}",
+                k % services,
+                k / services
+            )),
+            seed_body(k, SEED_TTL_SECONDS),
+        )
+    })
+    .await?;
+    let seeding = seeding.elapsed();
+    let seeded_at = chrono::Utc::now();
+    let rss_after = a.rss_kib()?;
+    scenarios::check_seeded(http, &a, PER_SERVICE).await?;
+    report.add(
+        format!("seeding {n} instances through the API, {WRITERS} writers"),
+        format!(
+            "{seed_rate:.0}/s, {:.0} s in all",
+            seeding.as_secs_f64()
+        ),
+        "",
+        None,
+        json!({ "per_second": seed_rate, "seconds": seeding.as_secs_f64(), "ttl_seconds": SEED_TTL_SECONDS }),
+    );
+
+    let b = cold_start(http, database, &envs, &a, n, report).await?;
+
+    let per_instance = rss_after.saturating_sub(rss_before) as f64 * 1024.0 / n as f64;
+    report.add(
+        format!("resident memory per instance at {n} (replica A)"),
+        format!(
+            "{per_instance:.0} B (RSS {} MiB -> {} MiB)",
+            rss_before / 1024,
+            rss_after / 1024
+        ),
+        "<= 2048 B",
+        Some(per_instance <= 2048.0),
+        json!({ "rss_before_kib": rss_before, "rss_after_kib": rss_after, "instances": n, "bytes_per_instance": per_instance }),
+    );
+
+    lookups(n, &a, &baseline, report).await?;
+    baseline.stop().await?;
+
+    watch(http, &a, &b, report).await?;
+    whole_system(http, &a, report).await?;
+    mass_lapse(http, &a, &b, n, seed_rate, report).await?;
+    time_travel(http, &a, seeded_at, report).await?;
+    report.not_measured(
+        "dashboard first render and search (Chromium)",
+        "< 2 s",
+        "not part of this bench",
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
+
+/// A seeded instance's body: the shape of `make bench`'s, with a lease of `ttl` seconds.
+fn seed_body(k: usize, ttl: u64) -> String {
+    format!(
+        r#"{{"url":"http://10.0.{}.{}:8080/","tags":["bench"],"metadata":{{"version":"1.0.0"}},"ttl_seconds":{ttl}}}"#,
+        (k / 250) % 250,
+        k % 250
+    )
+}
+
+/// Replica B started on the seeded database: the time from its start until `/readyz`
+/// answers 200 (it loads the registry before it listens), and A's lookups meanwhile.
+async fn cold_start(
+    http: &reqwest::Client,
+    database: &Database,
+    envs: &[(&str, String)],
+    a: &Registry,
+    n: usize,
+    report: &mut Report,
+) -> anyhow::Result<Registry> {
+    scenarios::phase("replica B: cold start on the seeded database");
+    let poller = Poller::start(http, vec![a.url("/v1/services/svc-3?status=passing"); 2]);
+    let started = Instant::now();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            eprintln!("  replica B starting: {} s", started.elapsed().as_secs());
+        }
+    });
+    let b = Registry::start_within(&database.url, envs, Duration::from_secs(600)).await;
+    let ready = match &b {
+        Ok(b) => wait_ready(http, b).await,
+        Err(_) => Ok(()),
+    };
+    ticker.abort();
+    let elapsed = started.elapsed();
+    let samples = poller.finish().await;
+    let b = b?;
+    ready?;
+    let rss = b.rss_kib()?;
+    let (on_b, _) = scenarios::lookup(http, b.url("/v1/services/svc-0")).await?;
+    let lookups = Spread::of(samples.iter().map(|s| s.latency).collect());
+    let failed = samples.iter().filter(|s| !s.ok).count();
+    report.add(
+        format!("replica cold start on {n} instances to /readyz 200"),
+        format!(
+            "{:.1} s (RSS then {} MiB); A's lookups meanwhile: p99 {:.1} ms, max {:.1} ms, {failed} failed",
+            elapsed.as_secs_f64(),
+            rss / 1024,
+            lookups.p99_ms,
+            lookups.max_ms
+        ),
+        "<= 30 s, A's lookups served",
+        Some(elapsed <= Duration::from_secs(30) && failed == 0),
+        json!({ "seconds": elapsed.as_secs_f64(), "rss_kib": rss, "b_index": on_b, "a_lookups": lookups, "a_lookups_failed": failed }),
+    );
+    Ok(b)
+}
+
+/// Polls `/readyz` until it answers 200.
+async fn wait_ready(http: &reqwest::Client, registry: &Registry) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let response = http.get(registry.url("/readyz")).send().await;
+        if response.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "/readyz not 200 within 600 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lookups of a 10-instance service on A (at `n`) and on the baseline (10,000), taken in
+/// turns with wrk.
+async fn lookups(
+    n: usize,
+    a: &Registry,
+    baseline: &Registry,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (connections, rounds, each) = (32, 3, Duration::from_secs(4));
+    scenarios::phase(&format!(
+        "lookups at {n} and at {BASELINE_INSTANCES}, in turns (wrk, 1 thread, {connections} conns, {rounds} rounds of {} s)",
+        each.as_secs()
+    ));
+    let script = load::lookup_script("", LOOKUP_SERVICES);
+    let results = load::in_turns(
+        &[
+            (a.base.as_str(), script.as_str()),
+            (baseline.base.as_str(), script.as_str()),
+        ],
+        connections,
+        rounds,
+        each,
+    )
+    .await?;
+    let (large, small) = (results[0], results[1]);
+    let ratio = large.per_second / small.per_second.max(1.0);
+    report.add(
+        format!("lookups/s at {n} / at {BASELINE_INSTANCES} (10-instance services, in turns)"),
+        format!("{ratio:.2} ({} / {})", large.summary(), small.summary()),
+        ">= 0.9",
+        Some(ratio >= 0.9 && clean(&large) && clean(&small)),
+        json!({ "ratio": ratio, "at_scale": wrk_json(&large), "baseline": wrk_json(&small) }),
+    );
+    Ok(())
+}
+
+/// Blocking queries on one service on A and on B, then a change written on A: how long
+/// until each answers with it, from the moment the change is sent.
+async fn watch(
+    http: &reqwest::Client,
+    a: &Registry,
+    b: &Registry,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let changes = 20;
+    let service = "svc-5";
+    let mut progress = Progress::new(format!("blocking watches of {service} notified"), changes);
+    let (mut on_a, mut on_b, mut writes) = (Vec::new(), Vec::new(), Vec::new());
+    for change in 0..changes {
+        let id = format!("w-{change}");
+        let (index, _) = scenarios::lookup(http, a.url(&format!("/v1/services/{service}"))).await?;
+        let write = async {
+            // Gives both blocking queries time to park; a late one only makes it worse.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let sent = Instant::now();
+            scenarios::register(http, a, service, &id, seed_body(change, SEED_TTL_SECONDS)).await?;
+            anyhow::Ok((sent, sent.elapsed()))
+        };
+        let (seen_a, seen_b, sent) = tokio::join!(
+            seen(http, a, service, index, &id),
+            seen(http, b, service, index, &id),
+            write
+        );
+        let (sent, answered) = sent?;
+        writes.push(answered);
+        on_a.push(seen_a?.saturating_duration_since(sent));
+        on_b.push(seen_b?.saturating_duration_since(sent));
+        progress.tick(change + 1);
+    }
+    progress.finish("");
+    let (on_a, on_b, writes) = (Spread::of(on_a), Spread::of(on_b), Spread::of(writes));
+    report.add(
+        format!("blocking watch of one service, {changes} changes written on A"),
+        format!(
+            "A: p50 {:.1} ms, p99 {:.1} ms; B: p50 {:.1} ms, p99 {:.1} ms (the writes' own answers: p50 {:.1} ms, p99 {:.1} ms)",
+            on_a.p50_ms, on_a.p99_ms, on_b.p50_ms, on_b.p99_ms, writes.p50_ms, writes.p99_ms
+        ),
+        "p99 <= 200 ms",
+        Some(on_a.p99_ms <= 200.0 && on_b.p99_ms <= 200.0),
+        json!({ "a": on_a, "b": on_b, "writes": writes }),
+    );
+    Ok(())
+}
+
+/// Blocking queries on `service` from `index` on, until an answer holds instance `id`:
+/// when that answer was read.
+async fn seen(
+    http: &reqwest::Client,
+    registry: &Registry,
+    service: &str,
+    mut index: u64,
+    id: &str,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (now_index, instances) = scenarios::lookup(
+            http,
+            registry.url(&format!("/v1/services/{service}?index={index}&wait=30s")),
+        )
+        .await?;
+        if instances.iter().any(|i| i["id"].as_str() == Some(id)) {
+            return Ok(Instant::now());
+        }
+        ensure!(Instant::now() < deadline, "{id} not seen within 30 s");
+        index = now_index;
+    }
+}
+
+/// One timed GET: its latency and body size; an error unless it answers 2xx.
+async fn timed_get(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Duration, usize, serde_json::Value)> {
+    let started = Instant::now();
+    let body = http
+        .get(url)
+        .timeout(timeout)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    let latency = started.elapsed();
+    let value = serde_json::from_slice(&body).context("an answer that is not JSON")?;
+    Ok((latency, body.len(), value))
+}
+
+/// The summary, a walk of pages, a search and the unpaged list of services, on A.
+async fn whole_system(
+    http: &reqwest::Client,
+    a: &Registry,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let requests = 50;
+    scenarios::phase(&format!(
+        "GET /v1/status?summary=true and a walk of {requests} pages of 50 (sequential)"
+    ));
+    let timeout = Duration::from_secs(120);
+    let mut samples = Vec::new();
+    let mut total = 0;
+    for _ in 0..requests {
+        let (latency, _, body) =
+            timed_get(http, &a.url("/v1/status?summary=true"), timeout).await?;
+        total = body["instances"]["total"].as_u64().unwrap_or(0);
+        samples.push(latency);
+    }
+    let summary = Spread::of(samples);
+    report.add(
+        "GET /v1/status?summary=true",
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms ({total} instances counted)",
+            summary.p50_ms, summary.p99_ms
+        ),
+        "p99 <= 100 ms",
+        Some(summary.p99_ms <= 100.0),
+        json!({ "latency": summary, "instances": total }),
+    );
+
+    let mut samples = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..requests {
+        let url = match &cursor {
+            Some(cursor) => a.url(&format!("/v1/status?limit=50&cursor={cursor}")),
+            None => a.url("/v1/status?limit=50"),
+        };
+        let (latency, _, body) = timed_get(http, &url, timeout).await?;
+        samples.push(latency);
+        cursor = body["next_cursor"].as_str().map(str::to_owned);
+    }
+    let page = Spread::of(samples);
+    report.add(
+        format!("GET /v1/status?limit=50, {requests} pages walked by cursor"),
+        format!("p50 {:.2} ms, p99 {:.2} ms", page.p50_ms, page.p99_ms),
+        "p99 <= 100 ms",
+        Some(page.p99_ms <= 100.0),
+        json!({ "latency": page }),
+    );
+
+    // A search that matches few names: the walk passes over nearly all of them.
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        let (latency, _, _) =
+            timed_get(http, &a.url("/v1/status?name=svc-4242&limit=50"), timeout).await?;
+        samples.push(latency);
+    }
+    let search = Spread::of(samples);
+    report.add(
+        "GET /v1/status?name=svc-4242&limit=50 (a rare match), 10 requests",
+        format!("p50 {:.1} ms, p99 {:.1} ms", search.p50_ms, search.p99_ms),
+        "p99 <= 100 ms",
+        Some(search.p99_ms <= 100.0),
+        json!({ "latency": search }),
+    );
+
+    let mut samples = Vec::new();
+    let mut size = 0;
+    for _ in 0..3 {
+        let (latency, bytes, _) = timed_get(http, &a.url("/v1/services"), timeout).await?;
+        size = bytes;
+        samples.push(latency);
+    }
+    let unpaged = Spread::of(samples);
+    report.add(
+        "GET /v1/services unpaged (reference), 3 requests",
+        format!(
+            "{:.1} MB in p50 {:.0} ms, max {:.0} ms",
+            size as f64 / 1e6,
+            unpaged.p50_ms,
+            unpaged.max_ms
+        ),
+        "",
+        None,
+        json!({ "bytes": size, "latency": unpaged }),
+    );
+    Ok(())
+}
+
+/// The state of one service, and a page of the whole system, at `at` (the end of the
+/// seeding, as far back as the run allows), asked at the end of the run.
+async fn time_travel(
+    http: &reqwest::Client,
+    a: &Registry,
+    at: chrono::DateTime<chrono::Utc>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let moment = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let back = (chrono::Utc::now() - at).num_seconds();
+    scenarios::phase(&format!("time travel to {moment} ({back} s back)"));
+    let timeout = Duration::from_secs(300);
+    for (label, path_shown, check) in [
+        ("one service", "/v1/status?at=T&service=svc-7", "svc-7"),
+        ("a page of 50", "/v1/status?at=T&limit=50", "svc-0"),
+    ] {
+        let path = path_shown.replace("at=T", &format!("at={moment}"));
+        // Five requests, or fewer when each takes long.
+        let budget = Instant::now() + Duration::from_secs(30);
+        let mut samples = Vec::new();
+        let mut failure = None;
+        while samples.len() < 5 && (samples.is_empty() || Instant::now() < budget) {
+            match timed_get(http, &a.url(&path), timeout).await {
+                Ok((latency, _, body)) => {
+                    let services = body["services"].as_array().cloned().unwrap_or_default();
+                    let found = services.iter().any(|s| s["name"].as_str() == Some(check));
+                    ensure!(
+                        found,
+                        "time travel to {moment}: {check} missing from {path}"
+                    );
+                    samples.push(latency);
+                }
+                Err(error) => {
+                    failure = Some(format!("{error:#}"));
+                    break;
+                }
+            }
+        }
+        let metric = format!("time travel {back} s back: {label} (GET {path_shown})");
+        match failure {
+            Some(error) => report.add(
+                metric,
+                format!("failed: {error}"),
+                "p99 <= 1 s",
+                Some(false),
+                json!({ "error": error, "at": moment }),
+            ),
+            None => {
+                let spread = Spread::of(samples);
+                report.add(
+                    metric,
+                    format!(
+                        "p50 {:.0} ms, max {:.0} ms ({} requests)",
+                        spread.p50_ms, spread.max_ms, spread.count
+                    ),
+                    "p99 <= 1 s",
+                    Some(spread.p99_ms <= 1_000.0),
+                    json!({ "latency": spread, "at": moment, "seconds_back": back, "path": path }),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leases registered so that they all run out within about a second of each other, then
+/// left to lapse (self-preservation off): the time from the last deadline until both
+/// replicas' summaries count them all critical, and lookups on A and B meanwhile.
+async fn mass_lapse(
+    http: &reqwest::Client,
+    a: &Registry,
+    b: &Registry,
+    n: usize,
+    seed_rate: f64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let count = (n / PER_SERVICE).min(LAPSE_MAX);
+    let services = count / PER_SERVICE;
+    let (critical_before, _) = critical_count(http, a).await?;
+    // Every lease is given the seconds left until one moment, past the end of the
+    // registrations: their deadlines fall within a second of it, as when a zone is lost.
+    let estimate = Duration::from_secs_f64(count as f64 / seed_rate.max(100.0));
+    let registering = Instant::now();
+    // The registrations run slower than the seeding did (at a million, about half as
+    // fast): a wide margin, so that no lease runs out while others are still registered.
+    let target = registering + estimate.mul_f64(2.5) + Duration::from_secs(15);
+    let deadlines: Mutex<Option<(Instant, Instant)>> = Mutex::new(None);
+    scenarios::register_many(http, count, WRITERS, "short leases", |k| {
+        let now = Instant::now();
+        let ttl = target
+            .saturating_duration_since(now)
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64;
+        let deadline = now + Duration::from_secs(ttl);
+        let mut span = deadlines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *span = Some(match *span {
+            Some((first, last)) => (first.min(deadline), last.max(deadline)),
+            None => (deadline, deadline),
+        });
+        (
+            a.url(&format!(
+                "/v1/services/lapse-{}/instances/i-{}",
+                k % services,
+                k / services
+            )),
+            seed_body(k, ttl),
+        )
+    })
+    .await?;
+    let (first, last) = deadlines
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .context("no lease registered")?;
+    // Two pollers on each replica, each a lookup at a time every 10 ms.
+    let lookup = "/v1/services/svc-1?status=passing";
+    let poller = Poller::start(
+        http,
+        vec![a.url(lookup), a.url(lookup), b.url(lookup), b.url(lookup)],
+    );
+    let wanted = critical_before + count as u64;
+    let mut progress = Progress::new(
+        format!("{count} leases lapsed (critical on A and B)"),
+        count,
+    );
+    let give_up = last + Duration::from_secs(120);
+    let (mut done_a, mut done_b) = (None, None);
+    while done_a.is_none() || done_b.is_none() {
+        let (on_a, _) = critical_count(http, a).await?;
+        let (on_b, _) = critical_count(http, b).await?;
+        let now = Instant::now();
+        if on_a >= wanted && done_a.is_none() {
+            done_a = Some(now);
+        }
+        if on_b >= wanted && done_b.is_none() {
+            done_b = Some(now);
+        }
+        progress.tick(on_a.min(on_b).saturating_sub(critical_before) as usize);
+        ensure!(
+            now < give_up,
+            "not all {count} leases critical 120 s after the last deadline (A {on_a}, B {on_b})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress.finish("");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = poller.finish().await;
+    let (done_a, done_b) = (done_a.unwrap_or(last), done_b.unwrap_or(last));
+    let all = done_a.max(done_b).saturating_duration_since(last);
+    report.add(
+        format!("mass lapse of {count} leases (self-preservation off): all critical on A and B"),
+        format!(
+            "{:.1} s after the last deadline (A {:.1} s, B {:.1} s; deadlines spread over {:.1} s)",
+            all.as_secs_f64(),
+            done_a.saturating_duration_since(last).as_secs_f64(),
+            done_b.saturating_duration_since(last).as_secs_f64(),
+            last.saturating_duration_since(first).as_secs_f64()
+        ),
+        "<= 5 s after the last deadline",
+        Some(all <= Duration::from_secs(5)),
+        json!({
+            "leases": count,
+            "seconds_after_last_deadline": all.as_secs_f64(),
+            "a_seconds": done_a.saturating_duration_since(last).as_secs_f64(),
+            "b_seconds": done_b.saturating_duration_since(last).as_secs_f64(),
+            "deadline_spread_seconds": last.saturating_duration_since(first).as_secs_f64(),
+        }),
+    );
+    let during: Vec<&Sample> = samples.iter().filter(|s| s.at >= first).collect();
+    let failed = during.iter().filter(|s| !s.ok).count();
+    let spread = Spread::of(during.iter().map(|s| s.latency).collect());
+    let before = Spread::of(
+        samples
+            .iter()
+            .filter(|s| s.at < first)
+            .map(|s| s.latency)
+            .collect(),
+    );
+    report.add(
+        "lookups on A and B during the mass lapse (4 clients, one every 10 ms each)",
+        format!(
+            "p50 {:.2} ms, p99 {:.1} ms, max {:.1} ms, {} lookups, {failed} failed (before: p99 {:.1} ms)",
+            spread.p50_ms, spread.p99_ms, spread.max_ms, spread.count, before.p99_ms
+        ),
+        "none failed, p99 <= 100 ms",
+        Some(failed == 0 && spread.count > 0 && spread.p99_ms <= 100.0),
+        json!({ "during": spread, "failed": failed, "before": before }),
+    );
+    Ok(())
+}
+
+/// The critical instances the registry's summary counts, and the total.
+async fn critical_count(http: &reqwest::Client, registry: &Registry) -> anyhow::Result<(u64, u64)> {
+    let (_, _, body) = timed_get(
+        http,
+        &registry.url("/v1/status?summary=true"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let counts = &body["instances"];
+    Ok((
+        counts["critical"]
+            .as_u64()
+            .context("summary without critical")?,
+        counts["total"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// One lookup of a [`Poller`].
+struct Sample {
+    at: Instant,
+    latency: Duration,
+    ok: bool,
+}
+
+/// Clients that each GET their URL, one request at a time, every 10 ms, until finished:
+/// the latency a light client sees while the registry does something heavy.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+impl Poller {
+    fn start(http: &reqwest::Client, urls: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = urls
+            .into_iter()
+            .map(|url| {
+                let (http, stop) = (http.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = Instant::now();
+                        let ok = match http.get(&url).timeout(Duration::from_secs(10)).send().await
+                        {
+                            Ok(response) => {
+                                response.status().is_success() && response.bytes().await.is_ok()
+                            }
+                            Err(_) => false,
+                        };
+                        samples.push(Sample {
+                            at,
+                            latency: at.elapsed(),
+                            ok,
+                        });
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut samples = Vec::new();
+        for task in self.tasks {
+            if let Ok(done) = task.await {
+                samples.extend(done);
+            }
+        }
+        samples
+    }
+}
