@@ -757,6 +757,24 @@ async fn propagation(
     Ok(())
 }
 
+/// The row of resident memory per instance: `rss_kib` before and after `count` instances
+/// were added, against the 2 KiB target.
+fn memory_per_instance(report: &mut Report, name: String, rss_kib: (u64, u64), count: usize) {
+    let (before, after) = rss_kib;
+    let per_instance = after.saturating_sub(before) as f64 * 1024.0 / count as f64;
+    report.add(
+        name,
+        format!(
+            "{per_instance:.0} B (RSS {} MiB -> {} MiB)",
+            before / 1024,
+            after / 1024
+        ),
+        "<= 2048 B",
+        Some(per_instance <= 2048.0),
+        json!({ "rss_before_kib": before, "rss_after_kib": after, "instances": count, "bytes_per_instance": per_instance }),
+    );
+}
+
 /// Resident memory of a registry holding `memory_instances` instances, less what it held
 /// before the first one.
 async fn memory(
@@ -785,17 +803,11 @@ async fn memory(
     .await;
     database.drop_now().await?;
     let (before, after, count) = outcome?;
-    let per_instance = after.saturating_sub(before) as f64 * 1024.0 / count as f64;
-    report.add(
+    memory_per_instance(
+        report,
         format!("sqlite: resident memory per instance at {count}"),
-        format!(
-            "{per_instance:.0} B (RSS {} MiB -> {} MiB)",
-            before / 1024,
-            after / 1024
-        ),
-        "<= 2048 B",
-        Some(per_instance <= 2048.0),
-        json!({ "rss_before_kib": before, "rss_after_kib": after, "instances": count, "bytes_per_instance": per_instance }),
+        (before, after),
+        count,
     );
     Ok(())
 }

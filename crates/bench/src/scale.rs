@@ -184,17 +184,11 @@ async fn measure(
 
     let b = cold_start(http, database, &envs, &a, n, report).await?;
 
-    let per_instance = rss_after.saturating_sub(rss_before) as f64 * 1024.0 / n as f64;
-    report.add(
+    crate::memory_per_instance(
+        report,
         format!("resident memory per instance at {n} (replica A)"),
-        format!(
-            "{per_instance:.0} B (RSS {} MiB -> {} MiB)",
-            rss_before / 1024,
-            rss_after / 1024
-        ),
-        "<= 2048 B",
-        Some(per_instance <= 2048.0),
-        json!({ "rss_before_kib": rss_before, "rss_after_kib": rss_after, "instances": n, "bytes_per_instance": per_instance }),
+        (rss_before, rss_after),
+        n,
     );
 
     lookups(n, &a, &baseline, report).await?;
