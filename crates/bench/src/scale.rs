@@ -37,6 +37,16 @@ const LOOKUP_SERVICES: usize = 1_000;
 /// Most leases the mass lapse lets run out (a tenth of the instances below a million).
 const LAPSE_MAX: usize = 100_000;
 
+/// The path of the `k`-th instance registered over `services` services named
+/// `{prefix}-N`: spread round-robin, so each service gets one before any gets two.
+fn instance_path(prefix: &str, k: usize, services: usize) -> String {
+    format!(
+        "/v1/services/{prefix}-{}/instances/i-{}",
+        k % services,
+        k / services
+    )
+}
+
 /// What to run: `--scale`, and `--instances N` (a multiple of 10, at least 10,000).
 pub struct Options {
     pub instances: usize,
@@ -158,11 +168,7 @@ async fn measure(
     let seeding = Instant::now();
     let seed_rate = scenarios::register_many(http, n, WRITERS, "seeding", |k| {
         (
-            a.url(&format!(
-                "/v1/services/svc-{}/instances/i-{}",
-                k % services,
-                k / services
-            )),
+            a.url(&instance_path("svc", k, services)),
             seed_body(k, SEED_TTL_SECONDS),
         )
     })
@@ -600,11 +606,7 @@ async fn mass_lapse(
             None => (deadline, deadline),
         });
         (
-            a.url(&format!(
-                "/v1/services/lapse-{}/instances/i-{}",
-                k % services,
-                k / services
-            )),
+            a.url(&instance_path("lapse", k, services)),
             seed_body(k, ttl),
         )
     })
