@@ -141,6 +141,7 @@ impl Application {
             settings: self.state.settings.clone(),
             shutdown: shutdown.clone(),
             check_client: self.check_client,
+            database_failed: Default::default(),
         }
         .spawn();
         let replication = crate::replication::Replication::new(

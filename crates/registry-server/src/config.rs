@@ -298,13 +298,16 @@ impl std::fmt::Debug for Settings {
 
 /// `url` with its password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "<unparsable URL>".to_owned(),
+    // Not `url::Url`: a Postgres URL may list several hosts, which it does not parse.
+    let Some(parts) = crate::store::pg_hosts::UrlParts::of(url) else {
+        return url.to_owned();
+    };
+    match parts.userinfo.and_then(|userinfo| userinfo.split_once(':')) {
+        Some((user, _password)) => format!(
+            "{}://{user}:***@{}{}",
+            parts.scheme, parts.hosts, parts.rest
+        ),
+        None => url.to_owned(),
     }
 }
 
@@ -451,5 +454,24 @@ impl Settings {
     /// Default TTL in whole seconds (validated at start to fit).
     pub fn default_ttl_seconds(&self) -> u32 {
         u32::try_from(self.default_ttl.as_secs()).unwrap_or(registry_api::limits::MAX_TTL_SECONDS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_with_one_host_or_several() {
+        assert_eq!(
+            redact_url("postgres://reg:secret@db:5432/reg"),
+            "postgres://reg:***@db:5432/reg"
+        );
+        assert_eq!(
+            redact_url("postgres://reg:s3cr@t@h1:5432,h2:5432/reg?target_session_attrs=read-write"),
+            "postgres://reg:***@h1:5432,h2:5432/reg?target_session_attrs=read-write"
+        );
+        assert_eq!(redact_url("postgres://reg@db/reg"), "postgres://reg@db/reg");
+        assert_eq!(redact_url("sqlite:registry.db"), "sqlite:registry.db");
     }
 }

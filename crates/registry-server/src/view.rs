@@ -187,11 +187,16 @@ pub struct View {
     round_robin: Mutex<BTreeMap<String, usize>>,
     /// The self-preservation mode as the lease sweep last read it from the database.
     self_preservation: Mutex<SelfPreservation>,
+    /// The store's [`Store::history_changes`] when the state was loaded: once it moves,
+    /// the events this view holds may not be the database's (a failover lost some), so
+    /// it loads the state again instead of adding events to it.
+    history: std::sync::atomic::AtomicU64,
 }
 
 impl View {
     /// Builds the view from the store's current snapshot.
     pub async fn load(store: &dyn Store) -> StoreResult<Self> {
+        let history = store.history_changes();
         let snapshot = store.snapshot().await?;
         let mut state = State {
             index: snapshot.index,
@@ -208,6 +213,7 @@ impl View {
             state: RwLock::new(state),
             changes,
             catching_up: tokio::sync::Mutex::new(()),
+            history: history.into(),
             round_robin: Mutex::new(BTreeMap::new()),
             self_preservation: Mutex::new(SelfPreservation::default()),
         })
@@ -258,6 +264,9 @@ impl View {
         if held >= index {
             return Ok(());
         }
+        if self.on_another_history(store) {
+            return self.catch_up_locked(store).await;
+        }
         let follows_on = committed
             .first()
             .zip(committed.last())
@@ -280,6 +289,13 @@ impl View {
         loop {
             let from = self.index();
             let events = store.events_after(from, None, CATCH_UP_BATCH).await?;
+            if self.on_another_history(store) {
+                tracing::warn!(
+                    view_index = from,
+                    "reloading the state from the database's new history"
+                );
+                return self.reload(store).await;
+            }
             let Some(first) = events.first() else {
                 // Nothing new, unless the database went back in time (restored from a
                 // backup, or wiped): then this view is from another history.
@@ -305,8 +321,16 @@ impl View {
         }
     }
 
+    fn on_another_history(&self, store: &dyn Store) -> bool {
+        store.history_changes() != self.history.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn reload(&self, store: &dyn Store) -> StoreResult<()> {
         let fresh = Self::load(store).await?;
+        self.history.store(
+            fresh.history.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let fresh_state = fresh
             .state
             .into_inner()

@@ -4,6 +4,7 @@
 //! tries again).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::config::Settings;
 use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
 use crate::self_preservation::{self, Decision};
-use crate::store::{InstanceKey, StoreResult, Transition, stored_key};
+use crate::store::{InstanceKey, StoreError, StoreResult, Transition, stored_key};
 use crate::writer::Writer;
 
 /// How often leases, reaping and due checks are looked at.
@@ -42,6 +43,8 @@ pub struct Workers {
     pub shutdown: CancellationToken,
     /// Built at start-up ([`CheckClient::new`]).
     pub check_client: CheckClient,
+    /// Set when this process could not reach its database, until it records life again.
+    pub database_failed: Arc<AtomicBool>,
 }
 
 impl Workers {
@@ -115,21 +118,34 @@ impl Workers {
     }
 
     /// Records that the registry is alive (answers the time recorded). If nobody did for
-    /// [`OUTAGE_AFTER`], the registry or its database was down, and the store gives every
-    /// lease one full TTL from now (docs/operations.md, The outage grace).
+    /// [`OUTAGE_AFTER`], or this process could not reach the database since it last did,
+    /// the registry or its database was down (heartbeats were refused meanwhile, however
+    /// short that was), and the store gives every lease one full TTL from now
+    /// (docs/operations.md, The outage grace).
     async fn mark_alive(&self) -> StoreResult<chrono::DateTime<chrono::Utc>> {
         // The time is read once the database answers: a call that waited for it through
         // an outage (up to the pool's acquire timeout) must date the return when it
         // happened, or leases get back less than the full TTL promised.
-        self.writer.store().ping().await?;
+        let store = self.writer.store();
+        self.noting_outage(store.ping().await)?;
         let now = self.settings.clock.now();
-        let max_gap = chrono::Duration::from_std(OUTAGE_AFTER).unwrap_or(chrono::Duration::MAX);
-        if self.writer.store().mark_alive(now, max_gap).await? {
-            tracing::info!(
-                "the registry recorded no sign of life for a while (it or its database was down): every lease gets one full TTL"
-            );
+        let max_gap = match self.database_failed.swap(false, Ordering::Relaxed) {
+            true => chrono::Duration::zero(),
+            false => chrono::Duration::from_std(OUTAGE_AFTER).unwrap_or(chrono::Duration::MAX),
+        };
+        let recovered = store.mark_alive(now, max_gap).await;
+        if self.noting_outage(recovered)? {
+            tracing::info!("the registry or its database was down: every lease gets one full TTL");
         }
         Ok(now)
+    }
+
+    /// Passes `outcome` on, remembering an unreachable database.
+    fn noting_outage<T>(&self, outcome: StoreResult<T>) -> StoreResult<T> {
+        if let Err(StoreError::Unavailable(_)) = &outcome {
+            self.database_failed.store(true, Ordering::Relaxed);
+        }
+        outcome
     }
 
     /// Expires lapsed leases and reaps instances critical for too long.

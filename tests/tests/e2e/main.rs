@@ -20,6 +20,7 @@ mod dns_malformed;
 mod dns_replicas;
 mod dns_wire;
 mod eureka;
+mod failover;
 mod heartbeats;
 mod http_api;
 mod lifecycle;

@@ -756,7 +756,8 @@ impl DemoService {
 }
 
 /// A Postgres cluster of the test's own (initdb into a temporary folder, a free port on
-/// 127.0.0.1), for faults that change server-wide settings. Needs root (the server runs
+/// 127.0.0.1), for faults that change server-wide settings and for replication (a primary
+/// and its standbys, [`PrivatePostgres::standby_of`]). Needs root (the server runs
 /// as the `postgres` user) and the server binaries under /usr/lib/postgresql, as
 /// `scripts/ensure-postgres.sh` installs them; stopped (immediate) when dropped.
 pub struct PrivatePostgres {
@@ -768,8 +769,7 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     pub async fn start() -> Self {
         let bin = postgres_bin_dir();
-        let made = run_as_postgres("mktemp", &["-d", "/tmp/registry-test-pg-XXXXXX"]).await;
-        let dir = PathBuf::from(made.trim());
+        let dir = private_folder().await;
         let data = dir.join("data");
         run_as_postgres(
             &bin.join("initdb").to_string_lossy(),
@@ -784,6 +784,49 @@ impl PrivatePostgres {
             ],
         )
         .await;
+        Self::run(bin, dir).await
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup`), named `name` in the primary's
+    /// `pg_stat_replication` and `synchronous_standby_names`; hot, so it answers reads.
+    pub async fn standby_of(primary: &PrivatePostgres, name: &str) -> Self {
+        let bin = primary.bin.clone();
+        let dir = private_folder().await;
+        let data = dir.join("data");
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres application_name={name}",
+            primary.port
+        );
+        run_as_postgres(
+            &bin.join("pg_basebackup").to_string_lossy(),
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-d",
+                &conninfo,
+                "-X",
+                "stream",
+                "-R",
+                "--no-sync",
+            ],
+        )
+        .await;
+        // -R wrote primary_conninfo from the connection; the last setting wins.
+        let mut auto = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.auto.conf"))
+            .expect("open the standby's postgresql.auto.conf");
+        std::io::Write::write_all(
+            &mut auto,
+            format!("primary_conninfo = '{conninfo}'\n").as_bytes(),
+        )
+        .expect("name the standby");
+        Self::run(bin, dir).await
+    }
+
+    /// Starts the server of `dir/data` on a free port.
+    async fn run(bin: PathBuf, dir: PathBuf) -> Self {
+        let data = dir.join("data");
         let port = free_port();
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
@@ -804,6 +847,28 @@ impl PrivatePostgres {
         )
         .await;
         Self { bin, dir, port }
+    }
+
+    /// `host:port`, as a host list in a URL names it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl -m immediate`).
+    pub async fn crash(&self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]).await;
+    }
+
+    /// Promotes a standby to primary, waiting until it accepts writes.
+    pub async fn promote(&self) {
+        self.pg_ctl(&["-w", "promote"]).await;
+    }
+
+    async fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let mut all = vec!["-D", data.to_str().expect("a UTF-8 path")];
+        all.extend_from_slice(args);
+        run_as_postgres(&self.bin.join("pg_ctl").to_string_lossy(), &all).await;
     }
 
     /// A URL of its `postgres` database.
@@ -857,6 +922,12 @@ fn postgres_bin_dir() -> PathBuf {
     found.pop().unwrap_or_else(|| {
         panic!("no Postgres server binaries under /usr/lib/postgresql (scripts/ensure-postgres.sh installs them)")
     })
+}
+
+/// A new folder the `postgres` user owns, for a private server.
+async fn private_folder() -> PathBuf {
+    let made = run_as_postgres("mktemp", &["-d", "/tmp/registry-test-pg-XXXXXX"]).await;
+    PathBuf::from(made.trim())
 }
 
 /// Runs a program as the `postgres` user (root only) and answers its standard output.

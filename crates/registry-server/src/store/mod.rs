@@ -7,6 +7,7 @@
 //! until commit), so a reader that follows events by index never skips one.
 
 mod group_commit;
+pub(crate) mod pg_hosts;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
@@ -52,12 +53,14 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
-            // Postgres: connection exceptions (08xxx), shutting down (57P0x), and
+            // Postgres: connection exceptions (08xxx), shutting down (57P0x), a read-only
+            // server (25006: a standby, or a primary demoted by a failover, pg_hosts), and
             // SQLite: busy/locked (5, 6), also as extended codes (primary code in the low byte).
             sqlx::Error::Database(db) => db.code().is_some_and(|code| {
                 let sqlite_primary = code.parse::<i64>().ok().map(|c| c & 0xff);
                 code.starts_with("08")
                     || code.starts_with("57P0")
+                    || code == "25006"
                     || matches!(sqlite_primary, Some(5 | 6))
             }),
             _ => false,
@@ -174,6 +177,13 @@ pub trait Store: Send + Sync + 'static {
     /// the same for every replica on it and different for any other database (a fresh
     /// one after a loss). Read once at start-up.
     async fn epoch(&self) -> StoreResult<String>;
+
+    /// How many times this store found the database on another history than before: a
+    /// failover to a standby that had not received every write, or a restore (Postgres's
+    /// timeline changed). A view that followed the earlier history must be loaded again.
+    fn history_changes(&self) -> u64 {
+        0
+    }
 
     /// Deletes history before `before`, keeping each live instance's latest event so that
     /// `state_at` still sees it. Returns how many events were deleted.

@@ -10,6 +10,7 @@
 //! (`registry_write_group`, migration 0008).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Acquire, PgConnection};
 
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Row, RowWrite};
+use super::pg_hosts;
 use super::{
     Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceKey, Notification, Snapshot,
     Store, StoreError, StoreResult, Transition, after_column, from_millis, lease_payloads, millis,
@@ -54,19 +56,48 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Changes are written in groups (see [`group_commit`]).
     writes: GroupCommit,
+    /// Keeps the pool on the server that accepts writes ([`pg_hosts`]); ends with the store.
+    watch: tokio::task::JoinHandle<()>,
+    history: Arc<pg_hosts::History>,
 }
 
 impl PostgresStore {
-    /// Connects (one connection is opened now, so a wrong URL fails at start).
+    /// Connects to the first host of `url` that accepts writes (one connection is opened
+    /// now, so a wrong URL fails at start) and follows the writable host from then on.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let options = super::quiet_statements(url.parse::<PgConnectOptions>()?);
+        let hosts = pg_hosts::Hosts::parse(url)?;
+        let options = hosts.find_writable().await?;
+        let moves = pg_hosts::Moves::new();
+        let stale = moves.clone();
+        let history = Arc::new(pg_hosts::History::default());
+        let checked = history.clone();
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _| {
+                let checked = checked.clone();
+                Box::pin(async move { checked.check(conn).await })
+            })
+            .before_acquire(move |_, meta| {
+                let usable = !stale.opened_before_last_move(meta.age);
+                Box::pin(async move { Ok(usable) })
+            })
             .connect_with(options)
             .await?;
         let writes = GroupCommit::start(PgGroupWriter { pool: pool.clone() }, GROUPS_IN_FLIGHT);
-        Ok(Self { pool, writes })
+        let watch = pg_hosts::watch(pool.clone(), hosts, moves);
+        Ok(Self {
+            pool,
+            writes,
+            watch,
+            history,
+        })
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.watch.abort();
     }
 }
 
@@ -159,8 +190,14 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        match pg_hosts::read_write(&self.pool).await? {
+            true => Ok(()),
+            false => Err(pg_hosts::read_only_error()),
+        }
+    }
+
+    fn history_changes(&self) -> u64 {
+        self.history.changes()
     }
 
     async fn change_feed(&self) -> StoreResult<Option<Box<dyn super::ChangeFeed>>> {

@@ -184,6 +184,9 @@ impl Store for TestStore {
     async fn epoch(&self) -> StoreResult<String> {
         self.inner.epoch().await
     }
+    fn history_changes(&self) -> u64 {
+        self.inner.history_changes()
+    }
     async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.inner.prune_history(before).await
     }

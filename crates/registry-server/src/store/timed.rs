@@ -79,6 +79,10 @@ impl<S: Store> Store for Timed<S> {
         timed("epoch", self.0.epoch()).await
     }
 
+    fn history_changes(&self) -> u64 {
+        self.0.history_changes()
+    }
+
     async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         timed("prune_history", self.0.prune_history(before)).await
     }
