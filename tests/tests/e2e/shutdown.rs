@@ -1,7 +1,8 @@
 //! SIGTERM stops the registry within `REGISTRY_SHUTDOWN_TIMEOUT` whatever state it and
 //! its database are in: idle, under load, with its database gone, and with a database
-//! that holds every commit (a synchronous standby that went away). Kubernetes would
-//! otherwise kill the pod at the end of its grace period.
+//! that holds every commit (a synchronous standby that went away), and under write load in
+//! each state of a Postgres failover. Kubernetes would otherwise kill the pod at the end of
+//! its grace period.
 
 use std::time::{Duration, Instant};
 
@@ -192,4 +193,97 @@ async fn a_registry_whose_database_holds_every_commit_stops_within_its_bound() {
             .any(|line| line.contains("unwritten_heartbeats")),
         "the log says what was not written: {reported:?}"
     );
+}
+
+/// Writes as fast as they go through `base` until the registry is gone.
+fn write_load(base: &str) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4u16)
+        .map(|writer| {
+            let (http, base) = (reqwest::Client::new(), base.to_owned());
+            tokio::spawn(async move {
+                for n in 0u32.. {
+                    let sent = http
+                        .put(format!("{base}/v1/services/load/instances/w{writer}-{n}"))
+                        .json(&spec(4040 + writer))
+                        .send()
+                        .await;
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// SIGTERM while `load` pours in: the process must be gone within its bound.
+async fn stops_under(
+    load: Vec<tokio::task::JoinHandle<()>>,
+    registry: RegistryProcess,
+    state: &str,
+) {
+    let (code, took) = stop(registry).await;
+    assert!(
+        matches!(code, Some(0 | 1)),
+        "{state}: an exit, not a signal: {code:?}"
+    );
+    assert!(took < STOPPED_WITHIN, "{state}: stopped in {took:?}");
+    for writer in load {
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    }
+}
+
+/// Every state a database passes through in a failover, each a few times: it has just
+/// died, it is read-only (a demoted primary), and it is failing over (the primary crashed,
+/// the standby not yet promoted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_under_write_load_stops_within_its_bound_whatever_its_database_does() {
+    let url = Backend::Postgres.fresh_url().await;
+    for round in 0..5 {
+        let proxy = TcpProxy::start().await;
+        proxy.set_target(postgres_addr(&url).await);
+        let registry = start(&through(&url, &proxy)).await;
+        let load = write_load(&registry.base_url);
+        proxy.cut().await;
+        stops_under(
+            load,
+            registry,
+            &format!("database just died, round {round}"),
+        )
+        .await;
+    }
+
+    let postgres = PrivatePostgres::start().await;
+    for round in 0..2 {
+        let registry = start(&postgres.url()).await;
+        let load = write_load(&registry.base_url);
+        postgres
+            .execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            .await;
+        postgres.execute("SELECT pg_reload_conf()").await;
+        stops_under(
+            load,
+            registry,
+            &format!("read-only database, round {round}"),
+        )
+        .await;
+        postgres
+            .execute("ALTER SYSTEM SET default_transaction_read_only = off")
+            .await;
+        postgres.execute("SELECT pg_reload_conf()").await;
+    }
+
+    for round in 0..2 {
+        let primary = PrivatePostgres::start().await;
+        let standby = PrivatePostgres::standby_of(&primary, "standby").await;
+        let registry = start(&format!(
+            "postgres://postgres@{},{}/postgres",
+            primary.host(),
+            standby.host()
+        ))
+        .await;
+        let load = write_load(&registry.base_url);
+        primary.crash().await;
+        stops_under(load, registry, &format!("failing over, round {round}")).await;
+    }
 }
