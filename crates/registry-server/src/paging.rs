@@ -94,6 +94,11 @@ impl NameFilter {
     fn matches(&self, name: &str) -> bool {
         name.contains(self.0.as_str())
     }
+
+    /// The lower-cased text searched for (as the store searches for it).
+    pub fn text(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Which services a read answers: one by name, those whose name contains some text, and
@@ -134,6 +139,11 @@ impl Selection {
             after,
             limit,
         }
+    }
+
+    /// The name a page starts after, when it has a cursor.
+    pub fn after_name(&self) -> Option<&str> {
+        self.after.as_ref().map(|cursor| cursor.after.as_str())
     }
 
     /// The selected entries of a map by service name for which `keep` holds, in name

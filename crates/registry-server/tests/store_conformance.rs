@@ -95,6 +95,7 @@ conformance!(
     claimed_checks_are_pushed_one_interval_ahead,
     history_filters_by_instance_and_half_open_time_range,
     state_at_answers_a_past_moment,
+    service_names_walk_the_history_in_name_order,
     pruning_keeps_the_latest_event_of_live_instances,
     times_round_trip_exactly,
     data_survives_reconnecting,
@@ -982,7 +983,7 @@ async fn state_at_answers_a_past_moment(backend: Backend) {
             .clone()
     };
     let state_at = |at| async move {
-        let (index, instances) = s.state_at(at).await.expect("state");
+        let (index, instances) = s.state_at(at, None).await.expect("state");
         (index, by_key(instances))
     };
 
@@ -1006,6 +1007,54 @@ async fn state_at_answers_a_past_moment(backend: Backend) {
         state_at(t0 + secs(3600)).await,
         (5, vec![shown(3), shown(4)])
     );
+
+    // Only the services asked for, with the index of the moment all the same.
+    let of = |at, services: &'static [&'static str]| async move {
+        let services: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
+        let (index, instances) = s.state_at(at, Some(&services)).await.expect("state");
+        (index, by_key(instances))
+    };
+    assert_eq!(
+        of(t0 + secs(2), &["sum"]).await,
+        (3, vec![shown(1), shown(2)])
+    );
+    assert_eq!(of(t0 + secs(2), &["mult"]).await, (3, vec![shown(3)]));
+    assert_eq!(
+        of(t0 + secs(4), &["sum", "mult"]).await,
+        (5, vec![shown(3), shown(4)])
+    );
+    assert_eq!(of(t0 + secs(4), &["none"]).await, (5, vec![]));
+    assert_eq!(of(t0 + secs(4), &[]).await, (5, vec![]));
+}
+
+async fn service_names_walk_the_history_in_name_order(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = now();
+    for (i, service) in ["web", "api", "sum", "ab-sum", "mult"]
+        .into_iter()
+        .enumerate()
+    {
+        put(s, &spec(service, "a", 10), t0 + secs(i as i64)).await;
+    }
+    // A removed service stays a name of the history (it had instances then).
+    deregister(s, "web", "a", t0 + secs(9)).await;
+    let names = |after: Option<&'static str>, containing: Option<&'static str>, limit| async move {
+        s.service_names(after, containing, limit)
+            .await
+            .expect("names")
+    };
+    assert_eq!(
+        names(None, None, 10).await,
+        ["ab-sum", "api", "mult", "sum", "web"]
+    );
+    assert_eq!(names(None, None, 2).await, ["ab-sum", "api"]);
+    assert_eq!(names(Some("api"), None, 2).await, ["mult", "sum"]);
+    assert_eq!(names(Some("sum"), None, 10).await, ["web"]);
+    assert_eq!(names(Some("web"), None, 10).await, Vec::<String>::new());
+    assert_eq!(names(None, Some("sum"), 10).await, ["ab-sum", "sum"]);
+    assert_eq!(names(Some("ab-sum"), Some("sum"), 10).await, ["sum"]);
+    assert_eq!(names(None, Some("-"), 10).await, ["ab-sum"]);
 }
 
 async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
@@ -1051,11 +1100,11 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
         }
     );
     assert_eq!(
-        s.state_at(before).await.expect("state"),
+        s.state_at(before, None).await.expect("state"),
         (5, by_key(vec![shown(3), shown(4)])),
         "the state where history starts is intact"
     );
-    let (index, instances) = s.state_at(t0 + secs(6)).await.expect("state");
+    let (index, instances) = s.state_at(t0 + secs(6), None).await.expect("state");
     assert_eq!(
         (index, by_key(instances)),
         (6, vec![shown(6), shown(3), shown(4)])
@@ -1109,7 +1158,7 @@ async fn times_round_trip_exactly(backend: Backend) {
         applied
     );
     assert_eq!(
-        s.state_at(checked_at).await.expect("state"),
+        s.state_at(checked_at, None).await.expect("state"),
         (2, vec![record.to_instance()])
     );
     let before = checked_at + ms(7);

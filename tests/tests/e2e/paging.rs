@@ -177,6 +177,66 @@ both_stores!(
     }
 );
 
+// A past page holds the services that had instances at that moment: those removed before
+// it, or added after it, are skipped however many of them lie between the page's services
+// (past pages read the history a page's worth of services at a time).
+both_stores!(
+    past_pages_skip_services_without_instances_then,
+    |backend: Backend| async move {
+        let registry = TestRegistry::start(backend).await;
+        for n in 0..12 {
+            register(&registry, &format!("svc-{n:02}"), "i-0", &spec(n)).await;
+        }
+        for n in (0..12).filter(|n| n % 3 != 0) {
+            let service = format!("svc-{n:02}");
+            registry
+                .api
+                .deregister(&service, "i-0")
+                .await
+                .expect("removed");
+        }
+        let moment = Utc::now();
+        // Changes after the moment are stamped in a later millisecond (a moment names one).
+        while Utc::now().timestamp_millis() <= moment.timestamp_millis() {
+            tokio::task::yield_now().await;
+        }
+        // After the moment: services between those that existed, and one more removal.
+        for n in [1, 4, 5, 13] {
+            register(&registry, &format!("svc-{n:02}-late"), "i-0", &spec(n)).await;
+        }
+        registry
+            .api
+            .deregister("svc-03", "i-0")
+            .await
+            .expect("removed");
+
+        let past = format!("/v1/status?at={}", rfc3339(moment));
+        let then = ["svc-00", "svc-03", "svc-06", "svc-09"];
+        let whole = get(&registry, &past).await;
+        assert_eq!(names(whole["services"].as_array().expect("services")), then);
+        for limit in [1, 2, 3, 4, 5] {
+            let pages = walk(&registry, &past, limit).await;
+            assert_eq!(names(&services_of(&pages)), then, "by {limit}");
+            assert_eq!(pages.len(), then.len().div_ceil(limit), "by {limit}");
+        }
+        let searched = walk(&registry, &with(&past, "name=0"), 1).await;
+        assert_eq!(names(&services_of(&searched)), then, "searched by 1");
+        let one = get(&registry, &with(&past, "name=03&limit=1")).await;
+        assert_eq!(
+            names(one["services"].as_array().expect("services")),
+            ["svc-03"]
+        );
+        let removed = get(&registry, &with(&past, "service=svc-01")).await;
+        assert_eq!(removed["services"], serde_json::json!([]));
+        let kept = get(&registry, &with(&past, "service=svc-03")).await;
+        assert_eq!(
+            names(kept["services"].as_array().expect("services")),
+            ["svc-03"]
+        );
+        registry.stop().await;
+    }
+);
+
 // While services are added and removed during a walk, every service that exists for the
 // whole walk is answered exactly once, and no service twice: between pages (one added
 // before the cursor, one after it, the last one answered removed) and from a task that

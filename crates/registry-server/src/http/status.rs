@@ -163,21 +163,67 @@ async fn past(
             ),
         ));
     }
-    let (index, instances) = state.store.state_at(at).await?;
     let since = state.store.self_preservation_at(at).await?;
-    let held = instances.iter().filter(|i| i.lease_held).count();
-    let mut answer = if summary {
-        StatusAnswer::Summary(crate::view::status_summary(index, at, instances))
+    let (held, answer) = if summary {
+        let (index, instances) = state.store.state_at(at, None).await?;
+        let held = instances.iter().filter(|i| i.lease_held).count();
+        let summary = crate::view::status_summary(index, at, instances);
+        (held, StatusAnswer::Summary(summary))
     } else {
-        StatusAnswer::System(crate::view::system_status(index, at, instances, selection))
-    }
-    .with_context(Some(start.at), epoch(state));
+        let (index, instances) = selected_state_at(state.store.as_ref(), at, selection).await?;
+        let status = crate::view::system_status(index, at, instances, selection);
+        let held = status
+            .services
+            .iter()
+            .flat_map(|service| &service.instances)
+            .filter(|i| i.lease_held)
+            .count();
+        (held, StatusAnswer::System(status))
+    };
+    let mut answer = answer.with_context(Some(start.at), epoch(state));
     answer.set_self_preservation(SelfPreservation {
         active: since.is_some(),
         since,
         held: u64::try_from(held).unwrap_or(u64::MAX),
     });
     Ok(answer)
+}
+
+/// The instances at `at` of at least the services `selection` answers: one service's
+/// alone, or for a page the services after its cursor, read a page's worth at a time
+/// until one more than the page had instances then (so that the page knows whether
+/// another follows), or the history has no more. Unpaged, every service.
+async fn selected_state_at(
+    store: &dyn crate::store::Store,
+    at: DateTime<Utc>,
+    selection: &Selection,
+) -> crate::store::StoreResult<(u64, Vec<registry_api::Instance>)> {
+    if let Some(service) = &selection.service {
+        return store
+            .state_at(at, Some(std::slice::from_ref(service)))
+            .await;
+    }
+    let Some(limit) = selection.limit else {
+        return store.state_at(at, None).await;
+    };
+    let wanted = limit + 1;
+    let batch = u32::try_from(wanted).unwrap_or(u32::MAX);
+    let containing = selection.name.as_ref().map(|name| name.text());
+    let mut after = selection.after_name().map(str::to_owned);
+    let mut instances = Vec::new();
+    let mut services_then = std::collections::BTreeSet::new();
+    loop {
+        let names = store
+            .service_names(after.as_deref(), containing, batch)
+            .await?;
+        let (index, found) = store.state_at(at, Some(&names)).await?;
+        services_then.extend(found.iter().map(|i| i.service.clone()));
+        instances.extend(found);
+        if services_then.len() >= wanted || names.len() < wanted {
+            return Ok((index, instances));
+        }
+        after = names.last().cloned();
+    }
 }
 
 /// The database's epoch, as the `Registry-Epoch` header carries it.

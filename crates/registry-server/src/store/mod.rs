@@ -166,9 +166,26 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Event>>;
 
-    /// The instances that existed at `at` (as their latest event before it shows them)
-    /// and the index of that moment. The caller refuses moments before [`Self::history_start`].
-    async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)>;
+    /// The instances that existed at `at` (as their latest event before it shows them),
+    /// of every service or only of `services`, and the index of that moment. Only the
+    /// named services' events are read, so one service or a page of them at a past moment
+    /// costs their history, not the whole one. The caller refuses moments before
+    /// [`Self::history_start`].
+    async fn state_at(
+        &self,
+        at: DateTime<Utc>,
+        services: Option<&[String]>,
+    ) -> StoreResult<(u64, Vec<Instance>)>;
+
+    /// Up to `limit` names of services that have events in the kept history, in name
+    /// order, after `after` and containing `containing` when given: the candidates of a
+    /// page of a past moment (each read with [`Self::state_at`]).
+    async fn service_names(
+        &self,
+        after: Option<&str>,
+        containing: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>>;
 
     /// Where kept history begins.
     async fn history_start(&self) -> StoreResult<HistoryStart>;

@@ -290,13 +290,20 @@ impl Store for PostgresStore {
         parse_events(&rows)
     }
 
-    async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
+    async fn state_at(
+        &self,
+        at: DateTime<Utc>,
+        services: Option<&[String]>,
+    ) -> StoreResult<(u64, Vec<Instance>)> {
         let mut tx = self.pool.begin_with(BEGIN_CONSISTENT_READ).await?;
         // Pruning may have deleted the events that led to the moment where history now
         // starts (a removal, say), so from that moment on its index is a lower bound.
+        // The latest event by index, scanned from the newest: it stops at the first one
+        // before `at` instead of visiting every event before it.
         let index: i64 = sqlx::query_scalar(
             "SELECT GREATEST( \
-               (SELECT COALESCE(MAX(idx), 0) FROM events WHERE at_ms <= $1), \
+               (SELECT COALESCE((SELECT idx FROM events WHERE at_ms <= $1 \
+                                 ORDER BY idx DESC LIMIT 1), 0)), \
                (SELECT CASE WHEN history_start_ms <= $1 THEN history_start_index ELSE 0 END \
                 FROM registry_meta WHERE id = 1))",
         )
@@ -306,10 +313,12 @@ impl Store for PostgresStore {
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT body::text FROM ( \
                SELECT DISTINCT ON (service, instance) kind, body FROM events \
-               WHERE at_ms <= $1 ORDER BY service, instance, idx DESC \
+               WHERE at_ms <= $1 AND ($2::text[] IS NULL OR service = ANY($2)) \
+               ORDER BY service, instance, idx DESC \
              ) latest WHERE kind <> 'removed'",
         )
         .bind(millis(at))
+        .bind(services)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -318,6 +327,34 @@ impl Store for PostgresStore {
             .map(|event| event.snapshot)
             .collect();
         Ok((to_index(index)?, instances))
+    }
+
+    async fn service_names(
+        &self,
+        after: Option<&str>,
+        containing: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        // Each step finds the next name by the (service, idx) index: as many index probes
+        // as names walked, however many events each service has.
+        let names = sqlx::query_scalar(
+            "WITH RECURSIVE names(service) AS ( \
+               (SELECT service FROM events WHERE service > COALESCE($1, '') \
+                ORDER BY service LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT e.service FROM events e WHERE e.service > n.service \
+                       ORDER BY e.service LIMIT 1) \
+               FROM names n WHERE n.service IS NOT NULL) \
+             SELECT service FROM names \
+             WHERE service IS NOT NULL AND ($2::text IS NULL OR strpos(service, $2) > 0) \
+             LIMIT $3",
+        )
+        .bind(after)
+        .bind(containing)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names)
     }
 
     async fn history_start(&self) -> StoreResult<HistoryStart> {

@@ -193,26 +193,33 @@ impl Store for SqliteStore {
         parse_events(&rows)
     }
 
-    async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
+    async fn state_at(
+        &self,
+        at: DateTime<Utc>,
+        services: Option<&[String]>,
+    ) -> StoreResult<(u64, Vec<Instance>)> {
         let mut tx = self.reader.begin().await?;
         // Pruning may have deleted the events that led to the moment where history now
         // starts (a removal, say), so from that moment on its index is a lower bound.
         let index: i64 = sqlx::query_scalar(
             "SELECT MAX( \
-               (SELECT COALESCE(MAX(idx), 0) FROM events WHERE at_ms <= ?1), \
+               COALESCE((SELECT idx FROM events WHERE at_ms <= ?1 ORDER BY idx DESC LIMIT 1), 0), \
                COALESCE((SELECT CASE WHEN history_start_ms <= ?1 THEN history_start_index \
                          ELSE 0 END FROM registry_meta WHERE id = 1), 0))",
         )
         .bind(millis(at))
         .fetch_one(&mut *tx)
         .await?;
+        let services = services.map(serde_json::to_string).transpose()?;
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT e.body FROM events e \
              JOIN (SELECT MAX(idx) AS idx FROM events WHERE at_ms <= ?1 \
+                   AND (?2 IS NULL OR service IN (SELECT value FROM json_each(?2))) \
                    GROUP BY service, instance) latest ON e.idx = latest.idx \
              WHERE e.kind <> 'removed' ORDER BY e.service, e.instance",
         )
         .bind(millis(at))
+        .bind(services)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -221,6 +228,25 @@ impl Store for SqliteStore {
             .map(|event| event.snapshot)
             .collect();
         Ok((to_index(index)?, instances))
+    }
+
+    async fn service_names(
+        &self,
+        after: Option<&str>,
+        containing: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        let names = sqlx::query_scalar(
+            "SELECT DISTINCT service FROM events \
+             WHERE service > COALESCE(?1, '') AND (?2 IS NULL OR instr(service, ?2) > 0) \
+             ORDER BY service LIMIT ?3",
+        )
+        .bind(after)
+        .bind(containing)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(names)
     }
 
     async fn history_start(&self) -> StoreResult<HistoryStart> {

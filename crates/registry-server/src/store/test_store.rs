@@ -175,8 +175,20 @@ impl Store for TestStore {
             .history(service, instance, since, until, limit)
             .await
     }
-    async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
-        self.inner.state_at(at).await
+    async fn state_at(
+        &self,
+        at: DateTime<Utc>,
+        services: Option<&[String]>,
+    ) -> StoreResult<(u64, Vec<Instance>)> {
+        self.inner.state_at(at, services).await
+    }
+    async fn service_names(
+        &self,
+        after: Option<&str>,
+        containing: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        self.inner.service_names(after, containing, limit).await
     }
     async fn history_start(&self) -> StoreResult<HistoryStart> {
         self.inner.history_start().await

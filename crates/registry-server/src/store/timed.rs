@@ -67,8 +67,25 @@ impl<S: Store> Store for Timed<S> {
         .await
     }
 
-    async fn state_at(&self, at: DateTime<Utc>) -> StoreResult<(u64, Vec<Instance>)> {
-        timed("state_at", self.0.state_at(at)).await
+    async fn state_at(
+        &self,
+        at: DateTime<Utc>,
+        services: Option<&[String]>,
+    ) -> StoreResult<(u64, Vec<Instance>)> {
+        timed("state_at", self.0.state_at(at, services)).await
+    }
+
+    async fn service_names(
+        &self,
+        after: Option<&str>,
+        containing: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        timed(
+            "service_names",
+            self.0.service_names(after, containing, limit),
+        )
+        .await
     }
 
     async fn history_start(&self) -> StoreResult<HistoryStart> {
