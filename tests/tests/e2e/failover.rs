@@ -154,6 +154,26 @@ async fn write_until(
     }
 }
 
+/// Four writers, each registering new instances of `writes` until `stop`.
+fn start_writers(
+    http: &reqwest::Client,
+    bases: &[String],
+    stop: &Arc<AtomicBool>,
+    writes: &Arc<Mutex<Writes>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|writer| {
+            tokio::spawn(write_until(
+                http.clone(),
+                bases.to_vec(),
+                writer,
+                stop.clone(),
+                writes.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// Heartbeats every lease once a second through `bases` in turn until `stop`.
 async fn heartbeat_until(http: reqwest::Client, bases: Vec<String>, stop: Arc<AtomicBool>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
@@ -228,17 +248,7 @@ async fn a_synchronous_failover_loses_no_acknowledged_write_and_fails_no_lookup(
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(Mutex::new(Writes::default()));
     let http = reqwest::Client::new();
-    let writers: Vec<_> = (0..4)
-        .map(|writer| {
-            tokio::spawn(write_until(
-                http.clone(),
-                bases.clone(),
-                writer,
-                stop.clone(),
-                writes.clone(),
-            ))
-        })
-        .collect();
+    let writers = start_writers(&http, &bases, &stop, &writes);
     let heartbeats = tokio::spawn(heartbeat_until(http.clone(), bases.clone(), stop.clone()));
     let lookups = tokio::spawn(look_up_until(http.clone(), bases.clone(), stop.clone()));
     // A blocking query on A, following `writes` by index.
@@ -421,17 +431,7 @@ async fn write_through_a_failover_to_a_lagging_standby(
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(Mutex::new(Writes::default()));
     let http = reqwest::Client::new();
-    let writers: Vec<_> = (0..4)
-        .map(|writer| {
-            tokio::spawn(write_until(
-                http.clone(),
-                bases.to_vec(),
-                writer,
-                stop.clone(),
-                writes.clone(),
-            ))
-        })
-        .collect();
+    let writers = start_writers(&http, bases, &stop, &writes);
     let acknowledged = |at_least: usize| {
         let writes = writes.clone();
         move || {

@@ -12,6 +12,11 @@
 //! connections opened before the move. Until then callers see the database as unavailable
 //! (503, and the outage grace for leases), never an error. One host is handled the same way,
 //! which also follows a service name whose address moves to the new primary.
+//!
+//! A standby promoted after a failover may not have received every write (asynchronous
+//! replication): each new connection reads Postgres's timeline ([`History`]), which the
+//! promotion changed, so that views load the new primary's state instead of keeping writes
+//! it never had.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
