@@ -6,8 +6,9 @@
 //! transaction of its own, with its own commit, would make the database's commit rate the
 //! registry's limit. So a heartbeat on a lease this process's view knows to be live is
 //! queued here, shown in reads at once (the view is touched) and answered; a background
-//! task writes everything queued with one [`Store::renew_leases`] statement every
-//! [`FLUSH_EVERY`]. Several heartbeats of one instance between two flushes are one row.
+//! task writes everything queued every [`FLUSH_EVERY`], with one [`Store::renew_leases`]
+//! statement per [`RENEWALS_PER_STATEMENT`] instances. Several heartbeats of one instance
+//! between two flushes are one row.
 //!
 //! Everything else takes the full path through the store: an instance the view
 //! does not know (the store, the truth, answers 404 or finds it), a lease that has run out
@@ -49,6 +50,13 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// the flush statement itself, so a heartbeat queued anywhere before the deadline is
 /// written first.
 pub const EXPIRY_GRACE: Duration = Duration::from_millis(250);
+
+/// Most leases renewed by one statement. A renewal costs Postgres about 20 us a row (a new
+/// version of the row and its lease indexes), so a statement stays well within
+/// [`FLUSH_TIMEOUT`] however many instances heartbeat: a whole queue in one statement
+/// would not at a million instances, and every flush would then time out and start again
+/// larger.
+pub const RENEWALS_PER_STATEMENT: usize = 2_000;
 
 /// Most instances queued at once; heartbeats of further instances take the full path.
 pub const MAX_QUEUED: usize = 100_000;
@@ -148,10 +156,11 @@ impl Heartbeats {
         self.queue().len()
     }
 
-    /// Writes every queued heartbeat with one `renew_leases` call and answers those it did
-    /// not apply (lapsed meanwhile, or gone): the caller replays them through the full
-    /// transition ([`crate::writer::Writer::flush_heartbeats`]). On failure the heartbeats
-    /// stay queued (newer ones win) for the next flush.
+    /// Writes every queued heartbeat, [`RENEWALS_PER_STATEMENT`] a `renew_leases` call,
+    /// and answers those it did not apply (lapsed meanwhile, or gone): the caller replays
+    /// them through the full transition ([`crate::writer::Writer::flush_heartbeats`]). On
+    /// failure the heartbeats not yet written stay queued (newer ones win) for the next
+    /// flush, and those written stay written.
     pub async fn write_batch(&self) -> StoreResult<Vec<Heartbeat>> {
         let _one_at_a_time = self.flushing.lock().await;
         let batch = self.queue().take();
@@ -169,11 +178,16 @@ impl Heartbeats {
             heartbeats: self,
             batch,
         };
-        let written = within_flush_timeout(self.store.renew_leases(&unwritten.batch)).await?;
-        unwritten.batch = Vec::new();
-        self.reached();
+        let mut not_applied = Vec::new();
+        while !unwritten.batch.is_empty() {
+            let rest = unwritten.batch.len().saturating_sub(RENEWALS_PER_STATEMENT);
+            let chunk = &unwritten.batch[rest..];
+            not_applied.extend(within_flush_timeout(self.store.renew_leases(chunk)).await?);
+            unwritten.batch.truncate(rest);
+            self.reached();
+        }
         self.writing.store(true, Ordering::Release);
-        Ok(written)
+        Ok(not_applied)
     }
 
     /// Puts back heartbeats that could not be written, and sends heartbeats to the full
@@ -495,6 +509,44 @@ mod tests {
         assert_eq!(written.last_heartbeat_at, latest);
         assert_eq!(written.to_instance(), shown);
         assert_eq!(store.current_index().await.expect("index"), 50, "no event");
+    }
+
+    #[tokio::test]
+    async fn a_large_queue_is_written_a_bounded_number_per_statement() {
+        let count = 2 * RENEWALS_PER_STATEMENT + 1;
+        let (store, _view, heartbeats) = setup(count, 10).await;
+        let at = Clock::default().now() + chrono::Duration::milliseconds(3);
+        let queue_all = || {
+            for i in 0..count {
+                heartbeats
+                    .queue_heartbeat(&sum(), &instance_id(&format!("i{i}")), at)
+                    .expect("queued");
+            }
+        };
+        queue_all();
+        // One statement goes through, the next is held: what it wrote stays written, the
+        // rest stays queued when the flush is stopped.
+        let gate = store.hold_renewals();
+        gate.add_permits(1);
+        let stopped = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            heartbeats.flush_heartbeats(),
+        )
+        .await;
+        assert!(stopped.is_err(), "the second statement was held");
+        assert_eq!(store.renewals(), 2);
+        assert_eq!(
+            heartbeats.queued_heartbeats(),
+            count - RENEWALS_PER_STATEMENT
+        );
+
+        gate.add_permits(10);
+        heartbeats.flush_heartbeats().await.expect("flush");
+        assert_eq!(store.renewals(), 4, "the rest in two more statements");
+        assert_eq!(heartbeats.queued_heartbeats(), 0);
+        for i in [0, RENEWALS_PER_STATEMENT, count - 1] {
+            assert_eq!(stored(&store, &format!("i{i}")).await.last_heartbeat_at, at);
+        }
     }
 
     #[tokio::test]
