@@ -259,6 +259,12 @@ impl Registry {
         rss_kib_of(&Path::new("/proc").join(pid.to_string()).join("status"))
     }
 
+    /// CPU time the process has used so far, user and system.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let pid = self.child.id().context("the registry has exited")?;
+        cpu_time_of(pid)
+    }
+
     /// SIGTERM, then at most 30 s for the graceful shutdown; SIGKILL after that.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
@@ -286,6 +292,30 @@ fn listening_addr(line: &str, message: &str) -> Option<SocketAddr> {
         return None;
     }
     fields.get("addr")?.as_str()?.parse().ok()
+}
+
+/// CPU time process `pid` has used so far, user and system (`/proc/<pid>/stat`, in the
+/// kernel's clock ticks of 1/100 s).
+pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let path = Path::new("/proc").join(pid.to_string()).join("stat");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    // The fields after the command name (which may hold spaces) in parentheses; utime and
+    // stime are the 14th and 15th of the line, the 12th and 13th after it.
+    let after_name = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |n: usize| -> anyhow::Result<u64> {
+        fields
+            .get(n)
+            .and_then(|field| field.parse().ok())
+            .with_context(|| format!("no CPU time in {}", path.display()))
+    };
+    let ticks = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_millis(ticks * 1_000 / TICKS_PER_SECOND))
 }
 
 fn rss_kib_of(status: &Path) -> anyhow::Result<u64> {

@@ -201,6 +201,8 @@ async fn measure(
     baseline.stop().await?;
 
     watch(http, &a, &b, report).await?;
+    heartbeat_cost(&a, database, services, report).await?;
+    database_size(database, n, report).await?;
     whole_system(http, &a, report).await?;
     mass_lapse(http, &a, &b, n, seed_rate, report).await?;
     time_travel(http, &a, seeded_at, report).await?;
@@ -212,6 +214,110 @@ async fn measure(
     a.stop().await?;
     b.stop().await?;
     Ok(())
+}
+
+/// How long heartbeats are sent for the CPU they cost, and over how many connections (a
+/// load the renewals keep up with at a million instances: more are answered 503 there).
+const HEARTBEAT_LOAD: Duration = Duration::from_secs(6);
+const HEARTBEAT_CONNECTIONS: usize = 8;
+
+/// The registry's default lease (`REGISTRY_DEFAULT_TTL`): clients renew every third of it.
+const DEFAULT_TTL_SECONDS: f64 = 10.0;
+
+/// Heartbeats of random seeded instances on A (wrk): the CPU replica A
+/// and the Postgres backends serving the bench's database spend per 10,000 heartbeats a
+/// second, and from it how many instances one core of each keeps alive at the default
+/// lease (a heartbeat every third of it). Postgres's shared background processes (WAL
+/// writer, checkpointer) are not counted.
+async fn heartbeat_cost(
+    a: &Registry,
+    database: &Database,
+    services: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let backends = postgres_backends(&database.url).await?;
+    let postgres_cpu = || -> Duration {
+        backends
+            .iter()
+            .filter_map(|pid| crate::registry::cpu_time_of(*pid).ok())
+            .sum()
+    };
+    let script = load::heartbeat_script(services, PER_SERVICE);
+    let before = (a.cpu_time()?, postgres_cpu());
+    let run = load::wrk(&a.base, &script, HEARTBEAT_CONNECTIONS, HEARTBEAT_LOAD).await?;
+    let after = (a.cpu_time()?, postgres_cpu());
+    ensure!(run.errors == 0, "heartbeats failed: {run:?}");
+    // Renewed heartbeats a second (a refused one, 503 when the renewals fall behind, costs
+    // little and renews nothing), and the cores busy per 10,000 of them.
+    let renewed = (run.requests - run.bad_status.min(run.requests)) as f64 / run.seconds;
+    let per_10k = |used: Duration| used.as_secs_f64() / run.seconds / (renewed / 10_000.0);
+    let registry = per_10k(after.0.saturating_sub(before.0));
+    let postgres = per_10k(after.1.saturating_sub(before.1));
+    let instances_per_core =
+        |cores_per_10k: f64| 10_000.0 / cores_per_10k * DEFAULT_TTL_SECONDS / 3.0;
+    report.add(
+        "heartbeats: cores per 10,000/s, registry / Postgres (instances one core keeps alive at the default 10 s lease)",
+        format!(
+            "{registry:.2} / {postgres:.2} ({:.0} / {:.0}); {renewed:.0}/s renewed, {} refused",
+            instances_per_core(registry),
+            instances_per_core(postgres),
+            run.bad_status
+        ),
+        "",
+        None,
+        json!({
+            "renewed_per_second": renewed,
+            "refused": run.bad_status,
+            "connections": HEARTBEAT_CONNECTIONS,
+            "registry_cores_per_10k": registry,
+            "postgres_cores_per_10k": postgres,
+            "instances_per_registry_core": instances_per_core(registry),
+            "instances_per_postgres_core": instances_per_core(postgres),
+        }),
+    );
+    Ok(())
+}
+
+/// What the instances and their history take in Postgres (tables with their indexes and
+/// TOAST), per instance.
+async fn database_size(database: &Database, n: usize, report: &mut Report) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&database.url).await?;
+    let (instances, events): (i64, i64) = sqlx::query_as(
+        "SELECT pg_total_relation_size('instances'), pg_total_relation_size('events')",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let per_instance = |bytes: i64| bytes as f64 / n as f64;
+    report.add(
+        format!("Postgres: instances table / history per instance at {n}"),
+        format!(
+            "{:.0} B / {:.0} B ({} MiB / {} MiB)",
+            per_instance(instances),
+            per_instance(events),
+            instances >> 20,
+            events >> 20
+        ),
+        "",
+        None,
+        json!({ "instances_bytes": instances, "events_bytes": events }),
+    );
+    Ok(())
+}
+
+/// The process ids of the Postgres backends connected to the database of `url`.
+async fn postgres_backends(url: &str) -> anyhow::Result<Vec<u32>> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    Ok(pids
+        .into_iter()
+        .filter_map(|pid| u32::try_from(pid).ok())
+        .collect())
 }
 
 /// A seeded instance's body: the shape of `make bench`'s, with a lease of `ttl` seconds.
