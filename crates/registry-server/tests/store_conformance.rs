@@ -1039,8 +1039,9 @@ async fn service_names_walk_the_history_in_name_order(backend: Backend) {
     }
     // A removed service stays a name of the history (it had instances then).
     deregister(s, "web", "a", t0 + secs(9)).await;
+    let now = t0 + secs(10);
     let names = |after: Option<&'static str>, containing: Option<&'static str>, limit| async move {
-        s.service_names(after, containing, limit)
+        s.service_names(now, after, containing, limit)
             .await
             .expect("names")
     };
@@ -1055,6 +1056,11 @@ async fn service_names_walk_the_history_in_name_order(backend: Backend) {
     assert_eq!(names(None, Some("sum"), 10).await, ["ab-sum", "sum"]);
     assert_eq!(names(Some("ab-sum"), Some("sum"), 10).await, ["sum"]);
     assert_eq!(names(None, Some("-"), 10).await, ["ab-sum"]);
+    // Only the services that had an event by the moment asked.
+    let by = |at| async move { s.service_names(at, None, None, 10).await.expect("names") };
+    assert_eq!(by(t0 - ms(1)).await, Vec::<String>::new());
+    assert_eq!(by(t0).await, ["web"]);
+    assert_eq!(by(t0 + secs(2)).await, ["api", "sum", "web"]);
 }
 
 async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {

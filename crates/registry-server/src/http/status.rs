@@ -190,9 +190,9 @@ async fn past(
 }
 
 /// The instances at `at` of at least the services `selection` answers: one service's
-/// alone, or for a page the services after its cursor, read a page's worth at a time
-/// until one more than the page had instances then (so that the page knows whether
-/// another follows), or the history has no more. Unpaged, every service.
+/// alone, or for a page the services after its cursor that existed by then, read a page's
+/// worth at a time until one more than the page had instances then (so that the page
+/// knows whether another follows), or the history has no more. Unpaged, every service.
 async fn selected_state_at(
     store: &dyn crate::store::Store,
     at: DateTime<Utc>,
@@ -214,7 +214,7 @@ async fn selected_state_at(
     let mut services_then = std::collections::BTreeSet::new();
     loop {
         let names = store
-            .service_names(after.as_deref(), containing, batch)
+            .service_names(at, after.as_deref(), containing, batch)
             .await?;
         let (index, found) = store.state_at(at, Some(&names)).await?;
         services_then.extend(found.iter().map(|i| i.service.clone()));

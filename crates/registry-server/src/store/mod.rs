@@ -177,11 +177,12 @@ pub trait Store: Send + Sync + 'static {
         services: Option<&[String]>,
     ) -> StoreResult<(u64, Vec<Instance>)>;
 
-    /// Up to `limit` names of services that have events in the kept history, in name
-    /// order, after `after` and containing `containing` when given: the candidates of a
-    /// page of a past moment (each read with [`Self::state_at`]).
+    /// Up to `limit` names of services that had an event by `at` in the kept history, in
+    /// name order, after `after` and containing `containing` when given: the candidates
+    /// of a page of that moment (each read with [`Self::state_at`]).
     async fn service_names(
         &self,
+        at: DateTime<Utc>,
         after: Option<&str>,
         containing: Option<&str>,
         limit: u32,

@@ -331,12 +331,13 @@ impl Store for PostgresStore {
 
     async fn service_names(
         &self,
+        at: DateTime<Utc>,
         after: Option<&str>,
         containing: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<String>> {
-        // Each step finds the next name by the (service, idx) index: as many index probes
-        // as names walked, however many events each service has.
+        // Each step finds the next name by the (service, idx) index: a few index probes per
+        // name walked, however many events each service has.
         let names = sqlx::query_scalar(
             "WITH RECURSIVE names(service) AS ( \
                (SELECT service FROM events WHERE service > COALESCE($1, '') \
@@ -347,11 +348,14 @@ impl Store for PostgresStore {
                FROM names n WHERE n.service IS NOT NULL) \
              SELECT service FROM names \
              WHERE service IS NOT NULL AND ($2::text IS NULL OR strpos(service, $2) > 0) \
+               AND EXISTS (SELECT 1 FROM events e WHERE e.service = names.service \
+                           AND e.at_ms <= $4) \
              LIMIT $3",
         )
         .bind(after)
         .bind(containing)
         .bind(i64::from(limit))
+        .bind(millis(at))
         .fetch_all(&self.pool)
         .await?;
         Ok(names)

@@ -232,6 +232,7 @@ impl Store for SqliteStore {
 
     async fn service_names(
         &self,
+        at: DateTime<Utc>,
         after: Option<&str>,
         containing: Option<&str>,
         limit: u32,
@@ -239,11 +240,13 @@ impl Store for SqliteStore {
         let names = sqlx::query_scalar(
             "SELECT DISTINCT service FROM events \
              WHERE service > COALESCE(?1, '') AND (?2 IS NULL OR instr(service, ?2) > 0) \
+               AND at_ms <= ?4 \
              ORDER BY service LIMIT ?3",
         )
         .bind(after)
         .bind(containing)
         .bind(i64::from(limit))
+        .bind(millis(at))
         .fetch_all(&self.reader)
         .await?;
         Ok(names)

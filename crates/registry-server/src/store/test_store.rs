@@ -184,11 +184,12 @@ impl Store for TestStore {
     }
     async fn service_names(
         &self,
+        at: DateTime<Utc>,
         after: Option<&str>,
         containing: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<String>> {
-        self.inner.service_names(after, containing, limit).await
+        self.inner.service_names(at, after, containing, limit).await
     }
     async fn history_start(&self) -> StoreResult<HistoryStart> {
         self.inner.history_start().await

@@ -77,13 +77,14 @@ impl<S: Store> Store for Timed<S> {
 
     async fn service_names(
         &self,
+        at: DateTime<Utc>,
         after: Option<&str>,
         containing: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<String>> {
         timed(
             "service_names",
-            self.0.service_names(after, containing, limit),
+            self.0.service_names(at, after, containing, limit),
         )
         .await
     }
