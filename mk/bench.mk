@@ -36,12 +36,16 @@ bench-instructions: ## Instructions per lookup, heartbeat, /healthz, registratio
 	  "$${CARGO_TARGET_DIR:-target}/release/registry-bench" --instructions
 
 # The registry at scale: SCALE_INSTANCES instances (100,000 services of 10 by default) on
-# a fresh Postgres database with two replicas; writes target/bench/scale.json
-# (docs/performance.md). Long (about 12 minutes at the default), so not part of make
-# bench, make test or CI.
+# a fresh Postgres database with two replicas, and its dashboard in headless Chromium
+# (installed here as root; without it the bench skips those rows and says why); writes
+# target/bench/scale.json (docs/performance.md). Long (about 12 minutes at the default),
+# so not part of make bench, make test or CI.
 SCALE_INSTANCES ?= 1000000
 bench-scale: ## The registry at a million instances, two replicas on Postgres (SCALE_INSTANCES=N for another size; about 12 minutes)
 	@scripts/ensure-bench-tools.sh "make bench-scale" wrk=wrk
+	@# The dashboard rows: Debian's Chromium driven by the browser test's playwright-core.
+	@scripts/ensure-bench-tools.sh --optional "the dashboard rows" /usr/bin/chromium=chromium \
+	  node=nodejs npm=npm tests/browser/node_modules/playwright-core=npm
 	$(CARGO) build --release -p registry-server -p registry-bench --bin registry --bin registry-bench
 	@DATABASE_URL="$$(scripts/ensure-postgres.sh)" && export DATABASE_URL && \
 	  "$${CARGO_TARGET_DIR:-target}/release/registry-bench" --scale --instances $(SCALE_INSTANCES)

@@ -12,6 +12,7 @@
 //! test of the program itself; its figures mean nothing. `--scale` (`make bench-scale`)
 //! measures the registry at a million instances instead (`scale.rs`).
 
+mod dashboard;
 mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;
