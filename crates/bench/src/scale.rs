@@ -240,9 +240,17 @@ async fn heartbeat_cost(
             .sum()
     };
     let script = load::heartbeat_script(services, PER_SERVICE);
-    let before = (a.cpu_time()?, postgres_cpu());
+    let before = (
+        a.cpu_time()?,
+        postgres_cpu(),
+        wal_position(&database.url).await?,
+    );
     let run = load::wrk(&a.base, &script, HEARTBEAT_CONNECTIONS, HEARTBEAT_LOAD).await?;
-    let after = (a.cpu_time()?, postgres_cpu());
+    let after = (
+        a.cpu_time()?,
+        postgres_cpu(),
+        wal_position(&database.url).await?,
+    );
     ensure!(run.errors == 0, "heartbeats failed: {run:?}");
     // Renewed heartbeats a second (a refused one, 503 when the renewals fall behind, costs
     // little and renews nothing), and the cores busy per 10,000 of them.
@@ -252,10 +260,12 @@ async fn heartbeat_cost(
     let postgres = per_10k(after.1.saturating_sub(before.1));
     let instances_per_core =
         |cores_per_10k: f64| 10_000.0 / cores_per_10k * DEFAULT_TTL_SECONDS / 3.0;
+    // The whole server's WAL, other databases' too: an upper bound on the renewals' own.
+    let wal_per_heartbeat = (after.2 - before.2) as f64 / (renewed * run.seconds);
     report.add(
         "heartbeats: cores per 10,000/s, registry / Postgres (instances one core keeps alive at the default 10 s lease)",
         format!(
-            "{registry:.2} / {postgres:.2} ({:.0} / {:.0}); {renewed:.0}/s renewed, {} refused",
+            "{registry:.2} / {postgres:.2} ({:.0} / {:.0}); {renewed:.0}/s renewed, {} refused; WAL {wal_per_heartbeat:.0} B a heartbeat",
             instances_per_core(registry),
             instances_per_core(postgres),
             run.bad_status
@@ -270,6 +280,7 @@ async fn heartbeat_cost(
             "postgres_cores_per_10k": postgres,
             "instances_per_registry_core": instances_per_core(registry),
             "instances_per_postgres_core": instances_per_core(postgres),
+            "wal_bytes_per_heartbeat": wal_per_heartbeat,
         }),
     );
     Ok(())
@@ -300,6 +311,16 @@ async fn database_size(database: &Database, n: usize, report: &mut Report) -> an
         json!({ "instances_bytes": instances, "events_bytes": events }),
     );
     Ok(())
+}
+
+/// Where the server's write-ahead log is, in bytes.
+async fn wal_position(url: &str) -> anyhow::Result<i64> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let at: i64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(at)
 }
 
 /// The process ids of the Postgres backends connected to the database of `url`.
