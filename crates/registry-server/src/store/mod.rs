@@ -541,6 +541,11 @@ pub(crate) fn quiet_statements<O: sqlx::ConnectOptions>(options: O) -> O {
     options.log_statements(log::LevelFilter::Off)
 }
 
+/// How far apart the clocks of the replicas that stamp events may be, in milliseconds:
+/// an event stamped up to this much before another may follow it in index order. The
+/// index of a past moment is the greatest among the events of this long before it.
+pub(crate) const CLOCK_SKEW_MS: i64 = 10_000;
+
 /// Milliseconds since the epoch, the time type of every stored column.
 pub(crate) fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()

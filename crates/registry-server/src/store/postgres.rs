@@ -298,16 +298,22 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin_with(BEGIN_CONSISTENT_READ).await?;
         // Pruning may have deleted the events that led to the moment where history now
         // starts (a removal, say), so from that moment on its index is a lower bound.
-        // The latest event by index, scanned from the newest: it stops at the first one
-        // before `at` instead of visiting every event before it.
+        // The index of the moment is read from the events of the last CLOCK_SKEW before
+        // it (or the latest event before it, when none), by time, without visiting every
+        // event before or after it. (`OFFSET 0` keeps the planner from answering MAX by
+        // walking the primary key down from the newest event, past every later one.)
         let index: i64 = sqlx::query_scalar(
             "SELECT GREATEST( \
-               (SELECT COALESCE((SELECT idx FROM events WHERE at_ms <= $1 \
-                                 ORDER BY idx DESC LIMIT 1), 0)), \
+               COALESCE( \
+                 (SELECT MAX(idx) FROM (SELECT idx FROM events \
+                    WHERE at_ms <= $1 AND at_ms > $1 - $2 OFFSET 0) recent), \
+                 (SELECT idx FROM events WHERE at_ms <= $1 ORDER BY at_ms DESC, idx DESC LIMIT 1), \
+                 0), \
                (SELECT CASE WHEN history_start_ms <= $1 THEN history_start_index ELSE 0 END \
                 FROM registry_meta WHERE id = 1))",
         )
         .bind(millis(at))
+        .bind(super::CLOCK_SKEW_MS)
         .fetch_one(&mut *tx)
         .await?;
         let rows: Vec<String> = sqlx::query_scalar(
@@ -336,7 +342,8 @@ impl Store for PostgresStore {
         containing: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<String>> {
-        // Each step finds the next name by the (service, idx) index: a few index probes per
+        // Each step finds the next name by the (service, idx) index, and the service's first
+        // event by the same index tells whether it existed by `at`: two index probes per
         // name walked, however many events each service has.
         let names = sqlx::query_scalar(
             "WITH RECURSIVE names(service) AS ( \
@@ -348,8 +355,8 @@ impl Store for PostgresStore {
                FROM names n WHERE n.service IS NOT NULL) \
              SELECT service FROM names \
              WHERE service IS NOT NULL AND ($2::text IS NULL OR strpos(service, $2) > 0) \
-               AND EXISTS (SELECT 1 FROM events e WHERE e.service = names.service \
-                           AND e.at_ms <= $4) \
+               AND (SELECT e.at_ms FROM events e WHERE e.service = names.service \
+                    ORDER BY e.idx LIMIT 1) <= $4 \
              LIMIT $3",
         )
         .bind(after)

@@ -201,13 +201,18 @@ impl Store for SqliteStore {
         let mut tx = self.reader.begin().await?;
         // Pruning may have deleted the events that led to the moment where history now
         // starts (a removal, say), so from that moment on its index is a lower bound.
+        // As on Postgres: the index of the moment from the events of the last CLOCK_SKEW.
         let index: i64 = sqlx::query_scalar(
             "SELECT MAX( \
-               COALESCE((SELECT idx FROM events WHERE at_ms <= ?1 ORDER BY idx DESC LIMIT 1), 0), \
+               COALESCE( \
+                 (SELECT MAX(idx) FROM events WHERE at_ms <= ?1 AND at_ms > ?1 - ?2), \
+                 (SELECT idx FROM events WHERE at_ms <= ?1 ORDER BY at_ms DESC, idx DESC LIMIT 1), \
+                 0), \
                COALESCE((SELECT CASE WHEN history_start_ms <= ?1 THEN history_start_index \
                          ELSE 0 END FROM registry_meta WHERE id = 1), 0))",
         )
         .bind(millis(at))
+        .bind(super::CLOCK_SKEW_MS)
         .fetch_one(&mut *tx)
         .await?;
         let services = services.map(serde_json::to_string).transpose()?;
