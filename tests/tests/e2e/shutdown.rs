@@ -171,6 +171,29 @@ async fn a_registry_whose_database_holds_every_commit_stops_within_its_bound() {
     assert_eq!(lookup.instances.len(), 1);
     // A queued heartbeat that cannot be written before the bound.
     api.heartbeat("sum", "sum-1").await.expect("heartbeat");
+    // Once its flush has failed, heartbeats are refused: 503, nothing worse.
+    let heartbeat_url = format!(
+        "{}/v1/services/sum/instances/sum-1/heartbeat",
+        registry.base_url
+    );
+    support::eventually(
+        Duration::from_secs(30),
+        "a heartbeat answered 503",
+        || async {
+            let answer = reqwest::Client::new()
+                .put(&heartbeat_url)
+                .send()
+                .await
+                .expect("an answer");
+            let status = answer.status();
+            assert!(
+                status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+                "a heartbeat answered {status}"
+            );
+            (status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        },
+    )
+    .await;
 
     let started = Instant::now();
     support::sigterm(&registry.child).await;
