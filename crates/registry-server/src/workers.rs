@@ -28,6 +28,8 @@ const ALIVE_EVERY: Duration = Duration::from_millis(500);
 /// A registry that recorded no sign of life for this long was down: leases get a fresh TTL.
 const OUTAGE_AFTER: Duration = Duration::from_secs(3);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Most events one pruning statement looks at (each commits on its own).
+const PRUNE_BATCH: u32 = 10_000;
 /// Most instances handled per sweep; the rest wait for the next one.
 const SWEEP_BATCH: u32 = 1_000;
 /// Most checks running at once.
@@ -274,7 +276,11 @@ impl Workers {
         let retention = chrono::Duration::from_std(self.settings.history_retention)
             .unwrap_or(chrono::Duration::MAX);
         let before = self.settings.clock.now() - retention;
-        let pruned = self.writer.store().prune_history(before).await?;
+        let pruned = self
+            .writer
+            .store()
+            .prune_history(before, PRUNE_BATCH)
+            .await?;
         if pruned > 0 {
             tracing::info!(pruned, "pruned history older than the retention");
         }

@@ -96,6 +96,7 @@ conformance!(
     history_filters_by_instance_and_half_open_time_range,
     state_at_answers_a_past_moment,
     pruning_keeps_the_latest_event_of_live_instances,
+    pruning_in_batches_of_two_keeps_the_same_events,
     times_round_trip_exactly,
     data_survives_reconnecting,
     concurrent_changes_get_gap_free_indexes_in_commit_order,
@@ -1009,6 +1010,16 @@ async fn state_at_answers_a_past_moment(backend: Backend) {
 }
 
 async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
+    pruning_keeps_the_latest_events(backend, 10_000).await;
+}
+
+/// Batches of two split the history so that the event superseding an instance's older
+/// one, or the removal ending it, is in another batch than that older event.
+async fn pruning_in_batches_of_two_keeps_the_same_events(backend: Backend) {
+    pruning_keeps_the_latest_events(backend, 2).await;
+}
+
+async fn pruning_keeps_the_latest_events(backend: Backend, batch: u32) {
     let store = backend.fresh().await;
     let s = &*store;
     let t0 = now();
@@ -1019,7 +1030,7 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
         "history starts when the database is created"
     );
     assert_eq!(
-        s.prune_history(t0).await.expect("prune"),
+        s.prune_history(t0, batch).await.expect("prune"),
         0,
         "nothing to prune"
     );
@@ -1036,7 +1047,7 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
     let before = t0 + secs(4) + ms(500);
 
     // Before `before`: sum/a's latest is 4, mult/a's is 3, sum/b's is its removal (5).
-    let deleted = s.prune_history(before).await.expect("prune");
+    let deleted = s.prune_history(before, batch).await.expect("prune");
 
     assert_eq!(deleted, 3, "events 1, 2 and 5");
     assert_eq!(
@@ -1062,8 +1073,11 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
     );
 
     // Pruning again, or up to an earlier moment, changes nothing.
-    assert_eq!(s.prune_history(before).await.expect("prune"), 0);
-    assert_eq!(s.prune_history(t0 + secs(1)).await.expect("prune"), 0);
+    assert_eq!(s.prune_history(before, batch).await.expect("prune"), 0);
+    assert_eq!(
+        s.prune_history(t0 + secs(1), batch).await.expect("prune"),
+        0
+    );
     assert_eq!(
         s.history_start().await.expect("history start"),
         HistoryStart {
@@ -1113,7 +1127,7 @@ async fn times_round_trip_exactly(backend: Backend) {
         (2, vec![record.to_instance()])
     );
     let before = checked_at + ms(7);
-    s.prune_history(before).await.expect("prune");
+    s.prune_history(before, 10_000).await.expect("prune");
     assert_eq!(s.history_start().await.expect("history start").at, before);
 }
 

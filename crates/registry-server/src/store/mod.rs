@@ -186,8 +186,11 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Deletes history before `before`, keeping each live instance's latest event so that
-    /// `state_at` still sees it. Returns how many events were deleted.
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// `state_at` still sees it. Returns how many events were deleted. The start of the
+    /// history moves first and the events to keep are read once; then each statement
+    /// deletes among no more than `batch` events and commits on its own, so that pruning a
+    /// long history never holds locks (SQLite's one writer) for long.
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64>;
 
     /// Records that the registry is alive at `now`. If nobody recorded that within
     /// `max_gap`, the registry was down: leases then expire no earlier than `now + ttl`
@@ -493,6 +496,27 @@ pub(crate) const REAPABLE: &str = "SELECT service, id FROM instances \
      AND COALESCE((SELECT recovered_ms FROM registry_meta WHERE id = 1), 0) \
        + COALESCE(reap_after_ms, $2) <= $1 \
      ORDER BY critical_since_ms LIMIT $3";
+
+/// [`Store::prune_history`]'s kept events, in SQL both stores run: each instance's latest
+/// event before `$1` unless it is the instance's removal (`state_at` needs it for every
+/// later moment until the instance changes), in index order. Read once per pruning:
+/// checking for each event whether a later one supersedes it cost far more.
+pub(crate) const PRUNE_KEPT: &str = "SELECT e.idx FROM events e \
+     JOIN (SELECT MAX(idx) AS idx FROM events WHERE at_ms < $1 \
+           GROUP BY service, instance) latest ON e.idx = latest.idx \
+     WHERE e.kind <> 'removed' ORDER BY e.idx";
+
+/// [`Store::prune_history`]'s next batch, in SQL both stores run: its last index, the batch
+/// being at most `$3` events after `$1` and none beyond `$2` (the last event to prune).
+pub(crate) const PRUNE_BATCH_END: &str = "SELECT MAX(idx) FROM ( \
+       SELECT idx FROM events WHERE idx > $1 AND idx <= $2 ORDER BY idx LIMIT $3) AS batch";
+
+/// The events of `kept` (sorted) in the batch `after < idx <= end`.
+pub(crate) fn kept_within(kept: &[i64], after: i64, end: i64) -> &[i64] {
+    let from = kept.partition_point(|&idx| idx <= after);
+    let to = kept.partition_point(|&idx| idx <= end);
+    &kept[from..to]
+}
 
 /// A duration in the milliseconds of the stored columns.
 pub(crate) fn duration_millis(duration: std::time::Duration) -> i64 {

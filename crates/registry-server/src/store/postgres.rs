@@ -341,32 +341,19 @@ impl Store for PostgresStore {
         epoch.ok_or_else(missing_meta)
     }
 
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
         let before_ms = millis(before);
-        let mut tx = self.pool.begin().await?;
         let last_pruned: Option<i64> =
             sqlx::query_scalar("SELECT MAX(idx) FROM events WHERE at_ms < $1")
                 .bind(before_ms)
-                .fetch_one(&mut *tx)
+                .fetch_one(&self.pool)
                 .await?;
         let Some(last_pruned) = last_pruned else {
             return Ok(0);
         };
-        // The latest event of an instance that still existed at `before` is its state
-        // there; state_at needs it for every later moment until the instance changes.
-        let deleted = sqlx::query(
-            "DELETE FROM events WHERE at_ms < $1 AND idx NOT IN ( \
-               SELECT idx FROM ( \
-                 SELECT DISTINCT ON (service, instance) idx, kind FROM events \
-                 WHERE at_ms < $1 ORDER BY service, instance, idx DESC \
-               ) latest WHERE kind <> 'removed')",
-        )
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Last, so the meta row (which every change locks) is held only briefly; GREATEST
-        // because a replica pruning with an older `before` must not move the start back.
+        // First, so that readers refuse the moments being pruned before their events go;
+        // GREATEST because a replica pruning with an older `before` must not move the
+        // start back.
         sqlx::query(
             "UPDATE registry_meta SET \
                history_start_index = GREATEST(history_start_index, $1), \
@@ -375,10 +362,38 @@ impl Store for PostgresStore {
         )
         .bind(last_pruned)
         .bind(before_ms)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(deleted)
+        let kept: Vec<i64> = sqlx::query_scalar(super::PRUNE_KEPT)
+            .bind(before_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut deleted = 0;
+        let mut after = 0_i64;
+        loop {
+            let end: Option<i64> = sqlx::query_scalar(super::PRUNE_BATCH_END)
+                .bind(after)
+                .bind(last_pruned)
+                .bind(i64::from(batch.max(1)))
+                .fetch_one(&self.pool)
+                .await?;
+            let Some(end) = end else {
+                return Ok(deleted);
+            };
+            let kept = super::kept_within(&kept, after, end);
+            deleted += sqlx::query(
+                "DELETE FROM events \
+                 WHERE idx > $1 AND idx <= $2 AND at_ms < $3 AND NOT (idx = ANY($4))",
+            )
+            .bind(after)
+            .bind(end)
+            .bind(before_ms)
+            .bind(kept)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            after = end;
+        }
     }
 
     async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {

@@ -187,8 +187,8 @@ impl Store for TestStore {
     fn history_changes(&self) -> u64 {
         self.inner.history_changes()
     }
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        self.inner.prune_history(before).await
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
+        self.inner.prune_history(before, batch).await
     }
     async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {
         self.inner.mark_alive(now, max_gap).await

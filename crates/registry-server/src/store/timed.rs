@@ -83,8 +83,8 @@ impl<S: Store> Store for Timed<S> {
         self.0.history_changes()
     }
 
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        timed("prune_history", self.0.prune_history(before)).await
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
+        timed("prune_history", self.0.prune_history(before, batch)).await
     }
 
     async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {
