@@ -2,9 +2,10 @@
 //!
 //! The store is the truth. Every change runs in a transaction that locks the instance,
 //! applies a pure transition from [`crate::lifecycle`], writes the record and appends the
-//! event with the next global index; changes queued together share one transaction
-//! ([`group_commit`]). Commits happen in index order (the index counter row is locked
-//! until commit), so a reader that follows events by index never skips one.
+//! event with the next global index; changes queued together, or handed over together by
+//! background work ([`Store::apply_group`]), share one transaction ([`group_commit`]).
+//! Commits happen in index order (the index counter row is locked until commit), so a
+//! reader that follows events by index never skips one.
 
 mod group_commit;
 pub(crate) mod pg_hosts;
@@ -85,6 +86,14 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// `Fn`, not `FnOnce`: a change whose group failed is tried again alone.
 pub type Transition = Box<dyn Fn(Option<&InstanceRecord>) -> Mutation + Send + Sync>;
 
+/// One change of [`Store::apply_group`]: the instance, when, and its transition.
+pub struct InstanceChange {
+    pub service: ServiceName,
+    pub id: InstanceId,
+    pub now: DateTime<Utc>,
+    pub transition: Transition,
+}
+
 /// The result of [`Store::apply`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
@@ -140,6 +149,15 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied>;
+
+    /// Runs the transitions of `changes` as [`Self::apply`] runs one, all in one
+    /// transaction of their own, in order (a later change of an instance sees the result
+    /// of an earlier one), and answers each change's result in order; a change that cannot
+    /// be written fails alone. For background work with thousands of changes at once (a
+    /// mass lapse): queued, they would be written in groups of at most 64 and pay a
+    /// commit each; the caller chooses how many share one transaction, which holds the
+    /// locks of all its instances until it commits.
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>>;
 
     /// Every instance and the index they are consistent with.
     async fn snapshot(&self) -> StoreResult<Snapshot>;

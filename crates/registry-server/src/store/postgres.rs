@@ -22,10 +22,10 @@ use sqlx::{Acquire, PgConnection};
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Row, RowWrite};
 use super::pg_hosts;
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceKey, Notification, Snapshot,
-    Store, StoreError, StoreResult, Transition, after_column, from_millis, lease_payloads, millis,
-    missing_meta, parse_events, parse_lease_payload, parse_record, stored_key, stored_keys,
-    to_index,
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceChange, InstanceKey, Notification,
+    Snapshot, Store, StoreError, StoreResult, Transition, after_column, from_millis,
+    lease_payloads, millis, missing_meta, parse_events, parse_lease_payload, parse_record,
+    stored_key, stored_keys, to_index,
 };
 use crate::self_preservation::{LeaseSurvey, Mode};
 
@@ -213,6 +213,10 @@ impl Store for PostgresStore {
         transition: Transition,
     ) -> StoreResult<Applied> {
         self.writes.apply(service, id, now, transition).await
+    }
+
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        self.writes.apply_group(changes).await
     }
 
     async fn snapshot(&self) -> StoreResult<Snapshot> {

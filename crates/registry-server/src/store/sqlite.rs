@@ -20,9 +20,9 @@ use sqlx::sqlite::{
 
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, RowWrite};
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceKey, Snapshot, Store, StoreResult,
-    Transition, after_column, from_millis, index_column, millis, missing_meta, parse_events,
-    parse_record, stored_keys, to_index,
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceChange, InstanceKey, Snapshot,
+    Store, StoreResult, Transition, after_column, from_millis, index_column, millis, missing_meta,
+    parse_events, parse_record, stored_keys, to_index,
 };
 use crate::record::InstanceRecord;
 use crate::self_preservation::{LeaseSurvey, Mode};
@@ -115,6 +115,10 @@ impl Store for SqliteStore {
         transition: Transition,
     ) -> StoreResult<Applied> {
         self.writes.apply(service, id, now, transition).await
+    }
+
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        self.writes.apply_group(changes).await
     }
 
     async fn snapshot(&self) -> StoreResult<Snapshot> {

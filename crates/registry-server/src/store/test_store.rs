@@ -14,8 +14,8 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::self_preservation::{LeaseSurvey, Mode};
 
 use super::{
-    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceKey, Notification,
-    Snapshot, SqliteStore, Store, StoreError, StoreResult, Transition,
+    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceChange, InstanceKey,
+    Notification, Snapshot, SqliteStore, Store, StoreError, StoreResult, Transition,
 };
 
 pub struct TestStore {
@@ -143,6 +143,12 @@ impl Store for TestStore {
     ) -> StoreResult<Applied> {
         self.writable()?;
         self.inner.apply(service, id, now, transition).await
+    }
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        if self.writable().is_err() {
+            return changes.iter().map(|_| Err(unavailable())).collect();
+        }
+        self.inner.apply_group(changes).await
     }
     async fn snapshot(&self) -> StoreResult<Snapshot> {
         self.inner.snapshot().await
