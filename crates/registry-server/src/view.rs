@@ -27,6 +27,9 @@ use crate::tally::Tally;
 const RECENT_EVENTS: usize = 4_096;
 /// How many events one catch-up round reads.
 const CATCH_UP_BATCH: u32 = 1_000;
+/// Most events applied in one hold of the state's write lock: a catch-up round or a sweep's
+/// group brings a thousand at once, and lookups wait for the lock while they are applied.
+const APPLY_AT_ONCE: usize = 64;
 
 #[derive(Debug, Default)]
 struct ServiceView {
@@ -341,8 +344,17 @@ impl View {
         Ok(())
     }
 
-    /// Applies events in index order; those the view already holds are skipped.
+    /// Applies events in index order; those the view already holds are skipped. The lock
+    /// is let go every [`APPLY_AT_ONCE`] events; reads in between see the state of an
+    /// index among them.
     fn apply_all(&self, events: impl IntoIterator<Item = Event>) {
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            self.apply_some(events.by_ref().take(APPLY_AT_ONCE));
+        }
+    }
+
+    fn apply_some(&self, events: impl Iterator<Item = Event>) {
         let index = {
             let mut state = self.write();
             for event in events {

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
 use crate::self_preservation::{self, Decision};
-use crate::store::{InstanceKey, StoreError, StoreResult, Transition, stored_key};
+use crate::store::{InstanceChange, InstanceKey, StoreError, StoreResult, Transition, stored_key};
 use crate::writer::Writer;
 
 /// How often leases, reaping and due checks are looked at.
@@ -28,8 +28,15 @@ const ALIVE_EVERY: Duration = Duration::from_millis(500);
 /// A registry that recorded no sign of life for this long was down: leases get a fresh TTL.
 const OUTAGE_AFTER: Duration = Duration::from_secs(3);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Most events one pruning statement looks at (each commits on its own).
+const PRUNE_BATCH: u32 = 10_000;
 /// Most instances handled per sweep; the rest wait for the next one.
-const SWEEP_BATCH: u32 = 1_000;
+const SWEEP_BATCH: u32 = 10_000;
+/// Most changes of a sweep written in one transaction ([`Writer::change_group`]): a
+/// transaction per lapse (or per group of 64) made a lost zone's lapses take minutes;
+/// a thousand at once take a fraction of a second and hold their instances' locks only
+/// that long.
+const SWEEP_GROUP: usize = 1_000;
 /// Most checks running at once.
 const MAX_CONCURRENT_CHECKS: usize = 256;
 /// Most bytes of a check answer read (to compare `expect_json`).
@@ -200,22 +207,31 @@ impl Workers {
         Ok(())
     }
 
-    /// Applies the change `transition` makes to each of `keys`, all at once, so that the
-    /// store writes them in groups: a sweep after a zone was lost finds a thousand lapses,
-    /// and one change at a time paid a commit each (350-700 lapses a second). Answers how
-    /// many made an event; a failure ends the sweep (the rest wait for the next one).
+    /// Applies the change `transition` makes to each of `keys`, [`SWEEP_GROUP`] of them
+    /// per transaction, each group shown in the view as it commits. Answers how many made
+    /// an event; a failure ends the sweep (the rest wait for the next one).
     async fn change_all(
         &self,
         keys: Vec<InstanceKey>,
         now: chrono::DateTime<chrono::Utc>,
         transition: impl Fn() -> Transition,
     ) -> StoreResult<usize> {
-        let changes = keys.into_iter().map(|(service, id)| {
-            let transition = transition();
-            async move { self.writer.change(&service, &id, now, transition).await }
-        });
-        let applied = futures::future::try_join_all(changes).await?;
-        Ok(applied.iter().filter(|a| a.event.is_some()).count())
+        let mut made = 0;
+        for group in keys.chunks(SWEEP_GROUP) {
+            let changes = group
+                .iter()
+                .map(|(service, id)| InstanceChange {
+                    service: service.clone(),
+                    id: id.clone(),
+                    now,
+                    transition: transition(),
+                })
+                .collect();
+            for applied in self.writer.change_group(changes).await {
+                made += usize::from(applied?.event.is_some());
+            }
+        }
+        Ok(made)
     }
 
     /// Reads the mode and the silent leases from the database, switches the mode as the
@@ -274,7 +290,11 @@ impl Workers {
         let retention = chrono::Duration::from_std(self.settings.history_retention)
             .unwrap_or(chrono::Duration::MAX);
         let before = self.settings.clock.now() - retention;
-        let pruned = self.writer.store().prune_history(before).await?;
+        let pruned = self
+            .writer
+            .store()
+            .prune_history(before, PRUNE_BATCH)
+            .await?;
         if pruned > 0 {
             tracing::info!(pruned, "pruned history older than the retention");
         }
@@ -537,6 +557,83 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    use registry_api::{InstanceId, InstanceSpec, ServiceName};
+
+    use crate::config::Settings;
+    use crate::store::Store;
+    use crate::store::test_store::TestStore;
+    use crate::view::View;
+
+    /// A lost zone: more leases than a group holds lapse at once. One sweep applies them
+    /// all, numbered without a gap, and this process's view shows them when it ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_sweep_lapses_more_leases_than_a_group_holds() {
+        let store: Arc<dyn Store> = Arc::new(TestStore::new().await);
+        let view = Arc::new(View::load(store.as_ref()).await.expect("view"));
+        let mut settings = Settings::new("127.0.0.1:0".parse().expect("addr"), None);
+        settings.self_preservation.threshold = 0.0;
+        let clock = settings.clock.clone();
+        let writer = Arc::new(Writer::new(
+            Arc::clone(&store),
+            Arc::clone(&view),
+            clock.clone(),
+        ));
+        let workers = Workers {
+            writer: Arc::clone(&writer),
+            settings: Arc::new(settings),
+            shutdown: CancellationToken::new(),
+            check_client: CheckClient::new(AllowedNetworks::new(Vec::new())).expect("client"),
+            database_failed: Arc::default(),
+        };
+        let count = SWEEP_GROUP * 2 + SWEEP_GROUP / 2;
+        let now = clock.now();
+        let registrations = (0..count)
+            .map(|n| {
+                let service = ServiceName::parse(&format!("svc-{}", n % 100)).expect("name");
+                let id = InstanceId::parse(&format!("i-{n}")).expect("id");
+                let spec = InstanceSpec::new("http://10.0.0.1:4040")
+                    .validate(service.clone(), id.clone(), 1)
+                    .expect("valid");
+                InstanceChange {
+                    service,
+                    id,
+                    now,
+                    transition: Box::new(move |old| lifecycle::register(old, &spec, now)),
+                }
+            })
+            .collect();
+        for registered in writer.change_group(registrations).await {
+            registered.expect("registered");
+        }
+        let registered = store.current_index().await.expect("index");
+        // The first sign of life is a recovery: every lease runs one TTL from it.
+        workers.mark_alive().await.expect("alive");
+        clock.advance(Duration::from_secs(2));
+
+        workers.sweep_leases().await.expect("sweep");
+
+        let count = u64::try_from(count).expect("small");
+        let events = store
+            .events_after(registered, None, 10_000)
+            .await
+            .expect("events");
+        assert_eq!(
+            events.len(),
+            usize::try_from(count).expect("small"),
+            "all in one sweep"
+        );
+        assert!(
+            events
+                .iter()
+                .zip(registered + 1..)
+                .all(|(e, index)| e.index == index),
+            "numbered without a gap"
+        );
+        assert!(events.iter().all(|e| e.to == Some(Status::Critical)));
+        assert_eq!(view.index(), registered + count);
+        assert_eq!(view.status_summary(clock.now()).instances.critical, count);
+    }
 
     fn check(expect: Option<(&str, &str)>) -> Check {
         Check {

@@ -1,7 +1,8 @@
 //! The one write path. Every change to an instance (an HTTP write, a check result, a
 //! lease expiry or reap, a heartbeat replayed after its batch) goes through
-//! [`Writer::change`]: the store applies it in a transaction and this process's view
-//! shows it before the writer goes on, so a writer always reads its own write. Heartbeats
+//! [`Writer::change`], or [`Writer::change_group`] for background work with many at once:
+//! the store applies it in a transaction and this process's view shows it before the
+//! writer goes on, so a writer always reads its own write. Heartbeats
 //! on live leases take the short way: queued in memory and written in batches
 //! ([`crate::heartbeats`]); those a batch could not apply come back here.
 
@@ -13,7 +14,7 @@ use registry_api::{HeartbeatResponse, InstanceId, ServiceName};
 use crate::clock::Clock;
 use crate::heartbeats::Heartbeats;
 use crate::lifecycle::{self, Mutation};
-use crate::store::{Applied, Store, StoreResult, Transition};
+use crate::store::{Applied, InstanceChange, Store, StoreResult, Transition};
 use crate::view::View;
 
 /// What every API answers (in its own shape, with 503) to a renewal refused because the
@@ -74,6 +75,21 @@ impl Writer {
             tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
         }
         Ok(applied)
+    }
+
+    /// Applies many changes in one transaction ([`Store::apply_group`]) and shows them in
+    /// the view, as [`Self::change`] does one: each change's result, in order.
+    pub async fn change_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        let results = self.store.apply_group(changes).await;
+        // The first change with an event shows every event of the transaction; the
+        // others find the view holding theirs already.
+        for applied in results.iter().flatten() {
+            if let Err(error) = self.view.show_write(applied, self.store.as_ref()).await {
+                tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
+                break;
+            }
+        }
+        results
     }
 
     /// A renewal of a lease, as every API takes one (v1's heartbeat, Consul's TTL check

@@ -16,7 +16,8 @@ use registry_server::lifecycle::{self, CheckOutcome, Mutation};
 use registry_server::record::InstanceRecord;
 use registry_server::self_preservation::Mode;
 use registry_server::store::{
-    Applied, Heartbeat, HistoryStart, InstanceKey, PostgresStore, SqliteStore, Store,
+    Applied, Heartbeat, HistoryStart, InstanceChange, InstanceKey, PostgresStore, SqliteStore,
+    Store,
 };
 use registry_server::testing;
 
@@ -97,6 +98,8 @@ conformance!(
     state_at_answers_a_past_moment,
     service_names_walk_the_history_in_name_order,
     pruning_keeps_the_latest_event_of_live_instances,
+    pruning_in_batches_of_two_keeps_the_same_events,
+    a_group_of_many_changes_commits_at_once_with_contiguous_indexes,
     times_round_trip_exactly,
     data_survives_reconnecting,
     concurrent_changes_get_gap_free_indexes_in_commit_order,
@@ -1064,6 +1067,16 @@ async fn service_names_walk_the_history_in_name_order(backend: Backend) {
 }
 
 async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
+    pruning_keeps_the_latest_events(backend, 10_000).await;
+}
+
+/// Batches of two split the history so that the event superseding an instance's older
+/// one, or the removal ending it, is in another batch than that older event.
+async fn pruning_in_batches_of_two_keeps_the_same_events(backend: Backend) {
+    pruning_keeps_the_latest_events(backend, 2).await;
+}
+
+async fn pruning_keeps_the_latest_events(backend: Backend, batch: u32) {
     let store = backend.fresh().await;
     let s = &*store;
     let t0 = now();
@@ -1074,7 +1087,7 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
         "history starts when the database is created"
     );
     assert_eq!(
-        s.prune_history(t0).await.expect("prune"),
+        s.prune_history(t0, batch).await.expect("prune"),
         0,
         "nothing to prune"
     );
@@ -1091,7 +1104,7 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
     let before = t0 + secs(4) + ms(500);
 
     // Before `before`: sum/a's latest is 4, mult/a's is 3, sum/b's is its removal (5).
-    let deleted = s.prune_history(before).await.expect("prune");
+    let deleted = s.prune_history(before, batch).await.expect("prune");
 
     assert_eq!(deleted, 3, "events 1, 2 and 5");
     assert_eq!(
@@ -1117,8 +1130,11 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
     );
 
     // Pruning again, or up to an earlier moment, changes nothing.
-    assert_eq!(s.prune_history(before).await.expect("prune"), 0);
-    assert_eq!(s.prune_history(t0 + secs(1)).await.expect("prune"), 0);
+    assert_eq!(s.prune_history(before, batch).await.expect("prune"), 0);
+    assert_eq!(
+        s.prune_history(t0 + secs(1), batch).await.expect("prune"),
+        0
+    );
     assert_eq!(
         s.history_start().await.expect("history start"),
         HistoryStart {
@@ -1128,6 +1144,107 @@ async fn pruning_keeps_the_latest_event_of_live_instances(backend: Backend) {
         "the start never moves back"
     );
     assert_eq!(s.current_index().await.expect("index"), 6);
+}
+
+fn change_of(
+    service: &str,
+    id: &str,
+    now: DateTime<Utc>,
+    transition: impl Fn(Option<&InstanceRecord>) -> Mutation + Send + Sync + 'static,
+) -> InstanceChange {
+    InstanceChange {
+        service: name(service),
+        id: iid(id),
+        now,
+        transition: Box::new(transition),
+    }
+}
+
+/// What a sweep after a lost zone does: more changes than the write queue's groups hold,
+/// written by one call in one transaction, with the same answers as one at a time.
+async fn a_group_of_many_changes_commits_at_once_with_contiguous_indexes(backend: Backend) {
+    let store = backend.fresh().await;
+    let s = &*store;
+    let t0 = now();
+    put(s, &spec("sum", "before", 10), t0).await; // 1
+    let count: u64 = 1_500;
+    let ids: Vec<String> = (0..count).map(|n| format!("i{n}")).collect();
+    let registrations = ids
+        .iter()
+        .map(|id| {
+            let spec = spec("many", id, 10);
+            change_of("many", id, t0, move |old| {
+                lifecycle::register(old, &spec, t0)
+            })
+        })
+        .collect();
+    let registered: Vec<Applied> = s
+        .apply_group(registrations)
+        .await
+        .into_iter()
+        .map(|result| result.expect("registered"))
+        .collect();
+    let expected: Vec<u64> = (2..=count + 1).collect();
+    assert_eq!(
+        registered.iter().map(index_of).collect::<Vec<_>>(),
+        expected,
+        "in order"
+    );
+    assert!(
+        registered.iter().all(|a| indexes(&a.committed) == expected),
+        "one transaction: every answer carries all of its events"
+    );
+    assert_eq!(
+        indexes(&s.events_after(1, None, 5_000).await.expect("events")),
+        expected
+    );
+
+    // Every lease lapses at once; besides, an instance lapsed twice (the second change
+    // sees the first's result), an unknown instance, and a transition that returns
+    // another instance's record, which fails alone.
+    let t1 = t0 + secs(11);
+    let lapse = move |old: Option<&InstanceRecord>| {
+        old.map_or(Mutation::Unchanged, |o| lifecycle::expire_lease(o, t1))
+    };
+    let mut lapses: Vec<InstanceChange> = ids
+        .iter()
+        .map(|id| change_of("many", id, t1, lapse))
+        .collect();
+    lapses.push(change_of("many", "i0", t1, lapse));
+    lapses.push(change_of("many", "unknown", t1, lapse));
+    let other = record_of(&registered[1]);
+    lapses.push(change_of("sum", "before", t1, move |_| {
+        lifecycle::expire_lease(&other, t1)
+    }));
+    let mut results = s.apply_group(lapses).await;
+    assert_eq!(results.len(), ids.len() + 3);
+    assert!(
+        results.pop().expect("answer").is_err(),
+        "the wrong record fails"
+    );
+    let unknown = results.pop().expect("answer").expect("applied");
+    assert_eq!((unknown.record, unknown.event), (None, None));
+    let again = results.pop().expect("answer").expect("applied");
+    assert!(again.event.is_none(), "already lapsed by the group");
+    assert_eq!(record_of(&again).status, Status::Critical);
+    let lapsed: Vec<u64> = results
+        .iter()
+        .map(|result| index_of(result.as_ref().expect("lapsed")))
+        .collect();
+    let expected: Vec<u64> = (count + 2..=2 * count + 1).collect();
+    assert_eq!(lapsed, expected);
+    assert_eq!(s.current_index().await.expect("index"), 2 * count + 1);
+    let events = s
+        .events_after(count + 1, None, 5_000)
+        .await
+        .expect("events");
+    assert_eq!(indexes(&events), expected, "no gap");
+    assert!(events.iter().all(|e| e.to == Some(Status::Critical)));
+    assert_eq!(
+        record_in(s, "sum", "before").await.map(|r| r.status),
+        Some(Status::Passing),
+        "the failed change wrote nothing"
+    );
 }
 
 async fn times_round_trip_exactly(backend: Backend) {
@@ -1168,7 +1285,7 @@ async fn times_round_trip_exactly(backend: Backend) {
         (2, vec![record.to_instance()])
     );
     let before = checked_at + ms(7);
-    s.prune_history(before).await.expect("prune");
+    s.prune_history(before, 10_000).await.expect("prune");
     assert_eq!(s.history_start().await.expect("history start").at, before);
 }
 

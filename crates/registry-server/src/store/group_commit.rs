@@ -10,6 +10,11 @@
 //! cannot write (its transaction failed) is retried alone, so one bad change fails no
 //! other.
 //!
+//! Background work that has thousands of changes at once (a sweep after a zone was lost)
+//! does not queue them: it hands them over as one group of its own making
+//! ([`GroupCommit::apply_group`]), written in one transaction however large, because
+//! the queue's groups stay small for the sake of the writers waiting on them.
+//!
 //! This module is the part both stores share: the queue, the task that drains it, and
 //! [`plan`], which turns a group and the records it found into rows and events.
 
@@ -23,7 +28,7 @@ use futures::stream::FuturesUnordered;
 use registry_api::{Event, InstanceId, ServiceName};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Applied, StoreError, StoreResult, Transition, ensure_key, make_event};
+use super::{Applied, InstanceChange, StoreError, StoreResult, Transition, ensure_key, make_event};
 use crate::lifecycle::{Change, Mutation};
 use crate::record::InstanceRecord;
 
@@ -45,6 +50,25 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// The change waiting for its group, and where its answer will come.
+    fn new(change: InstanceChange) -> (Self, oneshot::Receiver<StoreResult<Applied>>) {
+        let (reply, answer) = oneshot::channel();
+        let InstanceChange {
+            service,
+            id,
+            now,
+            transition,
+        } = change;
+        let pending = Self {
+            service,
+            id,
+            now,
+            transition,
+            reply,
+        };
+        (pending, answer)
+    }
+
     pub fn key(&self) -> Key {
         (self.service.clone(), self.id.clone())
     }
@@ -66,15 +90,17 @@ pub(crate) trait GroupWriter: Send + Sync + 'static {
 /// The queue in front of a store's writes. Dropping it ends the task that drains it.
 pub(crate) struct GroupCommit {
     sender: mpsc::UnboundedSender<Pending>,
+    writer: Arc<dyn GroupWriter>,
 }
 
 impl GroupCommit {
     /// Starts the task that writes queued changes with `writer`, up to `in_flight` groups
     /// at once (docs/performance.md says what each store gains from more than one).
     pub fn start(writer: impl GroupWriter, in_flight: usize) -> Self {
+        let writer: Arc<dyn GroupWriter> = Arc::new(writer);
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(drain(writer, receiver, in_flight.max(1)));
-        Self { sender }
+        tokio::spawn(drain(Arc::clone(&writer), receiver, in_flight.max(1)));
+        Self { sender, writer }
     }
 
     /// Queues a change and waits until its group is committed (or failed).
@@ -85,21 +111,36 @@ impl GroupCommit {
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
+        let (pending, answer) = Pending::new(InstanceChange {
             service: service.clone(),
             id: id.clone(),
             now,
             transition,
-            reply,
-        };
+        });
         if self.sender.send(pending).is_err() {
-            return Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed));
+            return Err(worker_gone());
         }
-        answer
-            .await
-            .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed)))
+        answer.await.unwrap_or_else(|_| Err(worker_gone()))
     }
+
+    /// Writes `changes` as one group, beside the queue's (see [`super::Store::apply_group`]).
+    /// A group in flight from the queue may hold one of its instances: the stores' own
+    /// locks order the two (Postgres finds the row changed since it was read and plans
+    /// again under locks; SQLite has one writer), as they order groups of two replicas.
+    pub async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        let (group, answers): (Vec<Pending>, Vec<_>) =
+            changes.into_iter().map(Pending::new).unzip();
+        write_and_answer(self.writer.as_ref(), group).await;
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(answer.await.unwrap_or_else(|_| Err(worker_gone())));
+        }
+        results
+    }
+}
+
+fn worker_gone() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::WorkerCrashed)
 }
 
 /// Takes whatever is queued (up to [`MAX_GROUP`]) as one group and writes it, with up to
@@ -109,11 +150,11 @@ impl GroupCommit {
 /// of two groups in flight takes its indexes first is the store's to settle: Postgres
 /// lets one take the index row at a time, until its commit.)
 async fn drain(
-    writer: impl GroupWriter,
+    writer: Arc<dyn GroupWriter>,
     mut receiver: mpsc::UnboundedReceiver<Pending>,
     in_flight: usize,
 ) {
-    let writer = &writer;
+    let writer = writer.as_ref();
     let mut arrived: VecDeque<Pending> = VecDeque::new();
     let mut received = Vec::with_capacity(MAX_GROUP);
     let mut writing = FuturesUnordered::new();
@@ -169,7 +210,7 @@ fn next_group(arrived: &mut VecDeque<Pending>, busy: &HashSet<Key>) -> Vec<Pendi
 }
 
 /// Writes one group and answers each of its changes.
-async fn write_and_answer(writer: &impl GroupWriter, mut group: Vec<Pending>) {
+async fn write_and_answer(writer: &dyn GroupWriter, mut group: Vec<Pending>) {
     match writer.write(&group).await {
         Ok(results) => {
             for (pending, result) in group.drain(..).zip(results) {
@@ -378,7 +419,7 @@ pub(crate) fn plan(
 }
 
 impl Plan {
-    /// How many indexes the group takes (at most [`MAX_GROUP`]).
+    /// How many indexes the group takes.
     pub fn event_count(&self) -> i64 {
         i64::try_from(self.events.len()).unwrap_or(i64::MAX)
     }

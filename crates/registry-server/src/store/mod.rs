@@ -2,9 +2,10 @@
 //!
 //! The store is the truth. Every change runs in a transaction that locks the instance,
 //! applies a pure transition from [`crate::lifecycle`], writes the record and appends the
-//! event with the next global index; changes queued together share one transaction
-//! ([`group_commit`]). Commits happen in index order (the index counter row is locked
-//! until commit), so a reader that follows events by index never skips one.
+//! event with the next global index; changes queued together, or handed over together by
+//! background work ([`Store::apply_group`]), share one transaction ([`group_commit`]).
+//! Commits happen in index order (the index counter row is locked until commit), so a
+//! reader that follows events by index never skips one.
 
 mod group_commit;
 pub(crate) mod pg_hosts;
@@ -85,6 +86,14 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// `Fn`, not `FnOnce`: a change whose group failed is tried again alone.
 pub type Transition = Box<dyn Fn(Option<&InstanceRecord>) -> Mutation + Send + Sync>;
 
+/// One change of [`Store::apply_group`]: the instance, when, and its transition.
+pub struct InstanceChange {
+    pub service: ServiceName,
+    pub id: InstanceId,
+    pub now: DateTime<Utc>,
+    pub transition: Transition,
+}
+
 /// The result of [`Store::apply`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
@@ -140,6 +149,15 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied>;
+
+    /// Runs the transitions of `changes` as [`Self::apply`] runs one, all in one
+    /// transaction of their own, in order (a later change of an instance sees the result
+    /// of an earlier one), and answers each change's result in order; a change that cannot
+    /// be written fails alone. For background work with thousands of changes at once (a
+    /// mass lapse): queued, they would be written in groups of at most 64 and pay a
+    /// commit each; the caller chooses how many share one transaction, which holds the
+    /// locks of all its instances until it commits.
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>>;
 
     /// Every instance and the index they are consistent with.
     async fn snapshot(&self) -> StoreResult<Snapshot>;
@@ -204,8 +222,11 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Deletes history before `before`, keeping each live instance's latest event so that
-    /// `state_at` still sees it. Returns how many events were deleted.
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// `state_at` still sees it. Returns how many events were deleted. The start of the
+    /// history moves first and the events to keep are read once; then each statement
+    /// deletes among no more than `batch` events and commits on its own, so that pruning a
+    /// long history never holds locks (SQLite's one writer) for long.
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64>;
 
     /// Records that the registry is alive at `now`. If nobody recorded that within
     /// `max_gap`, the registry was down: leases then expire no earlier than `now + ttl`
@@ -511,6 +532,27 @@ pub(crate) const REAPABLE: &str = "SELECT service, id FROM instances \
      AND COALESCE((SELECT recovered_ms FROM registry_meta WHERE id = 1), 0) \
        + COALESCE(reap_after_ms, $2) <= $1 \
      ORDER BY critical_since_ms LIMIT $3";
+
+/// [`Store::prune_history`]'s kept events, in SQL both stores run: each instance's latest
+/// event before `$1` unless it is the instance's removal (`state_at` needs it for every
+/// later moment until the instance changes), in index order. Read once per pruning:
+/// checking for each event whether a later one supersedes it cost far more.
+pub(crate) const PRUNE_KEPT: &str = "SELECT e.idx FROM events e \
+     JOIN (SELECT MAX(idx) AS idx FROM events WHERE at_ms < $1 \
+           GROUP BY service, instance) latest ON e.idx = latest.idx \
+     WHERE e.kind <> 'removed' ORDER BY e.idx";
+
+/// [`Store::prune_history`]'s next batch, in SQL both stores run: its last index, the batch
+/// being at most `$3` events after `$1` and none beyond `$2` (the last event to prune).
+pub(crate) const PRUNE_BATCH_END: &str = "SELECT MAX(idx) FROM ( \
+       SELECT idx FROM events WHERE idx > $1 AND idx <= $2 ORDER BY idx LIMIT $3) AS batch";
+
+/// The events of `kept` (sorted) in the batch `after < idx <= end`.
+pub(crate) fn kept_within(kept: &[i64], after: i64, end: i64) -> &[i64] {
+    let from = kept.partition_point(|&idx| idx <= after);
+    let to = kept.partition_point(|&idx| idx <= end);
+    &kept[from..to]
+}
 
 /// A duration in the milliseconds of the stored columns.
 pub(crate) fn duration_millis(duration: std::time::Duration) -> i64 {

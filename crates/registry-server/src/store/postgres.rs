@@ -22,10 +22,10 @@ use sqlx::{Acquire, PgConnection};
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Row, RowWrite};
 use super::pg_hosts;
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceKey, Notification, Snapshot,
-    Store, StoreError, StoreResult, Transition, after_column, from_millis, lease_payloads, millis,
-    missing_meta, parse_events, parse_lease_payload, parse_record, stored_key, stored_keys,
-    to_index,
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceChange, InstanceKey, Notification,
+    Snapshot, Store, StoreError, StoreResult, Transition, after_column, from_millis,
+    lease_payloads, millis, missing_meta, parse_events, parse_lease_payload, parse_record,
+    stored_key, stored_keys, to_index,
 };
 use crate::self_preservation::{LeaseSurvey, Mode};
 
@@ -215,6 +215,10 @@ impl Store for PostgresStore {
         self.writes.apply(service, id, now, transition).await
     }
 
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        self.writes.apply_group(changes).await
+    }
+
     async fn snapshot(&self) -> StoreResult<Snapshot> {
         let mut tx = self.pool.begin_with(BEGIN_CONSISTENT_READ).await?;
         let index = read_current_index(&mut tx).await?;
@@ -389,32 +393,19 @@ impl Store for PostgresStore {
         epoch.ok_or_else(missing_meta)
     }
 
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
         let before_ms = millis(before);
-        let mut tx = self.pool.begin().await?;
         let last_pruned: Option<i64> =
             sqlx::query_scalar("SELECT MAX(idx) FROM events WHERE at_ms < $1")
                 .bind(before_ms)
-                .fetch_one(&mut *tx)
+                .fetch_one(&self.pool)
                 .await?;
         let Some(last_pruned) = last_pruned else {
             return Ok(0);
         };
-        // The latest event of an instance that still existed at `before` is its state
-        // there; state_at needs it for every later moment until the instance changes.
-        let deleted = sqlx::query(
-            "DELETE FROM events WHERE at_ms < $1 AND idx NOT IN ( \
-               SELECT idx FROM ( \
-                 SELECT DISTINCT ON (service, instance) idx, kind FROM events \
-                 WHERE at_ms < $1 ORDER BY service, instance, idx DESC \
-               ) latest WHERE kind <> 'removed')",
-        )
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Last, so the meta row (which every change locks) is held only briefly; GREATEST
-        // because a replica pruning with an older `before` must not move the start back.
+        // First, so that readers refuse the moments being pruned before their events go;
+        // GREATEST because a replica pruning with an older `before` must not move the
+        // start back.
         sqlx::query(
             "UPDATE registry_meta SET \
                history_start_index = GREATEST(history_start_index, $1), \
@@ -423,10 +414,38 @@ impl Store for PostgresStore {
         )
         .bind(last_pruned)
         .bind(before_ms)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(deleted)
+        let kept: Vec<i64> = sqlx::query_scalar(super::PRUNE_KEPT)
+            .bind(before_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut deleted = 0;
+        let mut after = 0_i64;
+        loop {
+            let end: Option<i64> = sqlx::query_scalar(super::PRUNE_BATCH_END)
+                .bind(after)
+                .bind(last_pruned)
+                .bind(i64::from(batch.max(1)))
+                .fetch_one(&self.pool)
+                .await?;
+            let Some(end) = end else {
+                return Ok(deleted);
+            };
+            let kept = super::kept_within(&kept, after, end);
+            deleted += sqlx::query(
+                "DELETE FROM events \
+                 WHERE idx > $1 AND idx <= $2 AND at_ms < $3 AND NOT (idx = ANY($4))",
+            )
+            .bind(after)
+            .bind(end)
+            .bind(before_ms)
+            .bind(kept)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            after = end;
+        }
     }
 
     async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {

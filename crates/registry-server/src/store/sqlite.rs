@@ -20,9 +20,9 @@ use sqlx::sqlite::{
 
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, RowWrite};
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceKey, Snapshot, Store, StoreResult,
-    Transition, after_column, from_millis, index_column, millis, missing_meta, parse_events,
-    parse_record, stored_keys, to_index,
+    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceChange, InstanceKey, Snapshot,
+    Store, StoreResult, Transition, after_column, from_millis, index_column, millis, missing_meta,
+    parse_events, parse_record, stored_keys, to_index,
 };
 use crate::record::InstanceRecord;
 use crate::self_preservation::{LeaseSurvey, Mode};
@@ -115,6 +115,10 @@ impl Store for SqliteStore {
         transition: Transition,
     ) -> StoreResult<Applied> {
         self.writes.apply(service, id, now, transition).await
+    }
+
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        self.writes.apply_group(changes).await
     }
 
     async fn snapshot(&self) -> StoreResult<Snapshot> {
@@ -278,7 +282,7 @@ impl Store for SqliteStore {
         epoch.ok_or_else(missing_meta)
     }
 
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
         let before_ms = millis(before);
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let last_pruned: Option<i64> =
@@ -289,20 +293,8 @@ impl Store for SqliteStore {
         let Some(last_pruned) = last_pruned else {
             return Ok(0);
         };
-        // The latest event of an instance that still existed at `before` is its state
-        // there; state_at needs it for every later moment until the instance changes.
-        let deleted = sqlx::query(
-            "DELETE FROM events WHERE at_ms < ?1 AND idx NOT IN ( \
-               SELECT e.idx FROM events e \
-               JOIN (SELECT MAX(idx) AS idx FROM events WHERE at_ms < ?1 \
-                     GROUP BY service, instance) latest ON e.idx = latest.idx \
-               WHERE e.kind <> 'removed')",
-        )
-        .bind(before_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // MAX: pruning with an older `before` must not move the start back.
+        // First, so that readers refuse the moments being pruned before their events go;
+        // MAX because pruning with an older `before` must not move the start back.
         sqlx::query(
             "UPDATE registry_meta SET \
                history_start_index = MAX(history_start_index, ?1), \
@@ -314,7 +306,41 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(deleted)
+        // Each batch in a write transaction of its own: the one writer goes back to the
+        // registry's changes between two.
+        let kept: Vec<i64> = sqlx::query_scalar(super::PRUNE_KEPT)
+            .bind(before_ms)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut deleted = 0;
+        let mut after = 0_i64;
+        loop {
+            let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+            let end: Option<i64> = sqlx::query_scalar(super::PRUNE_BATCH_END)
+                .bind(after)
+                .bind(last_pruned)
+                .bind(i64::from(batch.max(1)))
+                .fetch_one(&mut *tx)
+                .await?;
+            let Some(end) = end else {
+                return Ok(deleted);
+            };
+            let kept = super::kept_within(&kept, after, end);
+            deleted += sqlx::query(
+                "DELETE FROM events \
+                 WHERE idx > ?1 AND idx <= ?2 AND at_ms < ?3 \
+                 AND idx NOT IN (SELECT value FROM json_each(?4))",
+            )
+            .bind(after)
+            .bind(end)
+            .bind(before_ms)
+            .bind(serde_json::to_string(kept)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            after = end;
+        }
     }
 
     async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {

@@ -14,8 +14,8 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::self_preservation::{LeaseSurvey, Mode};
 
 use super::{
-    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceKey, Notification,
-    Snapshot, SqliteStore, Store, StoreError, StoreResult, Transition,
+    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceChange, InstanceKey,
+    Notification, Snapshot, SqliteStore, Store, StoreError, StoreResult, Transition,
 };
 
 pub struct TestStore {
@@ -144,6 +144,12 @@ impl Store for TestStore {
         self.writable()?;
         self.inner.apply(service, id, now, transition).await
     }
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        if self.writable().is_err() {
+            return changes.iter().map(|_| Err(unavailable())).collect();
+        }
+        self.inner.apply_group(changes).await
+    }
     async fn snapshot(&self) -> StoreResult<Snapshot> {
         self.inner.snapshot().await
     }
@@ -200,8 +206,8 @@ impl Store for TestStore {
     fn history_changes(&self) -> u64 {
         self.inner.history_changes()
     }
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        self.inner.prune_history(before).await
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
+        self.inner.prune_history(before, batch).await
     }
     async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {
         self.inner.mark_alive(now, max_gap).await

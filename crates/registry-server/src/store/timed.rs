@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use registry_api::{Event, Instance, InstanceId, ServiceName};
 
 use super::{
-    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceKey, Snapshot, Store,
-    StoreResult, Transition,
+    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceChange, InstanceKey,
+    Snapshot, Store, StoreResult, Transition,
 };
 use crate::metrics::timed;
 use crate::self_preservation::{LeaseSurvey, Mode};
@@ -33,6 +33,10 @@ impl<S: Store> Store for Timed<S> {
         transition: Transition,
     ) -> StoreResult<Applied> {
         timed("apply", self.0.apply(service, id, now, transition)).await
+    }
+
+    async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        timed("apply_group", self.0.apply_group(changes)).await
     }
 
     async fn snapshot(&self) -> StoreResult<Snapshot> {
@@ -101,8 +105,8 @@ impl<S: Store> Store for Timed<S> {
         self.0.history_changes()
     }
 
-    async fn prune_history(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        timed("prune_history", self.0.prune_history(before)).await
+    async fn prune_history(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
+        timed("prune_history", self.0.prune_history(before, batch)).await
     }
 
     async fn mark_alive(&self, now: DateTime<Utc>, max_gap: chrono::Duration) -> StoreResult<bool> {
