@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::tally::Leases;
+
 /// The mode as the database holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mode {
@@ -31,19 +33,40 @@ impl Mode {
     }
 }
 
-/// What one sweep counted in the database, before any lapse is applied.
+/// What one sweep read in the database, before any lapse is applied: the mode, and the
+/// silent leases among those still running (whose lapse is not held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredSurvey {
+    pub mode: Mode,
+    pub silent_running: u64,
+}
+
+/// What the rule weighs: the database's survey with the view's counts of the leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseSurvey {
     pub mode: Mode,
     /// Live leases: passing or warning instances with a lease that has not lapsed (held
-    /// lapses included). Counted only when enough are silent to matter (at least
-    /// [`Limits::min`]); `None` otherwise.
-    pub leased: Option<u64>,
+    /// lapses included).
+    pub leased: u64,
     /// Of those, the ones whose last sign of life (heartbeat, registration, or the end of
     /// an outage grace) is older than half their TTL, or whose lapse is held.
     pub silent: u64,
     /// Instances whose lapse is held now.
     pub held: u64,
+}
+
+impl LeaseSurvey {
+    /// The survey of `stored`, with the leases counted in the view. Counting the live
+    /// leases in the database read every instance, each sweep: the view keeps them
+    /// counted as it changes, at most the change feed's delay behind the database.
+    pub fn new(stored: StoredSurvey, leases: Leases) -> Self {
+        Self {
+            mode: stored.mode,
+            leased: leases.live,
+            silent: stored.silent_running + leases.held_live,
+            held: leases.held,
+        }
+    }
 }
 
 /// `REGISTRY_SELF_PRESERVATION_*`.
@@ -59,14 +82,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The fewest silent leases for which the live ones must be counted (fewer cannot
-    /// start the mode, or keep it; with the mode turned off, none can).
-    pub fn silent_to_count(&self) -> u64 {
-        if self.threshold > 0.0 {
-            self.min.max(1)
-        } else {
-            u64::MAX
-        }
+    /// Whether silent leases can start the mode or keep it (not when it is turned off):
+    /// if not, the sweep need not count them.
+    pub fn weighs_silence(&self) -> bool {
+        self.threshold > 0.0
     }
 
     /// The defaults of the settings (docs/operations.md argues for them).
@@ -113,11 +132,9 @@ impl Decision {
 /// The rule: suspect the registry when more than `threshold` of the live leases, and at
 /// least `min` of them, are silent.
 pub fn decide(survey: &LeaseSurvey, limits: &Limits, now: DateTime<Utc>) -> Decision {
-    let suspect = limits.threshold > 0.0
-        && survey.silent >= limits.silent_to_count()
-        && survey
-            .leased
-            .is_some_and(|leased| survey.silent as f64 > limits.threshold * leased as f64);
+    let suspect = limits.weighs_silence()
+        && survey.silent >= limits.min.max(1)
+        && survey.silent as f64 > limits.threshold * survey.leased as f64;
     match (survey.mode.since, suspect) {
         (None, true) if survey.mode.armed => Decision::Enter,
         (None, false) if !survey.mode.armed => Decision::Rearm,
@@ -144,7 +161,7 @@ mod tests {
     fn survey(mode: Mode, leased: u64, silent: u64) -> LeaseSurvey {
         LeaseSurvey {
             mode,
-            leased: (silent >= LIMITS.silent_to_count()).then_some(leased),
+            leased,
             silent,
             held: 0,
         }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::paging::Selection;
 use crate::store::{Applied, Store, StoreResult};
-use crate::tally::Tally;
+use crate::tally::{Leases, Tally};
 
 /// How many recent events the view keeps for event streams (older ones come from the store).
 const RECENT_EVENTS: usize = 4_096;
@@ -115,22 +115,31 @@ impl State {
     /// status changes in the view, with [`Self::remove_instance`].
     fn put_instance(&mut self, service: &str, id: &str, instance: Instance) {
         let view = self.services.entry(service.to_owned()).or_default();
-        let after = Some(instance.status);
-        let before = view
-            .instances
-            .insert(id.to_owned(), instance)
-            .map(|i| i.status);
-        self.tally
-            .instance_changed((service, id), &mut view.counts, before, after);
+        let (after, leases_after) = (Some(instance.status), Leases::of(&instance));
+        let replaced = view.instances.insert(id.to_owned(), instance);
+        let leases_before = replaced.as_ref().map(Leases::of).unwrap_or_default();
+        self.tally.instance_changed(
+            (service, id),
+            &mut view.counts,
+            replaced.map(|i| i.status),
+            after,
+        );
+        self.tally.leases_changed(leases_before, leases_after);
     }
 
     fn remove_instance(&mut self, service: &str, id: &str) {
         let Some(view) = self.services.get_mut(service) else {
             return;
         };
-        let before = view.instances.remove(id).map(|i| i.status);
-        self.tally
-            .instance_changed((service, id), &mut view.counts, before, None);
+        let removed = view.instances.remove(id);
+        let leases_before = removed.as_ref().map(Leases::of).unwrap_or_default();
+        self.tally.instance_changed(
+            (service, id),
+            &mut view.counts,
+            removed.map(|i| i.status),
+            None,
+        );
+        self.tally.leases_changed(leases_before, Leases::default());
     }
 
     /// The selected services with their instances (those without instances left out).
@@ -663,6 +672,11 @@ impl View {
         summary
     }
 
+    /// The leases the self-preservation survey weighs, as the view holds them.
+    pub fn leases(&self) -> Leases {
+        self.read().tally.leases()
+    }
+
     /// The self-preservation mode, as last read from the database.
     pub fn self_preservation(&self) -> SelfPreservation {
         self.self_preservation
@@ -935,7 +949,10 @@ mod tests {
             let service = format!("svc-{}", next(12));
             let id = format!("i-{}", next(15));
             let status = statuses[next(5) as usize];
-            view.apply_all([change(index, &template, (&service, &id), status)]);
+            let mut event = change(index, &template, (&service, &id), status);
+            event.snapshot.ttl_seconds = [0, 10][next(2) as usize];
+            event.snapshot.lease_held = next(4) == 0;
+            view.apply_all([event]);
             if index % 500 == 0 {
                 let summary = view.status_summary(template.registered_at);
                 assert_eq!(
@@ -948,6 +965,15 @@ mod tests {
                     recounted(&view, template.registered_at),
                     "after index {index}"
                 );
+                let all = view.system_status(None, template.registered_at);
+                let mut leases = Leases::default();
+                for instance in all.services.iter().flat_map(|s| &s.instances) {
+                    let one = Leases::of(instance);
+                    leases.live += one.live;
+                    leases.held += one.held;
+                    leases.held_live += one.held_live;
+                }
+                assert_eq!(view.leases(), leases, "after index {index}");
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::check_targets::AllowedNetworks;
 use crate::config::Settings;
 use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
-use crate::self_preservation::{self, Decision};
+use crate::self_preservation::{self, Decision, LeaseSurvey};
 use crate::store::{InstanceChange, InstanceKey, StoreError, StoreResult, Transition, stored_key};
 use crate::writer::Writer;
 
@@ -240,7 +240,8 @@ impl Workers {
     async fn self_preservation(&self, now: chrono::DateTime<chrono::Utc>) -> StoreResult<bool> {
         let store = self.writer.store();
         let limits = &self.settings.self_preservation;
-        let survey = store.lease_survey(now, limits.silent_to_count()).await?;
+        let stored = store.lease_survey(now, limits.weighs_silence()).await?;
+        let survey = LeaseSurvey::new(stored, self.writer.view().leases());
         let decision = self_preservation::decide(&survey, limits, now);
         let mut mode = survey.mode;
         if decision != Decision::Keep {
@@ -249,10 +250,7 @@ impl Workers {
                 wanted
             } else {
                 // Another replica switched it first: take what it decided.
-                store
-                    .lease_survey(now, limits.silent_to_count())
-                    .await?
-                    .mode
+                store.lease_survey(now, false).await?.mode
             };
         }
         let shown = SelfPreservation {

@@ -600,29 +600,27 @@ async fn the_lease_survey_counts_silent_leases_before_any_lapse(backend: Backend
     maintenance(s, "sum", "drained", true, t0).await;
     put(s, &spec("sum", "dead", 10), t0).await;
     expire(s, "sum", "dead", t0 + secs(10)).await;
-    let survey = |at| async move { s.lease_survey(at, 0).await.expect("survey") };
+    let survey = |at| async move {
+        let survey = s.lease_survey(at, true).await.expect("survey");
+        (survey.mode, survey.silent_running)
+    };
 
-    let at_start = survey(t0).await;
-    assert_eq!(at_start.mode, Mode::OFF);
+    assert_eq!(survey(t0).await, (Mode::OFF, 0));
+    assert_eq!(survey(t0 + secs(5)).await, (Mode::OFF, 1));
+    let uncounted = s.lease_survey(t0 + secs(5), false).await.expect("survey");
     assert_eq!(
-        (at_start.leased, at_start.silent, at_start.held),
-        (Some(2), 0, 0)
+        (uncounted.mode, uncounted.silent_running),
+        (Mode::OFF, 0),
+        "the mode alone when the silence does not matter"
     );
-    let few_silent = s.lease_survey(t0 + secs(5), 2).await.expect("survey");
-    assert_eq!(
-        (few_silent.leased, few_silent.silent),
-        (None, 1),
-        "the live leases are counted only when enough are silent"
-    );
-    let enough_silent = s.lease_survey(t0 + secs(5), 1).await.expect("survey");
-    assert_eq!((enough_silent.leased, enough_silent.silent), (Some(2), 1));
+    let survey = |at| async move { survey(at).await.1 };
     // Silent once the last sign of life is half a TTL old: a at t0+5s, b at t0+8s.
-    assert_eq!(survey(t0 + secs(5) - ms(1)).await.silent, 0);
-    assert_eq!(survey(t0 + secs(5)).await.silent, 1);
-    assert_eq!(survey(t0 + secs(8)).await.silent, 2);
+    assert_eq!(survey(t0 + secs(5) - ms(1)).await, 0);
+    assert_eq!(survey(t0 + secs(5)).await, 1);
+    assert_eq!(survey(t0 + secs(8)).await, 2);
     heartbeat(s, "sum", "a", t0 + secs(6)).await;
     assert_eq!(
-        survey(t0 + secs(8)).await.silent,
+        survey(t0 + secs(8)).await,
         1,
         "a heartbeat ends the silence"
     );
@@ -632,8 +630,8 @@ async fn the_lease_survey_counts_silent_leases_before_any_lapse(backend: Backend
     s.mark_alive(t0, gap).await.expect("alive");
     let r = t0 + secs(60);
     assert!(s.mark_alive(r, gap).await.expect("alive"), "a recovery");
-    assert_eq!(survey(r + secs(5) - ms(1)).await.silent, 0);
-    assert_eq!(survey(r + secs(5)).await.silent, 2);
+    assert_eq!(survey(r + secs(5) - ms(1)).await, 0);
+    assert_eq!(survey(r + secs(5)).await, 2);
 }
 
 async fn held_lapses_are_found_kept_out_of_renewals_and_expired_later(backend: Backend) {
@@ -660,8 +658,11 @@ async fn held_lapses_are_found_kept_out_of_renewals_and_expired_later(backend: B
         pairs(&[("sum", "b")]),
         "a held lapse is not due again"
     );
-    let survey = s.lease_survey(t0 + secs(11), 1).await.expect("survey");
-    assert_eq!((survey.leased, survey.silent, survey.held), (Some(2), 2, 1));
+    let survey = s.lease_survey(t0 + secs(11), true).await.expect("survey");
+    assert_eq!(
+        survey.silent_running, 1,
+        "a held lease is not running: the view counts it"
+    );
 
     // A batched renewal leaves a held lease to the full heartbeat, which ends the hold
     // with an event.
@@ -736,7 +737,10 @@ async fn one_replica_switches_self_preservation_and_time_travel_sees_it(backend:
         "the second replica finds it switched"
     );
     assert_eq!(
-        b.lease_survey(t0 + secs(2), 1).await.expect("survey").mode,
+        b.lease_survey(t0 + secs(2), true)
+            .await
+            .expect("survey")
+            .mode,
         on
     );
     let given_up = Mode {
@@ -754,7 +758,10 @@ async fn one_replica_switches_self_preservation_and_time_travel_sees_it(backend:
             .expect("switch")
     );
     assert_eq!(
-        a.lease_survey(t0 + secs(7), 1).await.expect("survey").mode,
+        a.lease_survey(t0 + secs(7), true)
+            .await
+            .expect("survey")
+            .mode,
         Mode::OFF
     );
 

@@ -23,7 +23,7 @@ use registry_api::{Event, Instance, InstanceId, ServiceName};
 
 use crate::lifecycle::Mutation;
 use crate::record::InstanceRecord;
-use crate::self_preservation::{LeaseSurvey, Mode};
+use crate::self_preservation::{Mode, StoredSurvey};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -249,16 +249,17 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<InstanceKey>>;
 
-    /// The self-preservation mode and the leases that are silent at `now`, counted before
-    /// any lapse is applied (docs/operations.md, Self-preservation). A lease is silent
-    /// when its last sign of life is older than half its TTL; the end of an outage grace
-    /// counts as one (see [`Self::mark_alive`]). The live leases are counted only when at
-    /// least `count_live_from` are silent (below, no share of them can matter).
+    /// The self-preservation mode and, with `count_silent`, the running leases (those
+    /// whose lapse is not held) that are silent at `now`, counted before any lapse is
+    /// applied (docs/operations.md, Self-preservation). A lease is silent when its last
+    /// sign of life is older than half its TTL; the end of an outage grace counts as one
+    /// (see [`Self::mark_alive`]). The live and the held leases are not counted here: the
+    /// view keeps their counts ([`crate::tally::Leases`]).
     async fn lease_survey(
         &self,
         now: DateTime<Utc>,
-        count_live_from: u64,
-    ) -> StoreResult<LeaseSurvey>;
+        count_silent: bool,
+    ) -> StoreResult<StoredSurvey>;
 
     /// Switches the mode from `from` to `to`, only if it still is `from` (replicas decide
     /// at once; one wins), and records when it went on or off. Its end is recorded as a
@@ -500,29 +501,20 @@ pub(crate) fn missing_meta() -> StoreError {
     StoreError::Corrupt("the registry_meta row is missing".into())
 }
 
-/// [`Store::lease_survey`] in SQL both stores run (`$1` is `now` in milliseconds, `$2` the
-/// silent leases from which the live ones are counted; SQLite reads them as named
-/// parameters numbered in order of first use, so `$1` must come first). Live leases are
-/// those of passing or warning instances whose lease has not lapsed, held or not; a held
-/// lease has no running deadline, so the held and the running silent ones are disjoint.
-/// The silent ones are read through their index (`instances_silent_from`); the live ones,
-/// which are every instance, only when that many are silent.
-pub(crate) const LEASE_SURVEY: &str = "WITH m AS (SELECT * FROM registry_meta WHERE id = 1), \
-     held AS (SELECT COUNT(*) AS n, \
-         COUNT(*) FILTER (WHERE status IN ('passing', 'warning')) AS live \
-       FROM instances WHERE held_deadline_ms IS NOT NULL), \
-     silent AS MATERIALIZED (SELECT held.live + ( \
-         SELECT COUNT(*) FROM instances i, m \
+/// [`Store::lease_survey`] in SQL both stores run (`$1` is `now` in milliseconds, `$2`
+/// whether to count; SQLite reads them as named parameters numbered in order of first
+/// use, so `$1` must come first). Running leases are those of passing or warning
+/// instances with a deadline the sweep looks at (a held lease has none); the silent ones
+/// are read through their index (`instances_silent_from`), so the count reads only them.
+/// Without `$2` the count is skipped before any row is read (a parameter-only condition
+/// is checked once).
+pub(crate) const LEASE_SURVEY: &str = "SELECT m.self_preservation_since_ms, \
+       m.self_preservation_armed, ( \
+         SELECT COUNT(*) FROM instances i \
          WHERE i.lease_deadline_ms IS NOT NULL AND i.status IN ('passing', 'warning') \
            AND i.lease_deadline_ms - i.ttl_ms / 2 <= $1 \
-           AND COALESCE(m.recovered_ms, 0) + i.ttl_ms / 2 <= $1) AS n \
-       FROM held) \
-     SELECT m.self_preservation_since_ms, m.self_preservation_armed, held.n, \
-       CASE WHEN silent.n >= $2 THEN ( \
-         SELECT COUNT(*) FROM instances i WHERE i.status IN ('passing', 'warning') \
-           AND (i.lease_deadline_ms IS NOT NULL OR i.held_deadline_ms IS NOT NULL)) END, \
-       silent.n \
-     FROM m, held, silent";
+           AND COALESCE(m.recovered_ms, 0) + i.ttl_ms / 2 <= $1 AND $2) \
+     FROM registry_meta m WHERE m.id = 1";
 
 /// [`Store::reapable`] in SQL both stores run: `$1` now, `$2` the registry's reaping time,
 /// `$3` the limit (milliseconds).
@@ -561,17 +553,15 @@ pub(crate) fn duration_millis(duration: std::time::Duration) -> i64 {
 
 /// A row of [`LEASE_SURVEY`] as the survey.
 pub(crate) fn lease_survey_of(
-    (since_ms, armed, held, leased, silent): (Option<i64>, bool, i64, Option<i64>, i64),
-) -> StoreResult<LeaseSurvey> {
-    let count = |n: i64| u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")));
-    Ok(LeaseSurvey {
+    (since_ms, armed, silent): (Option<i64>, bool, i64),
+) -> StoreResult<StoredSurvey> {
+    Ok(StoredSurvey {
         mode: Mode {
             since: since_ms.map(from_millis).transpose()?,
             armed,
         },
-        held: count(held)?,
-        leased: leased.map(count).transpose()?,
-        silent: count(silent)?,
+        silent_running: u64::try_from(silent)
+            .map_err(|_| StoreError::Corrupt(format!("count {silent}")))?,
     })
 }
 

@@ -27,7 +27,7 @@ use super::{
     lease_payloads, millis, missing_meta, parse_events, parse_lease_payload, parse_record,
     stored_key, stored_keys, to_index,
 };
-use crate::self_preservation::{LeaseSurvey, Mode};
+use crate::self_preservation::{Mode, StoredSurvey};
 
 /// Enough for the request handlers and the background sweeps of one replica without
 /// exhausting the server's `max_connections` when several replicas run.
@@ -509,11 +509,11 @@ impl Store for PostgresStore {
     async fn lease_survey(
         &self,
         now: DateTime<Utc>,
-        count_live_from: u64,
-    ) -> StoreResult<LeaseSurvey> {
+        count_silent: bool,
+    ) -> StoreResult<StoredSurvey> {
         let row = sqlx::query_as(super::LEASE_SURVEY)
             .bind(millis(now))
-            .bind(i64::try_from(count_live_from).unwrap_or(i64::MAX))
+            .bind(count_silent)
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(missing_meta)?;

@@ -25,7 +25,7 @@ use super::{
     parse_events, parse_record, stored_keys, to_index,
 };
 use crate::record::InstanceRecord;
-use crate::self_preservation::{LeaseSurvey, Mode};
+use crate::self_preservation::{Mode, StoredSurvey};
 
 /// How long a statement waits for a lock held by another process (or a checkpoint).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -404,11 +404,11 @@ impl Store for SqliteStore {
     async fn lease_survey(
         &self,
         now: DateTime<Utc>,
-        count_live_from: u64,
-    ) -> StoreResult<LeaseSurvey> {
+        count_silent: bool,
+    ) -> StoreResult<StoredSurvey> {
         let row = sqlx::query_as(super::LEASE_SURVEY)
             .bind(millis(now))
-            .bind(i64::try_from(count_live_from).unwrap_or(i64::MAX))
+            .bind(count_silent)
             .fetch_optional(&self.reader)
             .await?
             .ok_or_else(missing_meta)?;

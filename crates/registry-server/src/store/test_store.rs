@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use registry_api::{Event, Instance, InstanceId, ServiceName};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::self_preservation::{LeaseSurvey, Mode};
+use crate::self_preservation::{Mode, StoredSurvey};
 
 use super::{
     Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceChange, InstanceKey,
@@ -230,9 +230,9 @@ impl Store for TestStore {
     async fn lease_survey(
         &self,
         now: DateTime<Utc>,
-        count_live_from: u64,
-    ) -> StoreResult<LeaseSurvey> {
-        self.inner.lease_survey(now, count_live_from).await
+        count_silent: bool,
+    ) -> StoreResult<StoredSurvey> {
+        self.inner.lease_survey(now, count_silent).await
     }
     async fn switch_self_preservation(
         &self,

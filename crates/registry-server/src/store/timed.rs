@@ -11,7 +11,7 @@ use super::{
     Snapshot, Store, StoreResult, Transition,
 };
 use crate::metrics::timed;
-use crate::self_preservation::{LeaseSurvey, Mode};
+use crate::self_preservation::{Mode, StoredSurvey};
 
 pub struct Timed<S>(pub S);
 
@@ -133,9 +133,9 @@ impl<S: Store> Store for Timed<S> {
     async fn lease_survey(
         &self,
         now: DateTime<Utc>,
-        count_live_from: u64,
-    ) -> StoreResult<LeaseSurvey> {
-        timed("lease_survey", self.0.lease_survey(now, count_live_from)).await
+        count_silent: bool,
+    ) -> StoreResult<StoredSurvey> {
+        timed("lease_survey", self.0.lease_survey(now, count_silent)).await
     }
 
     async fn switch_self_preservation(
