@@ -139,12 +139,7 @@ async fn measure(
     http: &reqwest::Client,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    // Self-preservation off: the mass lapse is applied, not held. Requests may take up to
-    // 5 minutes instead of 30 s, so that a slow time travel is measured, not cut at 503.
-    let envs = [
-        ("REGISTRY_SELF_PRESERVATION_THRESHOLD", "0".to_owned()),
-        ("REGISTRY_REQUEST_TIMEOUT", "5m".to_owned()),
-    ];
+    let envs = Preservation::Off.envs();
     let services = n / PER_SERVICE;
 
     eprintln!("[baseline: {BASELINE_INSTANCES} instances, for the lookups' ratio]");
@@ -211,7 +206,12 @@ async fn measure(
     database_size(&mut postgres, n, report).await?;
     whole_system(http, &a, report).await?;
     dashboard::measure(&a, n, services, report).await?;
-    mass_lapse(http, &a, &b, n, seed_rate, report).await?;
+    mass_lapse(http, &a, &b, n, seed_rate, Preservation::Off, report).await?;
+    // The same mass lapse with self-preservation on: both replicas must run with the same
+    // settings, so both restart with them.
+    let on = Preservation::on(n, seed_rate);
+    let (a, b) = restart(http, database, on, a, b).await?;
+    mass_lapse(http, &a, &b, n, seed_rate, on, report).await?;
     time_travel(http, &a, seeded_at, report).await?;
     a.stop().await?;
     b.stop().await?;
@@ -361,16 +361,11 @@ async fn cold_start(
             eprintln!("  replica B starting: {} s", started.elapsed().as_secs());
         }
     });
-    let b = Registry::start_within(&database.url, envs, Duration::from_secs(600)).await;
-    let ready = match &b {
-        Ok(b) => wait_ready(http, b).await,
-        Err(_) => Ok(()),
-    };
+    let b = start_ready(http, database, envs).await;
     ticker.abort();
     let elapsed = started.elapsed();
     let samples = poller.finish().await;
     let b = b?;
-    ready?;
     let rss = b.rss_kib()?;
     let (on_b, _) = scenarios::lookup(http, b.url("/v1/services/svc-0")).await?;
     let lookups = Spread::of(samples.iter().map(|s| s.latency).collect());
@@ -389,6 +384,21 @@ async fn cold_start(
         json!({ "seconds": elapsed.as_secs_f64(), "rss_kib": rss, "b_index": on_b, "a_lookups": lookups, "a_lookups_failed": failed }),
     );
     Ok(b)
+}
+
+/// How long a replica may take to load the registry before it listens (about 20 s at a
+/// million instances on a busy 2-core machine): a slow start is measured, not cut.
+const START_WITHIN: Duration = Duration::from_secs(600);
+
+/// A replica started on `database` with `envs`, once `/readyz` answers 200.
+async fn start_ready(
+    http: &reqwest::Client,
+    database: &Database,
+    envs: &[(&str, String)],
+) -> anyhow::Result<Registry> {
+    let registry = Registry::start_within(&database.url, envs, START_WITHIN).await?;
+    wait_ready(http, &registry).await?;
+    Ok(registry)
 }
 
 /// Polls `/readyz` until it answers 200.
@@ -687,27 +697,152 @@ async fn time_travel(
     Ok(())
 }
 
+/// Whether self-preservation runs during a mass lapse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preservation {
+    /// Off (`REGISTRY_SELF_PRESERVATION_THRESHOLD=0`): the lapses apply as they fall due.
+    Off,
+    /// On, with [`HELD_THRESHOLD`] and at most `max`: the lapses are held until then.
+    On { max: Duration },
+}
+
+/// The self-preservation threshold of the run with it on. The mass lapse's leases are a
+/// tenth of the seeded instances, about 9% of the live leases, so the default of one half
+/// would never see their silence; at 5% it does (the seeded day-long leases never fall
+/// silent).
+const HELD_THRESHOLD: f64 = 0.05;
+/// How long at least the mode lasts past the common deadline of the run with it on: long
+/// enough for the sweeps to hold every lapse (they apply about 5,500 a second at a million
+/// instances, docs/performance.md) and to see that none applies, short enough for the run.
+const HELD_PAST_DEADLINE: Duration = Duration::from_secs(30);
+/// How long past the last deadline and the maximum the run waits for both replicas to
+/// have shown the mode begin and end, before it reports that they did not.
+const HELD_GIVE_UP: Duration = Duration::from_secs(60);
+
+impl Preservation {
+    /// Self-preservation on for the mass lapse at `n` instances seeded at `seed_rate`, with
+    /// a maximum (`REGISTRY_SELF_PRESERVATION_MAX`, 15 minutes by default) to suit. A lease
+    /// falls silent at half its TTL, so the mode begins past half of the lapse's span: half
+    /// of it more and [`HELD_PAST_DEADLINE`] keep it on that long past the deadline at any
+    /// size (a fixed maximum would end before the deadline at a million).
+    fn on(n: usize, seed_rate: f64) -> Self {
+        let max = lapse_span(n, seed_rate) / 2 + HELD_PAST_DEADLINE;
+        Self::On {
+            max: Duration::from_secs(max.as_secs_f64().ceil() as u64),
+        }
+    }
+
+    /// The registry's settings for it. Requests may take up to 5 minutes instead of 30 s,
+    /// so that a slow time travel is measured, not cut at 503.
+    fn envs(self) -> Vec<(&'static str, String)> {
+        let mut envs = vec![("REGISTRY_REQUEST_TIMEOUT", "5m".to_owned())];
+        match self {
+            Self::Off => envs.push(("REGISTRY_SELF_PRESERVATION_THRESHOLD", "0".to_owned())),
+            Self::On { max } => envs.extend([
+                (
+                    "REGISTRY_SELF_PRESERVATION_THRESHOLD",
+                    HELD_THRESHOLD.to_string(),
+                ),
+                (
+                    "REGISTRY_SELF_PRESERVATION_MAX",
+                    format!("{}s", max.as_secs()),
+                ),
+            ]),
+        }
+        envs
+    }
+
+    /// The name prefix of the services of its short leases: each run lapses its own.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Off => "lapse",
+            Self::On { .. } => "held",
+        }
+    }
+
+    /// What the report calls its mass lapse.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Off => "the mass lapse",
+            Self::On { .. } => "the held mass lapse",
+        }
+    }
+}
+
+/// Stops replicas A and B, then starts both again on `database` with the settings of
+/// `preservation` (replicas must all run with the same ones), at once: answers them once
+/// both are ready.
+async fn restart(
+    http: &reqwest::Client,
+    database: &Database,
+    preservation: Preservation,
+    a: Registry,
+    b: Registry,
+) -> anyhow::Result<(Registry, Registry)> {
+    scenarios::phase(&format!(
+        "replicas A and B restarted for {}",
+        preservation.label()
+    ));
+    let started = Instant::now();
+    let (stopped_a, stopped_b) = tokio::join!(a.stop(), b.stop());
+    stopped_a?;
+    stopped_b?;
+    let envs = preservation.envs();
+    let (a, b) = tokio::join!(
+        start_ready(http, database, &envs),
+        start_ready(http, database, &envs)
+    );
+    let (a, b) = (a?, b?);
+    eprintln!("  both ready in {:.1} s", started.elapsed().as_secs_f64());
+    Ok((a, b))
+}
+
+/// The short leases of a mass lapse, once registered.
+struct Lapse {
+    count: usize,
+    /// Instances critical before they were registered (the earlier mass lapse's).
+    critical_before: u64,
+    /// The first and the last of their deadlines.
+    first: Instant,
+    last: Instant,
+    /// The longest lease given (the first registered).
+    longest_ttl: Duration,
+}
+
+/// How many short leases the mass lapse registers at `n` instances.
+fn lapse_count(n: usize) -> usize {
+    (n / PER_SERVICE).min(LAPSE_MAX)
+}
+
+/// The time from the start of the mass lapse's registrations at `n` instances, seeded at
+/// `seed_rate`, until their common deadline.
+fn lapse_span(n: usize, seed_rate: f64) -> Duration {
+    let estimate = Duration::from_secs_f64(lapse_count(n) as f64 / seed_rate.max(100.0));
+    // The registrations run slower than the seeding did (at a million, about half as
+    // fast): a wide margin, so that no lease runs out while others are still registered.
+    estimate.mul_f64(2.5) + Duration::from_secs(15)
+}
+
 /// Leases registered so that they all run out within about a second of each other, then
-/// left to lapse (self-preservation off): the time from the last deadline until both
-/// replicas' summaries count them all critical, and lookups on A and B meanwhile.
+/// left to lapse, with lookups on A and B meanwhile. Self-preservation off: the time from
+/// the last deadline until both replicas' summaries count them all critical
+/// ([`all_critical`]); on: that none turns critical before its maximum ([`held`]).
 async fn mass_lapse(
     http: &reqwest::Client,
     a: &Registry,
     b: &Registry,
     n: usize,
     seed_rate: f64,
+    preservation: Preservation,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let count = (n / PER_SERVICE).min(LAPSE_MAX);
+    let count = lapse_count(n);
     let services = count / PER_SERVICE;
-    let (critical_before, _) = critical_count(http, a).await?;
+    let critical_before = summary(http, a).await?.critical;
     // Every lease is given the seconds left until one moment, past the end of the
     // registrations: their deadlines fall within a second of it, as when a zone is lost.
-    let estimate = Duration::from_secs_f64(count as f64 / seed_rate.max(100.0));
-    let registering = Instant::now();
-    // The registrations run slower than the seeding did (at a million, about half as
-    // fast): a wide margin, so that no lease runs out while others are still registered.
-    let target = registering + estimate.mul_f64(2.5) + Duration::from_secs(15);
+    let span = lapse_span(n, seed_rate);
+    let target = Instant::now() + span;
     let deadlines: Mutex<Option<(Instant, Instant)>> = Mutex::new(None);
     scenarios::register_many(http, count, WRITERS, "short leases", |k| {
         let now = Instant::now();
@@ -725,7 +860,7 @@ async fn mass_lapse(
             None => (deadline, deadline),
         });
         (
-            a.url(&instance_path("lapse", k, services)),
+            a.url(&instance_path(preservation.prefix(), k, services)),
             seed_body(k, ttl),
         )
     })
@@ -734,12 +869,67 @@ async fn mass_lapse(
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .context("no lease registered")?;
+    let lapse = Lapse {
+        count,
+        critical_before,
+        first,
+        last,
+        longest_ttl: Duration::from_secs(span.as_secs_f64().ceil() as u64),
+    };
     // Two pollers on each replica, each a lookup at a time every 10 ms.
     let lookup = "/v1/services/svc-1?status=passing";
     let poller = Poller::start(
         http,
         vec![a.url(lookup), a.url(lookup), b.url(lookup), b.url(lookup)],
     );
+    match preservation {
+        Preservation::Off => all_critical(http, a, b, &lapse, report).await?,
+        Preservation::On { max } => held(http, a, b, &lapse, max, report).await?,
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = poller.finish().await;
+    let during: Vec<&Sample> = samples.iter().filter(|s| s.at >= first).collect();
+    let failed = during.iter().filter(|s| !s.ok).count();
+    let spread = Spread::of(during.iter().map(|s| s.latency).collect());
+    let before = Spread::of(
+        samples
+            .iter()
+            .filter(|s| s.at < first)
+            .map(|s| s.latency)
+            .collect(),
+    );
+    report.add(
+        format!(
+            "lookups on A and B during {} (4 clients, one every 10 ms each)",
+            preservation.label()
+        ),
+        format!(
+            "p50 {:.2} ms, p99 {:.1} ms, max {:.1} ms, {} lookups, {failed} failed (before: p99 {:.1} ms)",
+            spread.p50_ms, spread.p99_ms, spread.max_ms, spread.count, before.p99_ms
+        ),
+        "none failed, p99 <= 100 ms",
+        Some(failed == 0 && spread.count > 0 && spread.p99_ms <= 100.0),
+        json!({ "during": spread, "failed": failed, "before": before }),
+    );
+    Ok(())
+}
+
+/// Self-preservation off: the time from the last deadline until both replicas' summaries
+/// count every lease of `lapse` critical.
+async fn all_critical(
+    http: &reqwest::Client,
+    a: &Registry,
+    b: &Registry,
+    lapse: &Lapse,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let Lapse {
+        count,
+        critical_before,
+        first,
+        last,
+        ..
+    } = *lapse;
     let wanted = critical_before + count as u64;
     let mut progress = Progress::new(
         format!("{count} leases lapsed (critical on A and B)"),
@@ -748,8 +938,8 @@ async fn mass_lapse(
     let give_up = last + Duration::from_secs(120);
     let (mut done_a, mut done_b) = (None, None);
     while done_a.is_none() || done_b.is_none() {
-        let (on_a, _) = critical_count(http, a).await?;
-        let (on_b, _) = critical_count(http, b).await?;
+        let on_a = summary(http, a).await?.critical;
+        let on_b = summary(http, b).await?.critical;
         let now = Instant::now();
         if on_a >= wanted && done_a.is_none() {
             done_a = Some(now);
@@ -765,8 +955,6 @@ async fn mass_lapse(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     progress.finish("");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let samples = poller.finish().await;
     let (done_a, done_b) = (done_a.unwrap_or(last), done_b.unwrap_or(last));
     let all = done_a.max(done_b).saturating_duration_since(last);
     report.add(
@@ -788,44 +976,157 @@ async fn mass_lapse(
             "deadline_spread_seconds": last.saturating_duration_since(first).as_secs_f64(),
         }),
     );
-    let during: Vec<&Sample> = samples.iter().filter(|s| s.at >= first).collect();
-    let failed = during.iter().filter(|s| !s.ok).count();
-    let spread = Spread::of(during.iter().map(|s| s.latency).collect());
-    let before = Spread::of(
-        samples
-            .iter()
-            .filter(|s| s.at < first)
-            .map(|s| s.latency)
-            .collect(),
-    );
-    report.add(
-        "lookups on A and B during the mass lapse (4 clients, one every 10 ms each)",
-        format!(
-            "p50 {:.2} ms, p99 {:.1} ms, max {:.1} ms, {} lookups, {failed} failed (before: p99 {:.1} ms)",
-            spread.p50_ms, spread.p99_ms, spread.max_ms, spread.count, before.p99_ms
+    Ok(())
+}
+
+/// Self-preservation on: reads both replicas' summaries until each has shown the mode
+/// begin and end, and requires that none of `lapse`'s leases turned critical meanwhile and
+/// that it lasted its maximum. Their lapses apply one full TTL after its end (up to
+/// `longest_ttl`, over a minute and a half at a million instances): not waited for.
+async fn held(
+    http: &reqwest::Client,
+    a: &Registry,
+    b: &Registry,
+    lapse: &Lapse,
+    max: Duration,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let Lapse {
+        count,
+        critical_before,
+        first,
+        last,
+        longest_ttl,
+    } = *lapse;
+    scenarios::phase(&format!(
+        "{count} leases left to lapse with self-preservation on (threshold {HELD_THRESHOLD}, max {} s)",
+        max.as_secs()
+    ));
+    // When the mode began, from the database's record of it; per replica (A, B), whether
+    // its summary showed it and when it showed it ended.
+    let mut since = None;
+    let mut shown = [false; 2];
+    let mut ended: [Option<Instant>; 2] = [None; 2];
+    // The most of the leases critical, and held, that a summary counted.
+    let (mut critical, mut most_held) = (0, 0);
+    let give_up = last + max + HELD_GIVE_UP;
+    while ended.iter().any(Option::is_none) && Instant::now() < give_up {
+        for (k, registry) in [a, b].into_iter().enumerate() {
+            let now = summary(http, registry).await?;
+            critical = critical.max(now.critical.saturating_sub(critical_before));
+            match now.preserving {
+                Some((began, holding)) => {
+                    if since.is_none() {
+                        eprintln!("  self-preservation began at {began}");
+                    }
+                    since.get_or_insert_with(|| instant_of(began));
+                    shown[k] = true;
+                    most_held = most_held.max(holding);
+                }
+                None if shown[k] && ended[k].is_none() => {
+                    eprintln!("  self-preservation ended (replica {})", ["A", "B"][k]);
+                    ended[k] = Some(Instant::now());
+                }
+                None => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let began = since.map(|since| seconds_until(since, last));
+    let lasted = since
+        .zip(ended[0].zip(ended[1]))
+        .map(|(since, (on_a, on_b))| on_a.min(on_b).saturating_duration_since(since));
+    let mode = match (began, lasted) {
+        (Some(began), Some(lasted)) => format!(
+            "it began {began:.1} s before the last deadline, held {most_held} at most and ended {:.1} s after it began",
+            lasted.as_secs_f64()
         ),
-        "none failed, p99 <= 100 ms",
-        Some(failed == 0 && spread.count > 0 && spread.p99_ms <= 100.0),
-        json!({ "during": spread, "failed": failed, "before": before }),
+        (Some(began), None) => format!(
+            "it began {began:.1} s before the last deadline, held {most_held} at most and had not ended on A and B {} s after its maximum",
+            HELD_GIVE_UP.as_secs()
+        ),
+        (None, _) => "it never began".to_owned(),
+    };
+    report.add(
+        format!(
+            "mass lapse of {count} leases (self-preservation on, threshold {HELD_THRESHOLD}, max {} s): none critical on A and B until its maximum",
+            max.as_secs()
+        ),
+        format!(
+            "{critical} critical; {mode} (deadlines spread over {:.1} s; the lapses, due one TTL after its end, up to {} s, not waited for)",
+            last.saturating_duration_since(first).as_secs_f64(),
+            longest_ttl.as_secs()
+        ),
+        "none critical until the maximum",
+        Some(critical == 0 && lasted.is_some_and(|lasted| lasted >= max)),
+        json!({
+            "leases": count,
+            "threshold": HELD_THRESHOLD,
+            "max_seconds": max.as_secs(),
+            "critical": critical,
+            "held_most": most_held,
+            "began_seconds_before_last_deadline": began,
+            "lasted_seconds": lasted.map(|lasted| lasted.as_secs_f64()),
+            "deadline_spread_seconds": last.saturating_duration_since(first).as_secs_f64(),
+            "longest_ttl_seconds": longest_ttl.as_secs(),
+        }),
     );
     Ok(())
 }
 
-/// The critical instances the registry's summary counts, and the total.
-async fn critical_count(http: &reqwest::Client, registry: &Registry) -> anyhow::Result<(u64, u64)> {
+/// Seconds from `at` until `to`, negative when `at` is later.
+fn seconds_until(at: Instant, to: Instant) -> f64 {
+    match to.checked_duration_since(at) {
+        Some(ahead) => ahead.as_secs_f64(),
+        None => -at.saturating_duration_since(to).as_secs_f64(),
+    }
+}
+
+/// `at`, a time the registry read from the clock of this same machine, as an [`Instant`].
+fn instant_of(at: chrono::DateTime<chrono::Utc>) -> Instant {
+    let now = Instant::now();
+    let ago = (chrono::Utc::now() - at).to_std().unwrap_or_default();
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+/// What the bench reads in a replica's summary.
+struct Summary {
+    /// Instances critical.
+    critical: u64,
+    /// While self-preservation is active: since when, and how many lapses it holds.
+    preserving: Option<(chrono::DateTime<chrono::Utc>, u64)>,
+}
+
+/// The replica's `GET /v1/status?summary=true`.
+async fn summary(http: &reqwest::Client, registry: &Registry) -> anyhow::Result<Summary> {
     let (_, _, body) = timed_get(
         http,
         &registry.url("/v1/status?summary=true"),
         Duration::from_secs(30),
     )
     .await?;
-    let counts = &body["instances"];
-    Ok((
-        counts["critical"]
-            .as_u64()
-            .context("summary without critical")?,
-        counts["total"].as_u64().unwrap_or(0),
-    ))
+    let critical = body["instances"]["critical"]
+        .as_u64()
+        .context("summary without critical")?;
+    let mode = &body["self_preservation"];
+    let active = mode["active"]
+        .as_bool()
+        .context("summary without self_preservation")?;
+    let preserving = if active {
+        let since = mode["since"]
+            .as_str()
+            .context("self-preservation without since")?;
+        let since = chrono::DateTime::parse_from_rfc3339(since)
+            .with_context(|| format!("self-preservation since {since}"))?
+            .with_timezone(&chrono::Utc);
+        Some((since, mode["held"].as_u64().unwrap_or(0)))
+    } else {
+        None
+    };
+    Ok(Summary {
+        critical,
+        preserving,
+    })
 }
 
 /// One lookup of a [`Poller`].
