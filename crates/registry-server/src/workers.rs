@@ -168,8 +168,15 @@ impl Workers {
         self.writer.flush_heartbeats().await?;
         let cutoff = now - chrono::Duration::from_std(EXPIRY_GRACE).unwrap_or_default();
         let store = self.writer.store();
+        // One replica at a time decides the mode, applies the lapses and reaps; the others
+        // show the mode it decided.
+        let claim = store.claim_sweep().await?;
         // Decided before any lapse is applied (docs/operations.md, Self-preservation).
-        if self.self_preservation(now).await? {
+        let holding = self.self_preservation(now, claim.is_some()).await?;
+        if claim.is_none() {
+            return Ok(());
+        }
+        if holding {
             let due = store.expired_leases(cutoff, SWEEP_BATCH).await?;
             let held = self
                 .change_all(due, now, || {
@@ -234,15 +241,25 @@ impl Workers {
         Ok(made)
     }
 
-    /// Reads the mode and the silent leases from the database, switches the mode as the
-    /// rule decides ([`self_preservation::decide`]), shows it in the view and logs when it
-    /// changes. Answers whether lapses are held now.
-    async fn self_preservation(&self, now: chrono::DateTime<chrono::Utc>) -> StoreResult<bool> {
+    /// Reads the mode and, when `deciding`, the silent leases from the database, switches
+    /// the mode as the rule decides ([`self_preservation::decide`]), shows it in the view
+    /// and logs when it changes. Answers whether lapses are held now.
+    async fn self_preservation(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        deciding: bool,
+    ) -> StoreResult<bool> {
         let store = self.writer.store();
         let limits = &self.settings.self_preservation;
-        let stored = store.lease_survey(now, limits.weighs_silence()).await?;
+        let stored = store
+            .lease_survey(now, deciding && limits.weighs_silence())
+            .await?;
         let survey = LeaseSurvey::new(stored, self.writer.view().leases());
-        let decision = self_preservation::decide(&survey, limits, now);
+        let decision = if deciding {
+            self_preservation::decide(&survey, limits, now)
+        } else {
+            Decision::Keep
+        };
         let mut mode = survey.mode;
         if decision != Decision::Keep {
             let wanted = decision.apply(mode, now);
@@ -261,6 +278,12 @@ impl Workers {
         let before = self.writer.view().set_self_preservation(shown);
         let (silent, leased) = (survey.silent, survey.leased);
         match (before.active, mode.active()) {
+            (false, true) if !deciding => tracing::warn!(
+                "self-preservation began, as the replica sweeping the leases found: lease lapses are held"
+            ),
+            (true, false) if !deciding => {
+                tracing::warn!("self-preservation ended, as the replica sweeping the leases found")
+            }
             (false, true) => tracing::warn!(
                 silent,
                 leased,

@@ -115,6 +115,7 @@ conformance!(
     the_lease_survey_counts_silent_leases_before_any_lapse,
     held_lapses_are_found_kept_out_of_renewals_and_expired_later,
     one_replica_switches_self_preservation_and_time_travel_sees_it,
+    one_replica_at_a_time_claims_the_lease_sweep,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -715,6 +716,33 @@ async fn held_lapses_are_found_kept_out_of_renewals_and_expired_later(backend: B
         s.held_leases(end + secs(10), 100).await.expect("held"),
         vec![]
     );
+}
+
+async fn one_replica_at_a_time_claims_the_lease_sweep(backend: Backend) {
+    let url = backend.fresh_url().await;
+    let (a, b) = (backend.open(&url).await, backend.open(&url).await);
+    let claimed = a.claim_sweep().await.expect("claim");
+    assert!(claimed.is_some(), "the first asks, the first claims");
+    match backend {
+        Backend::Postgres => {
+            assert!(
+                b.claim_sweep().await.expect("claim").is_none(),
+                "another replica holds it"
+            );
+            drop(claimed);
+            // The dropped claim's transaction rolls back as its connection is reused.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while b.claim_sweep().await.expect("claim").is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the claim ends when dropped"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+        // One process owns an SQLite file.
+        Backend::Sqlite => assert!(b.claim_sweep().await.expect("claim").is_some()),
+    }
 }
 
 async fn one_replica_switches_self_preservation_and_time_travel_sees_it(backend: Backend) {

@@ -125,6 +125,16 @@ pub struct HistoryStart {
     pub at: DateTime<Utc>,
 }
 
+/// The lease sweep, claimed by one replica until dropped ([`Store::claim_sweep`]).
+pub struct SweepClaim(#[allow(dead_code)] Box<dyn Send>);
+
+impl SweepClaim {
+    /// A claim that lasts as long as `held` (dropping it ends the claim).
+    pub(crate) fn held_by(held: impl Send + 'static) -> Self {
+        Self(Box::new(held))
+    }
+}
+
 /// A due check, claimed by this caller for one interval.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedCheck {
@@ -237,6 +247,12 @@ pub trait Store: Send + Sync + 'static {
     /// recovery is over, at most `limit`.
     async fn expired_leases(&self, now: DateTime<Utc>, limit: u32)
     -> StoreResult<Vec<InstanceKey>>;
+
+    /// Claims the lease sweep (lapses and reaping) for the caller until the claim is
+    /// dropped; `None` while another replica holds it. Replicas that swept at once each
+    /// read and planned the same due leases, and the slower one then found every one of
+    /// them changed: at a mass lapse, twice the work for nothing.
+    async fn claim_sweep(&self) -> StoreResult<Option<SweepClaim>>;
 
     /// Instances critical at `now` for at least their own reaping time, else `after` (the
     /// registry's; zero = never), at most `limit`. After a recovery (see

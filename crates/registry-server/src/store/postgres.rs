@@ -23,7 +23,7 @@ use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Row, Row
 use super::pg_hosts;
 use super::{
     Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceChange, InstanceKey, Notification,
-    Snapshot, Store, StoreError, StoreResult, Transition, after_column, from_millis,
+    Snapshot, Store, StoreError, StoreResult, SweepClaim, Transition, after_column, from_millis,
     lease_payloads, millis, missing_meta, parse_events, parse_lease_payload, parse_record,
     stored_key, stored_keys, to_index,
 };
@@ -43,6 +43,15 @@ const GROUPS_IN_FLIGHT: usize = 2;
 
 /// A snapshot in which every committed index is visible together with all lower ones.
 const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// The advisory lock of the lease sweep ([`Store::claim_sweep`]): a pair of 32-bit keys,
+/// a space of its own apart from the 64-bit keys that lock instances
+/// (`registry_write_group`).
+const SWEEP_LOCK: (i32, i32) = (0x7265_6769, 1);
+/// How long the sweep's claim may sit idle before Postgres ends it: longer than a sweep
+/// takes (a batch of lapses at a million instances, about 1.5 s), short enough that the
+/// sweep moves on soon when its replica is cut off (a lapse comes that much late).
+const SWEEP_CLAIM_IDLE: Duration = Duration::from_secs(5);
 
 /// The channel the `events` trigger (migration 0002) notifies with each new index.
 const EVENTS_CHANNEL: &str = "registry_events";
@@ -488,6 +497,24 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         stored_keys(rows)
+    }
+
+    async fn claim_sweep(&self) -> StoreResult<Option<SweepClaim>> {
+        // A lock of the transaction: it ends with the claim (dropped, the transaction
+        // rolls back) or with the connection, should this replica die while it sweeps.
+        // A replica cut off from the database mid-sweep leaves its session idle in the
+        // transaction: Postgres ends it after SWEEP_CLAIM_IDLE, so the others take over.
+        let mut claim = self.pool.begin().await?;
+        let (_, claimed): (String, bool) = sqlx::query_as(
+            "SELECT set_config('idle_in_transaction_session_timeout', $1, true), \
+               pg_try_advisory_xact_lock($2, $3)",
+        )
+        .bind(format!("{}ms", SWEEP_CLAIM_IDLE.as_millis()))
+        .bind(SWEEP_LOCK.0)
+        .bind(SWEEP_LOCK.1)
+        .fetch_one(&mut *claim)
+        .await?;
+        Ok(claimed.then(|| SweepClaim::held_by(claim)))
     }
 
     async fn reapable(

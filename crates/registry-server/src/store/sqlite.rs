@@ -21,8 +21,8 @@ use sqlx::sqlite::{
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, RowWrite};
 use super::{
     Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceChange, InstanceKey, Snapshot,
-    Store, StoreResult, Transition, after_column, from_millis, index_column, millis, missing_meta,
-    parse_events, parse_record, stored_keys, to_index,
+    Store, StoreResult, SweepClaim, Transition, after_column, from_millis, index_column, millis,
+    missing_meta, parse_events, parse_record, stored_keys, to_index,
 };
 use crate::record::InstanceRecord;
 use crate::self_preservation::{Mode, StoredSurvey};
@@ -383,6 +383,11 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         stored_keys(rows)
+    }
+
+    async fn claim_sweep(&self) -> StoreResult<Option<SweepClaim>> {
+        // One process owns an SQLite file: there is no other replica to leave it to.
+        Ok(Some(SweepClaim::held_by(())))
     }
 
     async fn reapable(

@@ -15,7 +15,7 @@ use crate::self_preservation::{Mode, StoredSurvey};
 
 use super::{
     Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceChange, InstanceKey,
-    Notification, Snapshot, SqliteStore, Store, StoreError, StoreResult, Transition,
+    Notification, Snapshot, SqliteStore, Store, StoreError, StoreResult, SweepClaim, Transition,
 };
 
 pub struct TestStore {
@@ -218,6 +218,9 @@ impl Store for TestStore {
         limit: u32,
     ) -> StoreResult<Vec<InstanceKey>> {
         self.inner.expired_leases(now, limit).await
+    }
+    async fn claim_sweep(&self) -> StoreResult<Option<SweepClaim>> {
+        self.inner.claim_sweep().await
     }
     async fn reapable(
         &self,

@@ -8,7 +8,7 @@ use registry_api::{Event, Instance, InstanceId, ServiceName};
 
 use super::{
     Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceChange, InstanceKey,
-    Snapshot, Store, StoreResult, Transition,
+    Snapshot, Store, StoreResult, SweepClaim, Transition,
 };
 use crate::metrics::timed;
 use crate::self_preservation::{Mode, StoredSurvey};
@@ -119,6 +119,10 @@ impl<S: Store> Store for Timed<S> {
         limit: u32,
     ) -> StoreResult<Vec<InstanceKey>> {
         timed("expired_leases", self.0.expired_leases(now, limit)).await
+    }
+
+    async fn claim_sweep(&self) -> StoreResult<Option<SweepClaim>> {
+        timed("claim_sweep", self.0.claim_sweep()).await
     }
 
     async fn reapable(
