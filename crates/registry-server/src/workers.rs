@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use registry_api::{Check, SelfPreservation, Status};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,10 @@ const SWEEP_BATCH: u32 = 10_000;
 /// a thousand at once take a fraction of a second and hold their instances' locks only
 /// that long.
 const SWEEP_GROUP: usize = 1_000;
+/// Groups of a sweep written at once: one waits for its commit's flush while the other's
+/// rows are locked and written (Postgres takes the index row last, so they still commit
+/// in index order).
+const SWEEP_GROUPS_IN_FLIGHT: usize = 2;
 /// Most checks running at once.
 const MAX_CONCURRENT_CHECKS: usize = 256;
 /// Most bytes of a check answer read (to compare `expect_json`).
@@ -215,26 +220,35 @@ impl Workers {
     }
 
     /// Applies the change `transition` makes to each of `keys`, [`SWEEP_GROUP`] of them
-    /// per transaction, each group shown in the view as it commits. Answers how many made
-    /// an event; a failure ends the sweep (the rest wait for the next one).
+    /// per transaction and [`SWEEP_GROUPS_IN_FLIGHT`] transactions at once, each group
+    /// shown in the view as it commits. Answers how many made an event; a failure ends the
+    /// sweep (the rest wait for the next one).
     async fn change_all(
         &self,
         keys: Vec<InstanceKey>,
         now: chrono::DateTime<chrono::Utc>,
         transition: impl Fn() -> Transition,
     ) -> StoreResult<usize> {
+        // Each group's write, to be started in order as the stream is polled.
+        let writes: Vec<_> = keys
+            .chunks(SWEEP_GROUP)
+            .map(|group| {
+                let changes = group
+                    .iter()
+                    .map(|(service, id)| InstanceChange {
+                        service: service.clone(),
+                        id: id.clone(),
+                        now,
+                        transition: transition(),
+                    })
+                    .collect();
+                self.writer.change_group(changes)
+            })
+            .collect();
+        let mut written = futures::stream::iter(writes).buffered(SWEEP_GROUPS_IN_FLIGHT);
         let mut made = 0;
-        for group in keys.chunks(SWEEP_GROUP) {
-            let changes = group
-                .iter()
-                .map(|(service, id)| InstanceChange {
-                    service: service.clone(),
-                    id: id.clone(),
-                    now,
-                    transition: transition(),
-                })
-                .collect();
-            for applied in self.writer.change_group(changes).await {
+        while let Some(results) = written.next().await {
+            for applied in results {
                 made += usize::from(applied?.event.is_some());
             }
         }
