@@ -12,8 +12,9 @@ use registry_api::{CheckSpec, InstanceSpec};
 /// How long a test waits for something the registry or a service does by itself.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-const REGISTRY_METRICS: [&str; 10] = [
+const REGISTRY_METRICS: [&str; 11] = [
     "registry_instances",
+    "registry_instances_by_status",
     "registry_registrations_total",
     "registry_heartbeats_total",
     "registry_expirations_total",

@@ -43,10 +43,13 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800)
     (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let summary = state.view.status_summary(state.now());
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         crate::metrics::render(
-            &state.view.services(),
+            summary.instances,
+            summary.services.total,
+            || state.view.services(),
             state.view.watchers(),
             state.view.index(),
             state.view.self_preservation().active,
