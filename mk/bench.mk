@@ -38,10 +38,10 @@ bench-instructions: ## Instructions per lookup, heartbeat, /healthz, registratio
 # The registry at scale: SCALE_INSTANCES instances (100,000 services of 10 by default) on
 # a fresh Postgres database with two replicas, and its dashboard in headless Chromium
 # (installed here as root; without it the bench skips those rows and says why); writes
-# target/bench/scale.json (docs/performance.md). Long (about 12 minutes at the default),
+# target/bench/scale.json (docs/performance.md). Long (about 7 minutes at the default),
 # so not part of make bench, make test or CI.
 SCALE_INSTANCES ?= 1000000
-bench-scale: ## The registry at a million instances, two replicas on Postgres (SCALE_INSTANCES=N for another size; about 12 minutes)
+bench-scale: ## The registry at a million instances, two replicas on Postgres (SCALE_INSTANCES=N for another size; about 7 minutes)
 	@scripts/ensure-bench-tools.sh "make bench-scale" wrk=wrk
 	@# The dashboard rows: Debian's Chromium driven by the browser test's playwright-core.
 	@scripts/ensure-bench-tools.sh --optional "the dashboard rows" /usr/bin/chromium=chromium \

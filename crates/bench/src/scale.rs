@@ -138,10 +138,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 const ANALYZE_EVERY: Duration = Duration::from_secs(10);
 
 /// With the server's autovacuum off (as on a CI machine's Postgres), tables filled by a
-/// million registrations are never analyzed: the planner, without statistics, turns the
-/// registry's keyed reads into sequential scans as the table grows, and the run measures
-/// that instead of the registry (docs/operations.md asks for autovacuum). Then the bench
-/// runs `ANALYZE` on its database every [`ANALYZE_EVERY`], as autovacuum would, and says so.
+/// million registrations are never analyzed, and the planner chooses without statistics,
+/// which no production Postgres of that size would (docs/operations.md asks for
+/// autovacuum). Then the bench runs `ANALYZE` on its database every [`ANALYZE_EVERY`], as
+/// autovacuum would, and says so.
 async fn stand_in_for_autovacuum(
     admin_url: &str,
     database: &Database,
