@@ -223,12 +223,14 @@ pub fn render(
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _rendering = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let metrics = &*METRICS;
-    for (status, count) in [
-        (Status::Passing, instances.passing),
-        (Status::Warning, instances.warning),
-        (Status::Critical, instances.critical),
-        (Status::Maintenance, instances.maintenance),
-    ] {
+    let StatusCounts {
+        passing,
+        warning,
+        critical,
+        maintenance,
+        ..
+    } = instances;
+    for (status, count) in per_status([passing, warning, critical, maintenance]) {
         metrics
             .instances_by_status
             .with_label_values(&[status.as_str()])
@@ -238,12 +240,13 @@ pub fn render(
     metrics.instances.reset();
     let services = (service_count <= MAX_SERVICE_SERIES).then(services);
     for service in services.iter().flat_map(|list| &list.services) {
-        for (status, count) in [
-            (Status::Passing, service.passing),
-            (Status::Warning, service.warning),
-            (Status::Critical, service.critical),
-            (Status::Maintenance, service.maintenance),
-        ] {
+        let counts = [
+            service.passing,
+            service.warning,
+            service.critical,
+            service.maintenance,
+        ];
+        for (status, count) in per_status(counts) {
             metrics
                 .instances
                 .with_label_values(&[service.name.as_str(), status.as_str()])
@@ -260,6 +263,17 @@ pub fn render(
         tracing::warn!(%error, "could not encode the metrics");
     }
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// Counts of passing, warning, critical and maintenance instances, with their statuses.
+fn per_status(counts: [u64; 4]) -> [(Status, u64); 4] {
+    let statuses = [
+        Status::Passing,
+        Status::Warning,
+        Status::Critical,
+        Status::Maintenance,
+    ];
+    std::array::from_fn(|k| (statuses[k], counts[k]))
 }
 
 /// An event the view applied: counted by kind, and as a registration or an expiration.
