@@ -11,6 +11,7 @@
 //! release registry as a child process on a fresh database, wrk for request rates, the
 //! report table.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -246,12 +247,21 @@ async fn measure(
     database_size(&mut postgres, n, report).await?;
     whole_system(http, &a, report).await?;
     dashboard::measure(&a, n, services, report).await?;
-    mass_lapse(http, &a, &b, n, seed_rate, Preservation::Off, report).await?;
+    mass_lapse(
+        http,
+        [&a, &b],
+        n,
+        seed_rate,
+        Preservation::Off,
+        &mut postgres,
+        report,
+    )
+    .await?;
     // The same mass lapse with self-preservation on: both replicas must run with the same
     // settings, so both restart with them.
     let on = Preservation::on(n, seed_rate);
     let (a, b) = restart(http, database, on, a, b).await?;
-    mass_lapse(http, &a, &b, n, seed_rate, on, report).await?;
+    mass_lapse(http, [&a, &b], n, seed_rate, on, &mut postgres, report).await?;
     time_travel(http, &a, seeded_at, report).await?;
     a.stop().await?;
     b.stop().await?;
@@ -869,11 +879,11 @@ fn lapse_span(n: usize, seed_rate: f64) -> Duration {
 /// ([`all_critical`]); on: that none turns critical before its maximum ([`held`]).
 async fn mass_lapse(
     http: &reqwest::Client,
-    a: &Registry,
-    b: &Registry,
+    [a, b]: [&Registry; 2],
     n: usize,
     seed_rate: f64,
     preservation: Preservation,
+    postgres: &mut sqlx::PgConnection,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let count = lapse_count(n);
@@ -923,7 +933,7 @@ async fn mass_lapse(
         vec![a.url(lookup), a.url(lookup), b.url(lookup), b.url(lookup)],
     );
     match preservation {
-        Preservation::Off => all_critical(http, a, b, &lapse, report).await?,
+        Preservation::Off => all_critical(http, a, b, &lapse, postgres, report).await?,
         Preservation::On { max } => held(http, a, b, &lapse, max, report).await?,
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -954,13 +964,61 @@ async fn mass_lapse(
     Ok(())
 }
 
+/// The CPU replicas A and B and the Postgres backends of the bench's database had used, at
+/// one moment.
+struct CpuUse {
+    at: Instant,
+    a: Duration,
+    b: Duration,
+    backends: HashMap<u32, Duration>,
+}
+
+impl CpuUse {
+    async fn now(
+        a: &Registry,
+        b: &Registry,
+        postgres: &mut sqlx::PgConnection,
+    ) -> anyhow::Result<Self> {
+        let backends = postgres_backends(postgres).await?;
+        Ok(Self {
+            at: Instant::now(),
+            a: a.cpu_time()?,
+            b: b.cpu_time()?,
+            backends: backends
+                .into_iter()
+                .filter_map(|pid| Some((pid, crate::registry::cpu_time_of(pid).ok()?)))
+                .collect(),
+        })
+    }
+
+    /// Seconds used since `earlier` by A, B and the backends (one opened since counts
+    /// whole; one closed since is missed), and the seconds between the two.
+    fn since(&self, earlier: &Self) -> [f64; 4] {
+        let postgres: Duration = self
+            .backends
+            .iter()
+            .map(|(pid, used)| {
+                used.saturating_sub(*earlier.backends.get(pid).unwrap_or(&Duration::ZERO))
+            })
+            .sum();
+        [
+            self.a.saturating_sub(earlier.a).as_secs_f64(),
+            self.b.saturating_sub(earlier.b).as_secs_f64(),
+            postgres.as_secs_f64(),
+            self.at.saturating_duration_since(earlier.at).as_secs_f64(),
+        ]
+    }
+}
+
 /// Self-preservation off: the time from the last deadline until both replicas' summaries
-/// count every lease of `lapse` critical.
+/// count every lease of `lapse` critical, and the CPU A, B and Postgres spent from the
+/// first deadline until then (what bounds it, on this 2-core machine).
 async fn all_critical(
     http: &reqwest::Client,
     a: &Registry,
     b: &Registry,
     lapse: &Lapse,
+    postgres: &mut sqlx::PgConnection,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let Lapse {
@@ -977,7 +1035,11 @@ async fn all_critical(
     );
     let give_up = last + Duration::from_secs(120);
     let (mut done_a, mut done_b) = (None, None);
+    let mut cpu_from = None;
     while done_a.is_none() || done_b.is_none() {
+        if cpu_from.is_none() && Instant::now() >= first {
+            cpu_from = Some(CpuUse::now(a, b, postgres).await?);
+        }
         let on_a = summary(http, a).await?.critical;
         let on_b = summary(http, b).await?.critical;
         let now = Instant::now();
@@ -995,12 +1057,17 @@ async fn all_critical(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     progress.finish("");
+    let cpu_to = CpuUse::now(a, b, postgres).await?;
+    let [cpu_a, cpu_b, cpu_postgres, window] = match &cpu_from {
+        Some(from) => cpu_to.since(from),
+        None => [0.0; 4],
+    };
     let (done_a, done_b) = (done_a.unwrap_or(last), done_b.unwrap_or(last));
     let all = done_a.max(done_b).saturating_duration_since(last);
     report.add(
         format!("mass lapse of {count} leases (self-preservation off): all critical on A and B"),
         format!(
-            "{:.1} s after the last deadline (A {:.1} s, B {:.1} s; deadlines spread over {:.1} s)",
+            "{:.1} s after the last deadline (A {:.1} s, B {:.1} s; deadlines spread over {:.1} s); CPU from the first deadline, {window:.1} s: A {cpu_a:.1} s, B {cpu_b:.1} s, Postgres {cpu_postgres:.1} s",
             all.as_secs_f64(),
             done_a.saturating_duration_since(last).as_secs_f64(),
             done_b.saturating_duration_since(last).as_secs_f64(),
@@ -1014,6 +1081,7 @@ async fn all_critical(
             "a_seconds": done_a.saturating_duration_since(last).as_secs_f64(),
             "b_seconds": done_b.saturating_duration_since(last).as_secs_f64(),
             "deadline_spread_seconds": last.saturating_duration_since(first).as_secs_f64(),
+            "cpu_seconds": { "window": window, "a": cpu_a, "b": cpu_b, "postgres": cpu_postgres },
         }),
     );
     Ok(())
