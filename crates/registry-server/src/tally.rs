@@ -44,19 +44,55 @@ impl Leases {
             held_live: u64::from(held && live),
         }
     }
+
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            live: self.live + other.live,
+            held: self.held + other.held,
+            held_live: self.held_live + other.held_live,
+        }
+    }
+
+    fn minus(self, other: Self) -> Self {
+        Self {
+            live: self.live.saturating_sub(other.live),
+            held: self.held.saturating_sub(other.held),
+            held_live: self.held_live.saturating_sub(other.held_live),
+        }
+    }
+}
+
+/// What the tally counts of one instance: its status and its leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub status: Status,
+    pub leases: Leases,
+}
+
+impl Counted {
+    pub fn of(instance: &Instance) -> Self {
+        Self {
+            status: instance.status,
+            leases: Leases::of(instance),
+        }
+    }
 }
 
 impl Tally {
-    /// Counts instance `id` of `service` going from `before` to `after` (`None`: absent).
+    /// Counts instance `id` of `service` going from `before` to `after` ([`Counted::of`];
+    /// `None`: absent), its status and its leases.
     /// `counts` are the service's own instance counts, updated here too; a service
     /// without instances is not counted among the services.
     pub fn instance_changed(
         &mut self,
         (service, id): (&str, &str),
         counts: &mut StatusCounts,
-        before: Option<Status>,
-        after: Option<Status>,
+        before: Option<Counted>,
+        after: Option<Counted>,
     ) {
+        let leases = |counted: Option<Counted>| counted.map_or(Leases::default(), |c| c.leases);
+        self.leases = self.leases.plus(leases(after)).minus(leases(before));
+        let (before, after) = (before.map(|c| c.status), after.map(|c| c.status));
         if before == after {
             return;
         }
@@ -84,21 +120,6 @@ impl Tally {
         } else if before == critical {
             self.critical.remove(&(service.to_owned(), id.to_owned()));
         }
-    }
-
-    /// Counts an instance's leases going from `before` to `after` ([`Leases::of`]; the
-    /// default for an absent instance).
-    pub fn leases_changed(&mut self, before: Leases, after: Leases) {
-        let count = |total: &mut u64, before: u64, after: u64| {
-            *total = (*total + after).saturating_sub(before);
-        };
-        count(&mut self.leases.live, before.live, after.live);
-        count(&mut self.leases.held, before.held, after.held);
-        count(
-            &mut self.leases.held_live,
-            before.held_live,
-            after.held_live,
-        );
     }
 
     pub fn leases(&self) -> Leases {
@@ -134,12 +155,20 @@ fn rolled_up(counts: &StatusCounts) -> Option<Status> {
 mod tests {
     use super::*;
 
+    /// An instance of `status` without a lease.
+    fn counted(status: Status) -> Option<Counted> {
+        Some(Counted {
+            status,
+            leases: Leases::default(),
+        })
+    }
+
     #[test]
     fn a_service_is_counted_by_its_rolled_up_status_while_it_has_instances() {
         let mut tally = Tally::default();
         let mut sum = StatusCounts::default();
-        tally.instance_changed(("sum", "a"), &mut sum, None, Some(Status::Passing));
-        tally.instance_changed(("sum", "b"), &mut sum, None, Some(Status::Critical));
+        tally.instance_changed(("sum", "a"), &mut sum, None, counted(Status::Passing));
+        tally.instance_changed(("sum", "b"), &mut sum, None, counted(Status::Critical));
         assert_eq!(tally.services().warning, 1);
         assert_eq!(
             (tally.instances().total, tally.instances().critical),
@@ -147,9 +176,9 @@ mod tests {
         );
         assert_eq!(tally.critical().collect::<Vec<_>>(), [("sum", "b")]);
 
-        tally.instance_changed(("sum", "a"), &mut sum, Some(Status::Passing), None);
+        tally.instance_changed(("sum", "a"), &mut sum, counted(Status::Passing), None);
         assert_eq!((tally.services().total, tally.services().critical), (1, 1));
-        tally.instance_changed(("sum", "b"), &mut sum, Some(Status::Critical), None);
+        tally.instance_changed(("sum", "b"), &mut sum, counted(Status::Critical), None);
         assert_eq!(tally.services(), StatusCounts::default());
         assert_eq!(tally.instances(), StatusCounts::default());
         assert_eq!(tally.critical_total(), 0);
@@ -191,8 +220,20 @@ mod tests {
         assert_eq!(instance(Status::Maintenance, 10, false), counts(0, 0, 0));
 
         let mut tally = Tally::default();
-        tally.leases_changed(Leases::default(), counts(1, 1, 1));
-        tally.leases_changed(counts(1, 1, 1), counts(1, 0, 0));
+        let mut sum = StatusCounts::default();
+        let passing = |leases| {
+            Some(Counted {
+                status: Status::Passing,
+                leases,
+            })
+        };
+        tally.instance_changed(("sum", "a"), &mut sum, None, passing(counts(1, 1, 1)));
+        tally.instance_changed(
+            ("sum", "a"),
+            &mut sum,
+            passing(counts(1, 1, 1)),
+            passing(counts(1, 0, 0)),
+        );
         assert_eq!(tally.leases(), counts(1, 0, 0));
     }
 }

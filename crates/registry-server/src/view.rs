@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::paging::Selection;
 use crate::store::{Applied, Store, StoreResult};
-use crate::tally::{Leases, Tally};
+use crate::tally::{Counted, Leases, Tally};
 
 /// How many recent events the view keeps for event streams (older ones come from the store).
 const RECENT_EVENTS: usize = 4_096;
@@ -115,31 +115,27 @@ impl State {
     /// status changes in the view, with [`Self::remove_instance`].
     fn put_instance(&mut self, service: &str, id: &str, instance: Instance) {
         let view = self.services.entry(service.to_owned()).or_default();
-        let (after, leases_after) = (Some(instance.status), Leases::of(&instance));
-        let replaced = view.instances.insert(id.to_owned(), instance);
-        let leases_before = replaced.as_ref().map(Leases::of).unwrap_or_default();
+        let after = Some(Counted::of(&instance));
+        let before = view.instances.insert(id.to_owned(), instance);
         self.tally.instance_changed(
             (service, id),
             &mut view.counts,
-            replaced.map(|i| i.status),
+            before.as_ref().map(Counted::of),
             after,
         );
-        self.tally.leases_changed(leases_before, leases_after);
     }
 
     fn remove_instance(&mut self, service: &str, id: &str) {
         let Some(view) = self.services.get_mut(service) else {
             return;
         };
-        let removed = view.instances.remove(id);
-        let leases_before = removed.as_ref().map(Leases::of).unwrap_or_default();
+        let before = view.instances.remove(id);
         self.tally.instance_changed(
             (service, id),
             &mut view.counts,
-            removed.map(|i| i.status),
+            before.as_ref().map(Counted::of),
             None,
         );
-        self.tally.leases_changed(leases_before, Leases::default());
     }
 
     /// The selected services with their instances (those without instances left out).
@@ -966,13 +962,12 @@ mod tests {
                     "after index {index}"
                 );
                 let all = view.system_status(None, template.registered_at);
-                let mut leases = Leases::default();
-                for instance in all.services.iter().flat_map(|s| &s.instances) {
-                    let one = Leases::of(instance);
-                    leases.live += one.live;
-                    leases.held += one.held;
-                    leases.held_live += one.held_live;
-                }
+                let leases = all
+                    .services
+                    .iter()
+                    .flat_map(|s| &s.instances)
+                    .map(Leases::of)
+                    .fold(Leases::default(), Leases::plus);
                 assert_eq!(view.leases(), leases, "after index {index}");
             }
         }
