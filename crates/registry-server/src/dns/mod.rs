@@ -42,10 +42,9 @@ const UDP_RECEIVE_BUFFER: usize = 2 << 20;
 
 /// The DNS sockets, bound: UDP and TCP on the same address.
 pub struct DnsListeners {
-    /// One UDP socket per core on the same port (`SO_REUSEPORT`): hickory-server reads
-    /// and answers each socket's datagrams on one task, and the kernel spreads clients
-    /// over the sockets, so every core answers.
-    udp: Vec<UdpSocket>,
+    /// One UDP socket per core on the same port (`SO_REUSEPORT`), each answered on a
+    /// thread of its own ([`serve`](Self::serve)); the kernel spreads clients over them.
+    udp: Vec<std::net::UdpSocket>,
     tcp: TcpListener,
 }
 
@@ -81,23 +80,80 @@ impl DnsListeners {
         Ok(self.tcp.local_addr()?)
     }
 
-    /// Answers queries for `zone` from `view` until `shutdown`.
+    /// Answers queries for `zone` from `view` until `shutdown`: TCP on this runtime, each
+    /// UDP socket on a thread of its own ([`answer_udp`]).
     pub async fn serve(self, zone: Zone, view: Arc<View>, shutdown: CancellationToken) {
-        let mut server = hickory_server::Server::new(Answerer { zone, view });
+        let mut udp_threads = Vec::new();
         for socket in self.udp {
-            server.register_socket(socket);
-        }
-        server.register_listener(self.tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-        tokio::select! {
-            result = server.block_until_done() => {
-                if let Err(error) = result {
-                    tracing::error!(%error, "the DNS server stopped");
-                }
+            let answerer = Answerer {
+                zone: zone.clone(),
+                view: Arc::clone(&view),
+            };
+            let shutdown = shutdown.clone();
+            let (stopped, on_stop) = tokio::sync::oneshot::channel::<()>();
+            let started = std::thread::Builder::new()
+                .name("registry-dns".into())
+                .spawn(move || {
+                    answer_udp(socket, answerer, shutdown);
+                    let _ = stopped.send(());
+                });
+            match started {
+                Ok(_) => udp_threads.push(on_stop),
+                Err(error) => tracing::error!(%error, "could not start a DNS thread"),
             }
-            () = shutdown.cancelled() => {
-                if let Err(error) = server.shutdown_gracefully().await {
-                    tracing::warn!(%error, "the DNS server stopped with an error");
-                }
+        }
+        let mut server = hickory_server::Server::new(Answerer { zone, view });
+        server.register_listener(self.tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+        run_until(server, shutdown).await;
+        for on_stop in udp_threads {
+            // An error means the thread ended without saying so (it panicked): stopped too.
+            let _ = on_stop.await;
+        }
+    }
+}
+
+/// Answers the queries on `socket` until `shutdown`, on the calling thread, in a runtime
+/// of its own. hickory-server hands each datagram to a task of its own and sends its
+/// answer back through the socket's task: on one thread those hops cost no wake-up of
+/// another thread, where on the registry's shared runtime each could (docs/performance.md,
+/// DNS).
+fn answer_udp(socket: std::net::UdpSocket, answerer: Answerer, shutdown: CancellationToken) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "could not start the runtime of a DNS thread");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match UdpSocket::from_std(socket) {
+            Ok(socket) => {
+                let mut server = hickory_server::Server::new(answerer);
+                server.register_socket(socket);
+                run_until(server, shutdown).await;
+            }
+            Err(error) => tracing::error!(%error, "could not answer DNS on a UDP socket"),
+        }
+    });
+}
+
+/// Runs `server` until it stops or `shutdown`, then stops it gracefully.
+async fn run_until<H: RequestHandler>(
+    mut server: hickory_server::Server<H>,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        result = server.block_until_done() => {
+            if let Err(error) = result {
+                tracing::error!(%error, "the DNS server stopped");
+            }
+        }
+        () = shutdown.cancelled() => {
+            if let Err(error) = server.shutdown_gracefully().await {
+                tracing::warn!(%error, "the DNS server stopped with an error");
             }
         }
     }
@@ -105,7 +161,7 @@ impl DnsListeners {
 
 /// A UDP socket on `addr` that other sockets of this process may share (`SO_REUSEPORT`),
 /// with a large receive buffer.
-fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
@@ -113,7 +169,7 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Answers each query from the view.
