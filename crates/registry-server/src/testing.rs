@@ -109,9 +109,20 @@ pub fn fresh_sqlite_url() -> String {
 /// Registers instance `id` of service `sum` (at `http://10.0.0.1:4040`, a 10 s lease)
 /// straight in `store`, as another replica would: no view hears of it.
 pub async fn register_in(store: &dyn crate::store::Store, id: &str) -> crate::store::Applied {
-    let service = registry_api::ServiceName::parse("sum").expect("name");
+    register_at(store, "sum", id, "http://10.0.0.1:4040").await
+}
+
+/// Registers instance `id` of `service` at `url` (a 10 s lease) straight in `store`, as
+/// another replica would: no view hears of it.
+pub async fn register_at(
+    store: &dyn crate::store::Store,
+    service: &str,
+    id: &str,
+    url: &str,
+) -> crate::store::Applied {
+    let service = registry_api::ServiceName::parse(service).expect("name");
     let id = registry_api::InstanceId::parse(id).expect("id");
-    let spec = registry_api::InstanceSpec::new("http://10.0.0.1:4040")
+    let spec = registry_api::InstanceSpec::new(url)
         .validate(service.clone(), id.clone(), 10)
         .expect("valid");
     let now = crate::clock::Clock::default().now();

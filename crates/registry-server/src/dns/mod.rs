@@ -4,10 +4,13 @@
 //! (docs/dns.md).
 //!
 //! An adapter like the HTTP ones: [`zone`] says what a name means and which records answer
-//! it; this module serves UDP and TCP with hickory-server (which parses and encodes the
-//! packets) and answers each question from the view, never from the database, so a change
-//! is visible to the next query. It keeps no state of its own.
+//! it; this module answers each question from the view, never from the database, so a
+//! change is visible to the next query. hickory-server parses and encodes the messages
+//! and serves TCP; UDP is read here, so that the question asked most, a service's A or
+//! AAAA records, is answered with records encoded once per change of the service
+//! ([`prepared`]). It keeps no state of its own.
 
+mod prepared;
 mod zone;
 
 use std::net::SocketAddr;
@@ -15,15 +18,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::{DNSClass, RecordType};
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::{Time, TokioTime};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
+};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::view::View;
+use prepared::{PLAIN_UDP_PAYLOAD, PlainQuery, ServiceRecords, udp_payload_limit};
 pub use zone::{Lookup, Reply, Zone};
 
 /// How long a TCP connection may stay idle between queries.
@@ -35,6 +46,9 @@ const MAX_UDP_PAYLOAD: u16 = 4096;
 /// How often binding UDP and TCP to one free port is tried before giving up (with port 0,
 /// the port UDP got may be taken for TCP).
 const BIND_ATTEMPTS: usize = 20;
+
+/// The largest query read over UDP (as hickory-server reads them).
+const UDP_QUERY_BUFFER: usize = 4096;
 
 /// Receive buffer asked for each UDP socket: a burst of queries beyond the default
 /// (about 200 KiB) is dropped by the kernel before it is read.
@@ -113,9 +127,7 @@ impl DnsListeners {
 }
 
 /// Answers the queries on `socket` until `shutdown`, on the calling thread, in a runtime
-/// of its own. hickory-server hands each datagram to a task of its own and sends its
-/// answer back through the socket's task: on one thread those hops cost no wake-up of
-/// another thread, where on the registry's shared runtime each could (docs/performance.md,
+/// of its own, so that no query costs a wake-up of another thread (docs/performance.md,
 /// DNS).
 fn answer_udp(socket: std::net::UdpSocket, answerer: Answerer, shutdown: CancellationToken) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -130,14 +142,146 @@ fn answer_udp(socket: std::net::UdpSocket, answerer: Answerer, shutdown: Cancell
     };
     runtime.block_on(async move {
         match UdpSocket::from_std(socket) {
-            Ok(socket) => {
-                let mut server = hickory_server::Server::new(answerer);
-                server.register_socket(socket);
-                run_until(server, shutdown).await;
-            }
+            Ok(socket) => answer_datagrams(Arc::new(socket), &answerer, &shutdown).await,
             Err(error) => tracing::error!(%error, "could not answer DNS on a UDP socket"),
         }
     });
+}
+
+/// Answers each datagram on `socket` in turn until `shutdown` (answering waits on
+/// nothing but the socket): a plain question from its service's encoded answer
+/// ([`prepared`]), any other message as hickory-server would, parsed and answered by
+/// [`Answerer`] and encoded by hickory.
+async fn answer_datagrams(
+    socket: Arc<UdpSocket>,
+    answerer: &Answerer,
+    shutdown: &CancellationToken,
+) {
+    let mut buffer = vec![0; UDP_QUERY_BUFFER];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            () = shutdown.cancelled() => return,
+        };
+        let (len, client) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                tracing::warn!(%error, "could not receive a DNS query");
+                continue;
+            }
+        };
+        // Port 0 or an unspecified address cannot be answered.
+        if client.port() == 0 || client.ip().is_unspecified() {
+            continue;
+        }
+        let packet = &buffer[..len];
+        let started = Instant::now();
+        if let Some((answer, qtype)) = answerer.prepared_answer(packet) {
+            let code = match socket.send_to(&answer, client).await {
+                Ok(_) => ResponseCode::NoError,
+                Err(error) => {
+                    tracing::debug!(%error, "could not send a DNS answer");
+                    ResponseCode::ServFail
+                }
+            };
+            crate::metrics::dns_query(qtype, code, started.elapsed());
+            continue;
+        }
+        let responder = UdpResponder {
+            socket: Arc::clone(&socket),
+            client,
+        };
+        match Request::from_bytes(packet.to_vec(), client, Protocol::Udp) {
+            // Never answer an answer: two servers would bounce messages at each other.
+            Ok(request) if request.metadata.message_type == MessageType::Response => {}
+            Ok(request) => {
+                answerer
+                    .handle_request::<_, TokioTime>(&request, responder)
+                    .await;
+            }
+            // A header that reads is answered FORMERR; anything shorter is dropped.
+            Err(_) => {
+                if let Ok(header) = Header::read(&mut BinDecoder::new(packet)) {
+                    let mut metadata = Metadata::response_from_request(&header.metadata);
+                    metadata.response_code = ResponseCode::FormErr;
+                    if let Err(error) = socket.send_to(&header_only(metadata), client).await {
+                        tracing::debug!(%error, "could not send a DNS answer");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An answer that is only a header: no question, no records.
+fn header_only(metadata: Metadata) -> Vec<u8> {
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    let mut bytes = Vec::with_capacity(12);
+    // A header always encodes: twelve bytes, no size limit reached.
+    let _ = header.emit(&mut BinEncoder::new(&mut bytes));
+    bytes
+}
+
+/// Sends each answer to `client` over UDP ([`encode_for_udp`]).
+#[derive(Clone)]
+struct UdpResponder {
+    socket: Arc<UdpSocket>,
+    client: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode_for_udp(response);
+        self.socket.send_to(&bytes, self.client).await?;
+        Ok(info)
+    }
+}
+
+/// `response` encoded as hickory-server encodes a UDP answer: within the size its EDNS
+/// allows (512 bytes without EDNS), truncated (TC) beyond it; SERVFAIL if it cannot be
+/// encoded.
+fn encode_for_udp<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> (ResponseInfo, Vec<u8>) {
+    let id = response.metadata().id;
+    let limit = response.edns().map_or(PLAIN_UDP_PAYLOAD, Edns::max_payload);
+    let mut bytes = Vec::with_capacity(usize::from(PLAIN_UDP_PAYLOAD));
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(limit);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => (info, bytes),
+        Err(error) => {
+            tracing::error!(%error, "could not encode a DNS answer");
+            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let info = ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            });
+            (info, header_only(metadata))
+        }
+    }
 }
 
 /// Runs `server` until it stops or `shutdown`, then stops it gracefully.
@@ -204,11 +348,8 @@ impl Answerer {
         let lookup = self.zone.lookup(name);
         let reply = match &lookup {
             Lookup::Service { service, .. } => {
-                // The instances' URLs are parsed once per change of the service, not per query.
-                let (index, targets) = self
-                    .view
-                    .service_derived(service, |instances| self.zone.targets(instances));
-                let targets = targets.as_deref().map(Vec::as_slice);
+                let (index, records) = self.service_records(service);
+                let targets = records.as_deref().map(|records| records.targets.as_slice());
                 self.zone
                     .answer_service(name, qtype, &lookup, targets, index)
             }
@@ -217,6 +358,35 @@ impl Answerer {
                 .answer_other(name, qtype, &lookup, self.view.index()),
         };
         (reply, qtype)
+    }
+
+    /// What DNS keeps of `service` (`None` when it is unknown), with the registry's index:
+    /// the instances' URLs are parsed and the plain answers encoded once per change of
+    /// the service, not per query.
+    fn service_records(&self, service: &str) -> (u64, Option<Arc<ServiceRecords>>) {
+        self.view.service_derived(service, |instances| {
+            ServiceRecords::new(&self.zone, instances)
+        })
+    }
+
+    /// The answer to `packet` from the service's encoded records, when it is a plain A or
+    /// AAAA question for a service that has them ([`prepared`]); `None` sends it the full
+    /// way.
+    fn prepared_answer(&self, packet: &[u8]) -> Option<(Vec<u8>, RecordType)> {
+        let query = PlainQuery::read(packet)?;
+        if !self.zone.contains(&query.name) {
+            return None;
+        }
+        let Lookup::Service {
+            service,
+            tag: None,
+            srv_form: false,
+        } = self.zone.lookup(&query.name)
+        else {
+            return None;
+        };
+        let records = self.service_records(&service).1?;
+        Some((query.answer(&records)?, query.qtype))
     }
 }
 
@@ -238,7 +408,7 @@ impl RequestHandler for Answerer {
         // them.
         let edns = request.edns.as_ref().map(|asked| {
             let mut edns = Edns::new();
-            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            edns.set_max_payload(udp_payload_limit(Some(asked.max_payload())));
             edns
         });
         let mut builder = MessageResponseBuilder::from_message_request(request);
@@ -266,5 +436,176 @@ impl RequestHandler for Answerer {
         };
         crate::metrics::dns_query(qtype, info.response_code, started.elapsed());
         info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::rr::Name;
+
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+    use crate::testing::register_at;
+
+    /// Keeps the answer the full path sends, encoded for UDP.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Option<Vec<u8>>>>);
+
+    #[async_trait::async_trait]
+    impl ResponseHandler for Captured {
+        async fn send_response<'a>(
+            &mut self,
+            response: MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, NetError> {
+            let (info, bytes) = encode_for_udp(response);
+            *self.0.lock().expect("not poisoned") = Some(bytes);
+            Ok(info)
+        }
+    }
+
+    /// An answerer over a view of: `sum` at three addresses (two instances sharing one),
+    /// `six` at an IPv6 address, `named` at a host name, and `many` at 40 addresses.
+    async fn answerer() -> Answerer {
+        let store = SqliteStore::connect("sqlite::memory:")
+            .await
+            .expect("store");
+        Store::migrate(&store).await.expect("migrate");
+        for (service, id, url) in [
+            ("sum", "a", "http://10.0.0.1:8080"),
+            ("sum", "b", "http://10.0.0.2:8080"),
+            ("sum", "c", "http://10.0.0.3:8080"),
+            ("sum", "d", "http://10.0.0.3:9090"),
+            ("six", "a", "http://[2001:db8::1]:8080"),
+            (
+                "named",
+                "a",
+                "http://sum-0.sum.default.svc.cluster.local:8080",
+            ),
+        ] {
+            register_at(&store, service, id, url).await;
+        }
+        for k in 0..40 {
+            register_at(
+                &store,
+                "many",
+                &format!("m{k}"),
+                &format!("http://10.1.0.{k}:80"),
+            )
+            .await;
+        }
+        let view = View::load(&store).await.expect("view");
+        Answerer {
+            zone: Zone::new("consul", "dc1", 0, false).expect("zone"),
+            view: Arc::new(view),
+        }
+    }
+
+    /// A query for `name` and `qtype`, with RD and CD set, and EDNS advertising
+    /// `payload` when given.
+    fn query(name: &str, qtype: RecordType, payload: Option<u16>) -> Vec<u8> {
+        let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.metadata.checking_disabled = true;
+        message
+            .queries
+            .push(Query::query(Name::from_ascii(name).expect("name"), qtype));
+        if let Some(payload) = payload {
+            let mut edns = Edns::new();
+            edns.set_max_payload(payload);
+            message.edns = Some(edns);
+        }
+        message.to_vec().expect("encoded")
+    }
+
+    /// The answer the full path gives `packet`, as sent over UDP.
+    async fn full_answer(answerer: &Answerer, packet: &[u8]) -> Vec<u8> {
+        let request = Request::from_bytes(
+            packet.to_vec(),
+            "127.0.0.1:5353".parse().expect("addr"),
+            Protocol::Udp,
+        )
+        .expect("a request");
+        let captured = Captured::default();
+        answerer
+            .handle_request::<_, TokioTime>(&request, captured.clone())
+            .await;
+        let answer = captured.0.lock().expect("not poisoned").take();
+        answer.expect("answered")
+    }
+
+    /// `answer` decoded, its answer records in a fixed order (both paths shuffle them).
+    fn decoded(answer: &[u8]) -> Message {
+        let mut message = Message::from_vec(answer).expect("an answer hickory reads");
+        message
+            .answers
+            .sort_by_key(|record| record.data.to_string());
+        message
+    }
+
+    #[tokio::test]
+    async fn a_plain_question_is_answered_as_the_full_path_answers_it() {
+        let answerer = answerer().await;
+        for (name, qtype, payload, records) in [
+            ("sum.service.consul.", RecordType::A, None, 3),
+            ("SUM.Service.consul.", RecordType::A, Some(1232), 3),
+            ("sum.service.dc1.consul.", RecordType::A, Some(100), 3),
+            ("six.service.consul.", RecordType::AAAA, Some(4096), 1),
+            ("many.service.consul.", RecordType::A, Some(9000), 40),
+        ] {
+            let packet = query(name, qtype, payload);
+            let (prepared, answered_type) = answerer
+                .prepared_answer(&packet)
+                .unwrap_or_else(|| panic!("{name} {qtype} has a prepared answer"));
+            assert_eq!(answered_type, qtype);
+            let prepared = decoded(&prepared);
+            assert_eq!(prepared.answers.len(), records, "{name}");
+            let full = decoded(&full_answer(&answerer, &packet).await);
+            assert_eq!(prepared.metadata, full.metadata, "{name} header");
+            assert_eq!(prepared.queries, full.queries, "{name} question");
+            assert_eq!(prepared.answers, full.answers, "{name} answers");
+            assert_eq!(prepared.authorities, full.authorities, "{name} authority");
+            assert_eq!(prepared.additionals, full.additionals, "{name} additional");
+            assert_eq!(prepared.edns, full.edns, "{name} EDNS");
+            // The question as asked, case included.
+            assert_eq!(prepared.queries[0].name().to_string(), name);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_other_question_takes_the_full_path() {
+        let answerer = answerer().await;
+        for (name, qtype, payload) in [
+            // Not an address question, a tag, a host name (CNAME), no such service.
+            ("_sum._tcp.service.consul.", RecordType::SRV, None),
+            ("sum.service.consul.", RecordType::SRV, None),
+            ("sum.service.consul.", RecordType::ANY, None),
+            ("v2.sum.service.consul.", RecordType::A, None),
+            ("named.service.consul.", RecordType::A, None),
+            ("nosuch.service.consul.", RecordType::A, None),
+            // The name exists but has no AAAA record: NOERROR with the SOA.
+            ("sum.service.consul.", RecordType::AAAA, None),
+            // Outside the zone, or another datacenter's.
+            ("sum.service.example.", RecordType::A, None),
+            ("sum.service.dc2.consul.", RecordType::A, None),
+            // Too large for 512 bytes (or the client's size): truncated by the full path.
+            ("many.service.consul.", RecordType::A, None),
+            ("many.service.consul.", RecordType::A, Some(600)),
+        ] {
+            let packet = query(name, qtype, payload);
+            assert!(
+                answerer.prepared_answer(&packet).is_none(),
+                "{name} {qtype} {payload:?}"
+            );
+        }
     }
 }
