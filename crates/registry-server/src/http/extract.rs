@@ -1,7 +1,7 @@
 //! Request extractors that answer our error shape: a JSON body that names the field at
 //! fault, query parameters, and path parameters parsed into domain names.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use axum::extract::path::ErrorKind as PathErrorKind;
 use axum::extract::rejection::PathRejection;
@@ -143,18 +143,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let raw = parts.uri.query().unwrap_or("");
-        let pairs: HashMap<String, String> = url::form_urlencoded::parse(raw.as_bytes())
-            .into_owned()
-            .collect();
-        let deserializer =
-            serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(pairs.into_iter());
-        serde_path_to_error::deserialize(deserializer)
+        let read = || {
+            serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(
+                query_pairs(raw).into_iter(),
+            )
+        };
+        // Read as it is; only a query that fails is read again, tracking the path, to name
+        // the parameter (the same reading fails the same way).
+        if let Ok(value) = T::deserialize(read()) {
+            return Ok(Query(value));
+        }
+        serde_path_to_error::deserialize(read())
             .map(Query)
             .map_err(|error| {
                 let field = error.path().to_string();
                 ApiError::invalid(field, error.into_inner().to_string())
             })
     }
+}
+
+/// The parameters of a query string, decoded, each name once with its last value.
+fn query_pairs(raw: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    let mut pairs: Vec<_> = url::form_urlencoded::parse(raw.as_bytes()).collect();
+    // Last first, then by name (a stable sort keeps that order within a name), then the
+    // first of each name: its last value.
+    pairs.reverse();
+    pairs.sort_by(|(a, _), (b, _)| a.cmp(b));
+    pairs.dedup_by(|(later, _), (kept, _)| later == kept);
+    pairs
 }
 
 /// The query of the routes whose one parameter is an optional `service`.
@@ -380,6 +396,14 @@ mod tests {
         // Repeated: the last value wins. Absent: None.
         let example = query("index=1&index=2").await.expect("read");
         assert_eq!((example.index, example.service.is_none()), (Some(2), true));
+        let example = query("index=1&service=a&index=2&x=1&service=s%75m&index=3&x=2")
+            .await
+            .expect("read");
+        assert_eq!(example.index, Some(3));
+        assert_eq!(
+            example.service.as_ref().map(ServiceName::as_str),
+            Some("sum")
+        );
         // A bad value: 400 naming the parameter, with what it must be.
         for (raw, name, says) in [
             ("index=-1", "index", "is not an index"),
