@@ -106,6 +106,15 @@ pub fn fresh_sqlite_url() -> String {
     format!("sqlite://{}", dir.join("registry.db").display())
 }
 
+/// An empty store in memory, migrated: for tests that need a store but not its file.
+pub async fn memory_store() -> crate::store::SqliteStore {
+    let store = crate::store::SqliteStore::connect("sqlite::memory:")
+        .await
+        .expect("store");
+    crate::store::Store::migrate(&store).await.expect("migrate");
+    store
+}
+
 /// Registers instance `id` of service `sum` (at `http://10.0.0.1:4040`, a 10 s lease)
 /// straight in `store`, as another replica would: no view hears of it.
 pub async fn register_in(store: &dyn crate::store::Store, id: &str) -> crate::store::Applied {

@@ -787,16 +787,7 @@ pub fn status_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
-    use crate::testing::register_in;
-
-    async fn store() -> SqliteStore {
-        let store = SqliteStore::connect("sqlite::memory:")
-            .await
-            .expect("store");
-        Store::migrate(&store).await.expect("migrate");
-        store
-    }
+    use crate::testing::{memory_store as store, register_in};
 
     /// The events of the transaction, with each snapshot's URL marked: what the view
     /// shows then tells whether it took them or read the store.

@@ -170,8 +170,9 @@ async fn answer_datagrams(
                 continue;
             }
         };
-        // Port 0 or an unspecified address cannot be answered.
-        if client.port() == 0 || client.ip().is_unspecified() {
+        // Port 0, an unspecified or a broadcast address cannot be answered.
+        let broadcast = matches!(client.ip(), std::net::IpAddr::V4(ip) if ip.is_broadcast());
+        if client.port() == 0 || client.ip().is_unspecified() || broadcast {
             continue;
         }
         let packet = &buffer[..len];
@@ -225,7 +226,9 @@ fn header_only(metadata: Metadata) -> Vec<u8> {
     bytes
 }
 
-/// Sends each answer to `client` over UDP ([`encode_for_udp`]).
+/// Sends each answer to `client` over UDP, encoded as hickory-server encodes one: within
+/// the size its EDNS allows (512 bytes without EDNS), truncated (TC) beyond it; SERVFAIL
+/// if it cannot be encoded.
 #[derive(Clone)]
 struct UdpResponder {
     socket: Arc<UdpSocket>,
@@ -245,42 +248,26 @@ impl ResponseHandler for UdpResponder {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode_for_udp(response);
+        let id = response.metadata().id;
+        let limit = response.edns().map_or(PLAIN_UDP_PAYLOAD, Edns::max_payload);
+        let mut bytes = Vec::with_capacity(usize::from(PLAIN_UDP_PAYLOAD));
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(limit);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::error!(%error, "could not encode a DNS answer");
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                bytes = header_only(metadata);
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        };
         self.socket.send_to(&bytes, self.client).await?;
         Ok(info)
-    }
-}
-
-/// `response` encoded as hickory-server encodes a UDP answer: within the size its EDNS
-/// allows (512 bytes without EDNS), truncated (TC) beyond it; SERVFAIL if it cannot be
-/// encoded.
-fn encode_for_udp<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-) -> (ResponseInfo, Vec<u8>) {
-    let id = response.metadata().id;
-    let limit = response.edns().map_or(PLAIN_UDP_PAYLOAD, Edns::max_payload);
-    let mut bytes = Vec::with_capacity(usize::from(PLAIN_UDP_PAYLOAD));
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(limit);
-    match response.destructive_emit(&mut encoder) {
-        Ok(info) => (info, bytes),
-        Err(error) => {
-            tracing::error!(%error, "could not encode a DNS answer");
-            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-            metadata.response_code = ResponseCode::ServFail;
-            let info = ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            });
-            (info, header_only(metadata))
-        }
     }
 }
 
@@ -441,45 +428,16 @@ impl RequestHandler for Answerer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use hickory_server::proto::op::{Message, Query};
     use hickory_server::proto::rr::Name;
 
     use super::*;
-    use crate::store::{SqliteStore, Store};
-    use crate::testing::register_at;
-
-    /// Keeps the answer the full path sends, encoded for UDP.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Option<Vec<u8>>>>);
-
-    #[async_trait::async_trait]
-    impl ResponseHandler for Captured {
-        async fn send_response<'a>(
-            &mut self,
-            response: MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, NetError> {
-            let (info, bytes) = encode_for_udp(response);
-            *self.0.lock().expect("not poisoned") = Some(bytes);
-            Ok(info)
-        }
-    }
+    use crate::testing::{memory_store, register_at};
 
     /// An answerer over a view of: `sum` at three addresses (two instances sharing one),
     /// `six` at an IPv6 address, `named` at a host name, and `many` at 40 addresses.
     async fn answerer() -> Answerer {
-        let store = SqliteStore::connect("sqlite::memory:")
-            .await
-            .expect("store");
-        Store::migrate(&store).await.expect("migrate");
+        let store = memory_store().await;
         for (service, id, url) in [
             ("sum", "a", "http://10.0.0.1:8080"),
             ("sum", "b", "http://10.0.0.2:8080"),
@@ -529,18 +487,24 @@ mod tests {
 
     /// The answer the full path gives `packet`, as sent over UDP.
     async fn full_answer(answerer: &Answerer, packet: &[u8]) -> Vec<u8> {
-        let request = Request::from_bytes(
-            packet.to_vec(),
-            "127.0.0.1:5353".parse().expect("addr"),
-            Protocol::Udp,
-        )
-        .expect("a request");
-        let captured = Captured::default();
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let client_addr = client.local_addr().expect("client address");
+        let request =
+            Request::from_bytes(packet.to_vec(), client_addr, Protocol::Udp).expect("a request");
+        let responder = UdpResponder {
+            socket: Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("server")),
+            client: client_addr,
+        };
         answerer
-            .handle_request::<_, TokioTime>(&request, captured.clone())
+            .handle_request::<_, TokioTime>(&request, responder)
             .await;
-        let answer = captured.0.lock().expect("not poisoned").take();
-        answer.expect("answered")
+        let mut answer = vec![0; usize::from(MAX_UDP_PAYLOAD)];
+        let len = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut answer))
+            .await
+            .expect("answered within 10 s")
+            .expect("received");
+        answer.truncate(len);
+        answer
     }
 
     /// `answer` decoded, its answer records in a fixed order (both paths shuffle them).
