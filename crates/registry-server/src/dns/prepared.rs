@@ -21,6 +21,9 @@ use super::zone::{Lookup, Reply, Target, Zone};
 const QUESTION_AT: usize = 12;
 /// A compression pointer to the question's name, the owner of every answer record.
 const POINTER_TO_QUESTION: [u8; 2] = [0xC0, QUESTION_AT as u8];
+/// An EDNS (OPT) record without options: root name, type, payload size, extended code,
+/// version, flags and an empty length.
+const OPT_RECORD_LEN: usize = 11;
 /// The largest UDP answer without EDNS (RFC 1035 4.2.1).
 pub const PLAIN_UDP_PAYLOAD: u16 = 512;
 
@@ -62,9 +65,10 @@ impl ServiceRecords {
     }
 }
 
-/// The answer section of a positive address answer: records of one length, each owned by
-/// the question's name.
+/// The answer section of a positive address answer: `count` records of `record_len`
+/// bytes each, each owned by the question's name.
 struct EncodedRecords {
+    count: u16,
     record_len: usize,
     bytes: Vec<u8>,
 }
@@ -81,11 +85,20 @@ impl EncodedRecords {
             return None;
         }
         let mut bytes = Vec::new();
-        for record in &reply.answers {
+        let mut record_len = 0;
+        for (k, record) in reply.answers.iter().enumerate() {
             encode_address(record, &mut bytes)?;
+            if k == 0 {
+                record_len = bytes.len();
+            }
+            // Records are shuffled whole, so they must be of one length (one type).
+            if bytes.len() != record_len * (k + 1) {
+                return None;
+            }
         }
         Some(Self {
-            record_len: bytes.len() / reply.answers.len(),
+            count: u16::try_from(reply.answers.len()).ok()?,
+            record_len,
             bytes,
         })
     }
@@ -168,8 +181,10 @@ impl<'a> PlainQuery<'a> {
                 return None;
             };
             Some(u16::from_be_bytes([size_high, size_low]))
+        } else if packet.len() == question_end {
+            None
         } else {
-            (packet.len() == question_end).then_some(None)?
+            return None;
         };
         Some(Self {
             packet,
@@ -186,10 +201,9 @@ impl<'a> PlainQuery<'a> {
     /// answer does not fit the client's size (the full path truncates it).
     pub fn answer(&self, records: &ServiceRecords) -> Option<Vec<u8>> {
         let encoded = records.encoded(self.qtype)?;
-        let count = u16::try_from(encoded.bytes.len() / encoded.record_len).ok()?;
         let question = &self.packet[QUESTION_AT..self.question_end];
         let edns_len = if self.advertised_payload.is_some() {
-            11
+            OPT_RECORD_LEN
         } else {
             0
         };
@@ -212,7 +226,7 @@ impl<'a> PlainQuery<'a> {
             flags_low & 0x10,
         ]);
         answer.extend_from_slice(&1u16.to_be_bytes());
-        answer.extend_from_slice(&count.to_be_bytes());
+        answer.extend_from_slice(&encoded.count.to_be_bytes());
         answer.extend_from_slice(&0u16.to_be_bytes());
         answer.extend_from_slice(&u16::from(self.advertised_payload.is_some()).to_be_bytes());
         answer.extend_from_slice(question);
