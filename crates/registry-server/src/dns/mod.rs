@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::view::View;
-use prepared::{PLAIN_UDP_PAYLOAD, PlainQuery, ServiceRecords, udp_payload_limit};
+use prepared::{PlainQuery, ServiceRecords};
 pub use zone::{Lookup, Reply, Zone};
 
 /// How long a TCP connection may stay idle between queries.
@@ -43,6 +43,8 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_RESPONSE_BUFFER: usize = 32;
 /// The largest UDP answer, whatever a client advertises (EDNS): beyond it, TCP.
 const MAX_UDP_PAYLOAD: u16 = 4096;
+/// The largest UDP answer without EDNS (RFC 1035 4.2.1).
+const PLAIN_UDP_PAYLOAD: u16 = 512;
 /// How often binding UDP and TCP to one free port is tried before giving up (with port 0,
 /// the port UDP got may be taken for TCP).
 const BIND_ATTEMPTS: usize = 20;
@@ -205,7 +207,8 @@ async fn answer_datagrams(
                 if let Ok(header) = Header::read(&mut BinDecoder::new(packet)) {
                     let mut metadata = Metadata::response_from_request(&header.metadata);
                     metadata.response_code = ResponseCode::FormErr;
-                    if let Err(error) = socket.send_to(&header_only(metadata), client).await {
+                    let answer = encode_header(&header_only(metadata));
+                    if let Err(error) = socket.send_to(&answer, client).await {
                         tracing::debug!(%error, "could not send a DNS answer");
                     }
                 }
@@ -215,11 +218,15 @@ async fn answer_datagrams(
 }
 
 /// An answer that is only a header: no question, no records.
-fn header_only(metadata: Metadata) -> Vec<u8> {
-    let header = Header {
+fn header_only(metadata: Metadata) -> Header {
+    Header {
         metadata,
         counts: HeaderCounts::default(),
-    };
+    }
+}
+
+/// `header` as the twelve bytes of a message.
+fn encode_header(header: &Header) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(12);
     // A header always encodes: twelve bytes, no size limit reached.
     let _ = header.emit(&mut BinEncoder::new(&mut bytes));
@@ -259,16 +266,23 @@ impl ResponseHandler for UdpResponder {
                 tracing::error!(%error, "could not encode a DNS answer");
                 let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
                 metadata.response_code = ResponseCode::ServFail;
-                bytes = header_only(metadata);
-                ResponseInfo::from(Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                })
+                let header = header_only(metadata);
+                bytes = encode_header(&header);
+                ResponseInfo::from(header)
             }
         };
         self.socket.send_to(&bytes, self.client).await?;
         Ok(info)
     }
+}
+
+/// The largest UDP answer for a client that advertised `advertised` (EDNS), or none: at
+/// least 512 bytes, at most [`MAX_UDP_PAYLOAD`]; beyond it the answer is truncated and the
+/// client asks again over TCP.
+fn udp_payload_limit(advertised: Option<u16>) -> u16 {
+    advertised.map_or(PLAIN_UDP_PAYLOAD, |size| {
+        size.clamp(PLAIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD)
+    })
 }
 
 /// Runs `server` until it stops or `shutdown`, then stops it gracefully.
@@ -415,10 +429,7 @@ impl RequestHandler for Answerer {
                 tracing::debug!(%error, "could not send a DNS answer");
                 let mut failed = Metadata::response_from_request(&request.metadata);
                 failed.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata: failed,
-                    counts: HeaderCounts::default(),
-                })
+                ResponseInfo::from(header_only(failed))
             }
         };
         crate::metrics::dns_query(qtype, info.response_code, started.elapsed());

@@ -15,6 +15,7 @@ use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use rand::Rng;
 use registry_api::Instance;
 
+use super::udp_payload_limit;
 use super::zone::{Lookup, Reply, Target, Zone};
 
 /// Where the question starts in a message: after the 12-byte header.
@@ -24,8 +25,6 @@ const POINTER_TO_QUESTION: [u8; 2] = [0xC0, QUESTION_AT as u8];
 /// An EDNS (OPT) record without options: root name, type, payload size, extended code,
 /// version, flags and an empty length.
 const OPT_RECORD_LEN: usize = 11;
-/// The largest UDP answer without EDNS (RFC 1035 4.2.1).
-pub const PLAIN_UDP_PAYLOAD: u16 = 512;
 
 /// What DNS keeps of a service, made once per change of it (the view holds it): its
 /// targets, and the records answering its plain A and AAAA questions, encoded.
@@ -241,15 +240,6 @@ impl<'a> PlainQuery<'a> {
         }
         Some(answer)
     }
-}
-
-/// The largest UDP answer for a client that advertised `advertised` (EDNS), or none: at
-/// least 512 bytes, at most [`super::MAX_UDP_PAYLOAD`]; beyond it the answer is truncated
-/// and the client asks again over TCP.
-pub fn udp_payload_limit(advertised: Option<u16>) -> u16 {
-    advertised.map_or(PLAIN_UDP_PAYLOAD, |size| {
-        size.clamp(PLAIN_UDP_PAYLOAD, super::MAX_UDP_PAYLOAD)
-    })
 }
 
 /// Puts the records of `section` (each `record_len` bytes) in a random order, so that
