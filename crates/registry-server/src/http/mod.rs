@@ -23,9 +23,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use opentelemetry::trace::TraceContextExt as _;
 use registry_api::{EPOCH_HEADER, ErrorCode};
@@ -85,7 +84,7 @@ impl Shared {
     }
 }
 
-/// What a listener serves: a router behind the [`front`] middleware.
+/// What a listener serves: a router behind [`Front`].
 pub trait Api:
     tower::Service<Request, Response = Response, Error = Infallible, Future: Send>
     + Clone
@@ -135,7 +134,7 @@ pub fn consul_router(state: AppState) -> impl Api {
     finish(bounded.merge(consul::long_poll_router()), state)
 }
 
-/// The fallbacks every listener has, and [`front`] around the whole router: once per
+/// The fallbacks every listener has, and [`Front`] around the whole router: once per
 /// request, before routing. Layered on the router instead (`Router::layer`), it would
 /// wrap every route, and every request would clone it with its route.
 fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
@@ -144,12 +143,36 @@ fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(NoteRoute)
         .with_state(state.clone());
-    tower::Layer::layer(&middleware::from_fn_with_state(state, front), routed)
+    Front { state, routed }
 }
 
-/// Observation around admission, in one middleware: [`observe`], then [`admit`].
-async fn front(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    observe(request, |request| admit(&state, request, next)).await
+/// Observation around admission, around the router: [`observe`], then [`admit`]. A
+/// service of its own rather than `middleware::from_fn`, which boxes a clone of the
+/// router for every request on top of boxing the request's future.
+#[derive(Clone)]
+struct Front {
+    state: AppState,
+    routed: Router,
+}
+
+impl tower::Service<Request> for Front {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // A router is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let state = self.state.clone();
+        let routed = self.routed.clone();
+        Box::pin(async move {
+            let answer = observe(request, |request| admit(&state, request, routed)).await;
+            Ok(answer)
+        })
+    }
 }
 
 /// Times every request into `registry_http_request_duration_seconds`, labelled with the
@@ -375,17 +398,17 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 ///
 /// Every v1 answer, refusals included, leaves with the database's epoch
 /// (`Registry-Epoch`): here rather than in a layer of its own, for the same reason.
-async fn admit(state: &AppState, request: Request, next: Next) -> Response {
+async fn admit(state: &AppState, request: Request, routed: Router) -> Response {
     let v1 = request.uri().path().starts_with("/v1/");
     let epoch = v1.then(|| state.epoch.clone());
-    let mut response = admitted(state, request, next).await;
+    let mut response = admitted(state, request, routed).await;
     if let Some(epoch) = epoch {
         response.headers_mut().insert(EPOCH_HEADER, epoch);
     }
     response
 }
 
-async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
+async fn admitted(state: &AppState, request: Request, routed: Router) -> Response {
     if let Some(limit) = &state.write_limit
         && let Some(refused) = rate_limited(limit, &request)
     {
@@ -411,7 +434,8 @@ async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
         // 413 before reading a body whose declared length is too large.
         refusal(ApiOfPath::of(request.uri().path()), extract::too_large())
     } else {
-        next.run(request).await
+        let Ok(response) = tower::ServiceExt::oneshot(routed, request).await;
+        response
     };
     // A refused request's body may be left unread: close the connection so the client
     // does not send its next request on it (it would be read as the rest of this body).
