@@ -654,7 +654,8 @@ impl Store for PostgresStore {
         // is `at + ttl` of the row itself, written as serde writes a time
         // (`registry_api::time::format`: the fraction only when not zero); the lease never
         // moves back. A lapsed lease (`lease_deadline_ms` NULL with a ttl) is left to the
-        // full heartbeat transition.
+        // full heartbeat transition. Both times go into the record by one `||`, which
+        // rewrites its JSON once (nested `jsonb_set`s rewrote it once for each).
         // `moved`: the record now holds this heartbeat (not an older one's later lease).
         let mut tx = self.pool.begin().await?;
         let renewed: Vec<(String, String, i64, bool)> = sqlx::query_as(
@@ -669,16 +670,16 @@ impl Store for PostgresStore {
              UPDATE instances AS i SET \
                record = CASE \
                  WHEN i.ttl_ms = 0 THEN \
-                   jsonb_set(i.record, '{last_heartbeat_at}', to_jsonb(live.at_text)) \
+                   i.record || jsonb_build_object('last_heartbeat_at', live.at_text) \
                  WHEN live.at_ms + i.ttl_ms < i.lease_deadline_ms THEN i.record \
-                 ELSE jsonb_set( \
-                   jsonb_set(i.record, '{last_heartbeat_at}', to_jsonb(live.at_text)), \
-                   '{lease_expires_at}', to_jsonb( \
+                 ELSE i.record || jsonb_build_object( \
+                   'last_heartbeat_at', live.at_text, \
+                   'lease_expires_at', \
                      to_char(to_timestamp((live.at_ms + i.ttl_ms) / 1000) AT TIME ZONE 'UTC', \
                              'YYYY-MM-DD\"T\"HH24:MI:SS') \
                      || CASE WHEN (live.at_ms + i.ttl_ms) % 1000 = 0 THEN '' \
                         ELSE '.' || lpad(((live.at_ms + i.ttl_ms) % 1000)::text, 3, '0') END \
-                     || 'Z')) END, \
+                     || 'Z') END, \
                lease_deadline_ms = CASE WHEN i.ttl_ms = 0 THEN NULL \
                  ELSE GREATEST(i.lease_deadline_ms, live.at_ms + i.ttl_ms) END \
              FROM live \
