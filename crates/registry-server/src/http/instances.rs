@@ -2,7 +2,7 @@
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::routing::put;
 use axum::{Json, Router};
 use registry_api::{
@@ -53,17 +53,26 @@ impl<S: Send + Sync> FromRequestParts<S> for InstancePath {
     }
 }
 
-/// Heartbeat and DELETE take no body; refuse one rather than ignore it.
-fn refuse_body(headers: &HeaderMap) -> Result<(), ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    if declared.is_some_and(|len| len > 0) || chunked {
-        return Err(ApiError::invalid("body", "this request takes no body"));
+/// Heartbeat and DELETE take no body; refuse one rather than ignore it. An extractor
+/// (after the path, whose errors come first) that reads the request's headers where they
+/// are: a `HeaderMap` argument would copy them all for every heartbeat.
+struct NoBody;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let headers = &parts.headers;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+        if declared.is_some_and(|len| len > 0) || chunked {
+            return Err(ApiError::invalid("body", "this request takes no body"));
+        }
+        Ok(Self)
     }
-    Ok(())
 }
 
 fn unknown_instance(path: &InstancePath) -> ApiError {
@@ -151,9 +160,8 @@ async fn register(
 async fn heartbeat(
     State(state): State<AppState>,
     path: InstancePath,
-    headers: HeaderMap,
+    _: NoBody,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    refuse_body(&headers)?;
     let now = state.now();
     let renewal = state
         .writer
@@ -275,9 +283,8 @@ pub fn maintenance_reason(reason: &str) -> Result<(), ApiError> {
 async fn deregister(
     State(state): State<AppState>,
     path: InstancePath,
-    headers: HeaderMap,
+    _: NoBody,
 ) -> Result<StatusCode, ApiError> {
-    refuse_body(&headers)?;
     let applied = state
         .writer
         .change(
