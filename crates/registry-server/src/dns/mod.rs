@@ -256,7 +256,7 @@ impl ResponseHandler for UdpResponder {
         >,
     ) -> Result<ResponseInfo, NetError> {
         let id = response.metadata().id;
-        let limit = response.edns().map_or(PLAIN_UDP_PAYLOAD, Edns::max_payload);
+        let limit = udp_payload_limit(response.edns().map(Edns::max_payload));
         let mut bytes = Vec::with_capacity(usize::from(PLAIN_UDP_PAYLOAD));
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(limit);

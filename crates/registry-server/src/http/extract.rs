@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use axum::extract::path::ErrorKind as PathErrorKind;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderMap;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use axum::http::request::Parts;
 use bytes::Bytes;
 use registry_api::{ErrorCode, ServiceName};
@@ -16,6 +17,20 @@ use super::error::ApiError;
 
 /// Largest request body accepted (docs/api.md, Limits).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The body length a request declares (`Content-Length`), when it declares a valid one.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Whether a request says it carries a body: a length above zero, or any
+/// `Transfer-Encoding` (a chunked body declares no length).
+pub fn declares_body(headers: &HeaderMap) -> bool {
+    declared_length(headers).is_some_and(|len| len > 0) || headers.contains_key(TRANSFER_ENCODING)
+}
 
 /// A JSON body: 415 without a JSON content type, 413 when too large, 400 naming the
 /// dotted path of the offending field otherwise.

@@ -1,15 +1,15 @@
 //! Writes on one instance: register or replace, heartbeat, maintenance, deregister.
 
 use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::routing::put;
 use axum::{Json, Router};
 use registry_api::{
     HeartbeatResponse, Instance, InstanceId, InstanceSpec, ServiceName, Status, StatusChange,
 };
 
-use super::extract::{ApiJson, path_error};
+use super::extract::{ApiJson, declares_body, path_error};
 use super::{ApiError, AppState};
 use crate::lifecycle::{self, Mutation};
 use crate::record::InstanceRecord;
@@ -62,13 +62,7 @@ impl<S: Send + Sync> FromRequestParts<S> for NoBody {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let headers = &parts.headers;
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-        if declared.is_some_and(|len| len > 0) || chunked {
+        if declares_body(&parts.headers) {
             return Err(ApiError::invalid("body", "this request takes no body"));
         }
         Ok(Self)

@@ -423,13 +423,8 @@ async fn admitted(state: &AppState, request: Request, routed: Router) -> Respons
             _ => refusal(api, ApiError::unauthorized()),
         };
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let has_body = declared.is_some_and(|len| len > 0)
-        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let declared = extract::declared_length(request.headers());
+    let has_body = extract::declares_body(request.headers());
     let mut response = if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
         // 413 before reading a body whose declared length is too large.
         refusal(ApiOfPath::of(request.uri().path()), extract::too_large())
