@@ -1988,3 +1988,45 @@ async fn postgres_a_row_changed_after_the_read_is_planned_again() {
     assert!(stored[0].maintenance && stored[0].tags == ["changed-meanwhile"]);
     assert_eq!(store.current_index().await.expect("index"), 2);
 }
+
+/// Renewals that keep a lease within its bucket (a tenth of its TTL) change no indexed
+/// column, so Postgres rewrites each row in place of its old version without new index
+/// entries ("HOT"). Any index on a column a renewal moves would turn this off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_renewals_within_a_bucket_touch_no_index() {
+    use sqlx::Connection as _;
+    const RENEWALS: i64 = 20;
+    let url = Backend::Postgres.fresh_url().await;
+    let store = Backend::Postgres.open(&url).await;
+    // A TTL of 600 s makes the bucket a minute: starting a second into a minute, the
+    // renewals' deadlines (100 ms apart) stay within it.
+    let minute = now().timestamp() / 60 * 60;
+    let t0 = DateTime::from_timestamp(minute + 1, 0).expect("a time");
+    put(&*store, &spec("sum", "a", 600), t0).await;
+    for n in 1..=RENEWALS {
+        let renewed = store
+            .renew_leases(&[beat("sum", "a", t0 + ms(100 * n))])
+            .await
+            .expect("renew");
+        assert_eq!(renewed, vec![], "renewal {n}");
+    }
+    // Statistics reach the shared counters when a session ends or idles.
+    drop(store);
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (updated, hot) = loop {
+        let (updated, hot): (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+             WHERE relname = 'instances'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("statistics");
+        if updated >= RENEWALS || std::time::Instant::now() > deadline {
+            break (updated, hot);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(updated, RENEWALS, "every renewal updated the row once");
+    assert_eq!(hot, RENEWALS, "and none wrote an index entry");
+}

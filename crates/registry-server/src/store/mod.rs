@@ -521,13 +521,16 @@ pub(crate) fn missing_meta() -> StoreError {
 /// whether to count; SQLite reads them as named parameters numbered in order of first
 /// use, so `$1` must come first). Running leases are those of passing or warning
 /// instances with a deadline the sweep looks at (a held lease has none); the silent ones
-/// are read through their index (`instances_silent_from`), so the count reads only them.
+/// are read through their index (`instances_silent_from`, on the lease's bucket: see the
+/// `lease_bucket` migrations), so the count reads only them and the few about to fall
+/// silent.
 /// Without `$2` the count is skipped before any row is read (a parameter-only condition
 /// is checked once).
 pub(crate) const LEASE_SURVEY: &str = "SELECT m.self_preservation_since_ms, \
        m.self_preservation_armed, ( \
          SELECT COUNT(*) FROM instances i \
-         WHERE i.lease_deadline_ms IS NOT NULL AND i.status IN ('passing', 'warning') \
+         WHERE i.lease_bucket_ms IS NOT NULL AND i.status IN ('passing', 'warning') \
+           AND i.lease_bucket_ms - i.ttl_ms / 2 <= $1 \
            AND i.lease_deadline_ms - i.ttl_ms / 2 <= $1 \
            AND COALESCE(m.recovered_ms, 0) + i.ttl_ms / 2 <= $1 AND $2) \
      FROM registry_meta m WHERE m.id = 1";
