@@ -110,7 +110,7 @@ conformance!(
     renew_leases_answers_back_lapsed_and_unknown_instances,
     renew_leases_keeps_ttl_0_instances_without_a_lease,
     renew_leases_never_moves_a_lease_back,
-    renew_leases_writes_times_as_serde_does,
+    renewed_times_read_back_exactly_and_are_stored_as_serde_writes,
     concurrent_renewals_of_overlapping_batches_all_succeed,
     the_lease_survey_counts_silent_leases_before_any_lapse,
     held_lapses_are_found_kept_out_of_renewals_and_expired_later,
@@ -1794,7 +1794,10 @@ async fn raw_records(backend: Backend, url: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn renew_leases_writes_times_as_serde_does(backend: Backend) {
+/// A renewal moves a running lease's deadline column, not its record: the record reads
+/// back renewed to the millisecond, and the next full write stores the renewed times as
+/// serde writes them. Without a lease, the last heartbeat goes into the record at once.
+async fn renewed_times_read_back_exactly_and_are_stored_as_serde_writes(backend: Backend) {
     let url = backend.fresh_url().await;
     let store = backend.open(&url).await;
     let s = &*store;
@@ -1823,18 +1826,47 @@ async fn renew_leases_writes_times_as_serde_does(backend: Backend) {
     .iter()
     .map(|r| serde_json::to_value(r).expect("serialize"))
     .collect();
-    let raw = raw_records(backend, &url).await;
-    assert_eq!(raw, expected);
+    let read = |records: Vec<InstanceRecord>| -> Vec<serde_json::Value> {
+        records
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("serialize"))
+            .collect()
+    };
     assert_eq!(
-        raw[0]["lease_expires_at"],
-        serde_json::json!(json_string(t0 + secs(12)))
+        read(s.snapshot().await.expect("snapshot").records),
+        expected
     );
+    let raw = raw_records(backend, &url).await;
+    assert_eq!(
+        raw[2], expected[2],
+        "no lease: the record holds the heartbeat"
+    );
+    assert_eq!(
+        raw[0]["last_heartbeat_at"],
+        serde_json::json!(json_string(t0)),
+        "a lease: the record is left as it was"
+    );
+
+    // A full write of each stores the renewed times, read from the deadline column.
+    for id in ["a", "b", "c", "d"] {
+        maintenance(s, "sum", id, true, t0 + secs(3)).await;
+    }
+    let raw = raw_records(backend, &url).await;
+    assert_eq!(raw, read(s.snapshot().await.expect("snapshot").records));
+    let renewed: Vec<&serde_json::Value> = raw.iter().map(|r| &r["lease_expires_at"]).collect();
+    assert_eq!(renewed[0], &serde_json::json!(json_string(t0 + secs(12))));
     assert!(
-        raw[1]["lease_expires_at"]
-            .as_str()
-            .is_some_and(|t| t.ends_with(".007Z")),
+        renewed[1].as_str().is_some_and(|t| t.ends_with(".007Z")),
         "{}",
-        raw[1]
+        renewed[1]
+    );
+    assert_eq!(
+        raw[1]["last_heartbeat_at"],
+        expected[1]["last_heartbeat_at"]
+    );
+    assert_eq!(
+        raw[3]["last_heartbeat_at"],
+        expected[3]["last_heartbeat_at"]
     );
 }
 

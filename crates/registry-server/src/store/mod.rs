@@ -488,8 +488,25 @@ pub(crate) fn stored_keys(rows: Vec<(String, String)>) -> StoreResult<Vec<Instan
         .collect()
 }
 
-pub(crate) fn parse_record(json: &str) -> StoreResult<InstanceRecord> {
-    Ok(serde_json::from_str(json)?)
+/// A stored instance: its record's JSON and its `lease_deadline_ms` column. A renewal
+/// (`renew_leases`) moves only that column of a running lease and leaves the JSON as the
+/// last full write left it, so that a flush rewrites no record: when the column is later
+/// than the record's lease, the lease runs to it and the last heartbeat was one TTL
+/// before.
+pub(crate) fn parse_record(
+    json: &str,
+    lease_deadline_ms: Option<i64>,
+) -> StoreResult<InstanceRecord> {
+    let mut record: InstanceRecord = serde_json::from_str(json)?;
+    if let (Some(deadline_ms), Some(lease)) = (lease_deadline_ms, record.lease_deadline()) {
+        let renewed = from_millis(deadline_ms)?;
+        if renewed > lease {
+            record.lease_expires_at = Some(renewed);
+            record.last_heartbeat_at =
+                renewed - chrono::Duration::seconds(i64::from(record.ttl_seconds));
+        }
+    }
+    Ok(record)
 }
 
 pub(crate) fn parse_events(rows: &[String]) -> StoreResult<Vec<Event>> {

@@ -231,10 +231,11 @@ impl Store for PostgresStore {
     async fn snapshot(&self) -> StoreResult<Snapshot> {
         let mut tx = self.pool.begin_with(BEGIN_CONSISTENT_READ).await?;
         let index = read_current_index(&mut tx).await?;
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT record::text FROM instances ORDER BY service, id")
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT record::text, lease_deadline_ms FROM instances ORDER BY service, id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let latest: Vec<(String, i64)> =
             sqlx::query_as("SELECT service, MAX(idx) FROM events GROUP BY service")
                 .fetch_all(&mut *tx)
@@ -242,7 +243,7 @@ impl Store for PostgresStore {
         tx.commit().await?;
         let records = rows
             .iter()
-            .map(|row| parse_record(row))
+            .map(|(record, lease_deadline_ms)| parse_record(record, *lease_deadline_ms))
             .collect::<StoreResult<_>>()?;
         let service_indexes = latest
             .into_iter()
@@ -620,19 +621,21 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<ClaimedCheck>> {
         // SKIP LOCKED: replicas sweeping at once each take different rows, and a row
         // being changed right now is simply claimed by the next sweep.
-        let rows: Vec<String> = sqlx::query_scalar(
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
             "UPDATE instances SET next_check_ms = $1 + check_interval_ms \
              WHERE (service, id) IN ( \
                SELECT service, id FROM instances WHERE next_check_ms <= $1 \
                ORDER BY next_check_ms LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING record::text",
+             RETURNING record::text, lease_deadline_ms",
         )
         .bind(millis(now))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| parse_record(row).map(|record| ClaimedCheck { record }))
+            .map(|(record, lease_deadline_ms)| {
+                parse_record(record, *lease_deadline_ms).map(|record| ClaimedCheck { record })
+            })
             .collect()
     }
 
@@ -647,41 +650,34 @@ impl Store for PostgresStore {
         let services: Vec<&str> = batch.iter().map(|h| h.service.as_str()).collect();
         let ids: Vec<&str> = batch.iter().map(|h| h.id.as_str()).collect();
         let at_ms: Vec<i64> = batch.iter().map(|h| millis(h.at)).collect();
-        let at_text: Vec<String> = batch
-            .iter()
-            .map(|h| registry_api::time::format(h.at))
-            .collect();
         // `live` locks the rows in key order before any is updated: two replicas renewing
-        // overlapping batches then wait for each other instead of deadlocking. The lease
-        // is `at + ttl` of the row itself, written as serde writes a time
-        // (`registry_api::time::format`: the fraction only when not zero); the lease never
-        // moves back. A lapsed lease (`lease_deadline_ms` NULL with a ttl) is left to the
-        // full heartbeat transition. Both times go into the record by one `||`, which
-        // rewrites its JSON once (nested `jsonb_set`s rewrote it once for each).
-        // `moved`: the record now holds this heartbeat (not an older one's later lease).
+        // overlapping batches then wait for each other instead of deadlocking. A running
+        // lease moves its deadline column only, to `at + ttl` of the row itself, and never
+        // back: the record is read with it (`parse_record`), so no JSON is rewritten, and
+        // within the deadline's bucket (migration 0010) no index entry either. A lapsed
+        // lease (`lease_deadline_ms` NULL with a ttl) is left to the full heartbeat
+        // transition. An instance without a lease (ttl 0) has only its last heartbeat,
+        // written into the record as serde writes a time (the fraction only when not zero).
+        // `moved`: the lease now runs from this heartbeat (not an older one's later lease).
         let mut tx = self.pool.begin().await?;
         let renewed: Vec<(String, String, i64, bool)> = sqlx::query_as(
             "WITH hb AS ( \
-               SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
-                 AS t(service, id, at_ms, at_text)), \
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+                 AS t(service, id, at_ms)), \
              live AS MATERIALIZED ( \
-               SELECT i.service, i.id, hb.at_ms, hb.at_text FROM instances i \
+               SELECT i.service, i.id, hb.at_ms FROM instances i \
                JOIN hb ON i.service = hb.service AND i.id = hb.id \
                WHERE i.lease_deadline_ms IS NOT NULL OR i.ttl_ms = 0 \
                ORDER BY i.service, i.id FOR UPDATE OF i) \
              UPDATE instances AS i SET \
-               record = CASE \
-                 WHEN i.ttl_ms = 0 THEN \
-                   i.record || jsonb_build_object('last_heartbeat_at', live.at_text) \
-                 WHEN live.at_ms + i.ttl_ms < i.lease_deadline_ms THEN i.record \
-                 ELSE i.record || jsonb_build_object( \
-                   'last_heartbeat_at', live.at_text, \
-                   'lease_expires_at', \
-                     to_char(to_timestamp((live.at_ms + i.ttl_ms) / 1000) AT TIME ZONE 'UTC', \
+               record = CASE WHEN i.ttl_ms = 0 THEN \
+                   i.record || jsonb_build_object('last_heartbeat_at', \
+                     to_char(to_timestamp(live.at_ms / 1000) AT TIME ZONE 'UTC', \
                              'YYYY-MM-DD\"T\"HH24:MI:SS') \
-                     || CASE WHEN (live.at_ms + i.ttl_ms) % 1000 = 0 THEN '' \
-                        ELSE '.' || lpad(((live.at_ms + i.ttl_ms) % 1000)::text, 3, '0') END \
-                     || 'Z') END, \
+                     || CASE WHEN live.at_ms % 1000 = 0 THEN '' \
+                        ELSE '.' || lpad((live.at_ms % 1000)::text, 3, '0') END \
+                     || 'Z') \
+                 ELSE i.record END, \
                lease_deadline_ms = CASE WHEN i.ttl_ms = 0 THEN NULL \
                  ELSE GREATEST(i.lease_deadline_ms, live.at_ms + i.ttl_ms) END \
              FROM live \
@@ -693,7 +689,6 @@ impl Store for PostgresStore {
         .bind(services)
         .bind(ids)
         .bind(at_ms)
-        .bind(at_text)
         .fetch_all(&mut *tx)
         .await?;
         // The other replicas show these renewals too (crate::replication).
@@ -740,8 +735,8 @@ struct PgGroupWriter {
 /// The SQLSTATE `registry_write_group` raises when a row changed after it was read.
 const ROW_CHANGED: &str = "RG001";
 
-/// A stored row as a group reads it: its record and its version (`xmin`).
-type StoredRow = (String, String, String, String);
+/// A stored row as a group reads it: its key, record, lease deadline and version (`xmin`).
+type StoredRow = (String, String, String, Option<i64>, String);
 
 #[async_trait]
 impl GroupWriter for PgGroupWriter {
@@ -785,7 +780,7 @@ async fn read_rows(
     ids: &[String],
 ) -> StoreResult<Vec<StoredRow>> {
     Ok(sqlx::query_as(
-        "SELECT service, id, record::text, xmin::text FROM instances \
+        "SELECT service, id, record::text, lease_deadline_ms, xmin::text FROM instances \
          WHERE (service, id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
     )
     .bind(services)
@@ -804,9 +799,9 @@ async fn write_group(
 ) -> StoreResult<Vec<StoreResult<Applied>>> {
     let mut versions: HashMap<Key, String> = HashMap::with_capacity(stored.len());
     let mut loaded = HashMap::with_capacity(stored.len());
-    for (service, id, record, version) in stored {
+    for (service, id, record, lease_deadline_ms, version) in stored {
         let key = stored_key(service, id)?;
-        let record = parse_record(&record).map_err(|error| error.to_string());
+        let record = parse_record(&record, lease_deadline_ms).map_err(|error| error.to_string());
         versions.insert(key.clone(), version);
         loaded.insert(key, record);
     }

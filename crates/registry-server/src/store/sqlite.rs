@@ -125,8 +125,8 @@ impl Store for SqliteStore {
         // One read transaction: both statements see the same commit.
         let mut tx = self.reader.begin().await?;
         let index = read_current_index(&mut tx).await?;
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT record FROM instances ORDER BY service, id")
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT record, lease_deadline_ms FROM instances ORDER BY service, id")
                 .fetch_all(&mut *tx)
                 .await?;
         let latest: Vec<(String, i64)> =
@@ -136,7 +136,7 @@ impl Store for SqliteStore {
         tx.commit().await?;
         let records = rows
             .iter()
-            .map(|row| parse_record(row))
+            .map(|(record, lease_deadline_ms)| parse_record(record, *lease_deadline_ms))
             .collect::<StoreResult<_>>()?;
         let service_indexes = latest
             .into_iter()
@@ -492,19 +492,21 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<ClaimedCheck>> {
         // On the writer: the claim is a write and must not race another one.
-        let rows: Vec<String> = sqlx::query_scalar(
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
             "UPDATE instances SET next_check_ms = ?1 + check_interval_ms \
              WHERE (service, id) IN ( \
                SELECT service, id FROM instances WHERE next_check_ms <= ?1 \
                ORDER BY next_check_ms LIMIT ?2) \
-             RETURNING record",
+             RETURNING record, lease_deadline_ms",
         )
         .bind(millis(now))
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await?;
         rows.iter()
-            .map(|row| parse_record(row).map(|record| ClaimedCheck { record }))
+            .map(|(record, lease_deadline_ms)| {
+                parse_record(record, *lease_deadline_ms).map(|record| ClaimedCheck { record })
+            })
             .collect()
     }
 
@@ -518,38 +520,29 @@ impl Store for SqliteStore {
         }
         // The whole batch is one JSON argument (no limit on bound parameters), read back
         // with `->>`, which yields plain SQL values that json_set stores as JSON strings.
-        let rows: Vec<(&str, &str, i64, String)> = batch
+        let rows: Vec<(&str, &str, i64)> = batch
             .iter()
-            .map(|h| {
-                (
-                    h.service.as_str(),
-                    h.id.as_str(),
-                    millis(h.at),
-                    registry_api::time::format(h.at),
-                )
-            })
+            .map(|h| (h.service.as_str(), h.id.as_str(), millis(h.at)))
             .collect();
-        // The lease is `at + ttl` of the row itself, written as serde writes a time
-        // (`registry_api::time::format`: the fraction only when not zero); the lease never
-        // moves back. A lapsed lease (`lease_deadline_ms` NULL with a ttl) is left to the
-        // full heartbeat transition. On the writer, as every write.
+        // A running lease moves its deadline column only, to `at + ttl` of the row itself,
+        // and never back: the record is read with it (`parse_record`), so no JSON is
+        // rewritten. A lapsed lease (`lease_deadline_ms` NULL with a ttl) is left to the
+        // full heartbeat transition. An instance without a lease (ttl 0) has only its last
+        // heartbeat, written into the record as serde writes a time (the fraction only
+        // when not zero). On the writer, as every write.
         let renewed: Vec<(String, String)> = sqlx::query_as(
             "UPDATE instances SET \
-               record = CASE \
-                 WHEN instances.ttl_ms = 0 THEN \
-                   json_set(instances.record, '$.last_heartbeat_at', hb.at_text) \
-                 WHEN hb.at_ms + instances.ttl_ms < instances.lease_deadline_ms \
-                   THEN instances.record \
-                 ELSE json_set(instances.record, '$.last_heartbeat_at', hb.at_text, \
-                   '$.lease_expires_at', \
-                   strftime('%Y-%m-%dT%H:%M:%S', (hb.at_ms + instances.ttl_ms) / 1000, 'unixepoch') \
-                   || CASE WHEN (hb.at_ms + instances.ttl_ms) % 1000 = 0 THEN '' \
-                      ELSE printf('.%03d', (hb.at_ms + instances.ttl_ms) % 1000) END \
-                   || 'Z') END, \
+               record = CASE WHEN instances.ttl_ms = 0 THEN \
+                   json_set(instances.record, '$.last_heartbeat_at', \
+                     strftime('%Y-%m-%dT%H:%M:%S', hb.at_ms / 1000, 'unixepoch') \
+                     || CASE WHEN hb.at_ms % 1000 = 0 THEN '' \
+                        ELSE printf('.%03d', hb.at_ms % 1000) END \
+                     || 'Z') \
+                 ELSE instances.record END, \
                lease_deadline_ms = CASE WHEN instances.ttl_ms = 0 THEN NULL \
                  ELSE MAX(instances.lease_deadline_ms, hb.at_ms + instances.ttl_ms) END \
-             FROM (SELECT value ->> 0 AS service, value ->> 1 AS id, value ->> 2 AS at_ms, \
-                          value ->> 3 AS at_text FROM json_each(?1)) AS hb \
+             FROM (SELECT value ->> 0 AS service, value ->> 1 AS id, \
+                          value ->> 2 AS at_ms FROM json_each(?1)) AS hb \
              WHERE instances.service = hb.service AND instances.id = hb.id \
                AND (instances.lease_deadline_ms IS NOT NULL OR instances.ttl_ms = 0) \
              RETURNING instances.service, instances.id",
@@ -574,14 +567,16 @@ impl GroupWriter for SqliteGroupWriter {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let mut loaded = HashMap::new();
         for (service, id) in keys {
-            let stored: Option<String> =
-                sqlx::query_scalar("SELECT record FROM instances WHERE service = ?1 AND id = ?2")
-                    .bind(service.as_str())
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(stored) = stored {
-                let record = parse_record(&stored).map_err(|error| error.to_string());
+            let stored: Option<(String, Option<i64>)> = sqlx::query_as(
+                "SELECT record, lease_deadline_ms FROM instances WHERE service = ?1 AND id = ?2",
+            )
+            .bind(service.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((stored, lease_deadline_ms)) = stored {
+                let record =
+                    parse_record(&stored, lease_deadline_ms).map_err(|error| error.to_string());
                 loaded.insert((service, id), record);
             }
         }
