@@ -1,8 +1,12 @@
 //! Cross-replica propagation: keeps this process's [`View`] following the writes that
 //! other replicas sharing the database make.
 //!
-//! A replica's own writes catch its view up at once (whoever wrote does it). Other
-//! replicas' writes arrive through the store's change feed (Postgres: `LISTEN
+//! A replica's own writes catch its view up at once (whoever wrote does it). The feed
+//! announces them too, about when their writers hear of them: while this process has
+//! writes under way, a notification waits for them (at most [`Timing::own_writes_grace`]) before
+//! reading from the store, so that each write's events are applied from the write's
+//! answer, not read back once more. Other replicas' writes arrive through the store's
+//! change feed (Postgres: `LISTEN
 //! registry_events`, notified by a trigger on every committed event): each notification
 //! triggers an index catch-up, so a write is visible everywhere one round trip after its
 //! commit (a few milliseconds). A notification only says "look"; events are
@@ -49,6 +53,11 @@ pub struct Timing {
     pub backoff_min: Duration,
     /// Longest wait between attempts; a feed that stayed up this long resets the backoff.
     pub backoff_max: Duration,
+    /// How long a notification waits for this process's writes under way to show their
+    /// events before the events are read from the store. Other replicas' writes announced
+    /// meanwhile wait as long at most, well within the 200 ms in which every replica
+    /// shows a write.
+    pub own_writes_grace: Duration,
 }
 
 impl Default for Timing {
@@ -58,6 +67,7 @@ impl Default for Timing {
             safety_net_every: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            own_writes_grace: Duration::from_millis(20),
         }
     }
 }
@@ -179,6 +189,9 @@ impl Replication {
                         });
                     }
                     let index = *announced.borrow_and_update();
+                    self.view
+                        .await_own_writes(index, self.timing.own_writes_grace)
+                        .await;
                     self.catch_up_to(index).await;
                 }
                 Some(renewed) = renewals.recv() => {
@@ -310,6 +323,7 @@ mod tests {
             safety_net_every: Duration::from_secs(3_600),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
+            own_writes_grace: Duration::from_millis(20),
         }
     }
 
@@ -411,6 +425,55 @@ mod tests {
         notify.send(other).expect("feed open");
         running.reaches(other, "the other replica's write").await;
         assert_eq!(running.store.reads(), reads + 1, "one read, for `other`");
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_own_write_announced_before_its_writer_shows_it_is_not_read_back() {
+        let store = TestStore::new().await;
+        let notify = store.offer_feed();
+        let timing = Timing {
+            own_writes_grace: DEADLINE,
+            ..rare_polling()
+        };
+        let running = Running::start(store, timing).await;
+        wait_until("the catch-up after subscribing", || {
+            running.store.reads() == 1
+        })
+        .await;
+        // As on the replica that wrote, when the notification comes first.
+        let writing = running.view.writing();
+        let applied = crate::testing::register_in(running.store.as_ref(), "a").await;
+        let own = applied.event.as_ref().expect("an event").index;
+        notify.send(own).expect("feed open");
+        // Time for the feed to take the notification before the writer shows its write:
+        // the window in which the feed used to read the write back. (With the wait for own
+        // writes, no length of it changes the outcome.)
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        running
+            .view
+            .show_write(&applied, running.store.as_ref())
+            .await
+            .expect("shown");
+        drop(writing);
+        let other = running.store.write("b").await;
+        notify.send(other).expect("feed open");
+        running.reaches(other, "the other replica's write").await;
+        assert_eq!(running.store.reads(), 2, "one read, for `other`");
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_own_write_under_way_delays_another_replicas_write_by_the_grace_at_most() {
+        let store = TestStore::new().await;
+        let notify = store.offer_feed();
+        let running = Running::start(store, rare_polling()).await;
+        // A write of this process that never gets shown (its writer is stuck).
+        let writing = running.view.writing();
+        let other = running.store.write("b").await;
+        notify.send(other).expect("feed open");
+        running.reaches(other, "the other replica's write").await;
+        drop(writing);
         running.stop().await;
     }
 

@@ -8,6 +8,7 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use registry_api::{
     Event, EventKind, Instance, SelfPreservation, ServiceInstances, ServiceList, ServiceStatus,
     ServiceSummary, Status, StatusCounts, StatusSummary, SystemStatus,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::paging::Selection;
 use crate::store::{Applied, Store, StoreResult};
@@ -199,6 +200,20 @@ pub struct View {
     /// the events this view holds may not be the database's (a failover lost some), so
     /// it loads the state again instead of adding events to it.
     history: std::sync::atomic::AtomicU64,
+    /// This process's writes under way, from the store's write to the view showing it
+    /// ([`Self::writing`]), and a wake-up each time one ends.
+    own_writes: AtomicUsize,
+    own_write_ended: Notify,
+}
+
+/// A write of this process under way ([`View::writing`]); it ends when dropped.
+pub struct OwnWrite<'a>(&'a View);
+
+impl Drop for OwnWrite<'_> {
+    fn drop(&mut self) {
+        self.0.own_writes.fetch_sub(1, Ordering::AcqRel);
+        self.0.own_write_ended.notify_waiters();
+    }
 }
 
 impl View {
@@ -224,7 +239,35 @@ impl View {
             history: history.into(),
             round_robin: Mutex::new(BTreeMap::new()),
             self_preservation: Mutex::new(SelfPreservation::default()),
+            own_writes: AtomicUsize::new(0),
+            own_write_ended: Notify::new(),
         })
+    }
+
+    /// Marks a write of this process as under way until the guard is dropped, which the
+    /// writer does once the view shows it (or the write is abandoned).
+    pub fn writing(&self) -> OwnWrite<'_> {
+        self.own_writes.fetch_add(1, Ordering::AcqRel);
+        OwnWrite(self)
+    }
+
+    /// Waits, at most `grace`, until the view holds `index` or no write of this process
+    /// is under way. The change feed announces this process's own commits about when
+    /// their writers hear of them; waiting lets the writers show their events, which they
+    /// hold, instead of the feed reading them back from the store first.
+    pub async fn await_own_writes(&self, index: u64, grace: std::time::Duration) {
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                let ended = self.own_write_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.index() >= index || self.own_writes.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        })
+        .await;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {

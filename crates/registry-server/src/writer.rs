@@ -70,6 +70,7 @@ impl Writer {
         now: DateTime<Utc>,
         transition: Transition,
     ) -> StoreResult<Applied> {
+        let _writing = self.view.writing();
         let applied = self.store.apply(service, id, now, transition).await?;
         if let Err(error) = self.view.show_write(&applied, self.store.as_ref()).await {
             tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
@@ -80,6 +81,7 @@ impl Writer {
     /// Applies many changes in one transaction ([`Store::apply_group`]) and shows them in
     /// the view, as [`Self::change`] does one: each change's result, in order.
     pub async fn change_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
+        let _writing = self.view.writing();
         let results = self.store.apply_group(changes).await;
         // The first change with an event shows every event of the transaction; the
         // others find the view holding theirs already.
