@@ -264,7 +264,8 @@ fn insert(table: &str, row: &[(String, String)], keys: &[(&str, &str)], batch: u
 }
 
 /// Each column of `table` in `row` (a `to_jsonb` of it) as an SQL literal cast to the
-/// column's type, in the table's column order.
+/// column's type, in the table's column order; generated columns, which Postgres
+/// computes, are left out.
 async fn literals(
     conn: &mut sqlx::PgConnection,
     table: &str,
@@ -272,7 +273,8 @@ async fn literals(
 ) -> anyhow::Result<Vec<(String, String)>> {
     let columns: Vec<(String, String)> = sqlx::query_as(
         "SELECT column_name::text, data_type::text FROM information_schema.columns \
-         WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+         WHERE table_schema = current_schema() AND table_name = $1 AND is_generated = 'NEVER' \
+         ORDER BY ordinal_position",
     )
     .bind(table)
     .fetch_all(&mut *conn)
