@@ -2021,7 +2021,7 @@ async fn postgres_a_row_changed_after_the_read_is_planned_again() {
     assert_eq!(store.current_index().await.expect("index"), 2);
 }
 
-/// Renewals that keep a lease within its bucket (a tenth of its TTL) change no indexed
+/// Renewals that keep a lease within its bucket (a hundredth of its TTL) change no indexed
 /// column, so Postgres rewrites each row in place of its old version without new index
 /// entries ("HOT"). Any index on a column a renewal moves would turn this off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2030,8 +2030,8 @@ async fn postgres_renewals_within_a_bucket_touch_no_index() {
     const RENEWALS: i64 = 20;
     let url = Backend::Postgres.fresh_url().await;
     let store = Backend::Postgres.open(&url).await;
-    // A TTL of 600 s makes the bucket a minute: starting a second into a minute, the
-    // renewals' deadlines (100 ms apart) stay within it.
+    // A TTL of 600 s makes the bucket 6 s: starting a second into a minute, the renewals'
+    // deadlines (100 ms apart, 601.1 to 603 s past the minute) stay within one.
     let minute = now().timestamp() / 60 * 60;
     let t0 = DateTime::from_timestamp(minute + 1, 0).expect("a time");
     put(&*store, &spec("sum", "a", 600), t0).await;

@@ -2,7 +2,7 @@
 -- due and silent leases by the same queries. SQLite rewrites an index whenever a column
 -- it depends on is set, so here the bucket saves nothing and costs nothing.
 ALTER TABLE instances ADD COLUMN lease_bucket_ms INTEGER
-    GENERATED ALWAYS AS (lease_deadline_ms - lease_deadline_ms % MAX(ttl_ms / 10, 1)) VIRTUAL;
+    GENERATED ALWAYS AS (lease_deadline_ms - lease_deadline_ms % MAX(ttl_ms / 100, 1)) VIRTUAL;
 
 DROP INDEX instances_lease_deadline;
 CREATE INDEX instances_lease_bucket ON instances (lease_bucket_ms)
