@@ -1,17 +1,18 @@
 //! Cross-replica propagation: keeps this process's [`View`] following the writes that
 //! other replicas sharing the database make.
 //!
-//! A replica's own writes catch its view up at once (whoever wrote does it). The feed
-//! announces them too, about when their writers hear of them: while this process has
-//! writes under way, a notification waits for them (at most [`Timing::own_writes_grace`]) before
-//! reading from the store, so that each write's events are applied from the write's
-//! answer, not read back once more. Other replicas' writes arrive through the store's
-//! change feed (Postgres: `LISTEN
+//! A replica's own writes catch its view up at once (whoever wrote does it). Other
+//! replicas' writes arrive through the store's change feed (Postgres: `LISTEN
 //! registry_events`, notified by a trigger on every committed event): each notification
 //! triggers an index catch-up, so a write is visible everywhere one round trip after its
 //! commit (a few milliseconds). A notification only says "look"; events are
 //! always read by index, so a duplicated or late notification costs a query, never a
 //! wrong view, and one arriving while a catch-up runs leads to another catch-up after it.
+//!
+//! The feed announces this replica's own writes too, about when their writers hear of
+//! them. While this process has writes under way, a notification first waits for them
+//! (at most [`Timing::own_writes_grace`]), so that each write's events are applied from
+//! the write's answer instead of being read back from the store.
 //!
 //! Lease renewals (coalesced heartbeats) append no event; the store announces them on the
 //! same feed with the renewed instances and heartbeat times (Postgres: `registry_leases`),
