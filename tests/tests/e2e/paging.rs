@@ -284,7 +284,9 @@ both_stores!(
                 let after = format!("z-{round}-{page_number}");
                 register(&registry, &before, "i-0", &spec(page_number)).await;
                 register(&registry, &after, "i-0", &spec(page_number)).await;
-                if let Some(last) = page_names.last().filter(|n| n.starts_with("s-")) {
+                // Only a lasting service: the churning ones (`s-NN-x`) may be removed by
+                // the churn task meanwhile.
+                if let Some(last) = page_names.last().filter(|n| lasting.contains(n)) {
                     registry.api.deregister(last, "i-0").await.expect("removed");
                 }
                 answered.extend(page_names);
