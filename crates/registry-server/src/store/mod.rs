@@ -552,6 +552,14 @@ pub(crate) const LEASE_SURVEY: &str = "SELECT m.self_preservation_since_ms, \
            AND COALESCE(m.recovered_ms, 0) + i.ttl_ms / 2 <= $1 AND $2) \
      FROM registry_meta m WHERE m.id = 1";
 
+/// [`Store::expired_leases`] in SQL both stores run: `$1` now, `$2` the limit. The bucket
+/// finds the due leases and those about to be through its index (the `lease_bucket`
+/// migrations); the deadline decides.
+pub(crate) const EXPIRED_LEASES: &str = "SELECT i.service, i.id FROM instances i, registry_meta m \
+     WHERE m.id = 1 AND i.lease_bucket_ms <= $1 AND i.lease_deadline_ms <= $1 \
+     AND (m.recovered_ms IS NULL OR m.recovered_ms + i.ttl_ms <= $1) \
+     ORDER BY i.lease_bucket_ms LIMIT $2";
+
 /// [`Store::reapable`] in SQL both stores run: `$1` now, `$2` the registry's reaping time,
 /// `$3` the limit (milliseconds).
 pub(crate) const REAPABLE: &str = "SELECT service, id FROM instances \

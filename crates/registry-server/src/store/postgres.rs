@@ -487,18 +487,11 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<InstanceKey>> {
-        // The bucket finds the due leases and those about to be through its index (the
-        // `lease_bucket` migration); the deadline decides.
-        let rows = sqlx::query_as(
-            "SELECT i.service, i.id FROM instances i, registry_meta m \
-             WHERE m.id = 1 AND i.lease_bucket_ms <= $1 AND i.lease_deadline_ms <= $1 \
-             AND (m.recovered_ms IS NULL OR m.recovered_ms + i.ttl_ms <= $1) \
-             ORDER BY i.lease_bucket_ms LIMIT $2",
-        )
-        .bind(millis(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query_as(super::EXPIRED_LEASES)
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         stored_keys(rows)
     }
 
