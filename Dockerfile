@@ -21,6 +21,9 @@ ARG CARGO_CHEF_VERSION=0.1.78
 
 FROM rust:${RUST_VERSION}-slim-trixie AS chef
 ARG CARGO_CHEF_VERSION
+# make builds jemalloc, the registry's allocator (the slim image has only the C compiler).
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 RUN cargo install --locked cargo-chef --version "${CARGO_CHEF_VERSION}"
 WORKDIR /src
 
