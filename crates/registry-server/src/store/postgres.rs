@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use registry_api::{Event, Instance, InstanceId, ServiceName};
+use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Acquire, PgConnection};
 
@@ -36,6 +37,12 @@ const MAX_CONNECTIONS: u32 = 10;
 /// During a database outage callers should hear about it quickly (and answer 503) rather
 /// than queue behind a pool that cannot connect.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A pooled connection idle for longer than this is checked (a round trip) before it is
+/// handed out; one used more recently is not. sqlx checks every connection as it goes
+/// back to the pool, and by default again as it comes out: a round trip of every group
+/// of changes, which under load is a tenth of a group's time.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Groups of changes written at once: while one waits for its commit's flush, the next
 /// is read, checked and written up to the index row (docs/performance.md).
@@ -87,9 +94,15 @@ impl PostgresStore {
                 let checked = checked.clone();
                 Box::pin(async move { checked.check(conn).await })
             })
-            .before_acquire(move |_, meta| {
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
                 let usable = !stale.opened_before_last_move(meta.age);
-                Box::pin(async move { Ok(usable) })
+                Box::pin(async move {
+                    if usable && meta.idle_for > CHECK_IDLE_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(usable)
+                })
             })
             .connect_with(options)
             .await?;
