@@ -444,6 +444,7 @@ mod tests {
                     &sum(),
                     &instance_id(&format!("i{i}")),
                     now,
+                    crate::store::Expect::Anything,
                     Box::new(move |old| lifecycle::register(old, &spec, now)),
                 )
                 .await
@@ -591,6 +592,7 @@ mod tests {
                 &sum(),
                 &instance_id("i0"),
                 later,
+                crate::store::Expect::Anything,
                 Box::new(move |old| {
                     old.map_or(Mutation::Unchanged, |o| lifecycle::expire_lease(o, later))
                 }),

@@ -140,6 +140,7 @@ pub async fn register_at(
             &service,
             &id,
             now,
+            crate::store::Expect::Anything,
             Box::new(move |old| crate::lifecycle::register(old, &spec, now)),
         )
         .await

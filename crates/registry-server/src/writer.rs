@@ -14,7 +14,7 @@ use registry_api::{HeartbeatResponse, InstanceId, ServiceName};
 use crate::clock::Clock;
 use crate::heartbeats::Heartbeats;
 use crate::lifecycle::{self, Mutation};
-use crate::store::{Applied, InstanceChange, Store, StoreResult, Transition};
+use crate::store::{Applied, Expect, InstanceChange, Store, StoreResult, Transition};
 use crate::view::View;
 
 /// What every API answers (in its own shape, with 503) to a renewal refused because the
@@ -71,7 +71,20 @@ impl Writer {
         transition: Transition,
     ) -> StoreResult<Applied> {
         let _writing = self.view.writing();
-        let applied = self.store.apply(service, id, now, transition).await?;
+        // A hint only: the store plans on the row when it turns out to exist.
+        let known = self
+            .view
+            .read_instance(service.as_str(), id.as_str(), |_| ())
+            .is_some();
+        let expect = if known {
+            Expect::Anything
+        } else {
+            Expect::Absent
+        };
+        let applied = self
+            .store
+            .apply(service, id, now, expect, transition)
+            .await?;
         if let Err(error) = self.view.show_write(&applied, self.store.as_ref()).await {
             tracing::warn!(%error, "view catch-up after a write failed; retried in the background");
         }

@@ -16,8 +16,8 @@ use registry_server::lifecycle::{self, CheckOutcome, Mutation};
 use registry_server::record::InstanceRecord;
 use registry_server::self_preservation::Mode;
 use registry_server::store::{
-    Applied, Heartbeat, HistoryStart, InstanceChange, InstanceKey, PostgresStore, SqliteStore,
-    Store,
+    Applied, Expect, Heartbeat, HistoryStart, InstanceChange, InstanceKey, PostgresStore,
+    SqliteStore, Store,
 };
 use registry_server::testing;
 
@@ -85,6 +85,8 @@ conformance!(
     registering_a_new_instance_appends_event_1,
     identical_replacement_appends_nothing_but_is_saved,
     heartbeat_of_an_unknown_instance_changes_nothing,
+    a_change_expected_absent_of_a_stored_instance_is_planned_on_it,
+    a_removal_expected_absent_of_a_stored_instance_removes_it,
     index_increases_by_one_per_change_across_instances,
     events_after_filters_by_service_and_limits,
     snapshot_is_consistent_with_the_index,
@@ -170,6 +172,7 @@ async fn on_existing(
             &name(service),
             &iid(id),
             now,
+            Expect::Anything,
             Box::new(move |old: Option<&InstanceRecord>| old.map_or(Mutation::Unchanged, &change)),
         )
         .await
@@ -183,6 +186,7 @@ async fn put(store: &dyn Store, spec: &Validated, now: DateTime<Utc>) -> Applied
             &spec.service,
             &spec.id,
             now,
+            Expect::Anything,
             Box::new(move |old: Option<&InstanceRecord>| lifecycle::register(old, &owned, now)),
         )
         .await
@@ -317,6 +321,62 @@ async fn identical_replacement_appends_nothing_but_is_saved(backend: Backend) {
     );
 }
 
+/// [`Expect::Absent`] is a hint: an instance stored meanwhile (by another replica, say)
+/// is found and the change planned on it, not on nothing.
+async fn a_change_expected_absent_of_a_stored_instance_is_planned_on_it(backend: Backend) {
+    let store = backend.fresh().await;
+    let first = spec("sum", "a", 10);
+    let registered = put(store.as_ref(), &first, now()).await;
+    let moved = validate(InstanceSpec::new("http://10.0.0.2:4040"), "sum", "a");
+    let later = now() + secs(1);
+
+    let applied = store
+        .apply(
+            &name("sum"),
+            &iid("a"),
+            later,
+            Expect::Absent,
+            Box::new(move |old: Option<&InstanceRecord>| lifecycle::register(old, &moved, later)),
+        )
+        .await
+        .expect("apply");
+
+    assert!(applied.existed, "the stored instance is found");
+    let record = applied.record.expect("record");
+    assert_eq!(record.url, "http://10.0.0.2:4040");
+    assert_eq!(
+        record.registered_at,
+        registered.record.expect("record").registered_at,
+        "a re-registration of the stored instance, not a new one"
+    );
+    assert_eq!(store.snapshot().await.expect("snapshot").records.len(), 1);
+}
+
+/// A change that would write nothing on an absent instance (a removal answered
+/// "unknown") is not answered on the hint alone.
+async fn a_removal_expected_absent_of_a_stored_instance_removes_it(backend: Backend) {
+    let store = backend.fresh().await;
+    put(store.as_ref(), &spec("sum", "a", 10), now()).await;
+
+    let applied = store
+        .apply(
+            &name("sum"),
+            &iid("a"),
+            now(),
+            Expect::Absent,
+            Box::new(|old: Option<&InstanceRecord>| {
+                old.map_or(Mutation::Unchanged, lifecycle::deregister)
+            }),
+        )
+        .await
+        .expect("apply");
+
+    assert!(applied.existed, "the stored instance is found");
+    assert_eq!(applied.record, None);
+    assert!(applied.event.is_some(), "its removal is an event");
+    assert!(store.snapshot().await.expect("snapshot").records.is_empty());
+}
+
 async fn heartbeat_of_an_unknown_instance_changes_nothing(backend: Backend) {
     let store = backend.fresh().await;
     let now = now();
@@ -328,6 +388,7 @@ async fn heartbeat_of_an_unknown_instance_changes_nothing(backend: Backend) {
             &name("sum"),
             &iid("ghost"),
             now,
+            Expect::Anything,
             Box::new(move |old: Option<&InstanceRecord>| {
                 flag.store(old.is_none(), Ordering::SeqCst);
                 old.map_or(Mutation::Unchanged, |r| lifecycle::heartbeat(r, now))
@@ -1500,7 +1561,13 @@ async fn race_to_create(stores: &[Arc<dyn Store>], writers: usize) -> (usize, us
                 lifecycle::register(old, &spec, now)
             };
             store
-                .apply(&name("sum"), &iid("a"), now, Box::new(transition))
+                .apply(
+                    &name("sum"),
+                    &iid("a"),
+                    now,
+                    Expect::Anything,
+                    Box::new(transition),
+                )
                 .await
                 .expect("apply")
         });
@@ -1557,7 +1624,13 @@ async fn a_change_that_cannot_be_written_fails_alone(backend: Backend) {
                 _ => lifecycle::register(old, &spec, now),
             };
             let applied = store
-                .apply(&name("sum"), &iid(&id), now, Box::new(transition))
+                .apply(
+                    &name("sum"),
+                    &iid(&id),
+                    now,
+                    Expect::Anything,
+                    Box::new(transition),
+                )
                 .await;
             (n, applied)
         });
@@ -1955,6 +2028,7 @@ async fn postgres_a_row_changed_after_the_read_is_planned_again() {
             &name("sum"),
             &iid("a"),
             now,
+            Expect::Anything,
             Box::new(move |old| lifecycle::register(old, &spec, now)),
         )
         .await

@@ -28,7 +28,9 @@ use futures::stream::FuturesUnordered;
 use registry_api::{Event, InstanceId, ServiceName};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Applied, InstanceChange, StoreError, StoreResult, Transition, ensure_key, make_event};
+use super::{
+    Applied, Expect, InstanceChange, StoreError, StoreResult, Transition, ensure_key, make_event,
+};
 use crate::lifecycle::{Change, Mutation};
 use crate::record::InstanceRecord;
 
@@ -45,13 +47,17 @@ pub(crate) struct Pending {
     pub service: ServiceName,
     pub id: InstanceId,
     pub now: DateTime<Utc>,
+    pub expect: Expect,
     pub transition: Transition,
     reply: oneshot::Sender<StoreResult<Applied>>,
 }
 
 impl Pending {
     /// The change waiting for its group, and where its answer will come.
-    fn new(change: InstanceChange) -> (Self, oneshot::Receiver<StoreResult<Applied>>) {
+    fn new(
+        change: InstanceChange,
+        expect: Expect,
+    ) -> (Self, oneshot::Receiver<StoreResult<Applied>>) {
         let (reply, answer) = oneshot::channel();
         let InstanceChange {
             service,
@@ -63,6 +69,7 @@ impl Pending {
             service,
             id,
             now,
+            expect,
             transition,
             reply,
         };
@@ -109,14 +116,18 @@ impl GroupCommit {
         service: &ServiceName,
         id: &InstanceId,
         now: DateTime<Utc>,
+        expect: Expect,
         transition: Transition,
     ) -> StoreResult<Applied> {
-        let (pending, answer) = Pending::new(InstanceChange {
-            service: service.clone(),
-            id: id.clone(),
-            now,
-            transition,
-        });
+        let (pending, answer) = Pending::new(
+            InstanceChange {
+                service: service.clone(),
+                id: id.clone(),
+                now,
+                transition,
+            },
+            expect,
+        );
         if self.sender.send(pending).is_err() {
             return Err(worker_gone());
         }
@@ -128,8 +139,10 @@ impl GroupCommit {
     /// locks order the two (Postgres finds the row changed since it was read and plans
     /// again under locks; SQLite has one writer), as they order groups of two replicas.
     pub async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
-        let (group, answers): (Vec<Pending>, Vec<_>) =
-            changes.into_iter().map(Pending::new).unzip();
+        let (group, answers): (Vec<Pending>, Vec<_>) = changes
+            .into_iter()
+            .map(|change| Pending::new(change, Expect::Anything))
+            .unzip();
         write_and_answer(self.writer.as_ref(), group).await;
         let mut results = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -491,6 +504,7 @@ mod tests {
             service: ServiceName::parse("sum").expect("name"),
             id: InstanceId::parse(id).expect("id"),
             now,
+            expect: Expect::Anything,
             transition: Box::new(transition),
             reply,
         }

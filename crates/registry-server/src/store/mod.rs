@@ -86,6 +86,19 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// `Fn`, not `FnOnce`: a change whose group failed is tried again alone.
 pub type Transition = Box<dyn Fn(Option<&InstanceRecord>) -> Mutation + Send + Sync>;
 
+/// What the writer's view shows of an instance when it asks for a change ([`Store::apply`]):
+/// a hint that spares Postgres reading a row the view has never heard of, which is what
+/// most registrations are. It never decides a result: a change planned on a row taken to
+/// be absent writes only if the row is still absent, and is planned again from the row
+/// otherwise (or when it would write nothing, such as a removal answered "unknown").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The view shows no such instance.
+    Absent,
+    /// The view shows the instance, or the caller has no view: the row is read.
+    Anything,
+}
+
 /// One change of [`Store::apply_group`]: the instance, when, and its transition.
 pub struct InstanceChange {
     pub service: ServiceName,
@@ -151,12 +164,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs `transition` on the instance `(service, id)` atomically at time `now`: loads
     /// it under a lock, writes what the transition asks, appends the event with the next
-    /// index. Commits before returning: an `Ok` is durable.
+    /// index. Commits before returning: an `Ok` is durable. `expect` is a hint only
+    /// ([`Expect`]).
     async fn apply(
         &self,
         service: &ServiceName,
         id: &InstanceId,
         now: DateTime<Utc>,
+        expect: Expect,
         transition: Transition,
     ) -> StoreResult<Applied>;
 
@@ -321,6 +336,7 @@ pub trait Store: Send + Sync + 'static {
                     &heartbeat.service,
                     &heartbeat.id,
                     at,
+                    Expect::Anything,
                     Box::new(move |old| match old {
                         Some(o) if o.lease_deadline().is_some_and(|d| renewed_until(o, at) < d) => {
                             Mutation::Unchanged

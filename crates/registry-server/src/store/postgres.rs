@@ -23,10 +23,10 @@ use sqlx::{Acquire, PgConnection};
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Row, RowWrite};
 use super::pg_hosts;
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceChange, InstanceKey, Notification,
-    Snapshot, Store, StoreError, StoreResult, SweepClaim, Transition, after_column, from_millis,
-    lease_payloads, millis, missing_meta, parse_events, parse_lease_payload, parse_record,
-    stored_key, stored_keys, to_index,
+    Applied, ClaimedCheck, Expect, HistoryStart, IndexedColumns, InstanceChange, InstanceKey,
+    Notification, Snapshot, Store, StoreError, StoreResult, SweepClaim, Transition, after_column,
+    from_millis, lease_payloads, millis, missing_meta, parse_events, parse_lease_payload,
+    parse_record, stored_key, stored_keys, to_index,
 };
 use crate::self_preservation::{Mode, StoredSurvey};
 
@@ -232,9 +232,12 @@ impl Store for PostgresStore {
         service: &ServiceName,
         id: &InstanceId,
         now: DateTime<Utc>,
+        expect: Expect,
         transition: Transition,
     ) -> StoreResult<Applied> {
-        self.writes.apply(service, id, now, transition).await
+        self.writes
+            .apply(service, id, now, expect, transition)
+            .await
     }
 
     async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
@@ -734,6 +737,9 @@ impl Store for PostgresStore {
 /// 0008), in an implicit transaction: a round trip to read, one to write and commit. The
 /// statement writes only if no row changed since it was read; when one did (another
 /// replica, a lease renewal), the group is planned again from rows read under its locks.
+/// Rows the writers' view expected absent ([`Expect::Absent`], a new registration) are
+/// not read but planned as absent, which the statement checks the same way: a group of
+/// registrations costs one round trip.
 struct PgGroupWriter {
     pool: PgPool,
 }
@@ -757,12 +763,28 @@ impl GroupWriter for PgGroupWriter {
             .iter()
             .map(|(service, id)| (service.to_string(), id.to_string()))
             .unzip();
+        let to_read: BTreeSet<Key> = group
+            .iter()
+            .filter(|change| change.expect == Expect::Anything)
+            .map(Pending::key)
+            .collect();
         let mut conn = self.pool.acquire().await?;
-        let stored = read_rows(&mut conn, &services, &ids).await?;
-        match write_group(&mut conn, group, &keys, stored).await {
+        let stored = if to_read.is_empty() {
+            Vec::new()
+        } else {
+            let (services, ids): (Vec<String>, Vec<String>) = to_read
+                .iter()
+                .map(|(service, id)| (service.to_string(), id.to_string()))
+                .unzip();
+            read_rows(&mut conn, &services, &ids).await?
+        };
+        let assumed_absent = to_read.len() < keys.len();
+        match write_group(&mut conn, group, &keys, stored, assumed_absent).await {
+            Ok(Some(answers)) => return Ok(answers),
+            Ok(None) => {}
             Err(StoreError::Database(sqlx::Error::Database(error)))
                 if error.code().as_deref() == Some(ROW_CHANGED) => {}
-            answers => return answers,
+            Err(error) => return Err(error),
         }
         // Locks every key of the group (migration 0004 says why this takes a function),
         // then reads the rows again: under the locks, none can change before the write.
@@ -773,7 +795,9 @@ impl GroupWriter for PgGroupWriter {
             .execute(&mut *tx)
             .await?;
         let stored = read_rows(&mut tx, &services, &ids).await?;
-        let answers = write_group(&mut tx, group, &keys, stored).await?;
+        let answers = write_group(&mut tx, group, &keys, stored, false)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a group read whole was not written".into()))?;
         tx.commit().await?;
         Ok(answers)
     }
@@ -795,14 +819,17 @@ async fn read_rows(
     .await?)
 }
 
-/// Plans `group` on the rows `stored` and writes it with `registry_write_group`, which
-/// fails with [`ROW_CHANGED`] if a row is no longer as read.
+/// Plans `group` on the rows `stored` (a key without one is taken to be absent) and writes
+/// it with `registry_write_group`, which fails with [`ROW_CHANGED`] if a row is no longer
+/// as read. With `assumed_absent` (some keys were not read), a group that would write
+/// nothing is not answered (`None`): its answers would stand on rows nobody read.
 async fn write_group(
     conn: &mut PgConnection,
     group: &[Pending],
     keys: &[Key],
     stored: Vec<StoredRow>,
-) -> StoreResult<Vec<StoreResult<Applied>>> {
+    assumed_absent: bool,
+) -> StoreResult<Option<Vec<StoreResult<Applied>>>> {
     let mut versions: HashMap<Key, String> = HashMap::with_capacity(stored.len());
     let mut loaded = HashMap::with_capacity(stored.len());
     for (service, id, record, lease_deadline_ms, version) in stored {
@@ -814,7 +841,7 @@ async fn write_group(
     let plan = group_commit::plan(group, loaded);
     if plan.rows.is_empty() && plan.event_count() == 0 {
         // Nothing changes: the answers stand on what was read.
-        return Ok(plan.answers(Vec::new()));
+        return Ok((!assumed_absent).then(|| plan.answers(Vec::new())));
     }
     let versions: Vec<Option<String>> = keys.iter().map(|key| versions.remove(key)).collect();
     let rows = GroupRows::of(&plan.rows)?;
@@ -862,7 +889,7 @@ async fn write_group(
             event.index = index;
         }
     }
-    Ok(plan.answers(events))
+    Ok(Some(plan.answers(events)))
 }
 
 /// A group's rows as columns, the shape `UNNEST` takes: each changed instance's final row

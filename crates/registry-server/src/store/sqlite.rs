@@ -20,9 +20,9 @@ use sqlx::sqlite::{
 
 use super::group_commit::{self, GroupCommit, GroupWriter, Key, Pending, Plan, RowWrite};
 use super::{
-    Applied, ClaimedCheck, HistoryStart, IndexedColumns, InstanceChange, InstanceKey, Snapshot,
-    Store, StoreResult, SweepClaim, Transition, after_column, from_millis, index_column, millis,
-    missing_meta, parse_events, parse_record, stored_keys, to_index,
+    Applied, ClaimedCheck, Expect, HistoryStart, IndexedColumns, InstanceChange, InstanceKey,
+    Snapshot, Store, StoreResult, SweepClaim, Transition, after_column, from_millis, index_column,
+    millis, missing_meta, parse_events, parse_record, stored_keys, to_index,
 };
 use crate::record::InstanceRecord;
 use crate::self_preservation::{Mode, StoredSurvey};
@@ -112,9 +112,12 @@ impl Store for SqliteStore {
         service: &ServiceName,
         id: &InstanceId,
         now: DateTime<Utc>,
+        expect: Expect,
         transition: Transition,
     ) -> StoreResult<Applied> {
-        self.writes.apply(service, id, now, transition).await
+        self.writes
+            .apply(service, id, now, expect, transition)
+            .await
     }
 
     async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {

@@ -14,8 +14,9 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::self_preservation::{Mode, StoredSurvey};
 
 use super::{
-    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceChange, InstanceKey,
-    Notification, Snapshot, SqliteStore, Store, StoreError, StoreResult, SweepClaim, Transition,
+    Applied, ChangeFeed, ClaimedCheck, Expect, Heartbeat, HistoryStart, InstanceChange,
+    InstanceKey, Notification, Snapshot, SqliteStore, Store, StoreError, StoreResult, SweepClaim,
+    Transition,
 };
 
 pub struct TestStore {
@@ -139,10 +140,11 @@ impl Store for TestStore {
         service: &ServiceName,
         id: &InstanceId,
         now: DateTime<Utc>,
+        expect: Expect,
         transition: Transition,
     ) -> StoreResult<Applied> {
         self.writable()?;
-        self.inner.apply(service, id, now, transition).await
+        self.inner.apply(service, id, now, expect, transition).await
     }
     async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
         if self.writable().is_err() {

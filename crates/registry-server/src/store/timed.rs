@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use registry_api::{Event, Instance, InstanceId, ServiceName};
 
 use super::{
-    Applied, ChangeFeed, ClaimedCheck, Heartbeat, HistoryStart, InstanceChange, InstanceKey,
-    Snapshot, Store, StoreResult, SweepClaim, Transition,
+    Applied, ChangeFeed, ClaimedCheck, Expect, Heartbeat, HistoryStart, InstanceChange,
+    InstanceKey, Snapshot, Store, StoreResult, SweepClaim, Transition,
 };
 use crate::metrics::timed;
 use crate::self_preservation::{Mode, StoredSurvey};
@@ -30,9 +30,10 @@ impl<S: Store> Store for Timed<S> {
         service: &ServiceName,
         id: &InstanceId,
         now: DateTime<Utc>,
+        expect: Expect,
         transition: Transition,
     ) -> StoreResult<Applied> {
-        timed("apply", self.0.apply(service, id, now, transition)).await
+        timed("apply", self.0.apply(service, id, now, expect, transition)).await
     }
 
     async fn apply_group(&self, changes: Vec<InstanceChange>) -> Vec<StoreResult<Applied>> {
