@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use registry_api::{INDEX_HEADER, ServiceList, Status};
+use registry_api::{ServiceList, Status};
 use serde::Deserialize;
 
 use super::extract::{PageQuery, Query, ServicePath, param};
@@ -113,7 +113,7 @@ async fn one(
         .into_response();
     response
         .headers_mut()
-        .insert(INDEX_HEADER, HeaderValue::from(index));
+        .insert(&*super::INDEX, HeaderValue::from(index));
     Ok(response)
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -318,10 +318,14 @@ pub fn answer_bytes(index: u64, body: bytes::Bytes) -> Response {
 /// Adds `X-Consul-Index` (a registry index, shown as its Consul index) and the leader
 /// headers Consul clients read.
 pub fn with_index(index: u64, mut response: Response) -> Response {
+    // Names made at compile time: a `&str` name is parsed and lowercased on every answer.
+    const INDEX: HeaderName = HeaderName::from_static("x-consul-index");
+    const KNOWN_LEADER: HeaderName = HeaderName::from_static("x-consul-knownleader");
+    const LAST_CONTACT: HeaderName = HeaderName::from_static("x-consul-lastcontact");
     let headers = response.headers_mut();
-    headers.insert("X-Consul-Index", HeaderValue::from(consul_index(index)));
-    headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
-    headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+    headers.insert(INDEX, HeaderValue::from(consul_index(index)));
+    headers.insert(KNOWN_LEADER, HeaderValue::from_static("true"));
+    headers.insert(LAST_CONTACT, HeaderValue::from_static("0"));
     response
 }
 
