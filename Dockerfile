@@ -19,11 +19,10 @@ ARG RUST_VERSION=1.95.0
 # Keep in step with CARGO_CHEF_VERSION in mk/kubernetes.mk.
 ARG CARGO_CHEF_VERSION=0.1.78
 
-FROM rust:${RUST_VERSION}-slim-trixie AS chef
+# The full image, not the slim one: jemalloc, the registry's allocator, is built with
+# make, which the slim image lacks. Only the build stages use it.
+FROM rust:${RUST_VERSION}-trixie AS chef
 ARG CARGO_CHEF_VERSION
-# make builds jemalloc, the registry's allocator (the slim image has only the C compiler).
-RUN apt-get update && apt-get install -y --no-install-recommends make \
-    && rm -rf /var/lib/apt/lists/*
 RUN cargo install --locked cargo-chef --version "${CARGO_CHEF_VERSION}"
 WORKDIR /src
 
