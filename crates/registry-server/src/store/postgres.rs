@@ -759,10 +759,6 @@ impl GroupWriter for PgGroupWriter {
             .collect::<BTreeSet<Key>>()
             .into_iter()
             .collect();
-        let (services, ids): (Vec<String>, Vec<String>) = keys
-            .iter()
-            .map(|(service, id)| (service.to_string(), id.to_string()))
-            .unzip();
         let to_read: BTreeSet<Key> = group
             .iter()
             .filter(|change| change.expect == Expect::Anything)
@@ -772,10 +768,7 @@ impl GroupWriter for PgGroupWriter {
         let stored = if to_read.is_empty() {
             Vec::new()
         } else {
-            let (services, ids): (Vec<String>, Vec<String>) = to_read
-                .iter()
-                .map(|(service, id)| (service.to_string(), id.to_string()))
-                .unzip();
+            let (services, ids) = key_columns(&to_read);
             read_rows(&mut conn, &services, &ids).await?
         };
         let assumed_absent = to_read.len() < keys.len();
@@ -788,6 +781,7 @@ impl GroupWriter for PgGroupWriter {
         }
         // Locks every key of the group (migration 0004 says why this takes a function),
         // then reads the rows again: under the locks, none can change before the write.
+        let (services, ids) = key_columns(&keys);
         let mut tx = conn.begin().await?;
         sqlx::query("SELECT count(*) FROM registry_lock_instances($1, $2)")
             .bind(&services)
@@ -803,11 +797,18 @@ impl GroupWriter for PgGroupWriter {
     }
 }
 
+/// Keys as the two `text[]` columns the group's statements take.
+fn key_columns<'a>(keys: impl IntoIterator<Item = &'a Key>) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.into_iter()
+        .map(|(service, id)| (service.as_str(), id.as_str()))
+        .unzip()
+}
+
 /// The stored rows of the keys `services` x `ids` (absent keys have none).
 async fn read_rows(
     conn: &mut PgConnection,
-    services: &[String],
-    ids: &[String],
+    services: &[&str],
+    ids: &[&str],
 ) -> StoreResult<Vec<StoredRow>> {
     Ok(sqlx::query_as(
         "SELECT service, id, record::text, lease_deadline_ms, xmin::text FROM instances \
@@ -845,10 +846,7 @@ async fn write_group(
     }
     let versions: Vec<Option<String>> = keys.iter().map(|key| versions.remove(key)).collect();
     let rows = GroupRows::of(&plan.rows)?;
-    let (services, ids): (Vec<&str>, Vec<&str>) = keys
-        .iter()
-        .map(|(service, id)| (service.as_str(), id.as_str()))
-        .unzip();
+    let (services, ids) = key_columns(keys);
     // Numbered by the statement, which sets each body's index as it appends it.
     let mut events = plan.events(0);
     let mut event_columns = EventColumns::default();
