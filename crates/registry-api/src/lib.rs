@@ -32,10 +32,13 @@ pub use responses::{
 pub use seed::{SeedLookup, SeedRegistration, SeedService, SeedServiceSpec};
 pub use trace_parent::TraceParent;
 
-/// Name of the response header carrying a service's index on `GET /v1/services/{service}`.
-pub const INDEX_HEADER: &str = "Registry-Index";
+/// Name of the response header carrying a service's index on `GET /v1/services/{service}`
+/// (`Registry-Index`; header names are case-insensitive, and written in lower case so
+/// that servers can make them at compile time).
+pub const INDEX_HEADER: &str = "registry-index";
 
 /// Name of the response header carrying the database's epoch on every v1 answer: a random
 /// id made when the registry's database was first initialised, shared by every replica on
 /// it. A client that sees it change knows the registry lost its state (docs/api.md).
-pub const EPOCH_HEADER: &str = "Registry-Epoch";
+/// `Registry-Epoch`, in lower case as [`INDEX_HEADER`].
+pub const EPOCH_HEADER: &str = "registry-epoch";

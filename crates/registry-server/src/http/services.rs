@@ -113,7 +113,7 @@ async fn one(
         .into_response();
     response
         .headers_mut()
-        .insert(&*super::INDEX, HeaderValue::from(index));
+        .insert(super::INDEX, HeaderValue::from(index));
     Ok(response)
 }
 
