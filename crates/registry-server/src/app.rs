@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::check_targets::AllowedNetworks;
 use crate::config::{DatabaseKind, Settings};
 use crate::dns::{DnsListeners, Zone};
+use crate::heartbeats::Flush;
 use crate::http::{self, AppState, Shared};
 use crate::store::{PostgresStore, SqliteStore, Store, Timed};
 use crate::view::View;
@@ -225,7 +226,7 @@ impl Application {
                 .await
                 .is_ok();
         // No request runs any more: write the heartbeats acknowledged but still queued.
-        match tokio::time::timeout_at(deadline, writer.flush_heartbeats()).await {
+        match tokio::time::timeout_at(deadline, writer.flush_heartbeats(Flush::All)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, "could not write the last queued heartbeats");

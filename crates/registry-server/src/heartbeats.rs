@@ -1,14 +1,25 @@
 //! Coalesced heartbeats: a heartbeat on a live lease is answered from memory and written
-//! with the others, one statement per flush, at most 250 ms later.
+//! with the others, one statement per flush, and at most once a second per instance.
 //!
 //! Heartbeats are by far the most frequent write (every instance, every third of its
 //! TTL), and one on a live lease changes no status and appends no event. Writing each in a
 //! transaction of its own, with its own commit, would make the database's commit rate the
 //! registry's limit. So a heartbeat on a lease this process's view knows to be live is
 //! queued here, shown in reads at once (the view is touched) and answered; a background
-//! task writes everything queued every [`FLUSH_EVERY`], with one [`Store::renew_leases`]
+//! task writes what is due every [`FLUSH_EVERY`], with one [`Store::renew_leases`]
 //! statement per [`RENEWALS_PER_STATEMENT`] instances. Several heartbeats of one instance
-//! between two flushes are one row.
+//! between two writes are one row.
+//!
+//! An instance's renewal is due [`WRITE_RENEWAL_AFTER`] after the last one written (a
+//! quarter of its TTL when that is shorter), or at once when that has passed, as for a
+//! client heartbeating every third of its TTL. So a client heartbeating many times a
+//! second costs the database one row a second, not one per flush; the latest of its
+//! heartbeats is what is written. The written lease then always runs at least three
+//! quarters of its TTL past the moment its next renewal is due, so no sweep expires a
+//! lease whose renewal waits here, and the database's last sign of life of a live lease
+//! is never a quarter of its TTL behind, where self-preservation's silence starts at half.
+//! Other replicas show a renewal once it is written. While the queue is more than half
+//! full, every flush writes all of it.
 //!
 //! Everything else takes the full path through the store: an instance the view
 //! does not know (the store, the truth, answers 404 or finds it), a lease that has run out
@@ -23,13 +34,15 @@
 //! with its `heartbeat` event, dated when it is written.
 //!
 //! Durability: a queued heartbeat is acknowledged before it is written. A registry killed
-//! without a graceful shutdown (SIGKILL, power loss) loses at most the last flush
-//! interval of heartbeats; the client's next heartbeat renews the lease again. A graceful
-//! shutdown flushes. Other writes are still committed before they are answered.
+//! without a graceful shutdown (SIGKILL, power loss) loses at most the renewals of the
+//! last [`WRITE_RENEWAL_AFTER`] and a flush; the lease as written still runs three
+//! quarters of its TTL, and the client's next heartbeat renews it again. A graceful
+//! shutdown writes everything queued. Other writes are still committed before they are
+//! answered.
 //!
-//! Lease expiry must not beat a queued heartbeat: the sweep of this process flushes first,
-//! and every sweep (of every replica) expires only leases whose deadline passed more than
-//! [`EXPIRY_GRACE`] ago, by when another replica has written what it queued.
+//! Lease expiry must not beat a queued heartbeat: the sweep of this process writes what is
+//! due first, and every sweep (of every replica) expires only leases whose deadline passed
+//! more than [`EXPIRY_GRACE`] ago, by when another replica has written what it queued.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -43,8 +56,13 @@ use registry_api::{HeartbeatResponse, Instance, InstanceId, ServiceName};
 use crate::store::{Heartbeat, InstanceKey, Store, StoreResult};
 use crate::view::View;
 
-/// How often queued heartbeats are written.
+/// How often queued heartbeats that are due are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// How long after an instance's last written renewal its next one is due, at most (a
+/// quarter of its TTL when that is shorter): an instance's lease is written at most this
+/// often, whatever its heartbeat rate.
+pub const WRITE_RENEWAL_AFTER: Duration = Duration::from_secs(1);
 
 /// How long after its deadline a lease may be expired: one flush interval plus time for
 /// the flush statement itself, so a heartbeat queued anywhere before the deadline is
@@ -130,16 +148,20 @@ impl Heartbeats {
         }
         // Read in place, not copied: the instance's strings, tags and metadata would be
         // allocated and freed again on every heartbeat.
-        let (status, lease_expires_at) =
+        let (status, lease_expires_at, due) =
             self.view
                 .read_instance(service.as_str(), id.as_str(), |instance| {
-                    renewed_lease(instance, now).map(|lease| (instance.status, lease))
+                    renewed_lease(instance, now)
+                        .map(|lease| (instance.status, lease, renewal_due(instance)))
                 })??;
-        let queued = self.queue().push(Heartbeat {
-            service: service.clone(),
-            id: id.clone(),
-            at: now,
-        });
+        let queued = self.queue().push(
+            Heartbeat {
+                service: service.clone(),
+                id: id.clone(),
+                at: now,
+            },
+            due,
+        );
         if !queued {
             return None;
         }
@@ -156,17 +178,22 @@ impl Heartbeats {
         self.queue().len()
     }
 
-    /// Writes every queued heartbeat, [`RENEWALS_PER_STATEMENT`] a `renew_leases` call,
-    /// and answers those it did not apply (lapsed meanwhile, or gone): the caller replays
-    /// them through the full transition ([`crate::writer::Writer::flush_heartbeats`]). On
-    /// failure the heartbeats not yet written stay queued (newer ones win) for the next
-    /// flush, and those written stay written.
-    pub async fn write_batch(&self) -> StoreResult<Vec<Heartbeat>> {
+    /// Writes the queued heartbeats `which` names as of `now`, [`RENEWALS_PER_STATEMENT`]
+    /// a `renew_leases` call, and answers those it did not apply (lapsed meanwhile, or
+    /// gone): the caller replays them through the full transition
+    /// ([`crate::writer::Writer::flush_heartbeats`]). On failure the heartbeats not yet
+    /// written stay queued (newer ones win), due at once, for the next flush, and those
+    /// written stay written.
+    pub async fn write_batch(
+        &self,
+        which: Flush,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Heartbeat>> {
         let _one_at_a_time = self.flushing.lock().await;
-        let batch = self.queue().take();
+        let batch = self.queue().take(which, now);
         if batch.is_empty() {
-            // Nothing is pending (not even a failed batch): a ping tells whether the
-            // database is still there, then the fast path is open again.
+            // Nothing is due (not even a failed batch): a ping tells whether the database
+            // is still there, then the fast path is open again.
             within_flush_timeout(self.store.ping()).await?;
             self.reached();
             self.writing.store(true, Ordering::Release);
@@ -230,6 +257,27 @@ async fn within_flush_timeout<T>(
         )))
 }
 
+/// Which queued heartbeats a flush writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Those due (all of them while the queue is more than half full): the periodic
+    /// flush and the sweep's.
+    Due,
+    /// All of them: at shutdown.
+    All,
+}
+
+/// When a heartbeat on `instance` is due to be written: [`WRITE_RENEWAL_AFTER`] (or a
+/// quarter of the TTL) after its last renewal this view shows. The view shows a queued
+/// renewal too, but the queue keeps the earliest time due of an instance; when nothing
+/// of the instance is queued, the renewal shown is written (or being written).
+fn renewal_due(instance: &Instance) -> DateTime<Utc> {
+    let quarter_ttl = Duration::from_secs(u64::from(instance.ttl_seconds)) / 4;
+    let after = chrono::Duration::from_std(WRITE_RENEWAL_AFTER.min(quarter_ttl))
+        .unwrap_or_else(|_| chrono::Duration::zero());
+    instance.last_heartbeat_at + after
+}
+
 /// The lease a heartbeat at `now` renews, when the instance has a lease that has not run
 /// out and reported nothing a heartbeat would clear (`None`: the full path decides).
 fn renewed_lease(instance: &Instance, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -239,11 +287,19 @@ fn renewed_lease(instance: &Instance, now: DateTime<Utc>) -> Option<DateTime<Utc
         .then(|| now + chrono::Duration::seconds(i64::from(instance.ttl_seconds)))
 }
 
-/// Heartbeats waiting to be written: the newest per instance, at most `capacity` instances.
+/// Heartbeats waiting to be written: the newest per instance, with when it is due, at
+/// most `capacity` instances.
 #[derive(Debug)]
 struct Queue {
-    pending: HashMap<InstanceKey, DateTime<Utc>>,
+    pending: HashMap<InstanceKey, Queued>,
     capacity: usize,
+}
+
+/// An instance's newest heartbeat and when it is to be written at the latest.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    at: DateTime<Utc>,
+    due: DateTime<Utc>,
 }
 
 impl Queue {
@@ -258,38 +314,48 @@ impl Queue {
         self.pending.len()
     }
 
-    /// Queues `heartbeat`; an instance already queued keeps its newest time. False when
-    /// the instance is not queued and there is no room.
-    fn push(&mut self, heartbeat: Heartbeat) -> bool {
+    /// Queues `heartbeat`, to be written by `due`; an instance already queued keeps its
+    /// newest time and its earliest time due. False when the instance is not queued and
+    /// there is no room.
+    fn push(&mut self, heartbeat: Heartbeat, due: DateTime<Utc>) -> bool {
         let room = self.pending.len() < self.capacity;
         match self.pending.entry((heartbeat.service, heartbeat.id)) {
             Entry::Occupied(mut queued) => {
-                let at = queued.get_mut();
-                *at = (*at).max(heartbeat.at);
+                let queued = queued.get_mut();
+                queued.at = queued.at.max(heartbeat.at);
+                queued.due = queued.due.min(due);
                 true
             }
             Entry::Vacant(slot) if room => {
-                slot.insert(heartbeat.at);
+                slot.insert(Queued {
+                    at: heartbeat.at,
+                    due,
+                });
                 true
             }
             Entry::Vacant(_) => false,
         }
     }
 
-    /// Everything queued, emptying the queue.
-    fn take(&mut self) -> Vec<Heartbeat> {
+    /// What `which` names as of `now`, taken out of the queue.
+    fn take(&mut self, which: Flush, now: DateTime<Utc>) -> Vec<Heartbeat> {
+        let all = which == Flush::All || self.pending.len() > self.capacity / 2;
         self.pending
-            .drain()
-            .map(|((service, id), at)| Heartbeat { service, id, at })
+            .extract_if(|_, queued| all || queued.due <= now)
+            .map(|((service, id), queued)| Heartbeat {
+                service,
+                id,
+                at: queued.at,
+            })
             .collect()
     }
 
-    /// Puts back a batch that was not written: heartbeats queued since are newer and win.
-    /// Answers how many did not fit.
+    /// Puts back a batch that was not written, due at once: heartbeats queued since are
+    /// newer and win. Answers how many did not fit.
     fn put_back(&mut self, batch: Vec<Heartbeat>) -> usize {
         batch
             .into_iter()
-            .filter(|heartbeat| !self.push(heartbeat.clone()))
+            .filter(|heartbeat| !self.push(heartbeat.clone(), heartbeat.at))
             .count()
     }
 }
@@ -333,64 +399,76 @@ mod tests {
     #[test]
     fn the_queue_keeps_the_newest_heartbeat_per_instance() {
         let mut queue = Queue::new(10);
-        assert!(queue.push(beat("a", t(5))));
-        assert!(queue.push(beat("a", t(9))));
+        assert!(queue.push(beat("a", t(5)), t(5)));
+        assert!(queue.push(beat("a", t(9)), t(9)));
         assert!(
-            queue.push(beat("a", t(7))),
+            queue.push(beat("a", t(7)), t(7)),
             "late, but the instance is queued"
         );
-        assert!(queue.push(beat("b", t(1))));
+        assert!(queue.push(beat("b", t(1)), t(1)));
         assert_eq!(queue.len(), 2);
-        assert_eq!(sorted(queue.take()), vec![beat("a", t(9)), beat("b", t(1))]);
+        assert_eq!(
+            sorted(queue.take(Flush::All, t(0))),
+            vec![beat("a", t(9)), beat("b", t(1))]
+        );
         assert_eq!(queue.len(), 0, "taking empties the queue");
-        assert_eq!(queue.take(), vec![]);
+        assert_eq!(queue.take(Flush::All, t(0)), vec![]);
     }
 
     #[test]
     fn a_full_queue_refuses_new_instances_but_renews_queued_ones() {
         let mut queue = Queue::new(2);
-        assert!(queue.push(beat("a", t(1))));
-        assert!(queue.push(beat("b", t(1))));
-        assert!(!queue.push(beat("c", t(2))), "no room for a third instance");
-        assert!(queue.push(beat("a", t(3))), "a queued instance still moves");
-        assert_eq!(sorted(queue.take()), vec![beat("a", t(3)), beat("b", t(1))]);
+        assert!(queue.push(beat("a", t(1)), t(1)));
+        assert!(queue.push(beat("b", t(1)), t(1)));
+        assert!(
+            !queue.push(beat("c", t(2)), t(2)),
+            "no room for a third instance"
+        );
+        assert!(
+            queue.push(beat("a", t(3)), t(3)),
+            "a queued instance still moves"
+        );
+        assert_eq!(
+            sorted(queue.take(Flush::All, t(0))),
+            vec![beat("a", t(3)), beat("b", t(1))]
+        );
     }
 
     #[test]
     fn a_batch_put_back_loses_to_newer_heartbeats_and_to_the_bound() {
         let mut queue = Queue::new(3);
-        queue.push(beat("a", t(1)));
-        queue.push(beat("b", t(1)));
-        let failed = queue.take();
+        queue.push(beat("a", t(1)), t(1));
+        queue.push(beat("b", t(1)), t(1));
+        let failed = queue.take(Flush::All, t(0));
         // Queued while the batch was being written.
-        queue.push(beat("a", t(5)));
-        queue.push(beat("x", t(5)));
+        queue.push(beat("a", t(5)), t(5));
+        queue.push(beat("x", t(5)), t(5));
 
         let dropped = queue.put_back(failed);
 
         assert_eq!(dropped, 0);
         assert_eq!(
-            sorted(queue.take()),
+            sorted(queue.take(Flush::All, t(0))),
             vec![beat("a", t(5)), beat("b", t(1)), beat("x", t(5))]
         );
 
-        queue.push(beat("x", t(6)));
-        queue.push(beat("y", t(6)));
-        queue.push(beat("z", t(6)));
+        queue.push(beat("x", t(6)), t(6));
+        queue.push(beat("y", t(6)), t(6));
+        queue.push(beat("z", t(6)), t(6));
         assert_eq!(
             queue.put_back(vec![beat("a", t(1)), beat("x", t(1))]),
             1,
             "no room for a"
         );
         assert_eq!(
-            sorted(queue.take()),
+            sorted(queue.take(Flush::All, t(0))),
             vec![beat("x", t(6)), beat("y", t(6)), beat("z", t(6))]
         );
     }
 
-    #[test]
-    fn only_a_lease_that_has_not_run_out_is_renewed_in_memory() {
-        let instance = |ttl_seconds, lease_expires_at| Instance {
+    /// An instance with a `ttl_seconds` lease running until `lease_expires_at`.
+    fn leased_instance(ttl_seconds: u32, lease_expires_at: Option<DateTime<Utc>>) -> Instance {
+        Instance {
             id: "a".into(),
             service: "sum".into(),
             url: "http://10.0.0.1:4040".into(),
@@ -409,7 +487,69 @@ mod tests {
             lease_status: None,
             lease_output: None,
             maintenance_reason: None,
+        }
+    }
+
+    #[test]
+    fn a_flush_takes_what_is_due_and_an_instance_keeps_its_earliest_time_due() {
+        let mut queue = Queue::new(10);
+        queue.push(beat("a", t(1)), t(100));
+        queue.push(beat("b", t(1)), t(500));
+        queue.push(beat("b", t(50)), t(900));
+        queue.push(beat("c", t(1)), t(1_000));
+        queue.push(beat("c", t(60)), t(300));
+
+        assert_eq!(queue.take(Flush::Due, t(99)), vec![], "nothing due yet");
+        assert_eq!(
+            sorted(queue.take(Flush::Due, t(300))),
+            vec![beat("a", t(1)), beat("c", t(60))],
+            "c was due by its first heartbeat's time, and goes with its newest"
+        );
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.take(Flush::Due, t(500)), vec![beat("b", t(50))]);
+    }
+
+    #[test]
+    fn a_queue_more_than_half_full_is_taken_whole() {
+        let mut queue = Queue::new(4);
+        queue.push(beat("a", t(1)), t(1_000));
+        queue.push(beat("b", t(1)), t(1_000));
+        assert_eq!(
+            queue.take(Flush::Due, t(0)),
+            vec![],
+            "half full: nothing due"
+        );
+        queue.push(beat("c", t(1)), t(1_000));
+        assert_eq!(queue.take(Flush::Due, t(0)).len(), 3, "over half full");
+        queue.push(beat("d", t(1)), t(1_000));
+        assert_eq!(queue.take(Flush::All, t(0)), vec![beat("d", t(1))]);
+    }
+
+    #[test]
+    fn a_failed_batch_comes_back_due_at_once() {
+        let mut queue = Queue::new(10);
+        queue.push(beat("a", t(1)), t(1_000));
+        let failed = queue.take(Flush::All, t(0));
+        queue.put_back(failed);
+        assert_eq!(queue.take(Flush::Due, t(1)), vec![beat("a", t(1))]);
+    }
+
+    #[test]
+    fn a_renewal_is_due_a_second_after_the_last_or_a_quarter_of_a_short_ttl() {
+        let instance = |ttl_seconds| Instance {
+            ttl_seconds,
+            last_heartbeat_at: t(7_000),
+            ..leased_instance(ttl_seconds, Some(t(20_000)))
         };
+        assert_eq!(renewal_due(&instance(30)), t(8_000));
+        assert_eq!(renewal_due(&instance(4)), t(8_000));
+        assert_eq!(renewal_due(&instance(2)), t(7_500));
+        assert_eq!(renewal_due(&instance(1)), t(7_250));
+    }
+
+    #[test]
+    fn only_a_lease_that_has_not_run_out_is_renewed_in_memory() {
+        let instance = leased_instance;
         assert_eq!(
             renewed_lease(&instance(10, Some(t(10_000))), t(4_000)),
             Some(t(14_000))
@@ -502,7 +642,10 @@ mod tests {
             "not written yet"
         );
 
-        heartbeats.flush_heartbeats().await.expect("flush");
+        heartbeats
+            .flush_heartbeats(Flush::All)
+            .await
+            .expect("flush");
 
         assert_eq!(store.renewals(), 1);
         assert_eq!(heartbeats.queued_heartbeats(), 0);
@@ -510,6 +653,46 @@ mod tests {
         assert_eq!(written.last_heartbeat_at, latest);
         assert_eq!(written.to_instance(), shown);
         assert_eq!(store.current_index().await.expect("index"), 50, "no event");
+    }
+
+    #[tokio::test]
+    async fn a_renewal_is_written_once_due_with_the_latest_heartbeat() {
+        let clock = Clock::default();
+        let (store, view, _) = setup_at(1, 30, clock.now()).await;
+        let heartbeats = Writer::new(store.clone(), view, clock.clone());
+        let beat = |at| {
+            heartbeats
+                .queue_heartbeat(&sum(), &instance_id("i0"), at)
+                .expect("a live lease is queued");
+        };
+        let flush = || heartbeats.flush_heartbeats(Flush::Due);
+
+        beat(clock.now());
+        flush().await.expect("flush");
+        clock.advance(std::time::Duration::from_millis(600));
+        let latest = clock.now();
+        beat(latest);
+        flush().await.expect("flush");
+        assert_eq!(
+            store.renewals(),
+            0,
+            "not due within a second of the registration"
+        );
+        assert_eq!(heartbeats.queued_heartbeats(), 1);
+
+        clock.advance(std::time::Duration::from_millis(400));
+        flush().await.expect("flush");
+        assert_eq!(store.renewals(), 1, "due a second after the registration");
+        assert_eq!(heartbeats.queued_heartbeats(), 0);
+        assert_eq!(stored(&store, "i0").await.last_heartbeat_at, latest);
+
+        // A second after the renewal written, the next heartbeat is due at once.
+        clock.advance(std::time::Duration::from_secs(5));
+        let later = clock.now();
+        beat(later);
+        flush().await.expect("flush");
+        assert_eq!(store.renewals(), 2);
+        assert_eq!(stored(&store, "i0").await.last_heartbeat_at, later);
     }
 
     #[tokio::test]
@@ -531,7 +714,7 @@ mod tests {
         gate.add_permits(1);
         let stopped = tokio::time::timeout(
             std::time::Duration::from_millis(200),
-            heartbeats.flush_heartbeats(),
+            heartbeats.flush_heartbeats(Flush::All),
         )
         .await;
         assert!(stopped.is_err(), "the second statement was held");
@@ -542,7 +725,10 @@ mod tests {
         );
 
         gate.add_permits(10);
-        heartbeats.flush_heartbeats().await.expect("flush");
+        heartbeats
+            .flush_heartbeats(Flush::All)
+            .await
+            .expect("flush");
         assert_eq!(store.renewals(), 4, "the rest in two more statements");
         assert_eq!(heartbeats.queued_heartbeats(), 0);
         for i in [0, RENEWALS_PER_STATEMENT, count - 1] {
@@ -601,7 +787,10 @@ mod tests {
             .expect("expire");
         assert_eq!(expired.event.map(|e| e.reason), Some(Reason::LeaseExpired));
 
-        heartbeats.flush_heartbeats().await.expect("flush");
+        heartbeats
+            .flush_heartbeats(Flush::All)
+            .await
+            .expect("flush");
 
         let record = stored(&store, "i0").await;
         assert_eq!(record.status, Status::Passing);
@@ -629,14 +818,17 @@ mod tests {
         let gate = store.hold_renewals();
         let stopped = tokio::time::timeout(
             std::time::Duration::from_millis(50),
-            heartbeats.flush_heartbeats(),
+            heartbeats.flush_heartbeats(Flush::All),
         )
         .await;
         assert!(stopped.is_err(), "the flush was held");
         assert_eq!(heartbeats.queued_heartbeats(), 1, "the batch is back");
 
         gate.add_permits(1);
-        heartbeats.flush_heartbeats().await.expect("flush");
+        heartbeats
+            .flush_heartbeats(Flush::All)
+            .await
+            .expect("flush");
         assert_eq!(heartbeats.queued_heartbeats(), 0);
         assert_eq!(stored(&store, "i0").await.last_heartbeat_at, now);
     }
@@ -650,18 +842,21 @@ mod tests {
             .expect("queued");
         store.down.store(true, Ordering::SeqCst);
 
-        assert!(heartbeats.flush_heartbeats().await.is_err());
+        assert!(heartbeats.flush_heartbeats(Flush::All).await.is_err());
         assert_eq!(heartbeats.queued_heartbeats(), 1, "the batch is kept");
         assert_eq!(
             heartbeats.queue_heartbeat(&sum(), &instance_id("i1"), now),
             None,
             "while the store cannot be written, callers must see it"
         );
-        assert!(heartbeats.flush_heartbeats().await.is_err());
+        assert!(heartbeats.flush_heartbeats(Flush::All).await.is_err());
         assert_eq!(heartbeats.queued_heartbeats(), 1);
 
         store.down.store(false, Ordering::SeqCst);
-        heartbeats.flush_heartbeats().await.expect("flush");
+        heartbeats
+            .flush_heartbeats(Flush::All)
+            .await
+            .expect("flush");
         assert_eq!(heartbeats.queued_heartbeats(), 0);
         assert_eq!(stored(&store, "i0").await.last_heartbeat_at, now);
         assert!(

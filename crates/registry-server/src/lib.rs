@@ -32,3 +32,4 @@ mod writer;
 
 pub use app::Application;
 pub use config::Settings;
+pub use heartbeats::WRITE_RENEWAL_AFTER;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check_targets::AllowedNetworks;
 use crate::config::Settings;
-use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY};
+use crate::heartbeats::{EXPIRY_GRACE, FLUSH_EVERY, Flush};
 use crate::lifecycle::{self, CheckOutcome, Mutation};
 use crate::self_preservation::{self, Decision, LeaseSurvey};
 use crate::store::{InstanceChange, InstanceKey, StoreError, StoreResult, Transition, stored_key};
@@ -79,7 +79,7 @@ impl Workers {
             tokio::spawn(
                 self.clone()
                     .every(FLUSH_EVERY, "heartbeat flush", |w| async move {
-                        w.writer.flush_heartbeats().await
+                        w.writer.flush_heartbeats(Flush::Due).await
                     }),
             ),
             tokio::spawn(
@@ -168,9 +168,10 @@ impl Workers {
         // The sweep records life itself too, so that after an outage the recovery is
         // recorded before any lease is looked at.
         let now = self.mark_alive().await?;
-        // Heartbeats queued here are written first; those queued on another replica are
-        // written within the grace (crate::heartbeats), so only leases past it expire.
-        self.writer.flush_heartbeats().await?;
+        // Heartbeats due here are written first (those not yet due renew leases that run
+        // three quarters of a TTL longer); those queued on another replica are written
+        // within the grace (crate::heartbeats), so only leases past it expire.
+        self.writer.flush_heartbeats(Flush::Due).await?;
         let cutoff = now - chrono::Duration::from_std(EXPIRY_GRACE).unwrap_or_default();
         let store = self.writer.store();
         // One replica at a time decides the mode, applies the lapses and reaps; the others

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use registry_api::{HeartbeatResponse, InstanceId, ServiceName};
 
 use crate::clock::Clock;
-use crate::heartbeats::Heartbeats;
+use crate::heartbeats::{Flush, Heartbeats};
 use crate::lifecycle::{self, Mutation};
 use crate::store::{Applied, Expect, InstanceChange, Store, StoreResult, Transition};
 use crate::view::View;
@@ -143,11 +143,16 @@ impl Writer {
         self.heartbeats.try_queue(service, id, now)
     }
 
-    /// Writes the queued heartbeats in one batch, then replays those the batch did not
+    /// Writes the queued heartbeats `which` names, then replays those the store did not
     /// apply (their lease lapsed meanwhile, so the revival appends an event) through
     /// [`Self::change`]. What could not be written stays queued for the next flush.
-    pub async fn flush_heartbeats(&self) -> StoreResult<()> {
-        let mut left = self.heartbeats.write_batch().await?.into_iter();
+    pub async fn flush_heartbeats(&self, which: Flush) -> StoreResult<()> {
+        let due_by = self.clock.now();
+        let mut left = self
+            .heartbeats
+            .write_batch(which, due_by)
+            .await?
+            .into_iter();
         while let Some(heartbeat) = left.next() {
             // Dated now, not when received: a revival must not come before the expiry it
             // undoes.
