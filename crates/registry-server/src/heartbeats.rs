@@ -146,31 +146,35 @@ impl Heartbeats {
         if !self.writing.load(Ordering::Acquire) {
             return None;
         }
-        // Read in place, not copied: the instance's strings, tags and metadata would be
-        // allocated and freed again on every heartbeat.
-        let (status, lease_expires_at, due) =
-            self.view
-                .read_instance(service.as_str(), id.as_str(), |instance| {
-                    renewed_lease(instance, now)
-                        .map(|lease| (instance.status, lease, renewal_due(instance)))
-                })??;
-        let queued = self.queue().push(
-            Heartbeat {
-                service: service.clone(),
-                id: id.clone(),
-                at: now,
-            },
-            due,
-        );
-        if !queued {
-            return None;
-        }
+        // Changed in place, not copied: the instance's strings, tags and metadata would be
+        // allocated and freed again on every heartbeat. Queued under the view's lock, so
+        // the renewal shown is the one queued.
         self.view
-            .renew_lease(service.as_str(), id.as_str(), now, lease_expires_at, status);
-        Some(HeartbeatResponse {
-            status,
-            lease_expires_at: Some(lease_expires_at),
-        })
+            .change_instance(service.as_str(), id.as_str(), |instance| {
+                let Some(lease_expires_at) = renewed_lease(instance, now) else {
+                    return (None, false);
+                };
+                let heartbeat = Heartbeat {
+                    service: service.clone(),
+                    id: id.clone(),
+                    at: now,
+                };
+                if !self.queue().push(heartbeat, renewal_due(instance)) {
+                    return (None, false);
+                }
+                // Two heartbeats of one instance in the same millisecond, or out of order.
+                let newer = now > instance.last_heartbeat_at;
+                if newer {
+                    instance.last_heartbeat_at = now;
+                    instance.lease_expires_at = Some(lease_expires_at);
+                }
+                let answer = HeartbeatResponse {
+                    status: instance.status,
+                    lease_expires_at: Some(lease_expires_at),
+                };
+                (Some(answer), newer)
+            })
+            .flatten()
     }
 
     /// How many instances have a heartbeat waiting to be written.

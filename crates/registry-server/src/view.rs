@@ -489,32 +489,23 @@ impl View {
             .map(read)
     }
 
-    /// Shows a heartbeat at `at` that renewed the lease of an instance read with `status`
-    /// and nothing reported, to `lease_expires_at`: what [`Self::touch`] does with such an
-    /// instance, without copying it. The lease is left alone when the instance changed
-    /// status since, or shows a newer heartbeat.
-    pub fn renew_lease(
+    /// Changes one instance in place, if the view knows it, under one hold of the view's
+    /// lock: `change` answers what to return and whether it changed the instance (then
+    /// the service's serialized answers are dropped). For a heartbeat, which would
+    /// otherwise read the instance under the lock and then take it again to write.
+    pub fn change_instance<T>(
         &self,
         service: &str,
         id: &str,
-        at: DateTime<Utc>,
-        lease_expires_at: DateTime<Utc>,
-        status: Status,
-    ) {
+        change: impl FnOnce(&mut Instance) -> (T, bool),
+    ) -> Option<T> {
         let mut state = self.write();
-        let Some(view) = state.services.get_mut(service) else {
-            return;
-        };
-        if let Some(known) = view.instances.get_mut(id)
-            && at > known.last_heartbeat_at
-            && known.status == status
-        {
-            known.last_heartbeat_at = at;
-            known.lease_expires_at = Some(lease_expires_at);
-            known.lease_status = None;
-            known.lease_output = None;
+        let view = state.services.get_mut(service)?;
+        let (answer, changed) = change(view.instances.get_mut(id)?);
+        if changed {
+            view.changed();
         }
-        view.changed();
+        Some(answer)
     }
 
     /// One instance as reads show it now, if the view knows it.
