@@ -181,8 +181,69 @@ pub struct HeartbeatResponse {
     pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
+impl HeartbeatResponse {
+    /// The answer's JSON, the bytes its `Serialize` writes, written by hand: it is the
+    /// registry's most frequent answer, and serde's way (its escaping, chrono's formatting
+    /// into a `String`) cost about a twelfth of a heartbeat's instructions. Neither a
+    /// status nor a time has a character JSON escapes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(72);
+        out.extend_from_slice(br#"{"status":""#);
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.extend_from_slice(br#"","lease_expires_at":"#);
+        match self.lease_expires_at {
+            Some(at) => {
+                out.push(b'"');
+                crate::time::append(&mut out, at);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+        out
+    }
+}
+
 /// `GET /v1/history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct History {
     pub events: Vec<Event>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_answer_is_written_as_serde_writes_it() {
+        let statuses = [
+            Status::Passing,
+            Status::Warning,
+            Status::Critical,
+            Status::Maintenance,
+        ];
+        let times = [
+            0,
+            1_000,
+            1_800_000_000_123,
+            1_800_000_000_000,
+            4_102_444_799_999,
+        ]
+        .map(DateTime::from_timestamp_millis)
+        .into_iter()
+        .chain([None, DateTime::from_timestamp(1_800_000_000, 123_456_789)]);
+        for lease_expires_at in times {
+            for status in statuses {
+                let answer = HeartbeatResponse {
+                    status,
+                    lease_expires_at,
+                };
+                assert_eq!(
+                    String::from_utf8(answer.to_json()).expect("UTF-8"),
+                    serde_json::to_string(&answer).expect("serialize"),
+                    "{answer:?}"
+                );
+            }
+        }
+    }
 }

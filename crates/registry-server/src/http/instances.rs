@@ -1,8 +1,9 @@
 //! Writes on one instance: register or replace, heartbeat, maintenance, deregister.
 
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::put;
 use axum::{Json, Router};
 use registry_api::{
@@ -155,7 +156,7 @@ async fn heartbeat(
     State(state): State<AppState>,
     path: InstancePath,
     _: NoBody,
-) -> Result<Json<HeartbeatResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let now = state.now();
     let renewal = state
         .writer
@@ -167,16 +168,25 @@ async fn heartbeat(
             Box::new(move |old| old.map_or(Mutation::Unchanged, |o| lifecycle::heartbeat(o, now))),
         )
         .await?;
-    let applied = match renewal {
+    let renewed = match renewal {
         Renewal::Unreachable => return Err(ApiError::unavailable(UNREACHABLE)),
-        Renewal::Queued(renewed) => return Ok(Json(renewed)),
-        Renewal::Written(applied) => applied,
+        Renewal::Queued(renewed) => renewed,
+        Renewal::Written(applied) => {
+            let record = stored(applied.record, &path)?;
+            HeartbeatResponse {
+                status: record.status,
+                lease_expires_at: record.lease_expires_at,
+            }
+        }
     };
-    let record = stored(applied.record, &path)?;
-    Ok(Json(HeartbeatResponse {
-        status: record.status,
-        lease_expires_at: record.lease_expires_at,
-    }))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        renewed.to_json(),
+    )
+        .into_response())
 }
 
 /// `PUT .../status`: `maintenance` drains the instance, `passing` clears maintenance.
