@@ -304,7 +304,14 @@ impl Dumps {
         self.control("-d").await?;
         self.taken += 1;
         let dump = PathBuf::from(format!("{}.{}", self.out.display(), self.taken));
-        Ok(total_instructions(&dump)? / MEASURED as u64)
+        let total = total_instructions(&dump)?;
+        // Seen once in many runs, for the no-op server: a row of 0 is no measurement.
+        ensure!(
+            total > 0,
+            "no instructions counted in {} (the toggles: {TOGGLES:?}); run it again",
+            dump.display()
+        );
+        Ok(total / MEASURED as u64)
     }
 
     async fn control(&self, command: &str) -> anyhow::Result<()> {
