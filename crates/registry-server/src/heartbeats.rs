@@ -553,16 +553,19 @@ mod tests {
 
     #[test]
     fn only_a_lease_that_has_not_run_out_is_renewed_in_memory() {
-        let instance = leased_instance;
         assert_eq!(
-            renewed_lease(&instance(10, Some(t(10_000))), t(4_000)),
+            renewed_lease(&leased_instance(10, Some(t(10_000))), t(4_000)),
             Some(t(14_000))
         );
         assert_eq!(
-            renewed_lease(&instance(10, Some(t(10_000))), t(10_000)),
+            renewed_lease(&leased_instance(10, Some(t(10_000))), t(10_000)),
             None
         );
-        assert_eq!(renewed_lease(&instance(0, None), t(1)), None, "no lease");
+        assert_eq!(
+            renewed_lease(&leased_instance(0, None), t(1)),
+            None,
+            "no lease"
+        );
     }
 
     /// A registry's store and view with instances `i0..i{count}` registered with `ttl` at
