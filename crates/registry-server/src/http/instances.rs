@@ -1,9 +1,9 @@
 //! Writes on one instance: register or replace, heartbeat, maintenance, deregister.
 
 use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::put;
 use axum::{Json, Router};
 use registry_api::{
@@ -179,14 +179,7 @@ async fn heartbeat(
             }
         }
     };
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        renewed.to_json(),
-    )
-        .into_response())
+    Ok(super::json_answer(renewed.to_json()))
 }
 
 /// `PUT .../status`: `maintenance` drains the instance, `passing` clears maintenance.

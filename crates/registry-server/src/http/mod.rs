@@ -519,6 +519,19 @@ fn authorized(settings: &Settings, request: &Request) -> bool {
 pub(crate) const EPOCH: HeaderName = HeaderName::from_static(EPOCH_HEADER);
 pub(crate) const INDEX: HeaderName = HeaderName::from_static(INDEX_HEADER);
 
+/// An answer whose JSON is already written: a view's serialized answer, a heartbeat's
+/// written by hand, a fixed one.
+pub(crate) fn json_answer(body: impl Into<axum::body::Body>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.into(),
+    )
+        .into_response()
+}
+
 /// Most of a refused request's body that is read (and dropped) before the answer.
 const DRAIN_LIMIT: usize = 256 * 1024;
 /// Longest a refused request's body is read before the answer.

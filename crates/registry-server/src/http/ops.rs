@@ -2,8 +2,8 @@
 //! `super::openapi`, the page at `/` is `super::dashboard`).
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::IntoResponse;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
@@ -19,14 +19,8 @@ pub fn router() -> Router<AppState> {
 /// Liveness: the process answers; the database is not consulted. The answer never
 /// changes, so it is sent as written rather than built and serialized for each probe.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
-pub async fn healthz() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        r#"{"status":"ok"}"#,
-    )
+pub async fn healthz() -> Response {
+    super::json_answer(r#"{"status":"ok"}"#)
 }
 
 /// Readiness: the database answers (migrations ran before the listener opened).

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderValue;
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use registry_api::{ServiceList, Status};
@@ -103,14 +103,7 @@ async fn one(
             tracing::error!(%error, "cannot serialize a lookup answer");
             ApiError::internal()
         })?;
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
+    let mut response = super::json_answer(body);
     response
         .headers_mut()
         .insert(super::INDEX, HeaderValue::from(index));

@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -302,17 +302,7 @@ pub fn to_json(body: &Value) -> bytes::Bytes {
 
 /// An answer already serialized, with Consul's headers.
 pub fn answer_bytes(index: u64, body: bytes::Bytes) -> Response {
-    with_index(
-        index,
-        (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
-    )
+    with_index(index, super::json_answer(body))
 }
 
 /// Adds `X-Consul-Index` (a registry index, shown as its Consul index) and the leader
