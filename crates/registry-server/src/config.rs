@@ -109,8 +109,8 @@ pub struct ServeArgs {
     /// Log format: `pretty` on a terminal, `json` otherwise.
     #[arg(long, env = "LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// A client that has not sent its whole request head by then is disconnected
-    /// (slow clients holding connections open).
+    /// A client that has not sent its whole request head this long after its first byte
+    /// is disconnected (slow clients holding connections open).
     #[arg(long, env = "REGISTRY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
     /// Longest an ordinary request may take, reading its body included (blocking

@@ -1,8 +1,10 @@
-//! The accept loop. axum's own `serve` gives hyper no timer, so hyper's header read
-//! timeout never fires and a client sending its request headers a byte at a time
-//! (slowloris) holds a connection for as long as it likes. This loop gives every
-//! connection that timeout, hands each request the peer's address (for per-client rate
-//! limits), and shuts down gracefully: no new connections, requests in flight finish.
+//! The accept loop. axum's own `serve` sets no deadline on a connection, so a client
+//! sending its request head a byte at a time (slowloris) holds one for as long as it
+//! likes. This loop gives every connection its deadlines (`deadlines.rs`), hands each
+//! request the peer's address (for per-client rate limits), and shuts down gracefully:
+//! no new connections, requests in flight finish.
+
+mod deadlines;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 use crate::http::Api;
+use deadlines::{Deadlines, Requests};
 
 /// Pause after a failed `accept` (out of file descriptors, say) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -52,8 +55,9 @@ impl Drop for Open {
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for the
 /// connections still open to finish their requests (the caller bounds that wait). A
-/// client that has not sent its whole request head within `header_read_timeout` is
-/// disconnected.
+/// client that has not sent its whole request head within `header_read_timeout` of its
+/// first byte is disconnected, and so is a connection idle for
+/// [`deadlines::IDLE_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     api: impl Api,
@@ -62,10 +66,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+    // The header read timeout is kept by `Deadlines`, from a head's first byte; hyper's
+    // would count from the moment a connection falls idle.
+    builder.http1().header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -82,10 +85,17 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let api = api.clone();
+        let requests = Arc::new(Requests::default());
+        let stream = Deadlines::new(stream, requests.clone(), header_read_timeout);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let in_flight = requests.start();
             let mut request = request.map(axum::body::Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
-            api.clone().oneshot(request)
+            let answer = api.clone().oneshot(request);
+            async move {
+                let _in_flight = in_flight;
+                answer.await
+            }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

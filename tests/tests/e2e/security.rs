@@ -50,6 +50,61 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     registry.stop().await;
 }
 
+/// Reads one answer (its head and a `Content-Length` body) off a keep-alive connection.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("a Content-Length");
+            if received.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+        let n = stream.read(&mut buffer).await.expect("read");
+        assert!(n > 0, "the connection closed mid-answer: {text}");
+        received.extend_from_slice(&buffer[..n]);
+    }
+}
+
+/// The header read timeout counts from a request head's first byte, not from when the
+/// connection fell idle: a client that reuses its keep-alive connection after a pause
+/// longer than the timeout is answered (a connection closed just as a request goes out
+/// would lose that request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_past_the_header_read_timeout_serves_its_next_request() {
+    let header_read_timeout = Duration::from_millis(300);
+    let registry = TestRegistry::start_with(Backend::Sqlite, |settings| {
+        settings.header_read_timeout = header_read_timeout;
+    })
+    .await;
+    let mut client = TcpStream::connect(registry.addr).await.expect("connect");
+    let request = b"GET /healthz HTTP/1.1\r\nHost: registry\r\n\r\n";
+    for pause in [header_read_timeout * 3, header_read_timeout * 5] {
+        client.write_all(request).await.expect("send a request");
+        let answer = tokio::time::timeout(DEADLINE, read_answer(&mut client))
+            .await
+            .expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The pause is the behaviour under test: the connection sits idle this long.
+        tokio::time::sleep(pause).await;
+    }
+    client.write_all(request).await.expect("send a request");
+    let answer = tokio::time::timeout(DEADLINE, read_answer(&mut client))
+        .await
+        .expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    registry.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_too_slowly_is_answered_503_after_the_request_timeout() {
     let registry = TestRegistry::start_with(Backend::Sqlite, |settings| {
