@@ -13,7 +13,8 @@
 //! before it next sends, and opens a new one.
 //!
 //! One timer per connection, moved only when it fires: a request costs no timer work.
-//! HTTP/2 connections (prior knowledge) are left alone, as hyper leaves them.
+//! HTTP/2 connections (prior knowledge) are left alone, as hyper leaves them. A connection
+//! upgraded to another protocol would be held to the head deadline; no route upgrades.
 
 use std::io;
 use std::pin::Pin;
@@ -280,6 +281,17 @@ mod tests {
         (deadlines, requests, client)
     }
 
+    /// The client sends `bytes`, and the connection reads them.
+    async fn send(
+        client: &mut DuplexStream,
+        deadlines: &mut Deadlines<DuplexStream>,
+        bytes: &[u8],
+    ) {
+        client.write_all(bytes).await.expect("write");
+        let mut buffer = [0; 1024];
+        assert!(deadlines.read(&mut buffer).await.expect("read") > 0);
+    }
+
     /// Reads until the read fails; the error and when it came.
     async fn read_until_error(deadlines: &mut Deadlines<DuplexStream>) -> (io::Error, Instant) {
         let mut buffer = [0; 1024];
@@ -305,10 +317,16 @@ mod tests {
         }
     }
 
-    /// Reads what the client has sent so far, as the connection would.
-    async fn read_sent(deadlines: &mut Deadlines<DuplexStream>) {
-        let mut buffer = [0; 1024];
-        assert!(deadlines.read(&mut buffer).await.expect("read") > 0);
+    /// Reads on until the connection is cut for being idle; panics if that came sooner
+    /// than [`IDLE_TIMEOUT`] after `quiet_since`.
+    async fn closed_idle_after(deadlines: &mut Deadlines<DuplexStream>, quiet_since: Instant) {
+        let (error, at) = read_until_error(deadlines).await;
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        let idle = at - quiet_since;
+        assert!(
+            (IDLE_TIMEOUT..=IDLE_TIMEOUT + HEADER_READ_TIMEOUT).contains(&idle),
+            "closed after {idle:?} idle"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -316,11 +334,12 @@ mod tests {
         let (mut deadlines, _requests, mut client) = connection();
         tokio::time::sleep(Duration::from_secs(30)).await;
         let first_byte = Instant::now();
-        client
-            .write_all(b"GET /v1/services HTTP/1.1\r\n")
-            .await
-            .expect("write");
-        read_sent(&mut deadlines).await;
+        send(
+            &mut client,
+            &mut deadlines,
+            b"GET /v1/services HTTP/1.1\r\n",
+        )
+        .await;
         let trickle = tokio::spawn(async move {
             for byte in b"Host: registry\r\n" {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -337,86 +356,69 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_outlives_the_header_timeout_until_the_idle_timeout() {
         let (mut deadlines, requests, mut client) = connection();
-        client
-            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        read_sent(&mut deadlines).await;
+        send(
+            &mut client,
+            &mut deadlines,
+            b"GET /healthz HTTP/1.1\r\n\r\n",
+        )
+        .await;
         drop(requests.start());
         deadlines
             .write_all(b"HTTP/1.1 200 OK\r\n\r\n")
             .await
             .expect("write");
-        let answered = Instant::now();
         reads_on_for(&mut deadlines, HEADER_READ_TIMEOUT * 3).await;
-        client
-            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        read_sent(&mut deadlines).await;
+        // The next request, after a pause three times the header read timeout, is read.
+        send(
+            &mut client,
+            &mut deadlines,
+            b"GET /healthz HTTP/1.1\r\n\r\n",
+        )
+        .await;
         drop(requests.start());
-        let (error, at) = read_until_error(&mut deadlines).await;
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
-        let idle = at - answered - HEADER_READ_TIMEOUT * 3;
-        assert!(
-            (IDLE_TIMEOUT..=IDLE_TIMEOUT + HEADER_READ_TIMEOUT).contains(&idle),
-            "closed after {idle:?} idle"
-        );
+        let answered = Instant::now();
+        closed_idle_after(&mut deadlines, answered).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_in_flight_keeps_its_connection_however_long_it_takes() {
         let (mut deadlines, requests, mut client) = connection();
-        client
-            .write_all(b"GET /v1/health/service/web?index=7&wait=10m HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        read_sent(&mut deadlines).await;
-        let long_poll = requests.start();
+        let long_poll = b"GET /v1/health/service/web?index=7&wait=10m HTTP/1.1\r\n\r\n";
+        send(&mut client, &mut deadlines, long_poll).await;
+        let in_flight = requests.start();
         reads_on_for(&mut deadlines, IDLE_TIMEOUT * 8).await;
-        drop(long_poll);
-        let done = Instant::now();
-        let (_, at) = read_until_error(&mut deadlines).await;
-        assert!(
-            at - done >= IDLE_TIMEOUT,
-            "closed {:?} after the answer",
-            at - done
-        );
+        drop(in_flight);
+        let answered = Instant::now();
+        closed_idle_after(&mut deadlines, answered).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_read_while_its_request_is_in_flight_starts_no_head_deadline() {
         let (mut deadlines, requests, mut client) = connection();
-        client
-            .write_all(b"PUT /v1/services/s/instances/i HTTP/1.1\r\nContent-Length: 30\r\n\r\n")
-            .await
-            .expect("write");
-        read_sent(&mut deadlines).await;
-        let request = requests.start();
+        let head = b"PUT /v1/services/s/instances/i HTTP/1.1\r\nContent-Length: 30\r\n\r\n";
+        send(&mut client, &mut deadlines, head).await;
+        let in_flight = requests.start();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        client
-            .write_all(b"{\"url\":\"http://10.0.0.1:8080\"}")
-            .await
-            .expect("write");
-        read_sent(&mut deadlines).await;
-        drop(request);
+        send(
+            &mut client,
+            &mut deadlines,
+            b"{\"url\":\"http://10.0.0.1:8080\"}",
+        )
+        .await;
+        drop(in_flight);
         let answered = Instant::now();
-        let (_, at) = read_until_error(&mut deadlines).await;
-        assert!(
-            at - answered >= IDLE_TIMEOUT,
-            "closed {:?} after the answer",
-            at - answered
-        );
+        closed_idle_after(&mut deadlines, answered).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_still_being_written_keeps_its_connection() {
         let (mut deadlines, requests, mut client) = connection();
-        client
-            .write_all(b"GET /v1/events HTTP/1.1\r\n\r\n")
-            .await
-            .expect("write");
-        read_sent(&mut deadlines).await;
+        send(
+            &mut client,
+            &mut deadlines,
+            b"GET /v1/events HTTP/1.1\r\n\r\n",
+        )
+        .await;
         // An event stream: the service's answer is ready at once, its body comes later.
         drop(requests.start());
         for _ in 0..20 {
@@ -431,28 +433,21 @@ mod tests {
                 .expect("write");
         }
         let last_write = Instant::now();
-        let (_, at) = read_until_error(&mut deadlines).await;
-        assert!(at - last_write >= IDLE_TIMEOUT);
+        closed_idle_after(&mut deadlines, last_write).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn http2_connections_are_left_alone() {
         let (mut deadlines, _requests, mut client) = connection();
-        client.write_all(&HTTP2_PREFACE[..10]).await.expect("write");
-        read_sent(&mut deadlines).await;
-        client.write_all(&HTTP2_PREFACE[10..]).await.expect("write");
-        read_sent(&mut deadlines).await;
+        send(&mut client, &mut deadlines, &HTTP2_PREFACE[..10]).await;
+        send(&mut client, &mut deadlines, &HTTP2_PREFACE[10..]).await;
         reads_on_for(&mut deadlines, IDLE_TIMEOUT * 3).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_head_that_only_starts_like_the_http2_preface_has_its_deadline() {
         let (mut deadlines, _requests, mut client) = connection();
-        client
-            .write_all(b"PRI * HTTP/1.1\r\n")
-            .await
-            .expect("write");
-        read_sent(&mut deadlines).await;
+        send(&mut client, &mut deadlines, b"PRI * HTTP/1.1\r\n").await;
         let (error, _) = read_until_error(&mut deadlines).await;
         assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
     }
