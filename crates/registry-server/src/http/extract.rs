@@ -179,13 +179,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
 /// The parameters of a query string, decoded, each name once with its last value.
 fn query_pairs(raw: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    let mut pairs: Vec<_> = url::form_urlencoded::parse(raw.as_bytes()).collect();
+    let mut pairs: Vec<_> = decoded_pairs(raw).collect();
     // Last first, then by name (a stable sort keeps that order within a name), then the
     // first of each name: its last value.
     pairs.reverse();
     pairs.sort_by(|(a, _), (b, _)| a.cmp(b));
     pairs.dedup_by(|(later, _), (kept, _)| later == kept);
     pairs
+}
+
+/// The `name=value` pairs of a query string in order, decoded as
+/// `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte). A pair with
+/// neither is its own text: the URI is already valid UTF-8, so it is borrowed as it is,
+/// without the decoder's passes over it.
+fn decoded_pairs(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            if pair.contains(['%', '+']) {
+                return url::form_urlencoded::parse(pair.as_bytes()).next();
+            }
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((Cow::Borrowed(name), Cow::Borrowed(value)))
+        })
 }
 
 /// The query of the routes whose one parameter is an optional `service`.
@@ -207,10 +223,22 @@ where
     D: serde::Deserializer<'de>,
     T: FromQuery,
 {
-    let raw = <String as serde::Deserialize>::deserialize(deserializer)?;
-    T::from_query(&raw)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    deserializer.deserialize_str(ParamVisitor(std::marker::PhantomData))
+}
+
+/// Reads a parameter from the query's text as it is, without a copy of its own.
+struct ParamVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: FromQuery> serde::de::Visitor<'_> for ParamVisitor<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a query parameter")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<Option<T>, E> {
+        T::from_query(raw).map(Some).map_err(E::custom)
+    }
 }
 
 /// Query parameters that are numbers are event indexes ([`parse_index`]).
@@ -428,6 +456,26 @@ mod tests {
             let error = query(raw).await.expect_err(raw);
             assert_eq!(error.field.as_deref(), Some(name), "{raw}");
             assert!(error.message.contains(says), "{raw}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn query_pairs_are_decoded_as_form_urlencoded_decodes_them() {
+        for raw in [
+            "",
+            "&&",
+            "a",
+            "a=",
+            "=b",
+            "a=b=c",
+            "status=passing&index=12&wait=30s",
+            "a=1&&b=2&",
+            "name=x+y&tag=%41%42&bad=%zz&half=%4",
+            "k=caf%C3%A9&raw=café&plus=%2B",
+            "x=%FF",
+        ] {
+            let expected: Vec<_> = url::form_urlencoded::parse(raw.as_bytes()).collect();
+            assert_eq!(decoded_pairs(raw).collect::<Vec<_>>(), expected, "{raw}");
         }
     }
 

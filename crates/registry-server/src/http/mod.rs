@@ -522,14 +522,12 @@ pub(crate) const INDEX: HeaderName = HeaderName::from_static(INDEX_HEADER);
 /// An answer whose JSON is already written: a view's serialized answer, a heartbeat's
 /// written by hand, a fixed one.
 pub(crate) fn json_answer(body: impl Into<axum::body::Body>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.into(),
-    )
-        .into_response()
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Most of a refused request's body that is read (and dropped) before the answer.
