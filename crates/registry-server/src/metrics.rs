@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use axum::http::{Method, StatusCode};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -309,11 +310,70 @@ pub fn check_result(status: Status) {
 }
 
 /// One HTTP request answered.
-pub fn http_request(method: &str, route: &str, status: &str, duration: Duration) {
-    METRICS
-        .http_duration
-        .with_label_values(&[method, route, status])
-        .observe(duration.as_secs_f64());
+pub fn http_request(method: &Method, route: &str, status: StatusCode, duration: Duration) {
+    RECENT_HTTP_SERIES.with_borrow_mut(|recent| {
+        recent
+            .find(method, route, status)
+            .observe(duration.as_secs_f64());
+    });
+}
+
+/// Most request-duration series a thread keeps at hand in [`RECENT_HTTP_SERIES`].
+const RECENT_HTTP_SERIES_KEPT: usize = 32;
+
+thread_local! {
+    /// The request-duration series this thread used last. Finding a series in the vector
+    /// by its labels hashes all three and takes the vector's lock on every request; a
+    /// registry answers few distinct method, route and status triples, so a request
+    /// almost always finds its series here, by comparing a number, a method and a route.
+    static RECENT_HTTP_SERIES: std::cell::RefCell<RecentSeries> =
+        const { std::cell::RefCell::new(RecentSeries { kept: Vec::new(), replaced: 0 }) };
+}
+
+/// The series kept by [`RECENT_HTTP_SERIES`], at most [`RECENT_HTTP_SERIES_KEPT`];
+/// beyond that one is replaced in turn.
+struct RecentSeries {
+    kept: Vec<KeptSeries>,
+    replaced: usize,
+}
+
+/// One series of the request durations, and its labels.
+struct KeptSeries {
+    status: StatusCode,
+    method: Method,
+    route: String,
+    series: Histogram,
+}
+
+impl RecentSeries {
+    fn find(&mut self, method: &Method, route: &str, status: StatusCode) -> &Histogram {
+        let found = self
+            .kept
+            .iter()
+            .position(|kept| kept.status == status && kept.method == method && kept.route == route);
+        let at = found.unwrap_or_else(|| {
+            let series =
+                METRICS
+                    .http_duration
+                    .with_label_values(&[method.as_str(), route, status.as_str()]);
+            let kept = KeptSeries {
+                status,
+                method: method.clone(),
+                route: route.to_owned(),
+                series,
+            };
+            if self.kept.len() < RECENT_HTTP_SERIES_KEPT {
+                self.kept.push(kept);
+                self.kept.len() - 1
+            } else {
+                let at = self.replaced % RECENT_HTTP_SERIES_KEPT;
+                self.replaced += 1;
+                self.kept[at] = kept;
+                at
+            }
+        });
+        &self.kept[at].series
+    }
 }
 
 /// One DNS query answered, by its type and the answer's code.
@@ -355,6 +415,42 @@ pub async fn timed<F: Future>(operation: &str, call: F) -> F::Output {
 mod tests {
     use super::*;
 
+    #[test]
+    fn each_request_lands_in_the_series_of_its_labels_beyond_the_kept_ones() {
+        let count = |route: &str, status: &str| {
+            METRICS
+                .http_duration
+                .with_label_values(&["PATCH", route, status])
+                .get_sample_count()
+        };
+        let routes: Vec<String> = (0..RECENT_HTTP_SERIES_KEPT * 2 + 3)
+            .map(|n| format!("/test-kept/{n}"))
+            .collect();
+        // Twice round more routes than a thread keeps, so kept series are replaced.
+        for round in 0..2 {
+            for route in &routes {
+                http_request(
+                    &Method::PATCH,
+                    route,
+                    StatusCode::NO_CONTENT,
+                    Duration::from_millis(1),
+                );
+                if round == 1 {
+                    http_request(
+                        &Method::PATCH,
+                        route,
+                        StatusCode::CONFLICT,
+                        Duration::from_millis(1),
+                    );
+                }
+            }
+        }
+        for route in &routes {
+            assert_eq!(count(route, "204"), 2, "{route}");
+            assert_eq!(count(route, "409"), 1, "{route}");
+        }
+    }
+
     #[tokio::test]
     async fn the_output_is_the_prometheus_text_format() {
         let services = ServiceList {
@@ -364,7 +460,12 @@ mod tests {
         };
         heartbeat();
         check_result(Status::Warning);
-        http_request("GET", "/v1/services", "200", Duration::from_millis(3));
+        http_request(
+            &Method::GET,
+            "/v1/services",
+            StatusCode::OK,
+            Duration::from_millis(3),
+        );
         timed("ping", async {}).await;
         lapse_held();
         dns_query(

@@ -26,10 +26,10 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Whether a request says it carries a body: a length above zero, or any
-/// `Transfer-Encoding` (a chunked body declares no length).
-pub fn declares_body(headers: &HeaderMap) -> bool {
-    declared_length(headers).is_some_and(|len| len > 0) || headers.contains_key(TRANSFER_ENCODING)
+/// Whether a request says it carries a body: a length above zero (`declared`, its
+/// [`declared_length`]), or any `Transfer-Encoding` (a chunked body declares no length).
+pub fn declares_body(declared: Option<u64>, headers: &HeaderMap) -> bool {
+    declared.is_some_and(|len| len > 0) || headers.contains_key(TRANSFER_ENCODING)
 }
 
 /// A JSON body: 415 without a JSON content type, 413 when too large, 400 naming the
@@ -196,7 +196,7 @@ fn decoded_pairs(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)
     raw.split('&')
         .filter(|pair| !pair.is_empty())
         .filter_map(|pair| {
-            if pair.contains(['%', '+']) {
+            if pair.bytes().any(|byte| matches!(byte, b'%' | b'+')) {
                 return url::form_urlencoded::parse(pair.as_bytes()).next();
             }
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));

@@ -10,7 +10,7 @@ use registry_api::{
     HeartbeatResponse, Instance, InstanceId, InstanceSpec, ServiceName, Status, StatusChange,
 };
 
-use super::extract::{ApiJson, declares_body, path_error};
+use super::extract::{ApiJson, declared_length, declares_body, path_error};
 use super::{ApiError, AppState};
 use crate::lifecycle::{self, Mutation};
 use crate::record::InstanceRecord;
@@ -63,7 +63,7 @@ impl<S: Send + Sync> FromRequestParts<S> for NoBody {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        if declares_body(&parts.headers) {
+        if declares_body(declared_length(&parts.headers), &parts.headers) {
             return Err(ApiError::invalid("body", "this request takes no body"));
         }
         Ok(Self)

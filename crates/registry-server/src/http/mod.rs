@@ -106,7 +106,7 @@ impl<T> Api for T where
 /// The whole API.
 pub fn router(state: AppState) -> impl Api {
     let timeout = state.settings.request_timeout;
-    let bounded = Router::new()
+    let ours = Router::new()
         .merge(instances::router())
         .merge(services::router())
         .merge(status::router())
@@ -114,10 +114,11 @@ pub fn router(state: AppState) -> impl Api {
         .merge(legacy::router())
         .merge(ops::router())
         .merge(openapi::router())
-        .merge(dashboard::router())
-        .merge(consul::router())
-        .merge(eureka::router())
-        .layer(TimeLimit(timeout));
+        .merge(dashboard::router());
+    let bounded = Router::new()
+        .merge(ours.layer(TimeLimit(timeout, ApiOfPath::Ours)))
+        .merge(consul::router().layer(TimeLimit(timeout, ApiOfPath::Consul)))
+        .merge(eureka::router().layer(TimeLimit(timeout, ApiOfPath::Eureka)));
     // Blocking queries and event streams set their own limits.
     let long_lived = Router::new()
         .merge(services::long_poll_router())
@@ -130,7 +131,7 @@ pub fn router(state: AppState) -> impl Api {
 /// with the same admission as the registry's port.
 pub fn consul_router(state: AppState) -> impl Api {
     let timeout = state.settings.request_timeout;
-    let bounded = consul::router().layer(TimeLimit(timeout));
+    let bounded = consul::router().layer(TimeLimit(timeout, ApiOfPath::Consul));
     finish(bounded.merge(consul::long_poll_router()), state)
 }
 
@@ -214,7 +215,7 @@ where
         span.record("http.route", route);
         span.record("http.response.status_code", status.as_u16());
     }
-    crate::metrics::http_request(method.as_str(), route, status.as_str(), started.elapsed());
+    crate::metrics::http_request(&method, route, status, started.elapsed());
     response
 }
 
@@ -284,18 +285,18 @@ where
 /// 503 in our error shape (with `Retry-After`) for a request that takes longer than
 /// `REGISTRY_REQUEST_TIMEOUT`, reading its body included (a client sending it slowly).
 /// A tower layer rather than `middleware::from_fn`, for the reason given at
-/// [`NoteRoute`]: it is on every ordinary route.
+/// [`NoteRoute`]: it is on every ordinary route. Each API's routes get a layer of their
+/// own, which knows the shape of its refusal, rather than reading it from every
+/// request's path for the rare one that runs out of time.
 #[derive(Clone, Copy)]
-struct TimeLimit(Duration);
+struct TimeLimit(Duration, ApiOfPath);
 
 impl<S> tower::Layer<S> for TimeLimit {
     type Service = TimeLimited<S>;
 
     fn layer(&self, inner: S) -> TimeLimited<S> {
-        TimeLimited {
-            inner,
-            limit: self.0,
-        }
+        let TimeLimit(limit, api) = *self;
+        TimeLimited { inner, limit, api }
     }
 }
 
@@ -304,6 +305,7 @@ impl<S> tower::Layer<S> for TimeLimit {
 struct TimeLimited<S> {
     inner: S,
     limit: Duration,
+    api: ApiOfPath,
 }
 
 impl<S> tower::Service<Request> for TimeLimited<S>
@@ -320,7 +322,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let api = ApiOfPath::of(request.uri().path());
+        let api = self.api;
         let answer = tokio::time::timeout(self.limit, self.inner.call(request));
         Box::pin(async move {
             match answer.await {
@@ -424,7 +426,7 @@ async fn admitted(state: &AppState, request: Request, routed: Router) -> Respons
         };
     }
     let declared = extract::declared_length(request.headers());
-    let has_body = extract::declares_body(request.headers());
+    let has_body = extract::declares_body(declared, request.headers());
     let mut response = if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
         // 413 before reading a body whose declared length is too large.
         refusal(ApiOfPath::of(request.uri().path()), extract::too_large())
