@@ -30,7 +30,6 @@ use opentelemetry::trace::TraceContextExt as _;
 use registry_api::{EPOCH_HEADER, ErrorCode, INDEX_HEADER};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use error::ApiError;
@@ -149,7 +148,9 @@ fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
 
 /// Observation around admission, around the router: [`observe`], then [`admit`]. A
 /// service of its own rather than `middleware::from_fn`, which boxes a clone of the
-/// router for every request on top of boxing the request's future.
+/// router for every request on top of boxing the request's future; and its answer a
+/// future of a named type ([`Observed`] of [`Admitted`]) rather than an `async` block,
+/// which would be boxed too, and moved whole (a few kilobytes) on the way.
 #[derive(Clone)]
 struct Front {
     state: AppState,
@@ -159,7 +160,7 @@ struct Front {
 impl tower::Service<Request> for Front {
     type Response = Response;
     type Error = Infallible;
-    type Future = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = Observed<Admitted>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // A router is always ready.
@@ -167,12 +168,8 @@ impl tower::Service<Request> for Front {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let state = self.state.clone();
-        let routed = self.routed.clone();
-        Box::pin(async move {
-            let answer = observe(request, |request| admit(&state, request, routed)).await;
-            Ok(answer)
-        })
+        let Self { state, routed } = self;
+        observe(request, |request| admit(state, request, routed))
     }
 }
 
@@ -182,9 +179,9 @@ impl tower::Service<Request> for Front {
 ///
 /// Each request runs in a server span, a child of the `traceparent` received, named by
 /// method and route template once routing has happened.
-async fn observe<F>(request: Request, next: impl FnOnce(Request) -> F) -> Response
+fn observe<F>(request: Request, next: impl FnOnce(Request) -> F) -> Observed<F>
 where
-    F: Future<Output = Response>,
+    F: Future<Output = Response> + Unpin,
 {
     let started = std::time::Instant::now();
     let method = request.method().clone();
@@ -200,23 +197,57 @@ where
     if !span.is_disabled() {
         telemetry::continue_from(&span, request.headers());
     }
-    let response = next(request).instrument(span.clone()).await;
-    let route = response
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    let status = response.status();
-    // Spans are off unless traces are exported: then naming one costs nothing either.
-    if !span.is_disabled() {
-        // The span has started: its OpenTelemetry name is set on the span itself.
-        span.context()
-            .span()
-            .update_name(format!("{method} {route}"));
-        span.record("http.route", route);
-        span.record("http.response.status_code", status.as_u16());
+    let answer = {
+        let _in_span = span.enter();
+        next(request)
+    };
+    Observed {
+        answer,
+        span,
+        method,
+        started,
     }
-    crate::metrics::http_request(&method, route, status, started.elapsed());
-    response
+}
+
+/// A request's answer under [`observe`]: polled in the request's span, then timed and
+/// named.
+struct Observed<F> {
+    answer: F,
+    span: tracing::Span,
+    method: Method,
+    started: std::time::Instant,
+}
+
+impl<F> Future for Observed<F>
+where
+    F: Future<Output = Response> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let response = {
+            let _in_span = this.span.enter();
+            std::task::ready!(Pin::new(&mut this.answer).poll(cx))
+        };
+        let route = response
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str);
+        let status = response.status();
+        let (span, method) = (&this.span, &this.method);
+        // Spans are off unless traces are exported: then naming one costs nothing either.
+        if !span.is_disabled() {
+            // The span has started: its OpenTelemetry name is set on the span itself.
+            span.context()
+                .span()
+                .update_name(format!("{method} {route}"));
+            span.record("http.route", route);
+            span.record("http.response.status_code", status.as_u16());
+        }
+        crate::metrics::http_request(method, route, status, this.started.elapsed());
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// Tells `observe` which route template matched: `observe` runs outside the router (so
@@ -400,48 +431,93 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 ///
 /// Every v1 answer, refusals included, leaves with the database's epoch
 /// (`Registry-Epoch`): here rather than in a layer of its own, for the same reason.
-async fn admit(state: &AppState, request: Request, routed: Router) -> Response {
+fn admit(state: &AppState, request: Request, routed: &mut Router) -> Admitted {
     let v1 = request.uri().path().starts_with("/v1/");
     let epoch = v1.then(|| state.epoch.clone());
-    let mut response = admitted(state, request, routed).await;
-    if let Some(epoch) = epoch {
-        response.headers_mut().insert(EPOCH, epoch);
+    let (answer, close_on_client_error) = admission(state, request, routed);
+    Admitted {
+        answer,
+        epoch,
+        close_on_client_error,
     }
-    response
 }
 
-async fn admitted(state: &AppState, request: Request, routed: Router) -> Response {
+/// The checks of [`admit`]: the answer they lead to, and whether a client error in it
+/// must close the connection.
+fn admission(state: &AppState, request: Request, routed: &mut Router) -> (Answer, bool) {
     if let Some(limit) = &state.write_limit
         && let Some(refused) = rate_limited(limit, &request)
     {
-        return refused;
+        return (Answer::Refused(std::future::ready(refused)), false);
     }
     if !authorized(&state.settings, &request) {
         let api = ApiOfPath::of(request.uri().path());
-        drain(request.into_body()).await;
-        return match api {
+        let refused = match api {
             // Consul answers a missing or wrong token with 403.
             ApiOfPath::Consul => consul::ConsulError::permission_denied().into_response(),
             _ => refusal(api, ApiError::unauthorized()),
         };
+        let drained = async move {
+            drain(request.into_body()).await;
+            refused
+        };
+        return (Answer::Draining(Box::pin(drained)), false);
     }
     let declared = extract::declared_length(request.headers());
-    let has_body = extract::declares_body(declared, request.headers());
-    let mut response = if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
-        // 413 before reading a body whose declared length is too large.
-        refusal(ApiOfPath::of(request.uri().path()), extract::too_large())
-    } else {
-        let Ok(response) = tower::ServiceExt::oneshot(routed, request).await;
-        response
-    };
     // A refused request's body may be left unread: close the connection so the client
     // does not send its next request on it (it would be read as the rest of this body).
-    if has_body && response.status().is_client_error() {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let has_body = extract::declares_body(declared, request.headers());
+    if declared.is_some_and(|len| len > extract::MAX_BODY_BYTES as u64) {
+        // 413 before reading a body whose declared length is too large.
+        let refused = refusal(ApiOfPath::of(request.uri().path()), extract::too_large());
+        return (Answer::Refused(std::future::ready(refused)), has_body);
     }
-    response
+    // A router is always ready: no `poll_ready` first.
+    (
+        Answer::Routed(tower::Service::call(routed, request)),
+        has_body,
+    )
+}
+
+/// A request's answer under [`admit`], with what admission adds to it.
+struct Admitted {
+    answer: Answer,
+    epoch: Option<HeaderValue>,
+    close_on_client_error: bool,
+}
+
+/// Where a request's answer comes from.
+enum Answer {
+    /// The router's.
+    Routed(axum::routing::future::RouteFuture<Infallible>),
+    /// A refusal, at once.
+    Refused(std::future::Ready<Response>),
+    /// A refusal, once the request's body is read and dropped ([`drain`]).
+    Draining(futures::future::BoxFuture<'static, Response>),
+}
+
+impl Future for Admitted {
+    type Output = Response;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let this = &mut *self;
+        let mut response = match &mut this.answer {
+            Answer::Routed(routed) => match std::task::ready!(Pin::new(routed).poll(cx)) {
+                Ok(response) => response,
+            },
+            Answer::Refused(refused) => std::task::ready!(Pin::new(refused).poll(cx)),
+            Answer::Draining(drained) => std::task::ready!(drained.as_mut().poll(cx)),
+        };
+        if this.close_on_client_error && response.status().is_client_error() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(epoch) = this.epoch.take() {
+            response.headers_mut().insert(EPOCH, epoch);
+        }
+        Poll::Ready(response)
+    }
 }
 
 /// 429 (with `Retry-After`) for a write beyond the client's `REGISTRY_WRITE_RATE_LIMIT`.
