@@ -111,18 +111,35 @@ async fn a_body_sent_too_slowly_is_answered_503_after_the_request_timeout() {
         settings.request_timeout = Duration::from_millis(500);
     })
     .await;
-    let mut slow = TcpStream::connect(registry.addr).await.expect("connect");
-    slow.write_all(
-        b"PUT /v1/services/s/instances/i HTTP/1.1\r\nHost: registry\r\n\
-          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":",
-    )
-    .await
-    .expect("send the head and a little of the body");
-    let answer = tokio::time::timeout(DEADLINE, read_until_closed(&mut slow))
-        .await
-        .expect("the registry answers a stalled body and closes");
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("\"unavailable\""), "{answer}");
+    // Each API's writes answer in that API's shape: our JSON error, Consul's and
+    // Eureka's plain text.
+    for (head, json) in [
+        ("PUT /v1/services/s/instances/i", true),
+        ("PUT /v1/agent/service/register", false),
+        ("POST /eureka/apps/APP", false),
+    ] {
+        let mut slow = TcpStream::connect(registry.addr).await.expect("connect");
+        let request = format!(
+            "{head} HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"url\":"
+        );
+        slow.write_all(request.as_bytes())
+            .await
+            .expect("send the head and a little of the body");
+        let answer = tokio::time::timeout(DEADLINE, read_until_closed(&mut slow))
+            .await
+            .expect("the registry answers a stalled body and closes");
+        assert!(answer.starts_with("HTTP/1.1 503"), "{head}: {answer}");
+        assert_eq!(answer.contains("\"unavailable\""), json, "{head}: {answer}");
+        assert_eq!(
+            answer
+                .to_ascii_lowercase()
+                .contains("content-type: text/plain"),
+            !json,
+            "{head}: {answer}"
+        );
+        assert!(answer.contains("took too long"), "{head}: {answer}");
+    }
     registry.stop().await;
 }
 

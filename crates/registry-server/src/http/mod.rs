@@ -342,27 +342,47 @@ struct TimeLimited<S> {
 impl<S> tower::Service<Request> for TimeLimited<S>
 where
     S: tower::Service<Request, Response = Response>,
-    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Response, S::Error>>;
+    type Future = TimeLimitedAnswer<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let api = self.api;
-        let answer = tokio::time::timeout(self.limit, self.inner.call(request));
-        Box::pin(async move {
-            match answer.await {
-                Ok(answer) => answer,
-                Err(_) => Ok(refusal(
-                    api,
-                    ApiError::unavailable("the request took too long; retry shortly"),
-                )),
-            }
+        TimeLimitedAnswer {
+            answer: tokio::time::timeout(self.limit, self.inner.call(request)),
+            api: self.api,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A route's answer under [`TimeLimit`]: a future of a named type rather than a boxed
+    /// `async` block, for the reason given at [`Front`].
+    struct TimeLimitedAnswer<F> {
+        #[pin]
+        answer: tokio::time::Timeout<F>,
+        api: ApiOfPath,
+    }
+}
+
+impl<F, E> Future for TimeLimitedAnswer<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match std::task::ready!(this.answer.poll(cx)) {
+            Ok(answer) => answer,
+            Err(_) => Ok(refusal(
+                *this.api,
+                ApiError::unavailable("the request took too long; retry shortly"),
+            )),
         })
     }
 }
