@@ -1,4 +1,4 @@
-//! Group commit: changes that arrive while groups are being written wait for one to
+//! Group commit: changes that arrive while a group is being written wait for it to
 //! finish and are then written together, in one transaction of their own.
 //!
 //! A durable commit costs a disk flush and a turn at the index row, which every change
@@ -18,13 +18,11 @@
 //! This module is the part both stores share: the queue, the task that drains it, and
 //! [`plan`], which turns a group and the records it found into rows and events.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use registry_api::{Event, InstanceId, ServiceName};
 use tokio::sync::{mpsc, oneshot};
 
@@ -101,12 +99,11 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the task that writes queued changes with `writer`, up to `in_flight` groups
-    /// at once (docs/performance.md says what each store gains from more than one).
-    pub fn start(writer: impl GroupWriter, in_flight: usize) -> Self {
+    /// Starts the task that writes queued changes with `writer`, one group at a time.
+    pub fn start(writer: impl GroupWriter) -> Self {
         let writer: Arc<dyn GroupWriter> = Arc::new(writer);
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(drain(Arc::clone(&writer), receiver, in_flight.max(1)));
+        tokio::spawn(drain(Arc::clone(&writer), receiver));
         Self { sender, writer }
     }
 
@@ -156,70 +153,16 @@ fn worker_gone() -> StoreError {
     StoreError::Unavailable(sqlx::Error::WorkerCrashed)
 }
 
-/// Takes whatever is queued (up to [`MAX_GROUP`]) as one group and writes it, with up to
-/// `in_flight` groups being written at once, until every sender is gone. Groups in flight
-/// never share an instance: a change to an instance that a group in flight holds waits
-/// for that group, so the changes of one instance are written in arrival order. (Which
-/// of two groups in flight takes its indexes first is the store's to settle: Postgres
-/// lets one take the index row at a time, until its commit.)
-async fn drain(
-    writer: Arc<dyn GroupWriter>,
-    mut receiver: mpsc::UnboundedReceiver<Pending>,
-    in_flight: usize,
-) {
-    let writer = writer.as_ref();
-    let mut arrived: VecDeque<Pending> = VecDeque::new();
-    let mut received = Vec::with_capacity(MAX_GROUP);
-    let mut writing = FuturesUnordered::new();
-    let mut busy: HashSet<Key> = HashSet::new();
-    let mut open = true;
-    loop {
-        while writing.len() < in_flight {
-            let group = next_group(&mut arrived, &busy);
-            if group.is_empty() {
-                break;
-            }
-            let keys: Vec<Key> = group.iter().map(Pending::key).collect();
-            busy.extend(keys.iter().cloned());
-            writing.push(async move {
-                write_and_answer(writer, group).await;
-                keys
-            });
-        }
-        if !open && writing.is_empty() {
-            return;
-        }
-        tokio::select! {
-            Some(keys) = writing.next(), if !writing.is_empty() => {
-                for key in &keys {
-                    busy.remove(key);
-                }
-            }
-            count = receiver.recv_many(&mut received, MAX_GROUP), if open => {
-                open = count > 0;
-                arrived.extend(received.drain(..));
-            }
-        }
+/// Takes whatever is queued (up to [`MAX_GROUP`]) as one group, writes it, and starts
+/// again with what queued meanwhile, until every sender is gone. One group at a time: a
+/// second group in flight would only wait for the first one's commit (the index row on
+/// Postgres, the one writer connection on SQLite), and halve the groups
+/// (docs/performance.md, "Changes made for speed").
+async fn drain(writer: Arc<dyn GroupWriter>, mut receiver: mpsc::UnboundedReceiver<Pending>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while receiver.recv_many(&mut group, MAX_GROUP).await > 0 {
+        write_and_answer(writer.as_ref(), std::mem::take(&mut group)).await;
     }
-}
-
-/// The next group: the changes that arrived first (up to [`MAX_GROUP`]) among those whose
-/// instance no group in flight holds; the others stay queued, in order.
-fn next_group(arrived: &mut VecDeque<Pending>, busy: &HashSet<Key>) -> Vec<Pending> {
-    let mut group = Vec::new();
-    let mut waiting = VecDeque::new();
-    let mut held_back: HashSet<Key> = HashSet::new();
-    for pending in arrived.drain(..) {
-        let key = pending.key();
-        if group.len() < MAX_GROUP && !busy.contains(&key) && !held_back.contains(&key) {
-            group.push(pending);
-        } else {
-            held_back.insert(key);
-            waiting.push_back(pending);
-        }
-    }
-    *arrived = waiting;
-    group
 }
 
 /// Writes one group and answers each of its changes.
@@ -530,33 +473,6 @@ mod tests {
 
     fn applied(result: &StoreResult<Applied>) -> &Applied {
         result.as_ref().expect("applied")
-    }
-
-    #[test]
-    fn a_group_leaves_instances_held_by_groups_in_flight_queued_in_order() {
-        let mut arrived: VecDeque<Pending> = ["a", "b", "a", "c", "b", "d"]
-            .into_iter()
-            .enumerate()
-            .map(|(n, id)| register(id, t(i64::try_from(n).expect("small"))))
-            .collect();
-        let busy = HashSet::from([key("b")]);
-        let group = next_group(&mut arrived, &busy);
-        let taken: Vec<(&str, DateTime<Utc>)> =
-            group.iter().map(|p| (p.id.as_str(), p.now)).collect();
-        assert_eq!(taken, [("a", t(0)), ("a", t(2)), ("c", t(3)), ("d", t(5))]);
-        let left: Vec<(&str, DateTime<Utc>)> =
-            arrived.iter().map(|p| (p.id.as_str(), p.now)).collect();
-        assert_eq!(
-            left,
-            [("b", t(1)), ("b", t(4))],
-            "b waits, in arrival order"
-        );
-
-        let mut many: VecDeque<Pending> = (0..MAX_GROUP + 3)
-            .map(|n| register(&format!("i{n}"), t(0)))
-            .collect();
-        assert_eq!(next_group(&mut many, &HashSet::new()).len(), MAX_GROUP);
-        assert_eq!(many.len(), 3);
     }
 
     #[test]

@@ -44,10 +44,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// group of changes (registrations measured 6% faster without it: docs/performance.md).
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// Groups of changes written at once: while one waits for its commit's flush, the next
-/// is read, checked and written up to the index row (docs/performance.md).
-const GROUPS_IN_FLIGHT: usize = 2;
-
 /// A snapshot in which every committed index is visible together with all lower ones.
 const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
@@ -106,7 +102,7 @@ impl PostgresStore {
             })
             .connect_with(options)
             .await?;
-        let writes = GroupCommit::start(PgGroupWriter { pool: pool.clone() }, GROUPS_IN_FLIGHT);
+        let writes = GroupCommit::start(PgGroupWriter { pool: pool.clone() });
         let watch = pg_hosts::watch(pool.clone(), hosts, moves);
         Ok(Self {
             pool,

@@ -78,13 +78,9 @@ impl SqliteStore {
                 .connect_with(options)
                 .await?
         };
-        // One group at a time: the single writer connection would hold a second anyway.
-        let writes = GroupCommit::start(
-            SqliteGroupWriter {
-                writer: writer.clone(),
-            },
-            1,
-        );
+        let writes = GroupCommit::start(SqliteGroupWriter {
+            writer: writer.clone(),
+        });
         Ok(Self {
             writer,
             reader,
