@@ -40,8 +40,9 @@ pub async fn report_rows(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let ratio_label = format!(
-        "postgres: registrations / pgbench {} per transaction, {} clients",
-        plan.pgbench_batch, plan.pgbench_clients
+        "postgres: registrations / pgbench {} per transaction, {}",
+        plan.pgbench_batch,
+        clients(plan.pgbench_clients)
     );
     let Some(pgbench) = binary() else {
         report.not_measured(
@@ -58,10 +59,9 @@ pub async fn report_rows(
     for run in &runs {
         report.add(
             format!(
-                "pgbench: registrations/s, {} per transaction, {} client{}",
+                "pgbench: registrations/s, {} per transaction, {}",
                 run.batch,
-                run.clients,
-                if run.clients == 1 { "" } else { "s" }
+                clients(run.clients)
             ),
             format!(
                 "{:.0}/s ({:.0} transactions/s, latency avg {:.2} ms)",
@@ -83,6 +83,11 @@ pub async fn report_rows(
         Some(0.3),
     );
     Ok(())
+}
+
+/// "1 client", "2 clients".
+fn clients(count: usize) -> String {
+    format!("{count} client{}", if count == 1 { "" } else { "s" })
 }
 
 /// What one pgbench run measured.
