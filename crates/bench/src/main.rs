@@ -58,10 +58,8 @@ struct Plan {
     /// Instances of the service the DNS queries ask for.
     dns_instances: usize,
     dnsperf: dns::DnsperfOptions,
-    /// pgbench's batched form: registrations per transaction, and the clients of the run
-    /// the registry is compared with: as many as its groups in flight on Postgres.
+    /// pgbench's batched form: registrations per transaction.
     pgbench_batch: usize,
-    pgbench_clients: usize,
     /// The phases to run (`BENCH_PHASES=lookups,fanout,...`); all when unset.
     phases: Vec<String>,
     backends: Vec<String>,
@@ -89,7 +87,6 @@ impl Plan {
             dns_instances: 10,
             dnsperf: DNSPERF,
             pgbench_batch: 32,
-            pgbench_clients: 1,
             phases: list_from_env("BENCH_PHASES"),
             backends: list_from_env("BENCH_BACKENDS"),
         }

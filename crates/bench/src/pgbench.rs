@@ -28,10 +28,13 @@ use crate::{Plan, RegistryFigures, Report, load, scenarios};
 /// The registration whose rows are copied: wrk's first (`registration_body(1)`).
 const TEMPLATE_REGISTRATION: u64 = 1;
 
+/// Clients of the batched run the registry is compared with: as many as it has groups in
+/// flight on Postgres, one.
+const COMPARED_CLIENTS: usize = 1;
+
 /// Measures pgbench unbatched (one registration per transaction, one client) and
 /// batched (`pgbench_batch` per transaction, with one client and with two), and adds
-/// their rows and the registry's share of the batched figure with `pgbench_clients`
-/// clients (as many as the registry has groups in flight on Postgres: one).
+/// their rows and the registry's share of the batched figure with [`COMPARED_CLIENTS`].
 pub async fn report_rows(
     plan: &Plan,
     admin_url: &str,
@@ -42,7 +45,7 @@ pub async fn report_rows(
     let ratio_label = format!(
         "postgres: registrations / pgbench {} per transaction, {}",
         plan.pgbench_batch,
-        clients(plan.pgbench_clients)
+        clients(COMPARED_CLIENTS)
     );
     let Some(pgbench) = binary() else {
         report.not_measured(
@@ -74,7 +77,7 @@ pub async fn report_rows(
     }
     let batched = runs
         .iter()
-        .find(|run| run.batch == plan.pgbench_batch && run.clients == plan.pgbench_clients)
+        .find(|run| run.batch == plan.pgbench_batch && run.clients == COMPARED_CLIENTS)
         .context("no batched pgbench run")?;
     report.ratio(
         ratio_label,
@@ -121,7 +124,11 @@ async fn measure(
     let duration = Duration::from_secs(plan.load_seconds);
     // Two clients: what Postgres writes with a second connection, which the registry,
     // one group at a time, does not use.
-    let forms = [(1, 1), (plan.pgbench_batch, 1), (plan.pgbench_batch, 2)];
+    let forms = [
+        (1, 1),
+        (plan.pgbench_batch, COMPARED_CLIENTS),
+        (plan.pgbench_batch, 2),
+    ];
     let mut runs = Vec::new();
     for (form, (batch, clients)) in forms.into_iter().enumerate() {
         scenarios::phase(&format!(
