@@ -729,8 +729,8 @@ impl Store for PostgresStore {
 }
 
 /// Writes groups of changes (see [`group_commit`]): each group is planned from its rows as
-/// read without locks and written by one statement, `registry_write_group` (migration
-/// 0008), in an implicit transaction: a round trip to read, one to write and commit. The
+/// read without locks and written by one statement, `registry_write_group` (migrations
+/// 0008, 0011 and 0012), in an implicit transaction: a round trip to read, one to write and commit. The
 /// statement writes only if no row changed since it was read; when one did (another
 /// replica, a lease renewal), the group is planned again from rows read under its locks.
 /// Rows the writers' view expected absent ([`Expect::Absent`], a new registration) are
@@ -843,10 +843,13 @@ async fn write_group(
     let versions: Vec<Option<String>> = keys.iter().map(|key| versions.remove(key)).collect();
     let rows = GroupRows::of(&plan.rows)?;
     let (services, ids) = key_columns(keys);
-    // Numbered by the statement, which sets each body's index as it appends it.
+    // Numbered by the statement: each body is written with the index 0, its first field,
+    // which the statement replaces with the event's index as it appends it (migration
+    // 0012).
     let mut events = plan.events(0);
     let mut event_columns = EventColumns::default();
-    for event in &events {
+    for event in &mut events {
+        event.index = 0;
         event_columns.add(event)?;
     }
     let first_index: Option<i64> = sqlx::query_scalar(
