@@ -6,7 +6,9 @@
 //! - a lookup is a prefix range over a service's keys, one key per instance holding the
 //!   instance as the registry answers it;
 //! - a durable registration is a lease grant and a put attached to it (two raft writes,
-//!   each on disk before the answer), with the body wrk's registrations send;
+//!   each on disk before the answer), with the body wrk's registrations send; etcd's
+//!   registrations and the registry's take turns, so their ratio compares runs seconds
+//!   apart rather than minutes;
 //! - a heartbeat is a lease keep-alive on a stream.
 //!
 //! The bench starts its own etcd (one member, etcd's defaults) on free ports of 127.0.0.1
@@ -38,82 +40,126 @@ const LEASE_SECONDS: i64 = 600;
 /// The service the prefix ranges read: the registry's `svc-0`, under etcd's usual layout.
 const SERVICE_PREFIX: &str = "/services/svc-0/";
 
-/// Measures etcd's three operations and adds their rows, and the registry's figures
-/// over etcd's where both were measured in this run.
-pub async fn report_rows(
-    plan: &Plan,
-    registry: &Registry,
-    http: &reqwest::Client,
-    figures: &RegistryFigures,
-    report: &mut Report,
-) -> anyhow::Result<()> {
-    let Some(binary) = crate::dns::find_program("etcd") else {
-        report.not_measured(
-            "postgres: registrations / etcd lease grant + put",
-            ">= 3",
-            "etcd not installed (apt-get install etcd-server; make bench does as root)",
-        );
-        return Ok(());
-    };
-    let values = service_values(http, registry).await?;
-    let etcd = Etcd::start(&binary).await?;
-    let measured = measure(plan, &etcd.endpoint, &values).await;
-    etcd.stop().await?;
-    let rates = measured?;
-    report.add(
-        format!(
-            "etcd: prefix range of {} keys/s, {} conns",
-            values.len(),
-            plan.lookup_connections
-        ),
-        rates.range.summary(),
-        "",
-        None,
-        serde_json::to_value(&rates.range)?,
-    );
-    report.add(
-        format!("etcd: lease grant + put/s, {} writers", plan.writers),
-        rates.grant_put.summary(),
-        "",
-        None,
-        serde_json::to_value(&rates.grant_put)?,
-    );
-    report.add(
-        format!(
-            "etcd: lease keep-alive/s, {} conns",
-            plan.heartbeat_connections
-        ),
-        rates.keep_alive.summary(),
-        "",
-        None,
-        serde_json::to_value(&rates.keep_alive)?,
-    );
-    report.ratio(
-        "postgres: lookups / etcd prefix range",
-        figures.lookups_per_second,
-        rates.range.per_second,
-        None,
-    );
-    report.ratio(
-        "postgres: registrations / etcd lease grant + put",
-        figures.registrations_per_second,
-        rates.grant_put.per_second,
-        Some(3.0),
-    );
-    report.ratio(
-        "postgres: heartbeats / etcd lease keep-alive",
-        figures.heartbeats_per_second,
-        rates.keep_alive.per_second,
-        None,
-    );
-    Ok(())
+/// etcd, started for the Postgres section, and what its registrations did in their turns
+/// with the registry's.
+pub struct Peer {
+    etcd: Etcd,
+    grant_puts: Vec<Throughput>,
 }
 
-/// What etcd did in each of its three runs.
-struct EtcdRates {
-    range: Throughput,
-    grant_put: Throughput,
-    keep_alive: Throughput,
+impl Peer {
+    /// Starts etcd, or says in the report why the etcd rows are missing (`None`).
+    pub async fn start(report: &mut Report) -> anyhow::Result<Option<Self>> {
+        let Some(binary) = crate::dns::find_program("etcd") else {
+            report.not_measured(
+                "postgres: registrations / etcd lease grant + put",
+                ">= 3",
+                "etcd not installed (apt-get install etcd-server; make bench does as root)",
+            );
+            return Ok(None);
+        };
+        let etcd = Etcd::start(&binary).await?;
+        Ok(Some(Self {
+            etcd,
+            grant_puts: Vec::new(),
+        }))
+    }
+
+    /// One turn of etcd's registrations: lease grants with puts, `plan.writers` at a time
+    /// for `plan.registration_seconds`, the keys of registrations `first + 1` onwards.
+    pub async fn registrations(&mut self, plan: &Plan, first: u64) -> anyhow::Result<()> {
+        scenarios::phase(&format!(
+            "etcd: lease grant + put, {} writers, {} s",
+            plan.writers, plan.registration_seconds
+        ));
+        let grant_put = drive(
+            connect(&self.etcd.endpoint, plan.writers).await?,
+            Duration::from_secs(plan.registration_seconds),
+            move |mut client, n| async move {
+                let lease = client.lease_grant(LEASE_SECONDS, None).await?;
+                let (service, id) = load::registration_key(first + 1 + n);
+                client
+                    .put(
+                        format!("/services/{service}/{id}"),
+                        load::registration_body(first + 1 + n),
+                        Some(PutOptions::new().with_lease(lease.id())),
+                    )
+                    .await?;
+                Ok(client)
+            },
+        )
+        .await?;
+        eprintln!("    {}", grant_put.summary());
+        self.grant_puts.push(grant_put);
+        Ok(())
+    }
+
+    /// Measures etcd's lookups and heartbeats, stops etcd, and adds the etcd rows and the
+    /// registry's figures over etcd's where both were measured in this run.
+    pub async fn report_rows(
+        self,
+        plan: &Plan,
+        registry: &Registry,
+        http: &reqwest::Client,
+        figures: &RegistryFigures,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let values = service_values(http, registry).await?;
+        let measured = measure(plan, &self.etcd.endpoint, &values).await;
+        self.etcd.stop().await?;
+        let (range, keep_alive) = measured?;
+        let grant_put = Throughput::combine(&self.grant_puts);
+        report.add(
+            format!(
+                "etcd: prefix range of {} keys/s, {} conns",
+                values.len(),
+                plan.lookup_connections
+            ),
+            range.summary(),
+            "",
+            None,
+            serde_json::to_value(&range)?,
+        );
+        report.add(
+            format!(
+                "etcd: lease grant + put/s, {} writers, in turns with the registry's",
+                plan.writers
+            ),
+            grant_put.summary(),
+            "",
+            None,
+            serde_json::to_value(&grant_put)?,
+        );
+        report.add(
+            format!(
+                "etcd: lease keep-alive/s, {} conns",
+                plan.heartbeat_connections
+            ),
+            keep_alive.summary(),
+            "",
+            None,
+            serde_json::to_value(&keep_alive)?,
+        );
+        report.ratio(
+            "postgres: lookups / etcd prefix range",
+            figures.lookups_per_second,
+            range.per_second,
+            None,
+        );
+        report.ratio(
+            "postgres: registrations / etcd lease grant + put",
+            figures.registrations_per_second,
+            grant_put.per_second,
+            Some(3.0),
+        );
+        report.ratio(
+            "postgres: heartbeats / etcd lease keep-alive",
+            figures.heartbeats_per_second,
+            keep_alive.per_second,
+            None,
+        );
+        Ok(())
+    }
 }
 
 /// Operations done by a set of workers in one timed run.
@@ -127,6 +173,33 @@ struct Throughput {
 }
 
 impl Throughput {
+    /// One figure for runs taken in turns with others: their operations over their time,
+    /// and the median of their latencies.
+    fn combine(runs: &[Throughput]) -> Self {
+        let median = |pick: fn(&Spread) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(|run| pick(&run.latency)).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(0.0)
+        };
+        let operations = runs.iter().map(|run| run.operations).sum();
+        let seconds: f64 = runs.iter().map(|run| run.seconds).sum();
+        Self {
+            workers: runs.first().map_or(0, |run| run.workers),
+            operations,
+            seconds,
+            per_second: operations as f64 / seconds.max(f64::EPSILON),
+            latency: Spread {
+                count: operations,
+                p50_ms: median(|spread| spread.p50_ms),
+                p99_ms: median(|spread| spread.p99_ms),
+                max_ms: runs
+                    .iter()
+                    .map(|run| run.latency.max_ms)
+                    .fold(0.0, f64::max),
+            },
+        }
+    }
+
     fn summary(&self) -> String {
         format!(
             "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
@@ -159,8 +232,12 @@ async fn service_values(
         .collect())
 }
 
-/// Prefix ranges, then lease grants with puts, then keep-alives, `load_seconds` each.
-async fn measure(plan: &Plan, endpoint: &str, values: &[String]) -> anyhow::Result<EtcdRates> {
+/// Prefix ranges, then keep-alives, `load_seconds` each.
+async fn measure(
+    plan: &Plan,
+    endpoint: &str,
+    values: &[String],
+) -> anyhow::Result<(Throughput, Throughput)> {
     let duration = Duration::from_secs(plan.load_seconds);
     let mut client = Client::connect([endpoint], None).await?;
     for (k, value) in values.iter().enumerate() {
@@ -195,29 +272,6 @@ async fn measure(plan: &Plan, endpoint: &str, values: &[String]) -> anyhow::Resu
     eprintln!("    {}", range.summary());
 
     scenarios::phase(&format!(
-        "etcd: lease grant + put, {} writers, {} s",
-        plan.writers, plan.load_seconds
-    ));
-    let grant_put = drive(
-        connect(endpoint, plan.writers).await?,
-        duration,
-        |mut client, n| async move {
-            let lease = client.lease_grant(LEASE_SECONDS, None).await?;
-            let (service, id) = load::registration_key(n);
-            client
-                .put(
-                    format!("/services/{service}/{id}"),
-                    load::registration_body(n),
-                    Some(PutOptions::new().with_lease(lease.id())),
-                )
-                .await?;
-            Ok(client)
-        },
-    )
-    .await?;
-    eprintln!("    {}", grant_put.summary());
-
-    scenarios::phase(&format!(
         "etcd: lease keep-alive, {} conns, {} s",
         plan.heartbeat_connections, plan.load_seconds
     ));
@@ -242,11 +296,7 @@ async fn measure(plan: &Plan, endpoint: &str, values: &[String]) -> anyhow::Resu
     )
     .await?;
     eprintln!("    {}", keep_alive.summary());
-    Ok(EtcdRates {
-        range,
-        grant_put,
-        keep_alive,
-    })
+    Ok((range, keep_alive))
 }
 
 /// `count` clients, each on a connection of its own.

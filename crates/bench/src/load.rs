@@ -133,11 +133,11 @@ end
 
 /// Registrations of new instances, each a new id, spread over 100 services `reg-*`
 /// (request `counter` registers `registration_key(counter)` with
-/// `registration_body(counter)`).
-pub fn registration_script() -> String {
+/// `registration_body(counter)`), the first being `first + 1`.
+pub fn registration_script(first: u64) -> String {
     format!(
         r#"
-local counter = 0
+local counter = {first}
 local headers = {{ ["Content-Type"] = "application/json" }}
 request = function()
   counter = counter + 1
@@ -236,7 +236,9 @@ pub async fn in_turns(
     Ok(runs.iter().map(|results| combine(results)).collect())
 }
 
-fn combine(runs: &[WrkResult]) -> WrkResult {
+/// One result for runs taken in turns with others: their requests over their time, and
+/// the median of their latencies.
+pub fn combine(runs: &[WrkResult]) -> WrkResult {
     let median = |pick: fn(&WrkResult) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(pick).collect();
         values.sort_by(f64::total_cmp);

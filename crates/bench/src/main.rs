@@ -47,6 +47,10 @@ struct Plan {
     lookup_seconds: u64,
     heartbeat_connections: usize,
     writers: usize,
+    /// Registrations (on Postgres in turns with etcd's) run this many times,
+    /// `registration_seconds` each.
+    registration_rounds: u32,
+    registration_seconds: u64,
     watchers: usize,
     detection_instances: usize,
     detection_ttl_seconds: u64,
@@ -77,6 +81,8 @@ impl Plan {
             lookup_seconds: 4,
             heartbeat_connections: 32,
             writers: 64,
+            registration_rounds: 3,
+            registration_seconds: 4,
             watchers: 10_000,
             detection_instances: 3,
             detection_ttl_seconds: 2,
@@ -126,6 +132,8 @@ impl Plan {
             load_seconds: 1,
             lookup_rounds: 1,
             lookup_seconds: 1,
+            registration_rounds: 1,
+            registration_seconds: 1,
             watchers: 100,
             detection_instances: 1,
             propagation_writes: 10,
@@ -400,8 +408,9 @@ struct RegistryFigures {
 }
 
 /// Lookups, the ceiling, tracing on and off (on SQLite), heartbeats, registrations,
-/// fan-out and detection on one backend; on Postgres, etcd and pgbench right after the
-/// registry's registrations, so that their figures are taken minutes apart at most.
+/// fan-out and detection on one backend; on Postgres, etcd's registrations in turns with
+/// the registry's, the rest of etcd and pgbench right after, so that their figures are
+/// taken minutes apart at most.
 async fn one_backend(
     plan: &Plan,
     backend: Backend,
@@ -452,18 +461,33 @@ async fn one_backend(
         );
     }
 
+    // etcd's registrations take turns with the registry's: the machine's load moves
+    // from minute to minute, and the ratio of the two compares runs seconds apart.
+    #[cfg(feature = "etcd")]
+    let mut etcd = match backend == Backend::Postgres && plan.runs("etcd") {
+        true => etcd::Peer::start(report).await?,
+        false => None,
+    };
     if plan.runs("registrations") {
         scenarios::phase(&format!(
-            "registrations, {} writers (wrk, 1 thread)",
-            plan.writers
+            "registrations, {} writers (wrk, 1 thread, {} rounds of {} s)",
+            plan.writers, plan.registration_rounds, plan.registration_seconds
         ));
-        let writes = load::wrk(
-            &registry.base,
-            &load::registration_script(),
-            plan.writers,
-            load_for,
-        )
-        .await?;
+        let each = Duration::from_secs(plan.registration_seconds);
+        let mut runs = Vec::new();
+        for round in 0..plan.registration_rounds {
+            // Each round registers new instances: its ids start where no other round's do.
+            let first = u64::from(round) * 1_000_000_000;
+            let script = load::registration_script(first);
+            let run = load::wrk(&registry.base, &script, plan.writers, each).await?;
+            eprintln!("    {}", run.summary());
+            runs.push(run);
+            #[cfg(feature = "etcd")]
+            if let Some(etcd) = etcd.as_mut() {
+                etcd.registrations(plan, first).await?;
+            }
+        }
+        let writes = load::combine(&runs);
         let (target, pass) = match backend {
             Backend::Postgres => (
                 ">= 5000/s",
@@ -486,7 +510,10 @@ async fn one_backend(
 
     if backend == Backend::Postgres && plan.runs("etcd") {
         #[cfg(feature = "etcd")]
-        etcd::report_rows(plan, &registry, http, &figures, report).await?;
+        if let Some(etcd) = etcd {
+            etcd.report_rows(plan, &registry, http, &figures, report)
+                .await?;
+        }
         #[cfg(not(feature = "etcd"))]
         report.not_measured(
             "postgres: registrations / etcd lease grant + put",
