@@ -13,8 +13,11 @@
 //! are zeroed (`callgrind_control -z`), then [`MEASURED`] times, then they are dumped
 //! (`callgrind_control -d`) and the dump's total divided by [`MEASURED`].
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -22,7 +25,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::load::SideServer;
+use crate::load;
 use crate::registry::{Backend, Database, Registry};
 
 /// Requests of each operation sent before the counters are zeroed: connections, pools,
@@ -33,18 +36,24 @@ const MEASURED: usize = 2_000;
 /// Instances of the service that lookups read and heartbeats renew.
 const INSTANCES: usize = 10;
 
-/// Callgrind counts only while one of these functions runs. The first is hyper's
+/// Callgrind counts only while one of these functions runs. In the registry: hyper's
 /// dispatcher polling an HTTP/1 connection (reading a request, routing, middleware, the
-/// handler, writing the answer), the same function in the registry and in the no-op
-/// server (axum's `serve` uses the same hyper connection). The connection futures around
-/// it are not used: some builds inline their polls, and then nothing was counted. The
-/// second is the registry's group commit writer, the task that writes a registration to
-/// the database while its request waits. They never run inside one another (a toggle
-/// inside a toggle would switch counting off).
+/// handler, writing the answer), and the registry's group commit writer, the task that
+/// writes a registration to the database while its request waits. They never run inside
+/// one another (a toggle inside a toggle would switch counting off). The connection
+/// futures around the dispatcher are not used: some builds inline their polls, and then
+/// nothing was counted.
 const TOGGLES: &[&str] = &[
     "hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch",
     "registry_server::store::group_commit::drain::{{closure}}",
 ];
+
+/// In the no-op server, the poll of [`Counted`], around each connection's: the
+/// dispatcher and the few polls between it and [`Counted`]. The no-op server is this
+/// program, whose builds inline hyper's dispatcher in one place or another as its code
+/// changes, so it counts from a function of its own that is never inlined.
+const NOOP_TOGGLES: &[&str] =
+    &["<registry_bench::instructions::Counted<F> as core::future::future::Future>::poll"];
 
 /// What a run of this program does: drive the measurement, or be the no-op server it
 /// measures (run under valgrind by the former).
@@ -121,6 +130,7 @@ async fn measure() -> anyhow::Result<()> {
         "warm_up": WARM_UP,
         "measured": MEASURED,
         "toggles": TOGGLES,
+        "noop_toggles": NOOP_TOGGLES,
         "results": rows
             .iter()
             .map(|row| json!({ "operation": row.operation, "instructions": row.instructions }))
@@ -135,9 +145,9 @@ async fn measure() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `valgrind` and its options: callgrind, counting only inside [`TOGGLES`], its output
+/// `valgrind` and its options: callgrind, counting only inside `toggles`, its output
 /// (and each dump, numbered after it) in `out`.
-fn callgrind(out: &Path) -> Vec<String> {
+fn callgrind(out: &Path, toggles: &[&str]) -> Vec<String> {
     let mut wrapper: Vec<String> = [
         "valgrind",
         "--tool=callgrind",
@@ -146,7 +156,7 @@ fn callgrind(out: &Path) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    wrapper.extend(TOGGLES.iter().map(|f| format!("--toggle-collect={f}")));
+    wrapper.extend(toggles.iter().map(|f| format!("--toggle-collect={f}")));
     wrapper.push(format!("--callgrind-out-file={}", out.display()));
     wrapper
 }
@@ -154,7 +164,7 @@ fn callgrind(out: &Path) -> Vec<String> {
 /// Lookups of the same path as the registry's against the no-op handler of the
 /// throughput bench (`SideServer`), in a process of its own under callgrind.
 async fn noop_row(http: &reqwest::Client, out: &Path) -> anyhow::Result<Row> {
-    let wrapper = callgrind(out);
+    let wrapper = callgrind(out, NOOP_TOGGLES);
     let exe = std::env::current_exe().context("path of this program")?;
     let mut child = Command::new(&wrapper[0])
         .args(&wrapper[1..])
@@ -203,16 +213,56 @@ async fn noop_base(child: &mut Child) -> anyhow::Result<String> {
     .context("the no-op server did not listen within 120 s")?
 }
 
-/// `registry-bench --noop-server`: the throughput bench's no-op server, until standard
-/// input closes.
+/// `registry-bench --noop-server`: the throughput bench's no-op handler, served as axum
+/// serves it but with each connection's future in [`Counted`], until standard input
+/// closes.
 fn noop_server() -> anyhow::Result<()> {
-    let side = SideServer::start()?;
-    println!("listening on {}", side.base().trim_start_matches("http://"));
-    std::io::Write::flush(&mut std::io::stdout())?;
-    let mut sink = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)?;
-    drop(side);
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("no-op server runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("listening on {}", listener.local_addr()?);
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let app =
+            axum::Router::new().route("/v1/services/{service}", axum::routing::get(load::noop));
+        let stdin_closed = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)
+        });
+        let accept = async {
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                tokio::spawn(Counted(Box::pin(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                })));
+            }
+        };
+        tokio::select! {
+            accepted = accept => accepted,
+            _ = stdin_closed => Ok(()),
+        }
+    })
+}
+
+/// A connection's future whose `poll` is never inlined: the no-op server's toggle
+/// ([`NOOP_TOGGLES`]).
+struct Counted<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    #[inline(never)]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        self.0.as_mut().poll(cx)
+    }
 }
 
 /// `/healthz`, lookups, heartbeats and registrations of one registry under callgrind.
@@ -221,7 +271,7 @@ async fn registry_rows(
     database: &Database,
     out: &Path,
 ) -> anyhow::Result<Vec<Row>> {
-    let registry = Registry::start_under(&callgrind(out), &database.url, &[]).await?;
+    let registry = Registry::start_under(&callgrind(out, TOGGLES), &database.url, &[]).await?;
     let pid = registry.pid().context("the registry has exited")?;
     crate::scenarios::seed(http, &registry, 1, INSTANCES, 1, "seeding").await?;
     let mut dumps = Dumps::new(pid, out);
@@ -307,12 +357,12 @@ impl Dumps {
         let dump = PathBuf::from(format!("{}.{}", self.out.display(), self.taken));
         let total = total_instructions(&dump)?;
         // A toggle function inlined away in this build: a row of 0 is no measurement.
-        // Features change inlining: `make bench` builds with the etcd client, and its
-        // binaries inline hyper's dispatcher into the no-op server's connection.
+        // Code and features change what is inlined (the no-op server counts from a
+        // function of its own for that reason).
         ensure!(
             total > 0,
-            "no instructions counted in {} (the toggles: {TOGGLES:?} are inlined in this \
-             build); build as make bench-instructions does, without the etcd feature",
+            "no instructions counted in {} (its toggles, among {TOGGLES:?} and \
+             {NOOP_TOGGLES:?}, are inlined in this build)",
             dump.display()
         );
         Ok(total / MEASURED as u64)

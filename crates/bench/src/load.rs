@@ -358,7 +358,8 @@ impl Drop for SideServer {
     }
 }
 
-async fn noop() -> axum::Json<serde_json::Value> {
+/// The no-op handler: the ceiling's answer.
+pub async fn noop() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "ok": true }))
 }
 
