@@ -108,7 +108,6 @@ impl Peer {
         let measured = measure(plan, &self.etcd.endpoint, &values).await;
         self.etcd.stop().await?;
         let (range, keep_alive) = measured?;
-        let grant_put = Throughput::combine(&self.grant_puts);
         report.add(
             format!(
                 "etcd: prefix range of {} keys/s, {} conns",
@@ -120,16 +119,21 @@ impl Peer {
             None,
             serde_json::to_value(&range)?,
         );
-        report.add(
-            format!(
-                "etcd: lease grant + put/s, {} writers, in turns with the registry's",
-                plan.writers
-            ),
-            grant_put.summary(),
-            "",
-            None,
-            serde_json::to_value(&grant_put)?,
-        );
+        // No turns were taken when the registrations did not run (`BENCH_PHASES`).
+        let grant_put =
+            (!self.grant_puts.is_empty()).then(|| Throughput::combine(&self.grant_puts));
+        if let Some(grant_put) = &grant_put {
+            report.add(
+                format!(
+                    "etcd: lease grant + put/s, {} writers, in turns with the registry's",
+                    plan.writers
+                ),
+                grant_put.summary(),
+                "",
+                None,
+                serde_json::to_value(grant_put)?,
+            );
+        }
         report.add(
             format!(
                 "etcd: lease keep-alive/s, {} conns",
@@ -146,12 +150,14 @@ impl Peer {
             range.per_second,
             None,
         );
-        report.ratio(
-            "postgres: registrations / etcd lease grant + put",
-            figures.registrations_per_second,
-            grant_put.per_second,
-            Some(3.0),
-        );
+        if let Some(grant_put) = &grant_put {
+            report.ratio(
+                "postgres: registrations / etcd lease grant + put",
+                figures.registrations_per_second,
+                grant_put.per_second,
+                Some(3.0),
+            );
+        }
         report.ratio(
             "postgres: heartbeats / etcd lease keep-alive",
             figures.heartbeats_per_second,

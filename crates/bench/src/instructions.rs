@@ -7,11 +7,12 @@
 //! so this is the measure that decides whether a change to the request path pays
 //! (docs/performance.md, "Instructions per operation"). The registry (and the no-op
 //! server) run under `valgrind --tool=callgrind --collect-atstart=no` with a toggle on
-//! the functions that do a request's work ([`TOGGLES`]): what the runtime does between
-//! requests (timers, background sweeps, idle threads) is not counted. Each operation
-//! is sent one at a time on one connection, first [`WARM_UP`] times, then the counters
-//! are zeroed (`callgrind_control -z`), then [`MEASURED`] times, then they are dumped
-//! (`callgrind_control -d`) and the dump's total divided by [`MEASURED`].
+//! the functions that do a request's work ([`TOGGLES`]; [`NOOP_TOGGLES`]): what the
+//! runtime does between requests (timers, background sweeps, idle threads) is not
+//! counted. Each operation is sent one at a time on one connection, first [`WARM_UP`]
+//! times, then the counters are zeroed (`callgrind_control -z`), then [`MEASURED`]
+//! times, then they are dumped (`callgrind_control -d`) and the dump's total divided by
+//! [`MEASURED`].
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -162,7 +163,7 @@ fn callgrind(out: &Path, toggles: &[&str]) -> Vec<String> {
 }
 
 /// Lookups of the same path as the registry's against the no-op handler of the
-/// throughput bench (`SideServer`), in a process of its own under callgrind.
+/// throughput bench, in a process of its own under callgrind ([`noop_server`]).
 async fn noop_row(http: &reqwest::Client, out: &Path) -> anyhow::Result<Row> {
     let wrapper = callgrind(out, NOOP_TOGGLES);
     let exe = std::env::current_exe().context("path of this program")?;
