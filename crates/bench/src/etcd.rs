@@ -31,7 +31,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 use crate::registry::{Registry, unique_suffix};
-use crate::scenarios::{self, Spread};
+use crate::scenarios::{self, Spread, median_of_runs};
 use crate::{Plan, RegistryFigures, Report, load};
 
 /// The lease of a registration, as wrk's registrations ask (`ttl_seconds`).
@@ -182,11 +182,8 @@ impl Throughput {
     /// One figure for runs taken in turns with others: their operations over their time,
     /// and the median of their latencies.
     fn combine(runs: &[Throughput]) -> Self {
-        let median = |pick: fn(&Spread) -> f64| {
-            let mut values: Vec<f64> = runs.iter().map(|run| pick(&run.latency)).collect();
-            values.sort_by(f64::total_cmp);
-            values.get(values.len() / 2).copied().unwrap_or(0.0)
-        };
+        let median =
+            |pick: fn(&Spread) -> f64| median_of_runs(runs.iter().map(|run| pick(&run.latency)));
         let operations = runs.iter().map(|run| run.operations).sum();
         let seconds: f64 = runs.iter().map(|run| run.seconds).sum();
         Self {

@@ -21,6 +21,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::process::Command;
 
+use crate::scenarios::median_of_runs;
+
 /// What one wrk run measured.
 #[derive(Debug, Clone, Copy)]
 pub struct WrkResult {
@@ -239,11 +241,7 @@ pub async fn in_turns(
 /// One result for runs taken in turns with others: their requests over their time, and
 /// the median of their latencies.
 pub fn combine(runs: &[WrkResult]) -> WrkResult {
-    let median = |pick: fn(&WrkResult) -> f64| {
-        let mut values: Vec<f64> = runs.iter().map(pick).collect();
-        values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied().unwrap_or(0.0)
-    };
+    let median = |pick: fn(&WrkResult) -> f64| median_of_runs(runs.iter().map(pick));
     let requests = runs.iter().map(|r| r.requests).sum();
     let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
     WrkResult {

@@ -464,9 +464,10 @@ async fn one_backend(
     // etcd's registrations take turns with the registry's: the machine's load moves
     // from minute to minute, and the ratio of the two compares runs seconds apart.
     #[cfg(feature = "etcd")]
-    let mut etcd = match backend == Backend::Postgres && plan.runs("etcd") {
-        true => etcd::Peer::start(report).await?,
-        false => None,
+    let mut etcd = if backend == Backend::Postgres && plan.runs("etcd") {
+        etcd::Peer::start(report).await?
+    } else {
+        None
     };
     if plan.runs("registrations") {
         scenarios::phase(&format!(

@@ -62,6 +62,14 @@ pub fn phase(label: &str) {
     eprintln!("  {label}");
 }
 
+/// The median of the runs' figures (the upper one of an even count; 0 without runs): how
+/// runs taken in turns combine their latencies.
+pub fn median_of_runs(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Percentiles of a set of durations, in milliseconds.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Spread {

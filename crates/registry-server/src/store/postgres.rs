@@ -730,12 +730,12 @@ impl Store for PostgresStore {
 
 /// Writes groups of changes (see [`group_commit`]): each group is planned from its rows as
 /// read without locks and written by one statement, `registry_write_group` (migrations
-/// 0008, 0011 and 0012), in an implicit transaction: a round trip to read, one to write and commit. The
-/// statement writes only if no row changed since it was read; when one did (another
-/// replica, a lease renewal), the group is planned again from rows read under its locks.
-/// Rows the writers' view expected absent ([`Expect::Absent`], a new registration) are
-/// not read but planned as absent, which the statement checks the same way: a group of
-/// registrations costs one round trip.
+/// 0008, 0011 and 0012), in an implicit transaction: a round trip to read, one to write
+/// and commit. The statement writes only if no row changed since it was read; when one
+/// did (another replica, a lease renewal), the group is planned again from rows read
+/// under its locks. Rows the writers' view expected absent ([`Expect::Absent`], a new
+/// registration) are not read but planned as absent, which the statement checks the
+/// same way: a group of registrations costs one round trip.
 struct PgGroupWriter {
     pool: PgPool,
 }
