@@ -76,12 +76,13 @@ impl Peer {
             connect(&self.etcd.endpoint, plan.writers).await?,
             Duration::from_secs(plan.registration_seconds),
             move |mut client, n| async move {
+                let registration = first + 1 + n;
                 let lease = client.lease_grant(LEASE_SECONDS, None).await?;
-                let (service, id) = load::registration_key(first + 1 + n);
+                let (service, id) = load::registration_key(registration);
                 client
                     .put(
                         format!("/services/{service}/{id}"),
-                        load::registration_body(first + 1 + n),
+                        load::registration_body(registration),
                         Some(PutOptions::new().with_lease(lease.id())),
                     )
                     .await?;

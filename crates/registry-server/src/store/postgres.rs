@@ -735,7 +735,7 @@ impl Store for PostgresStore {
 
 /// Writes groups of changes (see [`group_commit`]): each group is planned from its rows as
 /// read without locks and written by one statement, `registry_write_group` (migrations
-/// 0008, 0011 and 0012), in an implicit transaction: a round trip to read, one to write
+/// 0008, 0011, 0012 and 0013), in an implicit transaction: a round trip to read, one to write
 /// and commit. The statement writes only if no row changed since it was read; when one
 /// did (another replica, a lease renewal), the group is planned again from rows read
 /// under its locks. Rows the writers' view expected absent ([`Expect::Absent`], a new
