@@ -45,6 +45,25 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// group of changes (registrations measured 6% faster without it: docs/performance.md).
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// Whether a connection `age` old and idle for `idle_for` may be used: the pool's rule for
+/// the connections it hands out, and [`PgGroupWriter`]'s for the one it keeps. One opened
+/// before the pool last moved to another server is retired (`false`); one idle for longer
+/// than [`CHECK_IDLE_AFTER`] is checked first (an error: it is broken).
+async fn fit_for_use(
+    conn: &mut PgConnection,
+    moves: &pg_hosts::Moves,
+    age: Duration,
+    idle_for: Duration,
+) -> sqlx::Result<bool> {
+    if moves.opened_before_last_move(age) {
+        return Ok(false);
+    }
+    if idle_for > CHECK_IDLE_AFTER {
+        conn.ping().await?;
+    }
+    Ok(true)
+}
+
 /// A snapshot in which every committed index is visible together with all lower ones.
 const BEGIN_CONSISTENT_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
@@ -93,13 +112,8 @@ impl PostgresStore {
             })
             .test_before_acquire(false)
             .before_acquire(move |conn, meta| {
-                let usable = !stale.opened_before_last_move(meta.age);
-                Box::pin(async move {
-                    if usable && meta.idle_for > CHECK_IDLE_AFTER {
-                        conn.ping().await?;
-                    }
-                    Ok(usable)
-                })
+                let moves = stale.clone();
+                Box::pin(async move { fit_for_use(conn, &moves, meta.age, meta.idle_for).await })
             })
             .connect_with(options)
             .await?;
@@ -761,8 +775,8 @@ struct KeptConnection {
     conn: PoolConnection<Postgres>,
     /// When it was taken from the pool: a move to another server since then retires it.
     taken: Instant,
-    /// When its last group was written: idle for longer than [`CHECK_IDLE_AFTER`], it is
-    /// checked before the next, as the pool checks its own.
+    /// When its last group was written: [`fit_for_use`] checks it by how long it sat idle,
+    /// as the pool checks its own.
     used: Instant,
 }
 
@@ -779,8 +793,8 @@ impl PgGroupWriter {
             taken,
             used,
         }) = kept
-            && !self.moves.opened_before_last_move(taken.elapsed())
-            && (used.elapsed() <= CHECK_IDLE_AFTER || conn.ping().await.is_ok())
+            && let Ok(true) =
+                fit_for_use(&mut conn, &self.moves, taken.elapsed(), used.elapsed()).await
         {
             return Ok((conn, taken));
         }
