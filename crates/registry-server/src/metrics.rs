@@ -7,8 +7,10 @@
 //! call sites), and the gauges that describe the current state (instances, watchers,
 //! index) are set from the view when scraped, so they can never drift from it.
 
+mod striped;
+
 use std::future::Future;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
@@ -17,6 +19,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use registry_api::{Event, EventKind, Reason, ServiceList, Status, StatusCounts};
+use striped::{StripedHistogram, StripedHistogramVec};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -34,7 +37,7 @@ struct Metrics {
     index: IntGauge,
     self_preservation: IntGauge,
     held_lapses: IntCounter,
-    http_duration: HistogramVec,
+    http_duration: StripedHistogramVec,
     db_duration: HistogramVec,
     dns_queries: IntCounterVec,
     dns_duration: Histogram,
@@ -119,11 +122,9 @@ impl Metrics {
             "Lease lapses this replica held in self-preservation (once per lapse).",
         )
         .expect("valid metric");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "registry_http_request_duration_seconds",
-                "HTTP request duration by method, route template and status.",
-            ),
+        let http_duration = StripedHistogramVec::new(
+            "registry_http_request_duration_seconds",
+            "HTTP request duration by method, route template and status.",
             &["method", "route", "status"],
         )
         .expect("valid metric");
@@ -312,9 +313,7 @@ pub fn check_result(status: Status) {
 /// One HTTP request answered.
 pub fn http_request(method: &Method, route: &str, status: StatusCode, duration: Duration) {
     RECENT_HTTP_SERIES.with_borrow_mut(|recent| {
-        recent
-            .find(method, route, status)
-            .observe(duration.as_secs_f64());
+        recent.find(method, route, status).observe(duration);
     });
 }
 
@@ -342,11 +341,11 @@ struct KeptSeries {
     status: StatusCode,
     method: Method,
     route: String,
-    series: Histogram,
+    series: Arc<StripedHistogram>,
 }
 
 impl RecentSeries {
-    fn find(&mut self, method: &Method, route: &str, status: StatusCode) -> &Histogram {
+    fn find(&mut self, method: &Method, route: &str, status: StatusCode) -> &StripedHistogram {
         let found = self
             .kept
             .iter()
@@ -421,7 +420,7 @@ mod tests {
             METRICS
                 .http_duration
                 .with_label_values(&["PATCH", route, status])
-                .get_sample_count()
+                .sample_count()
         };
         let routes: Vec<String> = (0..RECENT_HTTP_SERIES_KEPT * 2 + 3)
             .map(|n| format!("/test-kept/{n}"))
@@ -510,6 +509,15 @@ mod tests {
             assert!(series.starts_with("registry_"), "{line}");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+        // The request above, counted in the first bucket its 3 ms fit in.
+        let first_bucket = "registry_http_request_duration_seconds_bucket{method=\"GET\",\
+                            route=\"/v1/services\",status=\"200\",le=\"0.005\"} ";
+        assert!(
+            text.lines()
+                .filter_map(|line| line.strip_prefix(first_bucket))
+                .any(|count| count.parse::<u64>().is_ok_and(|count| count >= 1)),
+            "{text}"
+        );
         assert!(text.contains("registry_check_results_total{result=\"critical\"} 0"));
         assert!(text.contains("registry_self_preservation 1"));
         assert!(text.contains("registry_instances_by_status{status=\"passing\"} 2"));
