@@ -8,7 +8,7 @@
 //! services added or removed meanwhile never make one appear twice (one added behind the
 //! cursor is simply not seen by this walk).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use base64::Engine as _;
@@ -146,20 +146,20 @@ impl Selection {
         self.after.as_ref().map(|cursor| cursor.after.as_str())
     }
 
-    /// The selected entries of a map by service name for which `keep` holds, in name
-    /// order: one page of them when paged, with the cursor of the next page when more
-    /// follow. Walks the map from the cursor on, and no further than the page.
+    /// The selected services for which `keep` holds, in name order: one page of them when
+    /// paged, with the cursor of the next page when more follow. Walks `names` from the
+    /// cursor on, and no further than the page, finding each one's value with `value_of`.
     pub fn page<'a, V>(
         &self,
-        services: &'a BTreeMap<String, V>,
+        names: &'a BTreeSet<String>,
+        value_of: impl Fn(&str) -> Option<&'a V>,
         keep: impl Fn(&V) -> bool,
     ) -> Page<'a, V> {
         let mut selected = self
-            .after_the_cursor(services)
-            .filter(|(name, value)| {
-                self.name.as_ref().is_none_or(|filter| filter.matches(name)) && keep(value)
-            })
-            .map(|(name, value)| (name.as_str(), value));
+            .after_the_cursor(names)
+            .filter(|name| self.name.as_ref().is_none_or(|filter| filter.matches(name)))
+            .filter_map(|name| Some((name.as_str(), value_of(name)?)))
+            .filter(|(_, value)| keep(value));
         let Some(limit) = self.limit else {
             return Page {
                 entries: selected.collect(),
@@ -175,19 +175,19 @@ impl Selection {
         Page { entries, next }
     }
 
-    /// The entries after the cursor (all without one), or only the named service's.
-    fn after_the_cursor<'a, V>(
+    /// The names after the cursor (all without one), or only the named service's.
+    fn after_the_cursor<'a>(
         &self,
-        services: &'a BTreeMap<String, V>,
-    ) -> Box<dyn Iterator<Item = (&'a String, &'a V)> + 'a> {
+        names: &'a BTreeSet<String>,
+    ) -> Box<dyn Iterator<Item = &'a String> + 'a> {
         let after = self.after.as_ref().map(|cursor| cursor.after.as_str());
         match &self.service {
             Some(name) => {
                 let past_the_cursor = after.is_none_or(|after| after < name.as_str());
-                let named = services.get_key_value(name.as_str());
+                let named = names.get(name.as_str());
                 Box::new(named.filter(|_| past_the_cursor).into_iter())
             }
-            None => Box::new(services.range::<str, _>((
+            None => Box::new(names.range::<str, _>((
                 after.map_or(Bound::Unbounded, Bound::Excluded),
                 Bound::Unbounded,
             ))),
@@ -211,6 +211,8 @@ impl<V> Page<'_, V> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -266,8 +268,16 @@ mod tests {
         }
     }
 
-    fn names(page: &Page<'_, u32>) -> Vec<String> {
-        page.entries.iter().map(|(n, _)| (*n).to_owned()).collect()
+    /// The names on `selection`'s page of a map by service name, and the next cursor.
+    fn page(
+        selection: &Selection,
+        map: &BTreeMap<String, u32>,
+        keep: impl Fn(&u32) -> bool,
+    ) -> (Vec<String>, Option<Cursor>) {
+        let names: BTreeSet<String> = map.keys().cloned().collect();
+        let page = selection.page(&names, |name| map.get(name), keep);
+        let on_page = page.entries.iter().map(|(n, _)| (*n).to_owned()).collect();
+        (on_page, page.next)
     }
 
     fn services(names: &[&str]) -> BTreeMap<String, u32> {
@@ -281,9 +291,9 @@ mod tests {
         let mut selection = Selection::new(None, None, Limit::parse("2").ok(), None);
         let mut walked = Vec::new();
         loop {
-            let page = selection.page(&map, |v| *v > 0);
-            walked.extend(names(&page));
-            match page.next {
+            let (names, next) = page(&selection, &map, |v| *v > 0);
+            walked.extend(names);
+            match next {
                 Some(next) => selection.after = Some(next),
                 None => break,
             }
@@ -294,36 +304,38 @@ mod tests {
     #[test]
     fn the_last_page_has_no_next_cursor() {
         let map = services(&["a", "b"]);
-        let page = Selection::new(None, None, Limit::parse("2").ok(), None).page(&map, |_| true);
-        assert_eq!((names(&page).len(), page.next), (2, None));
+        let selection = Selection::new(None, None, Limit::parse("2").ok(), None);
+        let (names, next) = page(&selection, &map, |_| true);
+        assert_eq!((names.len(), next), (2, None));
     }
 
     #[test]
     fn a_walk_survives_changes_between_pages() {
         let mut map = services(&["a", "b", "c", "d"]);
         let selection = Selection::new(None, None, Limit::parse("2").ok(), None);
-        let first = selection.page(&map, |_| true);
-        assert_eq!(names(&first), ["a", "b"]);
-        let after = first.next.clone();
+        let (first, after) = page(&selection, &map, |_| true);
+        assert_eq!(first, ["a", "b"]);
         // The last name answered goes, one comes before the cursor and one after it.
         map.remove("b");
         map.insert("aa".into(), 1);
         map.insert("cc".into(), 1);
-        let second = Selection { after, ..selection }.page(&map, |_| true);
-        assert_eq!(names(&second), ["c", "cc"]);
+        let (second, _) = page(&Selection { after, ..selection }, &map, |_| true);
+        assert_eq!(second, ["c", "cc"]);
     }
 
     #[test]
     fn the_name_filter_and_one_service_narrow_the_page() {
         let map = services(&["billing", "bill-api", "sum", "summary"]);
+        let names = |selection: Selection| page(&selection, &map, |_| true).0;
         let filter = NameFilter::parse("BILL").ok();
-        let page = Selection::new(None, filter, None, None).page(&map, |_| true);
-        assert_eq!(names(&page), ["bill-api", "billing"]);
-        let page = Selection::only(Some("sum")).page(&map, |_| true);
-        assert_eq!(names(&page), ["sum"]);
+        assert_eq!(
+            names(Selection::new(None, filter, None, None)),
+            ["bill-api", "billing"]
+        );
+        assert_eq!(names(Selection::only(Some("sum"))), ["sum"]);
         let past = Selection::new(Some("sum"), None, None, Some(Cursor::after("sum")));
-        assert!(past.page(&map, |_| true).entries.is_empty());
+        assert!(names(past).is_empty());
         let before = Selection::new(Some("sum"), None, None, Some(Cursor::after("bill")));
-        assert_eq!(names(&before.page(&map, |_| true)), ["sum"]);
+        assert_eq!(names(before), ["sum"]);
     }
 }

@@ -7,7 +7,7 @@
 //! picks up everything else.
 
 use std::any::Any;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -20,7 +20,7 @@ use registry_api::{
 };
 use tokio::sync::{Notify, watch};
 
-use crate::paging::Selection;
+use crate::paging::{Page, Selection};
 use crate::store::{Applied, Store, StoreResult};
 use crate::tally::{Counted, Leases, Tally};
 
@@ -90,10 +90,52 @@ fn answer_slot(only: Option<Status>) -> usize {
     }
 }
 
+/// The services the view knows (it never drops one), by name: a lookup finds its service
+/// with one hash, where a search of an ordered map compared its name with a dozen others
+/// scattered in memory; the reads that page through services walk the names in order.
+#[derive(Debug, Default)]
+struct Services {
+    by_name: HashMap<String, ServiceView>,
+    names: BTreeSet<String>,
+}
+
+impl Services {
+    fn get(&self, name: &str) -> Option<&ServiceView> {
+        self.by_name.get(name)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut ServiceView> {
+        self.by_name.get_mut(name)
+    }
+
+    /// The named service, made empty if it is new.
+    fn entry(&mut self, name: &str) -> &mut ServiceView {
+        if !self.by_name.contains_key(name) {
+            self.names.insert(name.to_owned());
+            self.by_name.insert(name.to_owned(), ServiceView::default());
+        }
+        self.by_name.get_mut(name).expect("made above")
+    }
+
+    /// Every service, in name order.
+    fn in_order(&self) -> impl Iterator<Item = &ServiceView> {
+        self.names.iter().filter_map(|name| self.by_name.get(name))
+    }
+
+    /// The selected services that have instances ([`Selection::page`]).
+    fn page_with_instances(&self, selection: &Selection) -> Page<'_, ServiceView> {
+        selection.page(
+            &self.names,
+            |name| self.by_name.get(name),
+            |service| !service.instances.is_empty(),
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     index: u64,
-    services: BTreeMap<String, ServiceView>,
+    services: Services,
     recent: VecDeque<Event>,
     tally: Tally,
 }
@@ -115,7 +157,7 @@ impl State {
     /// Adds or replaces an instance, keeping the counts. The only way an instance's
     /// status changes in the view, with [`Self::remove_instance`].
     fn put_instance(&mut self, service: &str, id: &str, instance: Instance) {
-        let view = self.services.entry(service.to_owned()).or_default();
+        let view = self.services.entry(service);
         let after = Some(Counted::of(&instance));
         let before = view.instances.insert(id.to_owned(), instance);
         self.tally.instance_changed(
@@ -141,7 +183,7 @@ impl State {
 
     /// The selected services with their instances (those without instances left out).
     fn system_status(&self, selection: &Selection, at: DateTime<Utc>) -> SystemStatus {
-        let page = selection.page(&self.services, |s| !s.instances.is_empty());
+        let page = self.services.page_with_instances(selection);
         let services = page
             .entries
             .iter()
@@ -226,7 +268,7 @@ impl View {
             ..State::default()
         };
         for (name, index) in snapshot.service_indexes {
-            state.services.entry(name).or_default().index = index;
+            state.services.entry(&name).index = index;
         }
         for record in snapshot.records {
             state.put_instance(&record.service, &record.id, record.to_instance());
@@ -410,7 +452,7 @@ impl View {
                     continue;
                 }
                 state.index = event.index;
-                let service = state.services.entry(event.service.clone()).or_default();
+                let service = state.services.entry(&event.service);
                 service.index = event.index;
                 service.changed();
                 if event.kind == EventKind::Removed {
@@ -548,7 +590,7 @@ impl View {
         let state = self.read();
         let instances = state
             .services
-            .values()
+            .in_order()
             .flat_map(|s| s.instances.values().cloned())
             .collect();
         (state.index, instances)
@@ -558,7 +600,7 @@ impl View {
     pub fn instances_with_id(&self, id: &str) -> Vec<Instance> {
         self.read()
             .services
-            .values()
+            .in_order()
             .filter_map(|s| s.instances.get(id).cloned())
             .collect()
     }
@@ -591,7 +633,7 @@ impl View {
     /// `GET /v1/services`: the selected services that have instances.
     pub fn services_selected(&self, selection: &Selection) -> ServiceList {
         let state = self.read();
-        let page = selection.page(&state.services, |s| !s.instances.is_empty());
+        let page = state.services.page_with_instances(selection);
         let services = page
             .entries
             .iter()
