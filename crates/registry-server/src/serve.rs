@@ -6,6 +6,7 @@
 
 mod deadlines;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tower::ServiceExt as _;
 
 use crate::http::Api;
 use deadlines::{Deadlines, Requests};
@@ -84,14 +84,18 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let api = api.clone();
+        // The connection's own copy of the service, called for each of its requests: a
+        // copy per request would write the counts of what every copy shares, which the
+        // other worker threads' requests write too. Borrowed only for the call (hyper
+        // calls the service by shared reference, a tower service takes it mutably).
+        let api = RefCell::new(api.clone());
         let requests = Arc::new(Requests::default());
         let stream = Deadlines::new(stream, requests.clone(), header_read_timeout);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = requests.start();
             let mut request = request.map(axum::body::Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
-            let answer = api.clone().oneshot(request);
+            let answer = api.borrow_mut().call(request);
             async move {
                 let _in_flight = in_flight;
                 answer.await

@@ -83,7 +83,8 @@ impl Shared {
     }
 }
 
-/// What a listener serves: a router behind [`Front`].
+/// What a listener serves: a router behind [`Front`], which is always ready, so
+/// [`crate::serve`] calls it without asking `poll_ready` first.
 pub trait Api:
     tower::Service<Request, Response = Response, Error = Infallible, Future: Send>
     + Clone
@@ -143,7 +144,12 @@ fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(NoteRoute)
         .with_state(state.clone());
-    Front { state, routed }
+    let epoch = state.epoch.clone();
+    Front {
+        state,
+        routed,
+        epoch,
+    }
 }
 
 /// Observation around admission, around the router: [`observe`], then [`admit`]. A
@@ -151,10 +157,25 @@ fn finish(routes: Router<AppState>, state: AppState) -> impl Api {
 /// router for every request on top of boxing the request's future; and its answer a
 /// future of a named type ([`Observed`] of [`Admitted`]) rather than an `async` block,
 /// which would be boxed too, and moved whole (a few kilobytes) on the way.
-#[derive(Clone)]
 struct Front {
     state: AppState,
     routed: Router,
+    /// The database's epoch as every v1 answer carries it (`Registry-Epoch`).
+    epoch: HeaderValue,
+}
+
+impl Clone for Front {
+    /// The copy a connection answers with ([`crate::serve`] makes one per connection),
+    /// with an epoch header of its own: clones of one header value share a count of
+    /// clones, which every v1 answer would write, on whichever worker thread it is made.
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            routed: self.routed.clone(),
+            epoch: HeaderValue::from_bytes(self.epoch.as_bytes())
+                .expect("a header value's own bytes make a header value"),
+        }
+    }
 }
 
 impl tower::Service<Request> for Front {
@@ -168,8 +189,12 @@ impl tower::Service<Request> for Front {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let Self { state, routed } = self;
-        observe(request, |request| admit(state, request, routed))
+        let Self {
+            state,
+            routed,
+            epoch,
+        } = self;
+        observe(request, |request| admit(state, epoch, request, routed))
     }
 }
 
@@ -353,7 +378,9 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         TimeLimitedAnswer {
-            answer: tokio::time::timeout(self.limit, self.inner.call(request)),
+            answer: self.inner.call(request),
+            limit: self.limit,
+            deadline: None,
             api: self.api,
         }
     }
@@ -364,7 +391,13 @@ pin_project_lite::pin_project! {
     /// `async` block, for the reason given at [`Front`].
     struct TimeLimitedAnswer<F> {
         #[pin]
-        answer: tokio::time::Timeout<F>,
+        answer: F,
+        limit: Duration,
+        // Set when the answer first has to wait, and the limit counted from then: most
+        // answers are ready at once, and a timer would cost each of them a reading of
+        // the clock and a count shared by every worker thread.
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
         api: ApiOfPath,
     }
 }
@@ -376,14 +409,20 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        Poll::Ready(match std::task::ready!(this.answer.poll(cx)) {
-            Ok(answer) => answer,
-            Err(_) => Ok(refusal(
-                *this.api,
-                ApiError::unavailable("the request took too long; retry shortly"),
-            )),
-        })
+        let mut this = self.project();
+        if let Poll::Ready(answer) = this.answer.poll(cx) {
+            return Poll::Ready(answer);
+        }
+        if this.deadline.is_none() {
+            this.deadline.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        if let Some(deadline) = this.deadline.as_pin_mut() {
+            std::task::ready!(deadline.poll(cx));
+        }
+        Poll::Ready(Ok(refusal(
+            *this.api,
+            ApiError::unavailable("the request took too long; retry shortly"),
+        )))
     }
 }
 
@@ -451,9 +490,9 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 ///
 /// Every v1 answer, refusals included, leaves with the database's epoch
 /// (`Registry-Epoch`): here rather than in a layer of its own, for the same reason.
-fn admit(state: &AppState, request: Request, routed: &mut Router) -> Admitted {
+fn admit(state: &AppState, epoch: &HeaderValue, request: Request, routed: &mut Router) -> Admitted {
     let v1 = request.uri().path().starts_with("/v1/");
-    let epoch = v1.then(|| state.epoch.clone());
+    let epoch = v1.then(|| epoch.clone());
     let (answer, close_on_client_error) = admission(state, request, routed);
     Admitted {
         answer,
