@@ -95,7 +95,9 @@ fn answer_slot(only: Option<Status>) -> usize {
 /// scattered in memory; the reads that page through services walk the names in order.
 #[derive(Debug, Default)]
 struct Services {
-    by_name: HashMap<String, ServiceView>,
+    /// Keyed with foldhash, as the heartbeat queue is: several times cheaper than std's
+    /// SipHash on a name, and its seed is random per process too.
+    by_name: HashMap<String, ServiceView, foldhash::fast::RandomState>,
     names: BTreeSet<String>,
 }
 
