@@ -53,8 +53,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use registry_api::{HeartbeatResponse, Instance, InstanceId, ServiceName};
 
-use crate::store::{Heartbeat, InstanceKey, Store, StoreResult};
-use crate::view::View;
+use crate::store::{Heartbeat, Store, StoreResult};
+use crate::view::{Key, View};
 
 /// How often queued heartbeats that are due are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -154,12 +154,7 @@ impl Heartbeats {
                 let Some(lease_expires_at) = renewed_lease(instance, now) else {
                     return (None, false);
                 };
-                let heartbeat = Heartbeat {
-                    service: service.clone(),
-                    id: id.clone(),
-                    at: now,
-                };
-                if !self.queue().push(heartbeat, renewal_due(instance)) {
+                if !self.queue().push(service, id, now, renewal_due(instance)) {
                     return (None, false);
                 }
                 // Two heartbeats of one instance in the same millisecond, or out of order.
@@ -295,16 +290,19 @@ fn renewed_lease(instance: &Instance, now: DateTime<Utc>) -> Option<DateTime<Utc
 /// most `capacity` instances.
 #[derive(Debug)]
 struct Queue {
-    /// Keyed with foldhash, several times cheaper than std's SipHash on the two names of
-    /// every heartbeat; its seed is random per process too.
-    pending: HashMap<InstanceKey, Queued, foldhash::fast::RandomState>,
+    /// Keyed by the instance's service and id held inline, as the view keys them
+    /// ([`crate::view::Key`]): a heartbeat of a queued instance finds it without reading
+    /// either name from memory of its own, and copies neither. Hashed with foldhash,
+    /// several times cheaper than std's SipHash on the two names of every heartbeat; its
+    /// seed is random per process too.
+    pending: HashMap<(Key, Key), Queued, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
 /// An instance's newest heartbeat and when it is to be written at the latest.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Queued {
-    at: DateTime<Utc>,
+    newest: Heartbeat,
     due: DateTime<Utc>,
 }
 
@@ -320,21 +318,32 @@ impl Queue {
         self.pending.len()
     }
 
-    /// Queues `heartbeat`, to be written by `due`; an instance already queued keeps its
-    /// newest time and its earliest time due. False when the instance is not queued and
-    /// there is no room.
-    fn push(&mut self, heartbeat: Heartbeat, due: DateTime<Utc>) -> bool {
+    /// Queues a heartbeat of `service`'s instance `id` at `at`, to be written by `due`;
+    /// an instance already queued keeps its newest time and its earliest time due. False
+    /// when the instance is not queued and there is no room.
+    fn push(
+        &mut self,
+        service: &ServiceName,
+        id: &InstanceId,
+        at: DateTime<Utc>,
+        due: DateTime<Utc>,
+    ) -> bool {
         let room = self.pending.len() < self.capacity;
-        match self.pending.entry((heartbeat.service, heartbeat.id)) {
+        let key = (Key::from(service.as_str()), Key::from(id.as_str()));
+        match self.pending.entry(key) {
             Entry::Occupied(mut queued) => {
                 let queued = queued.get_mut();
-                queued.at = queued.at.max(heartbeat.at);
+                queued.newest.at = queued.newest.at.max(at);
                 queued.due = queued.due.min(due);
                 true
             }
             Entry::Vacant(slot) if room => {
                 slot.insert(Queued {
-                    at: heartbeat.at,
+                    newest: Heartbeat {
+                        service: service.clone(),
+                        id: id.clone(),
+                        at,
+                    },
                     due,
                 });
                 true
@@ -348,11 +357,7 @@ impl Queue {
         let all = which == Flush::All || self.pending.len() > self.capacity / 2;
         self.pending
             .extract_if(|_, queued| all || queued.due <= now)
-            .map(|((service, id), queued)| Heartbeat {
-                service,
-                id,
-                at: queued.at,
-            })
+            .map(|(_, queued)| queued.newest)
             .collect()
     }
 
@@ -361,7 +366,7 @@ impl Queue {
     fn put_back(&mut self, batch: Vec<Heartbeat>) -> usize {
         batch
             .into_iter()
-            .filter(|heartbeat| !self.push(heartbeat.clone(), heartbeat.at))
+            .filter(|h| !self.push(&h.service, &h.id, h.at, h.at))
             .count()
     }
 }
@@ -389,6 +394,11 @@ mod tests {
         InstanceId::parse(raw).expect("id")
     }
 
+    /// Queues `beat`, to be written by `due`.
+    fn push(queue: &mut Queue, beat: Heartbeat, due: DateTime<Utc>) -> bool {
+        queue.push(&beat.service, &beat.id, beat.at, due)
+    }
+
     fn beat(id: &str, at: DateTime<Utc>) -> Heartbeat {
         Heartbeat {
             service: sum(),
@@ -405,13 +415,13 @@ mod tests {
     #[test]
     fn the_queue_keeps_the_newest_heartbeat_per_instance() {
         let mut queue = Queue::new(10);
-        assert!(queue.push(beat("a", t(5)), t(5)));
-        assert!(queue.push(beat("a", t(9)), t(9)));
+        assert!(push(&mut queue, beat("a", t(5)), t(5)));
+        assert!(push(&mut queue, beat("a", t(9)), t(9)));
         assert!(
-            queue.push(beat("a", t(7)), t(7)),
+            push(&mut queue, beat("a", t(7)), t(7)),
             "late, but the instance is queued"
         );
-        assert!(queue.push(beat("b", t(1)), t(1)));
+        assert!(push(&mut queue, beat("b", t(1)), t(1)));
         assert_eq!(queue.len(), 2);
         assert_eq!(
             sorted(queue.take(Flush::All, t(0))),
@@ -424,14 +434,14 @@ mod tests {
     #[test]
     fn a_full_queue_refuses_new_instances_but_renews_queued_ones() {
         let mut queue = Queue::new(2);
-        assert!(queue.push(beat("a", t(1)), t(1)));
-        assert!(queue.push(beat("b", t(1)), t(1)));
+        assert!(push(&mut queue, beat("a", t(1)), t(1)));
+        assert!(push(&mut queue, beat("b", t(1)), t(1)));
         assert!(
-            !queue.push(beat("c", t(2)), t(2)),
+            !push(&mut queue, beat("c", t(2)), t(2)),
             "no room for a third instance"
         );
         assert!(
-            queue.push(beat("a", t(3)), t(3)),
+            push(&mut queue, beat("a", t(3)), t(3)),
             "a queued instance still moves"
         );
         assert_eq!(
@@ -443,12 +453,12 @@ mod tests {
     #[test]
     fn a_batch_put_back_loses_to_newer_heartbeats_and_to_the_bound() {
         let mut queue = Queue::new(3);
-        queue.push(beat("a", t(1)), t(1));
-        queue.push(beat("b", t(1)), t(1));
+        push(&mut queue, beat("a", t(1)), t(1));
+        push(&mut queue, beat("b", t(1)), t(1));
         let failed = queue.take(Flush::All, t(0));
         // Queued while the batch was being written.
-        queue.push(beat("a", t(5)), t(5));
-        queue.push(beat("x", t(5)), t(5));
+        push(&mut queue, beat("a", t(5)), t(5));
+        push(&mut queue, beat("x", t(5)), t(5));
 
         let dropped = queue.put_back(failed);
 
@@ -458,9 +468,9 @@ mod tests {
             vec![beat("a", t(5)), beat("b", t(1)), beat("x", t(5))]
         );
 
-        queue.push(beat("x", t(6)), t(6));
-        queue.push(beat("y", t(6)), t(6));
-        queue.push(beat("z", t(6)), t(6));
+        push(&mut queue, beat("x", t(6)), t(6));
+        push(&mut queue, beat("y", t(6)), t(6));
+        push(&mut queue, beat("z", t(6)), t(6));
         assert_eq!(
             queue.put_back(vec![beat("a", t(1)), beat("x", t(1))]),
             1,
@@ -499,11 +509,11 @@ mod tests {
     #[test]
     fn a_flush_takes_what_is_due_and_an_instance_keeps_its_earliest_time_due() {
         let mut queue = Queue::new(10);
-        queue.push(beat("a", t(1)), t(100));
-        queue.push(beat("b", t(1)), t(500));
-        queue.push(beat("b", t(50)), t(900));
-        queue.push(beat("c", t(1)), t(1_000));
-        queue.push(beat("c", t(60)), t(300));
+        push(&mut queue, beat("a", t(1)), t(100));
+        push(&mut queue, beat("b", t(1)), t(500));
+        push(&mut queue, beat("b", t(50)), t(900));
+        push(&mut queue, beat("c", t(1)), t(1_000));
+        push(&mut queue, beat("c", t(60)), t(300));
 
         assert_eq!(queue.take(Flush::Due, t(99)), vec![], "nothing due yet");
         assert_eq!(
@@ -518,23 +528,23 @@ mod tests {
     #[test]
     fn a_queue_more_than_half_full_is_taken_whole() {
         let mut queue = Queue::new(4);
-        queue.push(beat("a", t(1)), t(1_000));
-        queue.push(beat("b", t(1)), t(1_000));
+        push(&mut queue, beat("a", t(1)), t(1_000));
+        push(&mut queue, beat("b", t(1)), t(1_000));
         assert_eq!(
             queue.take(Flush::Due, t(0)),
             vec![],
             "half full: nothing due"
         );
-        queue.push(beat("c", t(1)), t(1_000));
+        push(&mut queue, beat("c", t(1)), t(1_000));
         assert_eq!(queue.take(Flush::Due, t(0)).len(), 3, "over half full");
-        queue.push(beat("d", t(1)), t(1_000));
+        push(&mut queue, beat("d", t(1)), t(1_000));
         assert_eq!(queue.take(Flush::All, t(0)), vec![beat("d", t(1))]);
     }
 
     #[test]
     fn a_failed_batch_comes_back_due_at_once() {
         let mut queue = Queue::new(10);
-        queue.push(beat("a", t(1)), t(1_000));
+        push(&mut queue, beat("a", t(1)), t(1_000));
         let failed = queue.take(Flush::All, t(0));
         queue.put_back(failed);
         assert_eq!(queue.take(Flush::Due, t(1)), vec![beat("a", t(1))]);
